@@ -1,0 +1,326 @@
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use crate::time::{format_timestamp, parse_timestamp};
+use crate::*;
+
+fn received() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
+}
+
+fn ctx() -> Context<'static> {
+    Context {
+        received_at: received(),
+        client_ip: Some("203.0.113.7"),
+        collect_ip: false,
+    }
+}
+
+fn run(endpoint: Endpoint, body: &Value) -> Result<Outcome, RequestError> {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let limits = Limits::default();
+    let doc = parse(endpoint, &bytes, &limits)?;
+    normalize::normalize_document(endpoint.call(), doc, &ctx(), &limits)
+}
+
+fn single(call: CallType, body: Value) -> Result<Event, RequestError> {
+    run(Endpoint::Single(call), &body).map(|mut o| o.accepted.remove(0))
+}
+
+fn code(r: Result<Event, RequestError>) -> &'static str {
+    r.unwrap_err().code()
+}
+
+#[test]
+fn endpoints_include_every_alias() {
+    for (p, e) in [
+        ("batch", Endpoint::Batch),
+        ("b", Endpoint::Batch),
+        ("import", Endpoint::Batch),
+        ("t", Endpoint::Single(CallType::Track)),
+        ("i", Endpoint::Single(CallType::Identify)),
+        ("p", Endpoint::Single(CallType::Page)),
+        ("s", Endpoint::Single(CallType::Screen)),
+        ("g", Endpoint::Single(CallType::Group)),
+        ("a", Endpoint::Single(CallType::Alias)),
+        ("alias", Endpoint::Single(CallType::Alias)),
+    ] {
+        assert_eq!(Endpoint::from_path(p), Some(e), "{p}");
+    }
+    assert_eq!(Endpoint::from_path("x"), None);
+}
+
+#[test]
+fn type_comes_from_the_path() {
+    let ev = single(CallType::Page, json!({"type": "track", "userId": "u"})).unwrap();
+    assert_eq!(ev.call, CallType::Page);
+    assert_eq!(ev.body["type"], "page");
+}
+
+#[test]
+fn required_fields_per_call() {
+    assert_eq!(code(single(CallType::Track, json!({"event": "A"}))), "no_user_anon_id");
+    assert_eq!(code(single(CallType::Track, json!({"userId": "u"}))), "missing_event");
+    assert_eq!(code(single(CallType::Track, json!({"userId": "u", "event": ""}))), "missing_event");
+    assert_eq!(code(single(CallType::Group, json!({"userId": "u"}))), "missing_group_id");
+    assert_eq!(code(single(CallType::Alias, json!({"userId": "u"}))), "missing_previous_id");
+    assert_eq!(code(single(CallType::Alias, json!({"previousId": "p", "anonymousId": "a"}))), "missing_user_id");
+    assert_eq!(code(single(CallType::Identify, json!({"userId": {"x": 1}}))), "invalid_id");
+    assert_eq!(code(single(CallType::Identify, json!({"userId": "u", "traits": [1]}))), "invalid_field");
+    assert!(single(CallType::Alias, json!({"previousId": "p", "userId": "u"})).is_ok());
+    assert!(single(CallType::Screen, json!({"anonymousId": "a"})).is_ok());
+    assert!(single(CallType::Group, json!({"anonymousId": "a", "groupId": 42})).is_ok());
+}
+
+#[test]
+fn errors_name_the_field() {
+    let e = single(CallType::Track, json!({"userId": "u"})).unwrap_err();
+    assert_eq!(e.field(), Some("event"));
+    assert_eq!(e.status(), 400);
+    let e = single(CallType::Track, json!({"userId": "u", "event": "e", "timestamp": "noon"})).unwrap_err();
+    assert_eq!((e.code(), e.field()), ("invalid_timestamp", Some("timestamp")));
+}
+
+#[test]
+fn numeric_ids_become_strings() {
+    let ev = single(CallType::Identify, json!({"userId": 123, "anonymousId": 4.5})).unwrap();
+    assert_eq!(ev.body["userId"], "123");
+    assert_eq!(ev.body["anonymousId"], "4.5");
+    assert_eq!(ev.user_key, "123");
+}
+
+#[test]
+fn message_id_assigned_or_checked() {
+    let ev = single(CallType::Track, json!({"userId": "u", "event": "e"})).unwrap();
+    assert_eq!(ev.body["messageId"], Value::String(ev.message_id.clone()));
+    assert_eq!(ev.message_id.len(), 36);
+    let long = "m".repeat(101);
+    assert_eq!(code(single(CallType::Track, json!({"userId": "u", "event": "e", "messageId": long}))), "message_id_too_long");
+    let ok = "m".repeat(100);
+    assert_eq!(single(CallType::Track, json!({"userId": "u", "event": "e", "messageId": ok.clone()})).unwrap().message_id, ok);
+}
+
+#[test]
+fn nulls_are_absent_and_unknown_fields_kept() {
+    let ev = single(
+        CallType::Page,
+        json!({"userId": null, "anonymousId": "a", "name": null, "category": null,
+               "context": {}, "integrations": {}, "email": "x@y.z", "custom": {"deep": [1, null]}}),
+    )
+    .unwrap();
+    assert!(ev.body.get("userId").is_none());
+    assert!(ev.body.get("name").is_none());
+    assert_eq!(ev.body["email"], "x@y.z");
+    assert_eq!(ev.body["custom"], json!({"deep": [1, null]}));
+    assert_eq!(ev.user_key, "a");
+}
+
+#[test]
+fn write_key_is_never_stored() {
+    let out = run(
+        Endpoint::Batch,
+        &json!({"writeKey": "secret", "batch": [{"type": "track", "event": "e", "userId": "u", "writeKey": "secret"}]}),
+    )
+    .unwrap();
+    assert!(out.accepted[0].body.get("writeKey").is_none());
+}
+
+#[test]
+fn timestamp_correction_from_sent_at() {
+    // The device clock is 10 minutes fast: it says the event happened at 12:09:00 and
+    // was sent at 12:10:00, and we received it at 12:00:00 server time.
+    let ev = single(
+        CallType::Track,
+        json!({"userId": "u", "event": "e", "timestamp": "2024-05-01T12:09:00.000Z", "sentAt": "2024-05-01T12:10:00Z"}),
+    )
+    .unwrap();
+    assert_eq!(ev.body["timestamp"], "2024-05-01T11:59:00.000Z");
+    assert_eq!(ev.body["originalTimestamp"], "2024-05-01T12:09:00.000Z");
+    assert_eq!(ev.body["receivedAt"], "2024-05-01T12:00:00.000Z");
+    assert_eq!(ev.body["sentAt"], "2024-05-01T12:10:00Z");
+}
+
+#[test]
+fn timestamp_without_sent_at_is_kept_and_missing_timestamp_is_server_time() {
+    let ev = single(CallType::Track, json!({"userId": "u", "event": "e", "timestamp": "2024-05-01T11:00:00+00:00"})).unwrap();
+    assert_eq!(ev.body["timestamp"], "2024-05-01T11:00:00.000Z");
+    let ev = single(CallType::Track, json!({"userId": "u", "event": "e"})).unwrap();
+    assert_eq!(ev.body["timestamp"], "2024-05-01T12:00:00.000Z");
+    assert!(ev.body.get("originalTimestamp").is_none());
+}
+
+#[test]
+fn batch_envelope_is_merged_item_wins() {
+    let out = run(
+        Endpoint::Batch,
+        &json!({
+            "sentAt": "2024-05-01T12:00:05Z",
+            "context": {"device": {"type": "phone", "id": "d1"}, "locale": "nl-NL"},
+            "integrations": {"All": false, "Webhooks": true},
+            "batch": [
+                {"type": "track", "event": "A", "userId": "u", "timestamp": "2024-05-01T12:00:00Z",
+                 "context": {"device": {"id": "mine"}}, "integrations": {"All": true}},
+                {"type": "identify", "userId": "u", "sentAt": "2024-05-01T12:00:00Z", "timestamp": "2024-05-01T12:00:00Z"}
+            ]
+        }),
+    )
+    .unwrap();
+    assert!(out.rejected.is_empty());
+    let a = &out.accepted[0].body;
+    assert_eq!(a["context"], json!({"device": {"type": "phone", "id": "mine"}, "locale": "nl-NL"}));
+    assert_eq!(a["integrations"], json!({"All": true, "Webhooks": true}));
+    assert_eq!(a["sentAt"], "2024-05-01T12:00:05Z");
+    assert_eq!(a["timestamp"], "2024-05-01T11:59:55.000Z");
+    // Item sentAt wins over the envelope's.
+    let b = &out.accepted[1].body;
+    assert_eq!(b["timestamp"], "2024-05-01T12:00:00.000Z");
+}
+
+#[test]
+fn batch_keeps_valid_items_and_lists_the_rest() {
+    let out = run(
+        Endpoint::Batch,
+        &json!({"batch": [
+            {"type": "track", "event": "ok", "userId": "u", "messageId": "m0"},
+            {"type": "track", "userId": "u", "messageId": "m1"},
+            "not an object",
+            {"type": "bogus", "userId": "u"},
+            {"event": "no type", "userId": "u"},
+            {"type": "identify", "anonymousId": "a", "messageId": "m5"}
+        ]}),
+    )
+    .unwrap();
+    let ids: Vec<_> = out.accepted.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids, ["m0", "m5"]);
+    let rej: Vec<_> = out.rejected.iter().map(|r| (r.index, r.error.code, r.message_id.as_deref())).collect();
+    assert_eq!(
+        rej,
+        [
+            (1, "missing_event", Some("m1")),
+            (2, "invalid_event", None),
+            (3, "invalid_type", None),
+            (4, "missing_type", None)
+        ]
+    );
+}
+
+#[test]
+fn limits_per_event_batch_and_count() {
+    let limits = Limits {
+        max_event_bytes: 200,
+        max_batch_bytes: 2000,
+        max_batch_events: 2,
+        max_request_bytes: 4000,
+    };
+    let big = "x".repeat(300);
+    let body = serde_json::to_vec(&json!({"batch": [
+        {"type": "track", "event": "a", "userId": "u"},
+        {"type": "track", "event": big, "userId": "u"},
+        {"type": "track", "event": "c", "userId": "u"}
+    ]}))
+    .unwrap();
+    let doc = parse(Endpoint::Batch, &body, &limits).unwrap();
+    let out = normalize::normalize_document(None, doc, &ctx(), &limits).unwrap();
+    assert_eq!(out.accepted.len(), 1);
+    assert_eq!(out.rejected[0].error.code, "event_too_large");
+    assert_eq!(out.rejected[1].error.code, "batch_too_many_events");
+
+    let huge = vec![b' '; 2001];
+    assert!(matches!(parse(Endpoint::Batch, &huge, &limits), Err(RequestError::BatchTooLarge { limit: 2000, .. })));
+    let single_body = serde_json::to_vec(&json!({"event": big, "userId": "u"})).unwrap();
+    let err = parse(Endpoint::Single(CallType::Track), &single_body, &limits).unwrap_err();
+    assert_eq!((err.code(), err.status(), err.limit()), ("event_too_large", 400, Some(200)));
+}
+
+#[test]
+fn context_ip_only_when_asked() {
+    let ev = single(CallType::Track, json!({"userId": "u", "event": "e"})).unwrap();
+    assert!(ev.body.get("context").is_none());
+    let ev = single(CallType::Track, json!({"userId": "u", "event": "e", "context": {"direct": true}})).unwrap();
+    assert_eq!(ev.body["context"]["ip"], "203.0.113.7");
+    let ev = single(CallType::Track, json!({"userId": "u", "event": "e", "context": {"direct": true, "ip": "1.2.3.4"}})).unwrap();
+    assert_eq!(ev.body["context"]["ip"], "1.2.3.4");
+}
+
+// ---- properties ----
+
+fn arb_time() -> impl Strategy<Value = DateTime<Utc>> {
+    // 2000-01-01 .. 2040-01-01, millisecond precision.
+    (946_684_800_000i64..2_208_988_800_000i64).prop_map(|ms| Utc.timestamp_millis_opt(ms).unwrap())
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        "[a-z0-9 ]{0,8}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map("[a-zA-Z]{1,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn skew_formula_holds(ts in arb_time(), skew_ms in -86_400_000i64..86_400_000, delay_ms in 0i64..600_000) {
+        // A device whose clock is off by `skew_ms` sends after `delay_ms`.
+        let sent = ts + Duration::milliseconds(delay_ms);
+        let received = sent - Duration::milliseconds(skew_ms);
+        let mut m = serde_json::Map::new();
+        m.insert("userId".into(), json!("u"));
+        m.insert("event".into(), json!("e"));
+        m.insert("timestamp".into(), json!(format_timestamp(&ts)));
+        m.insert("sentAt".into(), json!(format_timestamp(&sent)));
+        let c = Context { received_at: received, client_ip: None, collect_ip: false };
+        let ev = normalize::normalize_event(Some(CallType::Track), m, None, &c).unwrap();
+        let corrected = parse_timestamp(ev.body["timestamp"].as_str().unwrap()).unwrap();
+        prop_assert_eq!(corrected, received - (sent - ts));
+        prop_assert_eq!(corrected, ts - Duration::milliseconds(skew_ms));
+    }
+
+    #[test]
+    fn format_parse_round_trip(t in arb_time()) {
+        prop_assert_eq!(parse_timestamp(&format_timestamp(&t)), Some(t));
+    }
+
+    #[test]
+    fn nulls_never_survive_and_unknown_fields_do(extra in prop::collection::btree_map("x[a-z]{1,5}", arb_json(), 0..5)) {
+        let mut body = json!({"userId": "u", "event": "e", "anonymousId": null, "name": null});
+        for (k, v) in &extra { body[k] = v.clone(); }
+        let ev = single(CallType::Track, body).unwrap();
+        for (k, v) in ev.body.iter() { prop_assert!(!v.is_null(), "{} is null", k); }
+        for (k, v) in &extra {
+            if !v.is_null() { prop_assert_eq!(&ev.body[k], v); }
+        }
+    }
+
+    #[test]
+    fn envelope_context_fills_only_missing_keys(
+        item in prop::collection::btree_map("[a-d]", arb_json(), 0..4),
+        env in prop::collection::btree_map("[a-d]", arb_json(), 0..4),
+    ) {
+        let body = json!({"context": env.clone(), "batch": [{"type": "identify", "userId": "u", "context": item.clone()}]});
+        let out = run(Endpoint::Batch, &body).unwrap();
+        let ctx = out.accepted[0].body.get("context").cloned().unwrap_or(json!({}));
+        for (k, v) in &item {
+            if !v.is_null() { prop_assert!(ctx.get(k).is_some(), "item key {} lost", k); }
+            if !v.is_null() && !v.is_object() { prop_assert_eq!(&ctx[k], v); }
+        }
+        for (k, v) in &env {
+            if !v.is_null() && item.get(k).is_none_or(|iv| iv.is_null()) { prop_assert_eq!(&ctx[k], v); }
+        }
+    }
+
+    #[test]
+    fn any_json_body_is_answered_without_panic(v in arb_json(), batch in any::<bool>()) {
+        let endpoint = if batch { Endpoint::Batch } else { Endpoint::Single(CallType::Track) };
+        let wrapped = if batch { json!({"batch": [v.clone(), v.clone()]}) } else { v };
+        let _ = run(endpoint, &wrapped);
+    }
+}

@@ -1,0 +1,272 @@
+//! The contract every [`EventLog`] implementation must pass.
+//!
+//! An implementation provides a [`LogHarness`] (how to open its log over one storage, again
+//! and again, for restart tests) and expands [`log_contract_tests!`](crate::log_contract_tests)
+//! in a test file:
+//!
+//! ```text
+//! sluice_log::log_contract_tests!(MyHarness::new());
+//! ```
+//!
+//! Times are given explicitly (`received_at_ms`, `now_ms`), so the suite never sleeps.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{Appended, EventLog, LogOptions, NewEvent};
+
+/// Opens an implementation's log over one fixed storage (a file, a topic...).
+#[async_trait]
+pub trait LogHarness: Send + Sync {
+    type Log: EventLog;
+    /// Opens the log; opening again after `close` must see everything committed before.
+    async fn open(&self, options: LogOptions) -> Self::Log;
+}
+
+pub const HOUR: i64 = 3_600_000;
+pub const T0: i64 = 1_714_557_600_000; // 2024-05-01T10:00:00Z
+
+pub fn event(source: &str, id: &str, key: &str, at: i64) -> NewEvent {
+    NewEvent {
+        source: source.into(),
+        message_id: id.into(),
+        user_key: key.into(),
+        received_at_ms: at,
+        payload: format!(r#"{{"messageId":"{id}","userId":"{key}"}}"#).into_bytes(),
+    }
+}
+
+fn stored(r: &[Appended]) -> Vec<u64> {
+    r.iter()
+        .filter_map(|a| match a {
+            Appended::Stored { offset } => Some(*offset),
+            Appended::Duplicate => None,
+        })
+        .collect()
+}
+
+pub async fn append_then_read<H: LogHarness>(h: H) {
+    let log = h.open(LogOptions::default()).await;
+    let start = log.end_offset().await.unwrap();
+    let r = log
+        .append(vec![event("web", "a", "u1", T0), event("web", "b", "u2", T0)])
+        .await
+        .unwrap();
+    let offsets = stored(&r);
+    assert_eq!(offsets.len(), 2);
+    assert!(offsets[0] >= start && offsets[1] > offsets[0]);
+    let read = log.read(offsets[0], 10).await.unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[0].message_id, "a");
+    assert_eq!(read[1].message_id, "b");
+    assert_eq!(read[0].offset, offsets[0]);
+    assert_eq!(read[0].payload, event("web", "a", "u1", T0).payload);
+    assert_eq!(read[1].user_key, "u2");
+    assert_eq!(read[1].received_at_ms, T0);
+    assert!(log.end_offset().await.unwrap() > offsets[1]);
+    assert!(log.append(vec![]).await.unwrap().is_empty());
+    log.close().await;
+}
+
+pub async fn read_respects_cursor_and_max<H: LogHarness>(h: H) {
+    let log = h.open(LogOptions::default()).await;
+    let events: Vec<_> = (0..25)
+        .map(|i| event("web", &format!("m{i}"), "u", T0))
+        .collect();
+    let offsets = stored(&log.append(events).await.unwrap());
+    let page = log.read(offsets[0], 10).await.unwrap();
+    assert_eq!(page.len(), 10);
+    let next = page.last().unwrap().offset + 1;
+    let page2 = log.read(next, 100).await.unwrap();
+    assert_eq!(page2.len(), 15);
+    assert_eq!(page2[0].message_id, "m10");
+    assert!(log
+        .read(offsets[24] + 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    log.close().await;
+}
+
+pub async fn cursors_survive_restart<H: LogHarness>(h: H) {
+    let log = h.open(LogOptions::default()).await;
+    assert_eq!(log.cursor("dest-a").await.unwrap(), None);
+    let offsets = stored(
+        &log.append((0..5).map(|i| event("web", &format!("c{i}"), "u", T0)).collect())
+            .await
+            .unwrap(),
+    );
+    log.commit("dest-a", offsets[3]).await.unwrap();
+    log.commit("dest-b", offsets[1]).await.unwrap();
+    log.commit("dest-a", offsets[4]).await.unwrap();
+    log.close().await;
+    drop(log);
+
+    let log = h.open(LogOptions::default()).await;
+    assert_eq!(log.cursor("dest-a").await.unwrap(), Some(offsets[4]));
+    assert_eq!(log.cursor("dest-b").await.unwrap(), Some(offsets[1]));
+    let resumed = log.read(offsets[4], 10).await.unwrap();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].message_id, "c4");
+    // New appends after a restart continue after the old offsets.
+    let more = stored(&log.append(vec![event("web", "c5", "u", T0)]).await.unwrap());
+    assert!(more[0] > offsets[4]);
+    log.close().await;
+}
+
+pub async fn duplicates_are_dropped_within_window<H: LogHarness>(h: H) {
+    let opts = LogOptions {
+        dedupe_window_ms: 24 * HOUR,
+        ..LogOptions::default()
+    };
+    let log = h.open(opts.clone()).await;
+    let first = log.append(vec![event("web", "dup", "u", T0)]).await.unwrap();
+    assert!(matches!(first[0], Appended::Stored { .. }));
+    // Same id, same source, in the same call and in a later one: dropped.
+    let again = log
+        .append(vec![
+            event("web", "dup", "u", T0 + HOUR),
+            event("web", "dup", "u", T0 + HOUR),
+            event("web", "new", "u", T0 + HOUR),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(again[0], Appended::Duplicate);
+    assert_eq!(again[1], Appended::Duplicate);
+    assert!(matches!(again[2], Appended::Stored { .. }));
+    // Another source may use the same id.
+    let other = log.append(vec![event("app", "dup", "u", T0)]).await.unwrap();
+    assert!(matches!(other[0], Appended::Stored { .. }));
+    log.close().await;
+    drop(log);
+    // The window survives a restart, and ends after 24 hours.
+    let log = h.open(opts).await;
+    let r = log
+        .append(vec![event("web", "dup", "u", T0 + 23 * HOUR)])
+        .await
+        .unwrap();
+    assert_eq!(r[0], Appended::Duplicate);
+    let r = log
+        .append(vec![event("web", "dup", "u", T0 + 25 * HOUR)])
+        .await
+        .unwrap();
+    assert!(matches!(r[0], Appended::Stored { .. }));
+    log.close().await;
+}
+
+pub async fn retention_deletes_old_events_only<H: LogHarness>(h: H) {
+    let opts = LogOptions {
+        retention_ms: 7 * 24 * HOUR,
+        dedupe_window_ms: 24 * HOUR,
+        ..LogOptions::default()
+    };
+    let log = h.open(opts.clone()).await;
+    let old: Vec<_> = (0..12_000)
+        .map(|i| event("web", &format!("old{i}"), "u", T0))
+        .collect();
+    let old_offsets = stored(&log.append(old).await.unwrap());
+    let young = stored(
+        &log.append(vec![event("web", "young", "u", T0 + 6 * 24 * HOUR)])
+            .await
+            .unwrap(),
+    );
+    // Eight days after T0: the 12,000 old events go (in several steps), the young stays.
+    let deleted = log.enforce_retention(T0 + 8 * 24 * HOUR).await.unwrap();
+    assert_eq!(deleted, 12_000);
+    let left = log.read(0, 100).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].message_id, "young");
+    assert_eq!(left[0].offset, young[0]);
+    // Offsets are never reused, even when everything is deleted.
+    log.enforce_retention(T0 + 30 * 24 * HOUR).await.unwrap();
+    assert!(log.read(0, 10).await.unwrap().is_empty());
+    let next = stored(&log.append(vec![event("web", "after", "u", T0 + 30 * 24 * HOUR)]).await.unwrap());
+    assert!(next[0] > young[0] && next[0] > old_offsets[11_999]);
+    log.close().await;
+    drop(log);
+    let log = h.open(opts).await;
+    assert!(log.end_offset().await.unwrap() > next[0]);
+    log.close().await;
+}
+
+pub async fn concurrent_appends_keep_per_key_order<H: LogHarness>(h: H) {
+    let log = Arc::new(h.open(LogOptions::default()).await);
+    let start = log.end_offset().await.unwrap();
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for seq in 0..100 {
+                // Alternate single events and small batches.
+                let batch: Vec<_> = (0..(seq % 3 + 1))
+                    .map(|j| event("web", &format!("k{k}-{seq}-{j}"), &format!("user{k}"), T0))
+                    .collect();
+                log.append(batch).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = log.read(start, 100_000).await.unwrap();
+    let mut last: HashMap<String, (u32, u32)> = HashMap::new();
+    for e in &all {
+        let parts: Vec<u32> = e.message_id[1..]
+            .split('-')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let pos = (parts[1], parts[2]);
+        if let Some(prev) = last.insert(e.user_key.clone(), pos) {
+            assert!(pos > prev, "{} out of order after {:?}", e.message_id, prev);
+        }
+    }
+    assert_eq!(all.len(), 8 * (34 * 1 + 33 * 2 + 33 * 3));
+    log.close().await;
+}
+
+pub async fn recent_is_newest_first_per_source<H: LogHarness>(h: H) {
+    let log = h.open(LogOptions::default()).await;
+    log.append(vec![
+        event("web", "w1", "u", T0),
+        event("app", "a1", "u", T0),
+        event("web", "w2", "u", T0),
+        event("web", "w3", "u", T0),
+    ])
+    .await
+    .unwrap();
+    let recent = log.recent("web", 2).await.unwrap();
+    let ids: Vec<_> = recent.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids, ["w3", "w2"]);
+    assert_eq!(log.recent("none", 5).await.unwrap().len(), 0);
+    log.close().await;
+}
+
+pub async fn closed_log_refuses_appends<H: LogHarness>(h: H) {
+    let log = h.open(LogOptions::default()).await;
+    log.append(vec![event("web", "x", "u", T0)]).await.unwrap();
+    log.close().await;
+    assert!(log.append(vec![event("web", "y", "u", T0)]).await.is_err());
+}
+
+/// Expands to one `#[tokio::test]` per contract property. `$harness` is an expression
+/// building a fresh [`LogHarness`] (each test gets its own storage).
+#[macro_export]
+macro_rules! log_contract_tests {
+    ($harness:expr) => {
+        $crate::log_contract_tests!(@each $harness;
+            append_then_read, read_respects_cursor_and_max, cursors_survive_restart,
+            duplicates_are_dropped_within_window, retention_deletes_old_events_only,
+            concurrent_appends_keep_per_key_order, recent_is_newest_first_per_source,
+            closed_log_refuses_appends);
+    };
+    (@each $harness:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::contract::$name($harness).await;
+            }
+        )*
+    };
+}

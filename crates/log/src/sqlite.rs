@@ -1,0 +1,499 @@
+//! The embedded event log: one SQLite file in WAL mode.
+//!
+//! One writer thread owns the only writing connection. Appends, cursor commits and
+//! retention steps reach it over a channel; it takes every command waiting (up to
+//! `max_group_events` events), runs them in one transaction and commits once — one fsync
+//! for many requests (group commit) — and only then answers each caller. Readers use
+//! their own connections; WAL lets them read while the writer writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Appended, EventLog, LogError, LogOptions, NewEvent, StoredEvent};
+
+/// Rows one retention step deletes before letting appends through again.
+const RETENTION_CHUNK: i64 = 5_000;
+/// Commands that may wait for the writer before callers are slowed down.
+const QUEUE_DEPTH: usize = 4_096;
+
+type Reply<T> = oneshot::Sender<Result<T, LogError>>;
+
+enum Command {
+    Append(Vec<NewEvent>, Reply<Vec<Appended>>),
+    Commit(String, u64, Reply<()>),
+    Retain(i64, Reply<u64>),
+}
+
+/// The SQLite event log. Cheap to share behind an `Arc`.
+pub struct SqliteLog {
+    path: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteLog {
+    /// Opens (creating if needed) the log at `path` and starts its writer thread.
+    pub fn open(path: impl AsRef<Path>, options: LogOptions) -> Result<SqliteLog, LogError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_connection(&path, true)?;
+        init_schema(&conn)?;
+        if let Some(max) = options.max_bytes {
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(storage)?;
+            let pages = (max as i64 / page_size).max(16);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(storage)?;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer { conn, options };
+        let handle = std::thread::Builder::new()
+            .name("sluice-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LogError::Storage(format!("cannot start writer thread: {e}")))?;
+        Ok(SqliteLog {
+            path,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    async fn send<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LogError> {
+        let tx = self
+            .tx
+            .lock()
+            .map_err(|_| LogError::Closed)?
+            .clone()
+            .ok_or(LogError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(make(reply)).await.map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().ok().and_then(|mut v| v.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&path, false)?,
+            };
+            let result = f(&conn).map_err(storage);
+            if let Ok(mut v) = readers.lock() {
+                if v.len() < 4 {
+                    v.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| LogError::Storage(format!("reader task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteLog {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn open_connection(path: &Path, writer: bool) -> Result<Connection, LogError> {
+    let conn = Connection::open(path).map_err(storage)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(storage)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(storage)?;
+    // FULL: in WAL mode every commit fsyncs the WAL, so an acknowledged append survives
+    // a power loss, not only a process crash.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(storage)?;
+    if writer {
+        conn.pragma_update(None, "cache_size", -32_000)
+            .map_err(storage)?;
+    }
+    Ok(conn)
+}
+
+fn init_schema(conn: &Connection) -> Result<(), LogError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS events (
+             offset INTEGER PRIMARY KEY AUTOINCREMENT,
+             source TEXT NOT NULL,
+             message_id TEXT NOT NULL,
+             user_key TEXT NOT NULL,
+             received_at INTEGER NOT NULL,
+             payload BLOB NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS events_by_source ON events(source, offset);
+         CREATE TABLE IF NOT EXISTS dedupe (
+             source TEXT NOT NULL,
+             message_id TEXT NOT NULL,
+             seen_at INTEGER NOT NULL,
+             UNIQUE (source, message_id)
+         );
+         CREATE TABLE IF NOT EXISTS cursors (
+             consumer TEXT PRIMARY KEY,
+             next_offset INTEGER NOT NULL
+         ) WITHOUT ROWID;",
+    )
+    .map_err(storage)
+}
+
+fn storage(e: rusqlite::Error) -> LogError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => LogError::Full(e.to_string()),
+        _ => LogError::Storage(e.to_string()),
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    options: LogOptions,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut retention: Vec<(i64, u64, Reply<u64>)> = Vec::new();
+        loop {
+            let first = if retention.is_empty() {
+                match rx.blocking_recv() {
+                    Some(c) => Some(c),
+                    None => break,
+                }
+            } else {
+                rx.try_recv().ok()
+            };
+            let mut group = Vec::new();
+            let mut events = 0;
+            if let Some(c) = first {
+                events += command_events(&c);
+                group.push(c);
+                while events < self.options.max_group_events {
+                    match rx.try_recv() {
+                        Ok(c) => {
+                            events += command_events(&c);
+                            group.push(c);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            let mut retains = Vec::new();
+            let mut work = Vec::with_capacity(group.len());
+            for c in group {
+                match c {
+                    Command::Retain(now, reply) => retains.push((now, 0, reply)),
+                    other => work.push(other),
+                }
+            }
+            retention.extend(retains);
+            if !work.is_empty() {
+                self.run_group(work);
+            }
+            // One retention step between groups: appends are never stalled for long.
+            if let Some((now, deleted, _)) = retention.first_mut() {
+                match self.retention_step(*now) {
+                    Ok((0, 0)) => {
+                        let (_, total, reply) = retention.remove(0);
+                        let _ = reply.send(Ok(total));
+                    }
+                    Ok((n, _)) => *deleted += n,
+                    Err(e) => {
+                        let (_, _, reply) = retention.remove(0);
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        }
+        // Channel closed: everything sent was processed above. Checkpoint so that the
+        // next start finds a short WAL.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+
+    fn run_group(&mut self, work: Vec<Command>) {
+        let started = Instant::now();
+        let n_events: usize = work.iter().map(command_events).sum();
+        match self.apply(&work) {
+            Ok(results) => {
+                metrics::histogram!("sluice_log_write_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("sluice_log_group_events").record(n_events as f64);
+                for (cmd, result) in work.into_iter().zip(results) {
+                    match (cmd, result) {
+                        (Command::Append(_, reply), GroupResult::Appended(r)) => {
+                            let _ = reply.send(Ok(r));
+                        }
+                        (Command::Commit(_, _, reply), _) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = n_events, "event log write failed; group rolled back");
+                metrics::counter!("sluice_log_write_errors_total").increment(1);
+                for cmd in work {
+                    match cmd {
+                        Command::Append(_, reply) => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                        Command::Commit(_, _, reply) => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                        Command::Retain(_, reply) => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a group in one transaction. On error the transaction is rolled back: nothing
+    /// of the group is stored.
+    fn apply(&mut self, work: &[Command]) -> Result<Vec<GroupResult>, LogError> {
+        let window = self.options.dedupe_window_ms;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        let mut results = Vec::with_capacity(work.len());
+        {
+            let mut seen = tx
+                .prepare_cached(
+                    "INSERT INTO dedupe (source, message_id, seen_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (source, message_id) DO NOTHING",
+                )
+                .map_err(storage)?;
+            let mut expired = tx
+                .prepare_cached(
+                    "DELETE FROM dedupe WHERE source = ?1 AND message_id = ?2 AND seen_at <= ?3",
+                )
+                .map_err(storage)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (source, message_id, user_key, received_at, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(storage)?;
+            let mut cursor = tx
+                .prepare_cached(
+                    "INSERT INTO cursors (consumer, next_offset) VALUES (?1, ?2)
+                     ON CONFLICT (consumer) DO UPDATE SET next_offset = excluded.next_offset",
+                )
+                .map_err(storage)?;
+            for cmd in work {
+                match cmd {
+                    Command::Append(events, _) => {
+                        let mut out = Vec::with_capacity(events.len());
+                        for e in events {
+                            let fresh = seen
+                                .execute(params![e.source, e.message_id, e.received_at_ms])
+                                .map_err(storage)?
+                                == 1;
+                            let fresh = fresh || {
+                                // Seen before: a duplicate unless the earlier sighting is
+                                // outside the window, in which case it counts as new.
+                                let cutoff = e.received_at_ms - window;
+                                expired
+                                    .execute(params![e.source, e.message_id, cutoff])
+                                    .map_err(storage)?
+                                    == 1
+                                    && seen
+                                        .execute(params![e.source, e.message_id, e.received_at_ms])
+                                        .map_err(storage)?
+                                        == 1
+                            };
+                            if !fresh {
+                                out.push(Appended::Duplicate);
+                                continue;
+                            }
+                            insert
+                                .execute(params![
+                                    e.source,
+                                    e.message_id,
+                                    e.user_key,
+                                    e.received_at_ms,
+                                    e.payload
+                                ])
+                                .map_err(storage)?;
+                            out.push(Appended::Stored {
+                                offset: tx.last_insert_rowid() as u64,
+                            });
+                        }
+                        results.push(GroupResult::Appended(out));
+                    }
+                    Command::Commit(consumer, next, _) => {
+                        cursor
+                            .execute(params![consumer, *next as i64])
+                            .map_err(storage)?;
+                        results.push(GroupResult::Done);
+                    }
+                    Command::Retain(..) => results.push(GroupResult::Done),
+                }
+            }
+        }
+        tx.commit().map_err(storage)?;
+        Ok(results)
+    }
+
+    /// Deletes one chunk of expired events and dedupe entries. Returns how many of each
+    /// were deleted; (0, 0) means nothing is left to delete.
+    fn retention_step(&mut self, now_ms: i64) -> Result<(u64, u64), LogError> {
+        let event_cutoff = now_ms - self.options.retention_ms;
+        let dedupe_cutoff = now_ms - self.options.dedupe_window_ms;
+        let tx = self.conn.transaction().map_err(storage)?;
+        // Events are in receive order, so the expired ones are a prefix of the offsets:
+        // delete by offset range, which needs no index on received_at.
+        let first: Option<i64> = tx
+            .query_row("SELECT MIN(offset) FROM events", [], |r| r.get(0))
+            .optional()
+            .map_err(storage)?
+            .flatten();
+        let events = match first {
+            Some(first) => tx
+                .execute(
+                    "DELETE FROM events WHERE offset < ?1 AND received_at <= ?2",
+                    params![first + RETENTION_CHUNK, event_cutoff],
+                )
+                .map_err(storage)?,
+            None => 0,
+        };
+        let dedupe = tx
+            .execute(
+                "DELETE FROM dedupe WHERE rowid IN
+                   (SELECT rowid FROM dedupe WHERE rowid < (SELECT MIN(rowid) FROM dedupe) + ?1
+                    AND seen_at <= ?2)",
+                params![RETENTION_CHUNK, dedupe_cutoff],
+            )
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        Ok((events as u64, dedupe as u64))
+    }
+}
+
+enum GroupResult {
+    Appended(Vec<Appended>),
+    Done,
+}
+
+fn command_events(c: &Command) -> usize {
+    match c {
+        Command::Append(e, _) => e.len().max(1),
+        _ => 1,
+    }
+}
+
+fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        offset: r.get::<_, i64>(0)? as u64,
+        source: r.get(1)?,
+        message_id: r.get(2)?,
+        user_key: r.get(3)?,
+        received_at_ms: r.get(4)?,
+        payload: r.get(5)?,
+    })
+}
+
+#[async_trait]
+impl EventLog for SqliteLog {
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.send(|reply| Command::Append(events, reply)).await
+    }
+
+    async fn read(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, LogError> {
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT offset, source, message_id, user_key, received_at, payload
+                 FROM events WHERE offset >= ?1 ORDER BY offset LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![from as i64, max as i64], row_to_event)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn recent(&self, source: &str, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
+        let source = source.to_string();
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT offset, source, message_id, user_key, received_at, payload
+                 FROM events WHERE source = ?1 ORDER BY offset DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![source, limit as i64], row_to_event)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn cursor(&self, consumer: &str) -> Result<Option<u64>, LogError> {
+        let consumer = consumer.to_string();
+        self.with_reader(move |c| {
+            c.query_row(
+                "SELECT next_offset FROM cursors WHERE consumer = ?1",
+                [consumer],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.map(|v| v as u64))
+        })
+        .await
+    }
+
+    async fn commit(&self, consumer: &str, next_offset: u64) -> Result<(), LogError> {
+        let consumer = consumer.to_string();
+        self.send(|reply| Command::Commit(consumer, next_offset, reply))
+            .await
+    }
+
+    async fn end_offset(&self) -> Result<u64, LogError> {
+        self.with_reader(|c| {
+            // AUTOINCREMENT keeps the high-water mark in sqlite_sequence even when
+            // retention has deleted every event.
+            let seq: Option<i64> = c
+                .query_row(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(seq.unwrap_or(0) as u64 + 1)
+        })
+        .await
+    }
+
+    async fn enforce_retention(&self, now_ms: i64) -> Result<u64, LogError> {
+        self.send(|reply| Command::Retain(now_ms, reply)).await
+    }
+
+    async fn close(&self) {
+        let tx = self.tx.lock().ok().and_then(|mut t| t.take());
+        drop(tx);
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}

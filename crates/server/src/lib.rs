@@ -1,1 +1,196 @@
+//! The Sluice HTTP server.
+//!
+//! Module map:
+//! - [`tracking`]: Segment's Tracking API (`/v1/...`), CORS, the analytics.js settings
+//!   document.
+//! - [`admin`]: the admin API under `/admin/v1` (sources, stored and rejected events, the
+//!   live source debugger as Server-Sent Events).
+//! - [`telemetry`]: Prometheus metrics and the per-request latency layer.
+//! - [`error`]: the one place where errors become HTTP answers.
+//! - [`ratelimit`]: per-source token buckets.
+//!
+//! [`App`] holds the shared state; [`router`] builds the routes; [`serve`] runs them until a
+//! shutdown future resolves, then drains in-flight requests.
 
+pub mod admin;
+pub mod error;
+pub mod ratelimit;
+pub mod telemetry;
+pub mod tracking;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use sluice_log::EventLog;
+use sluice_spec::Limits;
+use sluice_store::Store;
+use tokio::sync::{broadcast, watch};
+
+pub use ratelimit::RateLimit;
+
+/// A configured source: where events come from and the key they authenticate with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSettings {
+    pub name: String,
+    pub write_key: String,
+    pub enabled: bool,
+    /// Fill `context.ip` from the request for every event (client-side sources).
+    pub collect_ip: bool,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Everything the server needs that does not change while it runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub sources: Vec<SourceSettings>,
+    pub limits: Limits,
+    pub admin_token: String,
+    /// Base URL clients reach this server at (for the analytics.js settings document);
+    /// derived from the request's Host when unset.
+    pub public_url: Option<String>,
+    /// Take the client address from `X-Forwarded-For` (behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// How long rejected-item records are kept.
+    pub rejected_retention: Duration,
+    /// How often retention runs.
+    pub retention_interval: Duration,
+}
+
+pub(crate) struct Source {
+    pub settings: SourceSettings,
+    pub bucket: Option<ratelimit::Bucket>,
+}
+
+/// One accepted event for the live debugger.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub source: Arc<str>,
+    pub offset: u64,
+    pub payload: Bytes,
+}
+
+/// Shared state of the server.
+pub struct App {
+    pub settings: Settings,
+    pub log: Arc<dyn EventLog>,
+    pub store: Arc<dyn Store>,
+    pub(crate) by_key: HashMap<String, Arc<Source>>,
+    pub(crate) by_name: HashMap<String, Arc<Source>>,
+    pub(crate) live: broadcast::Sender<Arc<LiveEvent>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    shutdown_tx: watch::Sender<bool>,
+    ready: AtomicBool,
+}
+
+impl App {
+    pub fn new(settings: Settings, log: Arc<dyn EventLog>, store: Arc<dyn Store>) -> Arc<App> {
+        let mut by_key = HashMap::new();
+        let mut by_name = HashMap::new();
+        for s in &settings.sources {
+            let source = Arc::new(Source {
+                bucket: s.rate_limit.map(ratelimit::Bucket::new),
+                settings: s.clone(),
+            });
+            by_key.insert(s.write_key.clone(), source.clone());
+            by_name.insert(s.name.clone(), source);
+        }
+        let (live, _) = broadcast::channel(1024);
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        Arc::new(App {
+            settings,
+            log,
+            store,
+            by_key,
+            by_name,
+            live,
+            shutdown,
+            shutdown_tx,
+            ready: AtomicBool::new(true),
+        })
+    }
+
+    /// Marks the server as stopping: `/readyz` fails and live streams end.
+    pub fn begin_shutdown(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        let _ = self.shutdown_tx.send(true);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// All routes of the server.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .merge(tracking::routes())
+        .nest("/admin/v1", admin::routes(app.clone()))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(telemetry::render))
+        .layer(axum::middleware::from_fn(telemetry::track_requests))
+        .with_state(app)
+}
+
+async fn readyz(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !app.is_ready() {
+        return error::ApiError::unavailable("shutting down").into_response();
+    }
+    match app.log.end_offset().await {
+        Ok(_) => "ready".into_response(),
+        Err(e) => error::ApiError::unavailable(e.to_string()).into_response(),
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests,
+/// ends live streams and closes the log (flushing its last group commit).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let retention = tokio::spawn(retention_loop(app.clone()));
+    let stopping = app.clone();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight requests");
+        stopping.begin_shutdown();
+    };
+    let result = axum::serve(
+        listener,
+        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful)
+    .await;
+    retention.abort();
+    app.log.close().await;
+    tracing::info!("event log closed");
+    result
+}
+
+async fn retention_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.settings.retention_interval);
+    loop {
+        tick.tick().await;
+        let now = chrono::Utc::now().timestamp_millis();
+        match app.log.enforce_retention(now).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "log retention"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "log retention failed"),
+        }
+        let before = now - app.settings.rejected_retention.as_millis() as i64;
+        if let Err(e) = app.store.prune_rejected(before).await {
+            tracing::warn!(error = %e, "pruning rejected records failed");
+        }
+    }
+}

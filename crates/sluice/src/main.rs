@@ -1,1 +1,63 @@
-fn main() {}
+//! The `sluice` binary: `serve`, `check`, `bench`.
+
+mod bench;
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A Segment-compatible customer data platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded default when no config is given).
+    Serve(serve::ServeArgs),
+    /// Validate a config file and exit.
+    Check {
+        /// The config file to check.
+        #[arg(long, short, default_value = "sluice.toml", env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Benchmarks against a running server.
+    Bench {
+        #[command(subcommand)]
+        which: bench::BenchCommand,
+    },
+    /// A server that only reads the body and answers 200 (the benchmark's baseline).
+    #[command(hide = true)]
+    BenchBaseline {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Check { config } => config::load(&config).map(|cfg| {
+            println!(
+                "{}: ok ({} source{})",
+                config.display(),
+                cfg.sources.len(),
+                if cfg.sources.len() == 1 { "" } else { "s" }
+            );
+        }),
+        Command::Bench { which } => bench::run(which),
+        Command::BenchBaseline { listen } => bench::baseline(listen),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

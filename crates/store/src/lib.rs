@@ -1,1 +1,234 @@
+//! The state store: small settings the server keeps for itself (the generated write key
+//! and admin token) and the rejected-event records the admin API shows.
+//!
+//! Module map: this file holds the [`Store`] trait and the SQLite implementation
+//! ([`SqliteStore`], a second file beside the event log, `state.sqlite`). Later issues add
+//! configuration, profiles, deliveries and dead letters here, and a PostgreSQL
+//! implementation behind the same trait.
 
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("state store error: {0}")]
+    Storage(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// An item a source refused, kept with its reason for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRecord {
+    pub id: i64,
+    pub source: String,
+    pub received_at_ms: i64,
+    /// Position in the batch (0 for single calls).
+    pub index: i64,
+    pub message_id: Option<String>,
+    /// Machine code, e.g. `no_user_anon_id`.
+    pub code: String,
+    pub field: Option<String>,
+    pub reason: String,
+    /// The item as received (possibly truncated).
+    pub raw: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Stores refused items (the `id` field is ignored and assigned).
+    async fn add_rejected(&self, records: Vec<RejectedRecord>) -> Result<(), StoreError>;
+    /// The newest refused items of a source, newest first.
+    async fn rejected(&self, source: &str, limit: usize) -> Result<Vec<RejectedRecord>, StoreError>;
+    /// Deletes refused items received before `before_ms`. Returns how many.
+    async fn prune_rejected(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// The embedded state store.
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path.as_ref()).map_err(storage)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(storage)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(storage)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(storage)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS rejected (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 source TEXT NOT NULL,
+                 received_at INTEGER NOT NULL,
+                 idx INTEGER NOT NULL,
+                 message_id TEXT,
+                 code TEXT NOT NULL,
+                 field TEXT,
+                 reason TEXT NOT NULL,
+                 raw TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS rejected_by_source ON rejected(source, id);",
+        )
+        .map_err(storage)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Storage("state store lock poisoned".into()))?;
+            f(&mut guard).map_err(storage)
+        })
+        .await
+        .map_err(storage)?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_string();
+        self.with(move |c| {
+            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn add_rejected(&self, records: Vec<RejectedRecord>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO rejected (source, received_at, idx, message_id, code, field, reason, raw)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for r in &records {
+                    stmt.execute(params![
+                        r.source,
+                        r.received_at_ms,
+                        r.index,
+                        r.message_id,
+                        r.code,
+                        r.field,
+                        r.reason,
+                        r.raw
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn rejected(&self, source: &str, limit: usize) -> Result<Vec<RejectedRecord>, StoreError> {
+        let source = source.to_string();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, source, received_at, idx, message_id, code, field, reason, raw
+                 FROM rejected WHERE source = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![source, limit as i64], |r| {
+                Ok(RejectedRecord {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    received_at_ms: r.get(2)?,
+                    index: r.get(3)?,
+                    message_id: r.get(4)?,
+                    code: r.get(5)?,
+                    field: r.get(6)?,
+                    reason: r.get(7)?,
+                    raw: r.get(8)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn prune_rejected(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            c.execute("DELETE FROM rejected WHERE received_at < ?1", [before_ms])
+                .map(|n| n as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(source: &str, code: &str, at: i64) -> RejectedRecord {
+        RejectedRecord {
+            id: 0,
+            source: source.into(),
+            received_at_ms: at,
+            index: 3,
+            message_id: Some("m".into()),
+            code: code.into(),
+            field: Some("event".into()),
+            reason: "track requires a non-empty event name".into(),
+            raw: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn settings_and_rejected_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            assert_eq!(s.get_setting("k").await.unwrap(), None);
+            s.put_setting("k", "v1").await.unwrap();
+            s.put_setting("k", "v2").await.unwrap();
+            s.add_rejected(vec![rec("web", "a", 1), rec("web", "b", 2), rec("app", "c", 3)])
+                .await
+                .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.get_setting("k").await.unwrap().as_deref(), Some("v2"));
+        let web = s.rejected("web", 10).await.unwrap();
+        let codes: Vec<_> = web.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(codes, ["b", "a"]);
+        assert_eq!(web[0].index, 3);
+        assert_eq!(web[0].field.as_deref(), Some("event"));
+        assert_eq!(s.prune_rejected(2).await.unwrap(), 1);
+        assert_eq!(s.rejected("web", 10).await.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,510 @@
+//! Segment's Tracking API: `POST /v1/{identify,track,page,screen,group,alias,batch}`, the
+//! aliases `/v1/{i,t,p,s,g,a,b,import}`, CORS for browsers, and
+//! `GET /v1/projects/{writeKey}/settings` for unmodified analytics.js.
+//!
+//! A request goes: read the body (bounded) → decode gzip → authenticate (header key
+//! first, so a wrong key costs no parsing) → parse → rate limit → validate and normalise
+//! → record refused items → append to the log (durable) → answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use sluice_log::{Appended, NewEvent};
+use sluice_spec::{Endpoint, Outcome, RequestError};
+use sluice_store::RejectedRecord;
+
+use crate::error::ApiError;
+use crate::{App, LiveEvent, Source};
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/{kind}", post(ingest))
+        .route("/v1/projects/{write_key}/settings", get(project_settings))
+        .layer(axum::middleware::from_fn(cors))
+}
+
+/// CORS for browsers: analytics.js posts cross-origin, and any request with an
+/// `Authorization` header is preflighted.
+async fn cors(req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    if req.method() == Method::OPTIONS {
+        let mut res = StatusCode::NO_CONTENT.into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        let allow_headers = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(
+                "Content-Type, Authorization, Content-Encoding, X-Retry-Count",
+            ));
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        add_origin(h, origin);
+        return res;
+    }
+    let mut res = next.run(req).await;
+    add_origin(res.headers_mut(), origin);
+    res
+}
+
+fn add_origin(h: &mut HeaderMap, origin: Option<HeaderValue>) {
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        origin.unwrap_or(HeaderValue::from_static("*")),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+/// What a successful ingest answers.
+#[derive(Serialize)]
+struct IngestReply {
+    success: bool,
+    accepted: usize,
+    duplicates: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rejected: Vec<RejectedItem>,
+}
+
+#[derive(Serialize)]
+struct RejectedItem {
+    index: usize,
+    #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+    reason: String,
+}
+
+async fn ingest(
+    State(app): State<Arc<App>>,
+    Path(kind): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<IngestReply>, ApiError> {
+    let endpoint = Endpoint::from_path(&kind).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no Tracking API endpoint /v1/{kind}; use identify, track, page, screen, group, alias or batch"
+        ))
+    })?;
+    let received_at = chrono::Utc::now();
+    let limits = &app.settings.limits;
+
+    let header_source = match header_write_key(&headers)? {
+        Some(key) => Some(authenticate(&app, Some(&key))?),
+        None => None,
+    };
+
+    let raw = read_body(body, limits.max_request_bytes).await?;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let result = decode_and_ingest(&app, endpoint, &raw, encoding, header_source, received_at, &headers, peer).await;
+    if let Err(e) = &result {
+        if e.status.is_client_error() && e.status != StatusCode::UNAUTHORIZED {
+            metrics::counter!("sluice_requests_rejected_total", "reason" => e.code).increment(1);
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decode_and_ingest(
+    app: &Arc<App>,
+    endpoint: Endpoint,
+    raw: &[u8],
+    encoding: Option<&str>,
+    header_source: Option<Arc<Source>>,
+    received_at: chrono::DateTime<chrono::Utc>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Json<IngestReply>, ApiError> {
+    let limits = &app.settings.limits;
+    let refused = |source: &Option<Arc<Source>>, e: RequestError| {
+        let app = app.clone();
+        let source = source.clone();
+        let raw_text = String::from_utf8_lossy(&raw[..raw.len().min(64 * 1024)]).into_owned();
+        async move {
+            if let Some(source) = source {
+                record_request_refusal(&app, &source, &e, raw_text, received_at).await;
+            }
+            ApiError::from(e)
+        }
+    };
+    let body = match sluice_spec::decode::decode_body(raw, encoding, limits) {
+        Ok(b) => b,
+        Err(e) => return Err(refused(&header_source, e).await),
+    };
+    let doc = match sluice_spec::parse(endpoint, &body, limits) {
+        Ok(d) => d,
+        Err(e) => return Err(refused(&header_source, e).await),
+    };
+    let source = match header_source {
+        Some(s) => s,
+        None => authenticate(app, doc.write_key())?,
+    };
+    let settings = &source.settings;
+    if let (Some(bucket), Some(limit)) = (&source.bucket, settings.rate_limit) {
+        if let Err(wait) = bucket.take(doc.len().max(1), Instant::now()) {
+            metrics::counter!("sluice_rate_limited_total", "source" => settings.name.clone())
+                .increment(doc.len() as u64);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "source {:?} is limited to {} events per second (burst {})",
+                    settings.name, limit.per_second, limit.burst
+                ),
+            )
+            .retry_after(wait));
+        }
+    }
+    let client_ip = client_ip(headers, peer, app.settings.trust_forwarded_for);
+    let ctx = sluice_spec::Context {
+        received_at,
+        client_ip: Some(&client_ip),
+        collect_ip: settings.collect_ip,
+    };
+    let outcome = match sluice_spec::normalize::normalize_document(endpoint.call(), doc, &ctx, limits) {
+        Ok(o) => o,
+        Err(e) => {
+            let raw_text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned();
+            record_request_refusal(app, &source, &e, raw_text, received_at).await;
+            return Err(ApiError::from(e));
+        }
+    };
+    metrics::counter!("sluice_ingest_bytes_total", "source" => settings.name.clone())
+        .increment(raw.len() as u64);
+    store_outcome(app, &source, outcome, received_at).await
+}
+
+async fn store_outcome(
+    app: &Arc<App>,
+    source: &Source,
+    outcome: Outcome,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Json<IngestReply>, ApiError> {
+    let name = &source.settings.name;
+    let received_ms = received_at.timestamp_millis();
+    let rejected: Vec<RejectedItem> = outcome
+        .rejected
+        .iter()
+        .map(|r| RejectedItem {
+            index: r.index,
+            message_id: r.message_id.clone(),
+            code: r.error.code,
+            field: r.error.field,
+            reason: r.error.message.clone(),
+        })
+        .collect();
+    if !outcome.rejected.is_empty() {
+        for r in &outcome.rejected {
+            metrics::counter!("sluice_events_rejected_total", "source" => name.clone(), "reason" => r.error.code)
+                .increment(1);
+        }
+        let records = outcome
+            .rejected
+            .into_iter()
+            .map(|r| RejectedRecord {
+                id: 0,
+                source: name.clone(),
+                received_at_ms: received_ms,
+                index: r.index as i64,
+                message_id: r.message_id,
+                code: r.error.code.to_string(),
+                field: r.error.field.map(str::to_string),
+                reason: r.error.message,
+                raw: r.raw,
+            })
+            .collect();
+        if let Err(e) = app.store.add_rejected(records).await {
+            // The refusal itself is answered either way; losing its record is logged.
+            tracing::warn!(error = %e, source = %name, "could not record rejected items");
+        }
+    }
+
+    let payloads: Vec<Bytes> = outcome.accepted.iter().map(|e| Bytes::from(e.to_json())).collect();
+    let events: Vec<NewEvent> = outcome
+        .accepted
+        .into_iter()
+        .zip(&payloads)
+        .map(|(e, p)| NewEvent {
+            source: name.clone(),
+            message_id: e.message_id,
+            user_key: e.user_key,
+            received_at_ms: received_ms,
+            payload: p.to_vec(),
+        })
+        .collect();
+    let results = app.log.append(events).await.map_err(|e| {
+        tracing::error!(error = %e, source = %name, "append failed; answering 503");
+        ApiError::unavailable(format!("events were not stored: {e}"))
+    })?;
+
+    let mut accepted = 0;
+    let mut duplicates = 0;
+    let live = app.live.receiver_count() > 0;
+    let source_name: Option<Arc<str>> = live.then(|| Arc::from(name.as_str()));
+    for (r, payload) in results.iter().zip(payloads) {
+        match r {
+            Appended::Stored { offset } => {
+                accepted += 1;
+                if let Some(s) = &source_name {
+                    let _ = app.live.send(Arc::new(LiveEvent {
+                        source: s.clone(),
+                        offset: *offset,
+                        payload,
+                    }));
+                }
+            }
+            Appended::Duplicate => duplicates += 1,
+        }
+    }
+    metrics::counter!("sluice_events_accepted_total", "source" => name.clone()).increment(accepted as u64);
+    if duplicates > 0 {
+        metrics::counter!("sluice_events_duplicate_total", "source" => name.clone())
+            .increment(duplicates as u64);
+    }
+    Ok(Json(IngestReply {
+        success: true,
+        accepted,
+        duplicates,
+        rejected,
+    }))
+}
+
+async fn record_request_refusal(
+    app: &App,
+    source: &Source,
+    e: &RequestError,
+    raw: String,
+    received_at: chrono::DateTime<chrono::Utc>,
+) {
+    metrics::counter!("sluice_events_rejected_total", "source" => source.settings.name.clone(), "reason" => e.code())
+        .increment(1);
+    let record = RejectedRecord {
+        id: 0,
+        source: source.settings.name.clone(),
+        received_at_ms: received_at.timestamp_millis(),
+        index: 0,
+        message_id: None,
+        code: e.code().to_string(),
+        field: e.field().map(str::to_string),
+        reason: e.to_string(),
+        raw,
+    };
+    if let Err(err) = app.store.add_rejected(vec![record]).await {
+        tracing::warn!(error = %err, "could not record rejected request");
+    }
+}
+
+/// Reads the body up to `cap` bytes; beyond it, 413 without reading further.
+async fn read_body(body: Body, cap: usize) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("unreadable_body", format!("could not read the request body: {e}"))
+        })?;
+        if buf.len() + chunk.len() > cap {
+            return Err(RequestError::RequestTooLarge { limit: cap }.into());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The write key from `Authorization: Basic base64(key:)` (the colon is optional).
+/// `Bearer` tokens (Segment's OAuth) carry no key: the body's `writeKey` is used.
+fn header_write_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let invalid = |why: &str| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_authorization",
+            format!("Authorization header {why}; send Basic base64(\"<writeKey>:\")"),
+        )
+    };
+    let value = value.to_str().map_err(|_| invalid("is not ASCII"))?.trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(invalid("uses an unknown scheme"));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .map_err(|_| invalid("is not valid base64"))?;
+    let text = String::from_utf8(decoded).map_err(|_| invalid("is not UTF-8"))?;
+    let key = text.split_once(':').map(|(k, _)| k).unwrap_or(&text);
+    if key.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(key.to_string()))
+}
+
+fn authenticate(app: &App, key: Option<&str>) -> Result<Arc<Source>, ApiError> {
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_write_key",
+            "no write key: send it as the Basic auth user name or as `writeKey` in the body",
+        ));
+    };
+    let Some(source) = app.by_key.get(key) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown_write_key",
+            "the write key does not belong to any source",
+        ));
+    };
+    if !source.settings.enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "source_disabled",
+            format!("source {:?} is disabled", source.settings.name),
+        ));
+    }
+    Ok(source.clone())
+}
+
+fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded: bool) -> String {
+    if trust_forwarded {
+        if let Some(first) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+        {
+            return first.to_string();
+        }
+    }
+    peer.ip().to_string()
+}
+
+/// The settings document analytics.js loads at start. It points the `Segment.io`
+/// integration at this server, so an unmodified analytics.js (with `cdnURL` set to this
+/// server) sends here.
+async fn project_settings(
+    State(app): State<Arc<App>>,
+    Path(write_key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let source = authenticate(&app, Some(&write_key)).map_err(|e| {
+        if e.status == StatusCode::UNAUTHORIZED {
+            ApiError::not_found("no source has this write key")
+        } else {
+            e
+        }
+    })?;
+    let (protocol, host) = match &app.settings.public_url {
+        Some(url) => {
+            let (p, rest) = url.split_once("://").unwrap_or(("https", url));
+            (p.to_string(), rest.trim_end_matches('/').to_string())
+        }
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("localhost")
+                .to_string();
+            let proto = headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("http")
+                .to_string();
+            (proto, host)
+        }
+    };
+    let doc = json!({
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": format!("{host}/v1"),
+                "protocol": protocol,
+                "unbundledIntegrations": [],
+                "addBundledMetadata": true,
+                "maybeBundledConfigIds": {},
+                "versionSettings": {"version": "4.4.7", "componentTypes": ["browser"]}
+            }
+        },
+        "plan": {
+            "track": {"__default": {"enabled": true, "integrations": {}}},
+            "identify": {"__default": {"enabled": true}},
+            "group": {"__default": {"enabled": true}}
+        },
+        "edgeFunction": {},
+        "analyticsNextEnabled": true,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0.0},
+        "legacyVideoPluginsEnabled": false,
+        "remotePlugins": [],
+        "source": {"name": source.settings.name}
+    });
+    let mut res = Json(doc).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(raw: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let enc = base64::engine::general_purpose::STANDARD.encode(raw);
+        h.insert(header::AUTHORIZATION, format!("Basic {enc}").parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn basic_auth_with_and_without_colon() {
+        assert_eq!(header_write_key(&basic("wk:")).unwrap().as_deref(), Some("wk"));
+        assert_eq!(header_write_key(&basic("wk")).unwrap().as_deref(), Some("wk"));
+        assert_eq!(header_write_key(&basic("wk:pw")).unwrap().as_deref(), Some("wk"));
+        assert_eq!(header_write_key(&basic(":")).unwrap(), None);
+        assert_eq!(header_write_key(&HeaderMap::new()).unwrap(), None);
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer tok".parse().unwrap());
+        assert_eq!(header_write_key(&h).unwrap(), None);
+        h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert_eq!(header_write_key(&h).unwrap_err().code, "invalid_authorization");
+        h.insert(header::AUTHORIZATION, "Digest x".parse().unwrap());
+        assert_eq!(header_write_key(&h).unwrap_err().code, "invalid_authorization");
+    }
+
+    #[test]
+    fn forwarded_for_only_when_trusted() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "198.51.100.4, 10.0.0.1".parse().unwrap());
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(client_ip(&h, peer, true), "198.51.100.4");
+        assert_eq!(client_ip(&h, peer, false), "127.0.0.1");
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_ip(&h, peer, true), "127.0.0.1");
+    }
+}

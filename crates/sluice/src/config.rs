@@ -1,0 +1,345 @@
+//! `sluice.toml`: parsing, environment secrets, validation. Every field is documented in
+//! `docs/configuration.md`. Errors name the file, the line and the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub dedupe: DedupeConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub rejected: RejectedConfig,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_event_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_request_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = sluice_spec::Limits::default();
+        LimitsConfig {
+            max_event_bytes: l.max_event_bytes,
+            max_batch_bytes: l.max_batch_bytes,
+            max_batch_events: l.max_batch_events,
+            max_request_bytes: l.max_request_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupeConfig {
+    pub window: HumanDuration,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig {
+            window: HumanDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogKind {
+    #[default]
+    Sqlite,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub kind: LogKind,
+    pub retention: HumanDuration,
+    pub max_size_mb: u64,
+    pub max_group_events: usize,
+    pub retention_interval: HumanDuration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            kind: LogKind::Sqlite,
+            retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+            max_size_mb: 0,
+            max_group_events: 20_000,
+            retention_interval: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RejectedConfig {
+    pub retention: HumanDuration,
+}
+
+impl Default for RejectedConfig {
+    fn default() -> Self {
+        RejectedConfig {
+            retention: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub write_key: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub collect_ip: bool,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub events_per_second: f64,
+    pub burst: Option<f64>,
+}
+
+/// A duration written as `"90s"`, `"30m"`, `"24h"`, `"7d"`, `"500ms"`, or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            de::Error::custom("expected a duration such as \"30s\", \"15m\", \"24h\", \"7d\" or a number of seconds")
+        })? {
+            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            Raw::Text(t) => parse_duration(&t).map(HumanDuration).map_err(de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected a number followed by ms, s, m, h or d"))?;
+    let secs = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        other => return Err(format!("invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse(&text, &path.display().to_string())
+}
+
+pub fn parse(text: &str, origin: &str) -> Result<FileConfig> {
+    let mut cfg: FileConfig = toml::from_str(text).map_err(|e| {
+        // toml's message holds the line, column and field; make it one readable block.
+        anyhow::anyhow!("invalid config file {origin}: {}", e.to_string().trim_end())
+    })?;
+    expand_env(&mut cfg, origin)?;
+    validate(&cfg, origin)?;
+    Ok(cfg)
+}
+
+/// Secrets may be written as `"${NAME}"`: the value of environment variable NAME.
+fn expand_env(cfg: &mut FileConfig, origin: &str) -> Result<()> {
+    fn expand(value: &mut String, field: &str, origin: &str) -> Result<()> {
+        if let Some(name) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
+            match std::env::var(name) {
+                Ok(v) => *value = v,
+                Err(_) => bail!(
+                    "invalid config file {origin}: field `{field}` refers to environment variable {name}, which is not set"
+                ),
+            }
+        }
+        Ok(())
+    }
+    if let Some(t) = cfg.admin_token.as_mut() {
+        expand(t, "admin_token", origin)?;
+    }
+    for (i, s) in cfg.sources.iter_mut().enumerate() {
+        expand(&mut s.write_key, &format!("sources[{i}].write_key"), origin)?;
+    }
+    Ok(())
+}
+
+fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
+    let err = |field: &str, why: String| anyhow::anyhow!("invalid config file {origin}: field `{field}` {why}");
+    if let Some(l) = &cfg.listen {
+        l.parse::<SocketAddr>()
+            .map_err(|_| err("listen", format!("must be an address like 127.0.0.1:8088, not {l:?}")))?;
+    }
+    if let Some(t) = &cfg.admin_token {
+        if t.len() < 8 {
+            return Err(err("admin_token", "must be at least 8 characters long".into()));
+        }
+    }
+    if let Some(u) = &cfg.public_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(err("public_url", format!("must start with http:// or https://, not {u:?}")));
+        }
+    }
+    let l = &cfg.limits;
+    for (name, v) in [
+        ("limits.max_event_bytes", l.max_event_bytes),
+        ("limits.max_batch_bytes", l.max_batch_bytes),
+        ("limits.max_batch_events", l.max_batch_events),
+        ("limits.max_request_bytes", l.max_request_bytes),
+    ] {
+        if v == 0 {
+            return Err(err(name, "must be greater than 0".into()));
+        }
+    }
+    if l.max_event_bytes > l.max_batch_bytes || l.max_batch_bytes > l.max_request_bytes {
+        return Err(err(
+            "limits",
+            "must satisfy max_event_bytes <= max_batch_bytes <= max_request_bytes".into(),
+        ));
+    }
+    if cfg.log.max_group_events == 0 {
+        return Err(err("log.max_group_events", "must be greater than 0".into()));
+    }
+    if cfg.log.retention_interval.0.is_zero() {
+        return Err(err("log.retention_interval", "must be greater than 0".into()));
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    for (i, s) in cfg.sources.iter().enumerate() {
+        let valid_name = !s.name.is_empty()
+            && s.name.len() <= 64
+            && s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(err(
+                &format!("sources[{i}].name"),
+                format!("must be 1-64 letters, digits, '-' or '_', not {:?}", s.name),
+            ));
+        }
+        if !names.insert(&s.name) {
+            return Err(err(&format!("sources[{i}].name"), format!("repeats the source name {:?}", s.name)));
+        }
+        if s.write_key.is_empty() || s.write_key.contains(':') {
+            return Err(err(&format!("sources[{i}].write_key"), "must be non-empty and contain no ':'".into()));
+        }
+        if !keys.insert(&s.write_key) {
+            return Err(err(&format!("sources[{i}].write_key"), "is already used by another source".into()));
+        }
+        if let Some(r) = &s.rate_limit {
+            if !(r.events_per_second > 0.0) || r.burst.is_some_and(|b| !(b >= 1.0)) {
+                return Err(err(
+                    &format!("sources[{i}].rate_limit"),
+                    "needs events_per_second > 0 and burst >= 1".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_minimal_file_works_as_written() {
+        let cfg = parse(
+            r#"listen = "127.0.0.1:8088"
+data_dir = "./sluice-data"
+admin_token = "change-me"
+[[sources]]
+name = "web"
+write_key = "wk_web_123"
+"#,
+            "sluice.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.as_deref(), Some("127.0.0.1:8088"));
+        assert_eq!(cfg.sources[0].write_key, "wk_web_123");
+        assert!(cfg.sources[0].enabled);
+        assert_eq!(cfg.dedupe.window.0, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = parse("listen = \"127.0.0.1:8088\"\n[[sources]]\nname = \"web\"\nwrite_kee = \"x\"\n", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a.toml") && e.contains("line 2") && e.contains("write_kee"), "{e}");
+        let e = parse("[dedupe]\nwindow = \"3 fortnights\"\n", "b.toml").unwrap_err().to_string();
+        assert!(e.contains("b.toml") && e.contains("line 2") && e.contains("fortnights"), "{e}");
+        let e = parse("listen = \"nowhere\"\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("`listen`"), "{e}");
+        let e = parse(
+            "[[sources]]\nname = \"a\"\nwrite_key = \"k\"\n[[sources]]\nname = \"b\"\nwrite_key = \"k\"\n",
+            "d.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sources[1].write_key"), "{e}");
+        let e = parse("[log]\nkind = \"kafka\"\n", "e.toml").unwrap_err().to_string();
+        assert!(e.contains("kafka") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn secrets_from_environment() {
+        std::env::set_var("SLUICE_TEST_WK", "from-env");
+        let cfg = parse("[[sources]]\nname = \"web\"\nwrite_key = \"${SLUICE_TEST_WK}\"\n", "f.toml").unwrap();
+        assert_eq!(cfg.sources[0].write_key, "from-env");
+        let e = parse("admin_token = \"${SLUICE_TEST_UNSET_VAR}\"\n", "g.toml").unwrap_err().to_string();
+        assert!(e.contains("SLUICE_TEST_UNSET_VAR") && e.contains("admin_token"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! `sluice serve`: opens the data directory, prints where to send events, runs the server
+//! until SIGINT/SIGTERM, then drains and flushes.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use rand::RngCore;
+use sluice_log::{LogOptions, SqliteLog};
+use sluice_server::{App, RateLimit, Settings, SourceSettings};
+use sluice_store::{SqliteStore, Store};
+
+use crate::config::{self, FileConfig};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Config file (sluice.toml). Without one, the embedded default runs.
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`); port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match &args.config {
+        Some(path) => config::load(path)?,
+        None => FileConfig::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(cfg, args))
+}
+
+async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
+    let data_dir = args
+        .data_dir
+        .or(cfg.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./sluice-data"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let _lock = lock_data_dir(&data_dir)?;
+
+    let store = Arc::new(
+        SqliteStore::open(data_dir.join("state.sqlite"))
+            .with_context(|| format!("cannot open the state store in {}", data_dir.display()))?,
+    );
+    let sources = sources(&cfg, store.as_ref()).await?;
+    let admin_token = match (&cfg.admin_token, std::env::var("SLUICE_ADMIN_TOKEN")) {
+        (Some(t), _) => t.clone(),
+        (None, Ok(t)) if !t.is_empty() => t,
+        _ => generated(store.as_ref(), "admin_token", "adm_").await?,
+    };
+
+    let log = SqliteLog::open(
+        data_dir.join("events.sqlite"),
+        LogOptions {
+            retention_ms: cfg.log.retention.0.as_millis() as i64,
+            dedupe_window_ms: cfg.dedupe.window.0.as_millis() as i64,
+            max_bytes: (cfg.log.max_size_mb > 0).then_some(cfg.log.max_size_mb * 1024 * 1024),
+            max_group_events: cfg.log.max_group_events,
+        },
+    )
+    .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
+
+    sluice_server::telemetry::install();
+    let settings = Settings {
+        sources,
+        limits: sluice_spec::Limits {
+            max_event_bytes: cfg.limits.max_event_bytes,
+            max_batch_bytes: cfg.limits.max_batch_bytes,
+            max_batch_events: cfg.limits.max_batch_events,
+            max_request_bytes: cfg.limits.max_request_bytes,
+        },
+        admin_token,
+        public_url: cfg.public_url.clone(),
+        trust_forwarded_for: cfg.trust_forwarded_for,
+        rejected_retention: cfg.rejected.retention.0,
+        retention_interval: cfg.log.retention_interval.0,
+    };
+    let listen = match args.listen {
+        Some(l) => l,
+        None => cfg
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN)
+            .parse()
+            .context("invalid listen address")?,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    print_banner(addr, &data_dir, &settings);
+    let app = App::new(settings, Arc::new(log), store);
+    sluice_server::serve(listener, app, shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettings>> {
+    if cfg.sources.is_empty() {
+        let key = generated(store, "default_write_key", "wk_").await?;
+        return Ok(vec![SourceSettings {
+            name: "default".into(),
+            write_key: key,
+            enabled: true,
+            collect_ip: false,
+            rate_limit: None,
+        }]);
+    }
+    Ok(cfg
+        .sources
+        .iter()
+        .map(|s| SourceSettings {
+            name: s.name.clone(),
+            write_key: s.write_key.clone(),
+            enabled: s.enabled,
+            collect_ip: s.collect_ip,
+            rate_limit: s.rate_limit.as_ref().map(|r| RateLimit {
+                per_second: r.events_per_second,
+                burst: r.burst.unwrap_or(r.events_per_second.max(1.0)),
+            }),
+        })
+        .collect())
+}
+
+/// A secret generated once and kept in the state store, so it survives restarts.
+async fn generated(store: &dyn Store, key: &str, prefix: &str) -> Result<String> {
+    if let Some(v) = store.get_setting(key).await? {
+        return Ok(v);
+    }
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let value = format!(
+        "{prefix}{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    store.put_setting(key, &value).await?;
+    Ok(value)
+}
+
+/// Holds an exclusive lock on the data directory for the life of the process, so two
+/// servers never write one log.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "data directory {} is in use by another sluice process",
+            dir.display()
+        );
+    }
+    Ok(file)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn print_banner(addr: SocketAddr, data_dir: &Path, settings: &Settings) {
+    let url = format!("http://{addr}");
+    let mut out = String::new();
+    out.push_str(&format!("sluice {} listening on {url}\n", env!("CARGO_PKG_VERSION")));
+    out.push_str(&format!("  data directory: {}\n", data_dir.display()));
+    out.push_str(&format!("  admin token:    {}\n", settings.admin_token));
+    for s in &settings.sources {
+        out.push_str(&format!("  source {:<10} write key: {}\n", s.name, s.write_key));
+    }
+    if let Some(s) = settings.sources.first() {
+        let wk = &s.write_key;
+        let host = addr.to_string();
+        out.push_str(&format!(
+            r#"
+Send an event:
+  curl -u '{wk}:' -H 'Content-Type: application/json' \
+    -d '{{"userId":"u1","event":"Signed Up","properties":{{"plan":"pro"}}}}' {url}/v1/track
+See it:
+  curl -H 'Authorization: Bearer {token}' '{url}/admin/v1/sources/{name}/events?limit=5'
+
+Point a Segment client here (only the host changes):
+  analytics.js: analytics.load('{wk}', {{ cdnURL: '{url}' }})   // or integrations: {{'Segment.io': {{apiHost: '{host}/v1', protocol: 'http'}}}}
+  Python:       segment.analytics.write_key = '{wk}'; segment.analytics.host = '{url}'
+  Node:         new Analytics({{ writeKey: '{wk}', host: '{url}' }})
+"#,
+            token = settings.admin_token,
+            name = s.name,
+        ));
+    }
+    print!("{out}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}

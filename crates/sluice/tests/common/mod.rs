@@ -1,0 +1,178 @@
+//! Starts the real `sluice` binary on a free port and talks HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub write_key: String,
+    pub admin_token: String,
+    pub data_dir: PathBuf,
+    _config: Option<tempfile::NamedTempFile>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory with an optional config file body.
+    pub fn start(config: Option<&str>) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        Server::start_in(&dir, config)
+    }
+
+    pub fn start_in(data_dir: &Path, config: Option<&str>) -> Server {
+        let cfg_file = config.map(|c| {
+            let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+            std::io::Write::write_all(&mut f, c.as_bytes()).unwrap();
+            f
+        });
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("SLUICE_CONFIG")
+            .env_remove("SLUICE_ADMIN_TOKEN")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(f) = &cfg_file {
+            cmd.arg("--config").arg(f.path());
+        }
+        let mut child = cmd.spawn().expect("start sluice");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut url, mut write_key, mut admin_token) = (None, None, None);
+        // The banner is printed once the listener is bound: reading it is the readiness
+        // signal, no sleeping needed.
+        for line in lines.by_ref() {
+            let line = line.expect("read banner");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                url = Some(rest.trim().to_string());
+            } else if let Some(rest) = line.trim().strip_prefix("admin token:") {
+                admin_token = Some(rest.trim().to_string());
+            } else if line.contains("write key:") && write_key.is_none() {
+                write_key = line.split_whitespace().last().map(str::to_string);
+            } else if line.starts_with("Send an event") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            url: url.expect("server printed no address"),
+            write_key: write_key.expect("server printed no write key"),
+            admin_token: admin_token.expect("server printed no admin token"),
+            data_dir: data_dir.to_path_buf(),
+            _config: cfg_file,
+        }
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+        let mut req = ureq::request(method, &format!("{}{}", self.url, path));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let result = match body {
+            Some(b) => req.send_bytes(b),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        to_reply(resp)
+    }
+
+    /// POST with the write key as Basic auth.
+    pub fn send(&self, path: &str, body: &Value) -> Reply {
+        let auth = basic(&self.write_key);
+        self.request(
+            "POST",
+            path,
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            Some(&serde_json::to_vec(body).unwrap()),
+        )
+    }
+
+    pub fn admin(&self, path: &str) -> Reply {
+        let auth = format!("Bearer {}", self.admin_token);
+        self.request("GET", &format!("/admin/v1{path}"), &[("Authorization", &auth)], None)
+    }
+
+    /// The stored events of a source, newest first.
+    pub fn events(&self, source: &str, limit: usize) -> Vec<Value> {
+        let r = self.admin(&format!("/sources/{source}/events?limit={limit}"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].clone())
+            .collect()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn to_reply(resp: ureq::Response) -> Reply {
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = resp.header(&n).unwrap_or("").to_string();
+            (n, v)
+        })
+        .collect();
+    let mut text = String::new();
+    resp.into_reader().read_to_string(&mut text).unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Reply { status, body, headers }
+}
+
+pub fn basic(key: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:")))
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}

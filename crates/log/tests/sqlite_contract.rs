@@ -54,3 +54,22 @@ async fn full_log_refuses_whole_append_and_keeps_earlier_events() {
     assert!(matches!(again[0], sluice_log::Appended::Stored { .. }));
     log.close().await;
 }
+
+#[tokio::test]
+async fn dedupe_entries_are_rebuilt_after_a_crash_before_their_flush() {
+    let h = Sqlite::new();
+    let log = h.open(LogOptions::default()).await;
+    log.append(vec![event("web", "acked", "u", T0)]).await.unwrap();
+    // Simulate a crash: the log is never closed, so its dedupe entries are never flushed
+    // to the dedupe table (they are flushed every 2 s or 100,000 events).
+    std::mem::forget(log);
+    let log = h.open(LogOptions::default()).await;
+    let again = log
+        .append(vec![event("web", "acked", "u", T0 + 1000), event("web", "fresh", "u", T0)])
+        .await
+        .unwrap();
+    assert_eq!(again[0], sluice_log::Appended::Duplicate);
+    assert!(matches!(again[1], sluice_log::Appended::Stored { .. }));
+    assert_eq!(log.read(0, 10).await.unwrap().len(), 2);
+    log.close().await;
+}

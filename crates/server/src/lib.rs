@@ -66,6 +66,26 @@ pub struct Settings {
 pub(crate) struct Source {
     pub settings: SourceSettings,
     pub bucket: Option<ratelimit::Bucket>,
+    pub metrics: SourceMetrics,
+}
+
+/// Per-source metric handles, registered once (a labelled `counter!` per request costs
+/// an allocation and a registry lookup).
+pub(crate) struct SourceMetrics {
+    pub accepted: metrics::Counter,
+    pub duplicates: metrics::Counter,
+    pub bytes: metrics::Counter,
+}
+
+impl SourceMetrics {
+    fn new(source: &str) -> SourceMetrics {
+        let label = source.to_string();
+        SourceMetrics {
+            accepted: metrics::counter!("sluice_events_accepted_total", "source" => label.clone()),
+            duplicates: metrics::counter!("sluice_events_duplicate_total", "source" => label.clone()),
+            bytes: metrics::counter!("sluice_ingest_bytes_total", "source" => label),
+        }
+    }
 }
 
 /// One accepted event for the live debugger.
@@ -96,6 +116,7 @@ impl App {
         for s in &settings.sources {
             let source = Arc::new(Source {
                 bucket: s.rate_limit.map(ratelimit::Bucket::new),
+                metrics: SourceMetrics::new(&s.name),
                 settings: s.clone(),
             });
             by_key.insert(s.write_key.clone(), source.clone());

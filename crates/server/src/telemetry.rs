@@ -57,6 +57,25 @@ pub fn resident_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
+/// Status codes as static strings: no allocation per request for the common ones.
+fn status_label(code: u16) -> metrics::SharedString {
+    let known = match code {
+        200 => "200",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => return metrics::SharedString::from(code.to_string()),
+    };
+    metrics::SharedString::const_str(known)
+}
+
 pub async fn track_requests(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -68,7 +87,7 @@ pub async fn track_requests(req: Request, next: Next) -> Response {
     metrics::histogram!(
         "sluice_http_request_duration_seconds",
         "route" => route,
-        "status" => res.status().as_u16().to_string()
+        "status" => status_label(res.status().as_u16())
     )
     .record(started.elapsed().as_secs_f64());
     res

@@ -178,11 +178,7 @@ async fn decode_and_ingest(
         }
     }
     let client_ip = client_ip(headers, peer, app.settings.trust_forwarded_for);
-    let ctx = sluice_spec::Context {
-        received_at,
-        client_ip: Some(&client_ip),
-        collect_ip: settings.collect_ip,
-    };
+    let ctx = sluice_spec::Context::new(received_at, Some(&client_ip), settings.collect_ip);
     let outcome = match sluice_spec::normalize::normalize_document(endpoint.call(), doc, &ctx, limits) {
         Ok(o) => o,
         Err(e) => {
@@ -191,8 +187,7 @@ async fn decode_and_ingest(
             return Err(ApiError::from(e));
         }
     };
-    metrics::counter!("sluice_ingest_bytes_total", "source" => settings.name.clone())
-        .increment(raw.len() as u64);
+    source.metrics.bytes.increment(raw.len() as u64);
     store_outcome(app, &source, outcome, received_at).await
 }
 
@@ -241,19 +236,24 @@ async fn store_outcome(
         }
     }
 
-    let payloads: Vec<Bytes> = outcome.accepted.iter().map(|e| Bytes::from(e.to_json())).collect();
+    let live = app.live.receiver_count() > 0;
     let events: Vec<NewEvent> = outcome
         .accepted
         .into_iter()
-        .zip(&payloads)
-        .map(|(e, p)| NewEvent {
+        .map(|e| NewEvent {
+            payload: e.to_json(),
             source: name.clone(),
             message_id: e.message_id,
             user_key: e.user_key,
             received_at_ms: received_ms,
-            payload: p.to_vec(),
         })
         .collect();
+    // Only the live debugger needs a copy of the payloads, and only while someone watches.
+    let payloads: Vec<Bytes> = if live {
+        events.iter().map(|e| Bytes::from(e.payload.clone())).collect()
+    } else {
+        Vec::new()
+    };
     let results = app.log.append(events).await.map_err(|e| {
         tracing::error!(error = %e, source = %name, "append failed; answering 503");
         ApiError::unavailable(format!("events were not stored: {e}"))
@@ -261,15 +261,16 @@ async fn store_outcome(
 
     let mut accepted = 0;
     let mut duplicates = 0;
-    let live = app.live.receiver_count() > 0;
     let source_name: Option<Arc<str>> = live.then(|| Arc::from(name.as_str()));
-    for (r, payload) in results.iter().zip(payloads) {
+    let mut payloads = payloads.into_iter();
+    for r in &results {
+        let payload = payloads.next();
         match r {
             Appended::Stored { offset } => {
                 accepted += 1;
-                if let Some(s) = &source_name {
+                if let (Some(payload), Some(source_name)) = (payload, &source_name) {
                     let _ = app.live.send(Arc::new(LiveEvent {
-                        source: s.clone(),
+                        source: source_name.clone(),
                         offset: *offset,
                         payload,
                     }));
@@ -278,10 +279,9 @@ async fn store_outcome(
             Appended::Duplicate => duplicates += 1,
         }
     }
-    metrics::counter!("sluice_events_accepted_total", "source" => name.clone()).increment(accepted as u64);
+    source.metrics.accepted.increment(accepted as u64);
     if duplicates > 0 {
-        metrics::counter!("sluice_events_duplicate_total", "source" => name.clone())
-            .increment(duplicates as u64);
+        source.metrics.duplicates.increment(duplicates as u64);
     }
     Ok(Json(IngestReply {
         success: true,

@@ -82,7 +82,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     println!(
         "bench ingest: {} connections, {}, {} s{}",
         args.connections,
-        if args.batch == 0 { "single /v1/track".to_string() } else { format!("batches of {}", args.batch) },
+        if args.batch == 0 { "single calls (/v1/track, /v1/identify)".to_string() } else { format!("batches of {}", args.batch) },
         args.duration,
         if args.rate > 0.0 { format!(", capped at {} req/s", args.rate) } else { String::new() }
     );
@@ -270,7 +270,8 @@ async fn load(addr: SocketAddr, args: &IngestArgs, run_id: &str) -> Result<Measu
                     break;
                 }
                 let (path, body, n) = if batch == 0 {
-                    ("/v1/track", gen.single(), 1)
+                    let (path, body) = gen.single();
+                    (path, body, 1)
                 } else {
                     ("/v1/batch", gen.batch(batch), batch)
                 };
@@ -370,9 +371,11 @@ impl Generator {
         )
     }
 
-    fn single(&mut self) -> Vec<u8> {
-        // A single call: the path gives the type (the body's "type" is overridden).
-        self.event().into_bytes()
+    /// A single call and the path it goes to (`/v1/identify` or `/v1/track`).
+    fn single(&mut self) -> (&'static str, Vec<u8>) {
+        let e = self.event();
+        let path = if e.starts_with(r#"{"type":"identify""#) { "/v1/identify" } else { "/v1/track" };
+        (path, e.into_bytes())
     }
 
     fn batch(&mut self, n: usize) -> Vec<u8> {

@@ -309,7 +309,7 @@ write_key = "wk_web_123"
         let e = parse("listen = \"127.0.0.1:8088\"\n[[sources]]\nname = \"web\"\nwrite_kee = \"x\"\n", "a.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("a.toml") && e.contains("line 2") && e.contains("write_kee"), "{e}");
+        assert!(e.contains("a.toml") && e.contains("line 4") && e.contains("write_kee"), "{e}");
         let e = parse("[dedupe]\nwindow = \"3 fortnights\"\n", "b.toml").unwrap_err().to_string();
         assert!(e.contains("b.toml") && e.contains("line 2") && e.contains("fortnights"), "{e}");
         let e = parse("listen = \"nowhere\"\n", "c.toml").unwrap_err().to_string();

@@ -15,10 +15,24 @@ pub const MAX_MESSAGE_ID_LEN: usize = 100;
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
     pub received_at: DateTime<Utc>,
+    /// `received_at` formatted once per request (see [`Context::new`]); formatted per
+    /// event when `None`.
+    pub received_at_text: Option<String>,
     /// The caller's address, used for `context.ip` when the event asks for it.
     pub client_ip: Option<&'a str>,
     /// Fill `context.ip` for every event of this source (client-side sources).
     pub collect_ip: bool,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(received_at: DateTime<Utc>, client_ip: Option<&'a str>, collect_ip: bool) -> Self {
+        Context {
+            received_at,
+            received_at_text: Some(format_timestamp(&received_at)),
+            client_ip,
+            collect_ip,
+        }
+    }
 }
 
 /// An accepted, normalised event, ready for the log.
@@ -274,7 +288,20 @@ pub fn normalize_event(
         fill_ip(&mut m, ip, ctx.collect_ip);
     }
 
-    apply_timestamps(&mut m, envelope.and_then(|e| e.sent_at.as_deref()), ctx.received_at)?;
+    let received_text;
+    let received_text = match &ctx.received_at_text {
+        Some(t) => t.as_str(),
+        None => {
+            received_text = format_timestamp(&ctx.received_at);
+            &received_text
+        }
+    };
+    apply_timestamps(
+        &mut m,
+        envelope.and_then(|e| e.sent_at.as_deref()),
+        ctx.received_at,
+        received_text,
+    )?;
 
     Ok(Event {
         call,
@@ -357,6 +384,7 @@ fn apply_timestamps(
     m: &mut Map<String, Value>,
     envelope_sent_at: Option<&str>,
     received_at: DateTime<Utc>,
+    received_text: &str,
 ) -> Result<(), ItemError> {
     let client_ts = match m.get("timestamp") {
         None => None,
@@ -393,7 +421,12 @@ fn apply_timestamps(
         }
         (None, _) => received_at,
     };
-    m.insert("timestamp".into(), Value::String(format_timestamp(&timestamp)));
-    m.insert("receivedAt".into(), Value::String(format_timestamp(&received_at)));
+    let timestamp = if timestamp == received_at {
+        received_text.to_string()
+    } else {
+        format_timestamp(&timestamp)
+    };
+    m.insert("timestamp".into(), Value::String(timestamp));
+    m.insert("receivedAt".into(), Value::String(received_text.to_string()));
     Ok(())
 }

@@ -10,11 +10,7 @@ fn received() -> DateTime<Utc> {
 }
 
 fn ctx() -> Context<'static> {
-    Context {
-        received_at: received(),
-        client_ip: Some("203.0.113.7"),
-        collect_ip: false,
-    }
+    Context::new(received(), Some("203.0.113.7"), false)
 }
 
 fn run(endpoint: Endpoint, body: &Value) -> Result<Outcome, RequestError> {
@@ -277,7 +273,7 @@ proptest! {
         m.insert("event".into(), json!("e"));
         m.insert("timestamp".into(), json!(format_timestamp(&ts)));
         m.insert("sentAt".into(), json!(format_timestamp(&sent)));
-        let c = Context { received_at: received, client_ip: None, collect_ip: false };
+        let c = Context { received_at: received, received_at_text: None, client_ip: None, collect_ip: false };
         let ev = normalize::normalize_event(Some(CallType::Track), m, None, &c).unwrap();
         let corrected = parse_timestamp(ev.body["timestamp"].as_str().unwrap()).unwrap();
         prop_assert_eq!(corrected, received - (sent - ts));

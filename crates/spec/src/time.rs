@@ -31,7 +31,37 @@ pub fn parse_timestamp(input: &str) -> Option<DateTime<Utc>> {
 
 /// Formats a timestamp the way Segment stores them: UTC, millisecond precision.
 pub fn format_timestamp(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    use chrono::{Datelike, Timelike};
+    // Hand-rolled: chrono's strftime re-parses its pattern on every call, and this runs
+    // twice per ingested event.
+    let mut out = String::with_capacity(24);
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    }
+    let ms = (t.nanosecond() / 1_000_000).min(999);
+    let parts = [
+        (year as u32, 4, '-'),
+        (t.month(), 2, '-'),
+        (t.day(), 2, 'T'),
+        (t.hour(), 2, ':'),
+        (t.minute(), 2, ':'),
+        (t.second(), 2, '.'),
+        (ms, 3, 'Z'),
+    ];
+    for (value, width, sep) in parts {
+        push_padded(&mut out, value, width);
+        out.push(sep);
+    }
+    out
+}
+
+fn push_padded(out: &mut String, value: u32, width: u32) {
+    let mut div = 10u32.pow(width - 1);
+    while div > 0 {
+        out.push(char::from(b'0' + ((value / div) % 10) as u8));
+        div /= 10;
+    }
 }
 
 fn parse_date(s: &str) -> Option<NaiveDate> {

@@ -245,7 +245,11 @@ struct Writer {
 impl Writer {
     fn new(conn: Connection, options: LogOptions) -> Result<Writer, LogError> {
         let covered: i64 = conn
-            .query_row("SELECT value FROM meta WHERE key = 'dedupe_covered'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'dedupe_covered'",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(storage)?
             .unwrap_or(0);
@@ -258,7 +262,11 @@ impl Writer {
                 .map_err(storage)?;
             let rows = stmt
                 .query_map([covered], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
                 .map_err(storage)?;
             for row in rows {
@@ -267,7 +275,10 @@ impl Writer {
             }
         }
         if !pending.is_empty() {
-            tracing::info!(entries = pending.len(), "rebuilt unflushed dedupe entries from the log");
+            tracing::info!(
+                entries = pending.len(),
+                "rebuilt unflushed dedupe entries from the log"
+            );
         }
         let last_offset: i64 = conn
             .query_row(HIGH_WATER_SQL, [], |r| r.get(0))
@@ -490,10 +501,16 @@ impl Writer {
                         for e in events {
                             let cutoff = e.received_at_ms - window;
                             let key = dedupe_key(&e.source, &e.message_id);
-                            let earlier = match staged.get(&key).copied().or_else(|| unflushed(&self.pending, &self.flushing, &key)) {
+                            let earlier = match staged
+                                .get(&key)
+                                .copied()
+                                .or_else(|| unflushed(&self.pending, &self.flushing, &key))
+                            {
                                 Some(at) => Some(at),
                                 None => seen
-                                    .query_row(params![e.source, e.message_id], |r| r.get::<_, i64>(0))
+                                    .query_row(params![e.source, e.message_id], |r| {
+                                        r.get::<_, i64>(0)
+                                    })
                                     .optional()
                                     .map_err(storage)?,
                             };

@@ -36,7 +36,9 @@ async fn full_log_refuses_whole_append_and_keeps_earlier_events() {
             ..LogOptions::default()
         })
         .await;
-    log.append(vec![event("web", "first", "u", T0)]).await.unwrap();
+    log.append(vec![event("web", "first", "u", T0)])
+        .await
+        .unwrap();
     // 1,000 events of 1 KB do not fit in 256 KB: the append fails as a whole.
     let big: Vec<_> = (0..1000)
         .map(|i| {
@@ -50,7 +52,10 @@ async fn full_log_refuses_whole_append_and_keeps_earlier_events() {
     let all = log.read(0, 10_000).await.unwrap();
     assert_eq!(all.len(), 1, "nothing of the failed append may be visible");
     // The log still works for appends that fit, and the failed ids are not marked seen.
-    let again = log.append(vec![event("web", "big0", "u", T0)]).await.unwrap();
+    let again = log
+        .append(vec![event("web", "big0", "u", T0)])
+        .await
+        .unwrap();
     assert!(matches!(again[0], sluice_log::Appended::Stored { .. }));
     log.close().await;
 }
@@ -59,13 +64,18 @@ async fn full_log_refuses_whole_append_and_keeps_earlier_events() {
 async fn dedupe_entries_are_rebuilt_after_a_crash_before_their_flush() {
     let h = Sqlite::new();
     let log = h.open(LogOptions::default()).await;
-    log.append(vec![event("web", "acked", "u", T0)]).await.unwrap();
+    log.append(vec![event("web", "acked", "u", T0)])
+        .await
+        .unwrap();
     // Simulate a crash: the log is never closed, so its dedupe entries are never flushed
     // to the dedupe table (they are flushed every 2 s or 100,000 events).
     std::mem::forget(log);
     let log = h.open(LogOptions::default()).await;
     let again = log
-        .append(vec![event("web", "acked", "u", T0 + 1000), event("web", "fresh", "u", T0)])
+        .append(vec![
+            event("web", "acked", "u", T0 + 1000),
+            event("web", "fresh", "u", T0),
+        ])
         .await
         .unwrap();
     assert_eq!(again[0], sluice_log::Appended::Duplicate);

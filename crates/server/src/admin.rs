@@ -40,7 +40,10 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .map(str::to_owned);
     let query_token = req.uri().query().and_then(|q| {
@@ -58,8 +61,12 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
         .into_response();
     };
     if !constant_time_eq(given.as_bytes(), app.settings.admin_token.as_bytes()) {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "invalid_admin_token", "the admin token is wrong")
-            .into_response();
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_admin_token",
+            "the admin token is wrong",
+        )
+        .into_response();
     }
     next.run(req).await
 }

@@ -55,7 +55,10 @@ async fn cors(req: Request, next: Next) -> Response {
                 "Content-Type, Authorization, Content-Encoding, X-Retry-Count",
             ));
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
         add_origin(h, origin);
         return res;
     }
@@ -117,7 +120,17 @@ async fn ingest(
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let result = decode_and_ingest(&app, endpoint, &raw, encoding, header_source, received_at, &headers, peer).await;
+    let result = decode_and_ingest(
+        &app,
+        endpoint,
+        &raw,
+        encoding,
+        header_source,
+        received_at,
+        &headers,
+        peer,
+    )
+    .await;
     if let Err(e) = &result {
         if e.status.is_client_error() && e.status != StatusCode::UNAUTHORIZED {
             metrics::counter!("sluice_requests_rejected_total", "reason" => e.code).increment(1);
@@ -179,14 +192,16 @@ async fn decode_and_ingest(
     }
     let client_ip = client_ip(headers, peer, app.settings.trust_forwarded_for);
     let ctx = sluice_spec::Context::new(received_at, Some(&client_ip), settings.collect_ip);
-    let outcome = match sluice_spec::normalize::normalize_document(endpoint.call(), doc, &ctx, limits) {
-        Ok(o) => o,
-        Err(e) => {
-            let raw_text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned();
-            record_request_refusal(app, &source, &e, raw_text, received_at).await;
-            return Err(ApiError::from(e));
-        }
-    };
+    let outcome =
+        match sluice_spec::normalize::normalize_document(endpoint.call(), doc, &ctx, limits) {
+            Ok(o) => o,
+            Err(e) => {
+                let raw_text =
+                    String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned();
+                record_request_refusal(app, &source, &e, raw_text, received_at).await;
+                return Err(ApiError::from(e));
+            }
+        };
     source.metrics.bytes.increment(raw.len() as u64);
     store_outcome(app, &source, outcome, received_at).await
 }
@@ -250,7 +265,10 @@ async fn store_outcome(
         .collect();
     // Only the live debugger needs a copy of the payloads, and only while someone watches.
     let payloads: Vec<Bytes> = if live {
-        events.iter().map(|e| Bytes::from(e.payload.clone())).collect()
+        events
+            .iter()
+            .map(|e| Bytes::from(e.payload.clone()))
+            .collect()
     } else {
         Vec::new()
     };
@@ -322,7 +340,10 @@ async fn read_body(body: Body, cap: usize) -> Result<Bytes, ApiError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("unreadable_body", format!("could not read the request body: {e}"))
+            ApiError::bad_request(
+                "unreadable_body",
+                format!("could not read the request body: {e}"),
+            )
         })?;
         if buf.len() + chunk.len() > cap {
             return Err(RequestError::RequestTooLarge { limit: cap }.into());
@@ -465,8 +486,10 @@ async fn project_settings(
         "source": {"name": source.settings.name}
     });
     let mut res = Json(doc).into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
     Ok(res)
 }
 
@@ -477,24 +500,42 @@ mod tests {
     fn basic(raw: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         let enc = base64::engine::general_purpose::STANDARD.encode(raw);
-        h.insert(header::AUTHORIZATION, format!("Basic {enc}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {enc}").parse().unwrap(),
+        );
         h
     }
 
     #[test]
     fn basic_auth_with_and_without_colon() {
-        assert_eq!(header_write_key(&basic("wk:")).unwrap().as_deref(), Some("wk"));
-        assert_eq!(header_write_key(&basic("wk")).unwrap().as_deref(), Some("wk"));
-        assert_eq!(header_write_key(&basic("wk:pw")).unwrap().as_deref(), Some("wk"));
+        assert_eq!(
+            header_write_key(&basic("wk:")).unwrap().as_deref(),
+            Some("wk")
+        );
+        assert_eq!(
+            header_write_key(&basic("wk")).unwrap().as_deref(),
+            Some("wk")
+        );
+        assert_eq!(
+            header_write_key(&basic("wk:pw")).unwrap().as_deref(),
+            Some("wk")
+        );
         assert_eq!(header_write_key(&basic(":")).unwrap(), None);
         assert_eq!(header_write_key(&HeaderMap::new()).unwrap(), None);
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Bearer tok".parse().unwrap());
         assert_eq!(header_write_key(&h).unwrap(), None);
         h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
-        assert_eq!(header_write_key(&h).unwrap_err().code, "invalid_authorization");
+        assert_eq!(
+            header_write_key(&h).unwrap_err().code,
+            "invalid_authorization"
+        );
         h.insert(header::AUTHORIZATION, "Digest x".parse().unwrap());
-        assert_eq!(header_write_key(&h).unwrap_err().code, "invalid_authorization");
+        assert_eq!(
+            header_write_key(&h).unwrap_err().code,
+            "invalid_authorization"
+        );
     }
 
     #[test]

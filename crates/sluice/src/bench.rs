@@ -82,9 +82,17 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     println!(
         "bench ingest: {} connections, {}, {} s{}",
         args.connections,
-        if args.batch == 0 { "single calls (/v1/track, /v1/identify)".to_string() } else { format!("batches of {}", args.batch) },
+        if args.batch == 0 {
+            "single calls (/v1/track, /v1/identify)".to_string()
+        } else {
+            format!("batches of {}", args.batch)
+        },
         args.duration,
-        if args.rate > 0.0 { format!(", capped at {} req/s", args.rate) } else { String::new() }
+        if args.rate > 0.0 {
+            format!(", capped at {} req/s", args.rate)
+        } else {
+            String::new()
+        }
     );
 
     let rss_peak = Arc::new(AtomicU64::new(0));
@@ -241,8 +249,8 @@ async fn load(addr: SocketAddr, args: &IngestArgs, run_id: &str) -> Result<Measu
     let measure = Duration::from_secs(args.duration);
     let start = Instant::now() + Duration::from_millis(50);
     let mut tasks = Vec::new();
-    let per_conn_interval = (args.rate > 0.0)
-        .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
+    let per_conn_interval =
+        (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
     let nonce = format!("{run_id}-{}", uuid::Uuid::new_v4().simple());
     for c in 0..args.connections {
         let auth = auth.clone();
@@ -289,7 +297,8 @@ async fn load(addr: SocketAddr, args: &IngestArgs, run_id: &str) -> Result<Measu
                     } else {
                         errors += 1;
                         if first_error.is_none() {
-                            first_error = Some(format!("{status} {}", String::from_utf8_lossy(&resp)));
+                            first_error =
+                                Some(format!("{status} {}", String::from_utf8_lossy(&resp)));
                         }
                     }
                 }
@@ -334,10 +343,25 @@ struct Generator {
 }
 
 const PRODUCTS: [(&str, &str, &str, f64); 4] = [
-    ("507f1f77bcf86cd799439011", "Monopoly: 3rd Edition", "Games", 19.0),
+    (
+        "507f1f77bcf86cd799439011",
+        "Monopoly: 3rd Edition",
+        "Games",
+        19.0,
+    ),
     ("505bd76785ebb509fc183733", "Uno Card Game", "Games", 3.0),
-    ("5a3e2f1c9b7d4e6f8a0b1c2d", "Wireless Headphones X200", "Electronics", 129.99),
-    ("6b4f3e2d1c0b9a8f7e6d5c4b", "Organic Cotton T-Shirt", "Apparel", 24.5),
+    (
+        "5a3e2f1c9b7d4e6f8a0b1c2d",
+        "Wireless Headphones X200",
+        "Electronics",
+        129.99,
+    ),
+    (
+        "6b4f3e2d1c0b9a8f7e6d5c4b",
+        "Organic Cotton T-Shirt",
+        "Apparel",
+        24.5,
+    ),
 ];
 
 impl Generator {
@@ -351,19 +375,28 @@ impl Generator {
     fn event(&mut self) -> String {
         self.seq += 1;
         let n = self.seq;
-        let user = format!("user-{}-{}", self.prefix.len() as u64 * 7919 + n % 5000, n % 97);
+        let user = format!(
+            "user-{}-{}",
+            self.prefix.len() as u64 * 7919 + n % 5000,
+            n % 97
+        );
         let mid = format!("{}-{n}", self.prefix);
         let context = format!(
             r#"{{"library":{{"name":"analytics-node","version":"2.1.0"}},"ip":"203.0.113.{}","userAgent":"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15","locale":"en-US","timezone":"Europe/Amsterdam","page":{{"path":"/checkout","url":"https://shop.example.com/checkout","referrer":"https://www.google.com/"}}}}"#,
             n % 250
         );
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             return format!(
                 r#"{{"type":"identify","messageId":"{mid}","userId":"{user}","anonymousId":"anon-{n}","timestamp":"2026-11-23T10:00:00.000Z","traits":{{"email":"{user}@example.com","name":"Test User {n}","plan":"premium","logins":{n},"company":{{"name":"Example Corp","industry":"Retail"}},"createdAt":"2025-01-15T09:30:00Z"}},"context":{context}}}"#
             );
         }
         let (id, name, cat, price) = PRODUCTS[(n % 4) as usize];
-        let event = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed"][(n % 4) as usize];
+        let event = [
+            "Product Viewed",
+            "Product Added",
+            "Checkout Started",
+            "Order Completed",
+        ][(n % 4) as usize];
         format!(
             r#"{{"type":"track","messageId":"{mid}","userId":"{user}","event":"{event}","timestamp":"2026-11-23T10:00:00.000Z","properties":{{"order_id":"ord-{n}","product_id":"{id}","sku":"SKU-{}","name":"{name}","category":"{cat}","price":{price},"quantity":{},"currency":"USD","revenue":{price},"coupon":"WINTER25"}},"context":{context}}}"#,
             n % 1000,
@@ -374,7 +407,11 @@ impl Generator {
     /// A single call and the path it goes to (`/v1/identify` or `/v1/track`).
     fn single(&mut self) -> (&'static str, Vec<u8>) {
         let e = self.event();
-        let path = if e.starts_with(r#"{"type":"identify""#) { "/v1/identify" } else { "/v1/track" };
+        let path = if e.starts_with(r#"{"type":"identify""#) {
+            "/v1/identify"
+        } else {
+            "/v1/track"
+        };
         (path, e.into_bytes())
     }
 
@@ -525,7 +562,11 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         for _ in 0..50 {
             let e = g.event();
-            assert!((600..=1000).contains(&e.len()), "event of {} bytes: {e}", e.len());
+            assert!(
+                (600..=1000).contains(&e.len()),
+                "event of {} bytes: {e}",
+                e.len()
+            );
             let v: serde_json::Value = serde_json::from_str(&e).unwrap();
             assert!(ids.insert(v["messageId"].as_str().unwrap().to_string()));
         }

@@ -156,16 +156,20 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected a number followed by ms, s, m, h or d"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number followed by ms, s, m, h or d")
+    })?;
     let secs = match unit.trim() {
         "ms" => return Ok(Duration::from_millis(n)),
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        other => return Err(format!("invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
+            ))
+        }
     };
     Ok(Duration::from_secs(secs))
 }
@@ -210,19 +214,31 @@ fn expand_env(cfg: &mut FileConfig, origin: &str) -> Result<()> {
 }
 
 fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
-    let err = |field: &str, why: String| anyhow::anyhow!("invalid config file {origin}: field `{field}` {why}");
+    let err = |field: &str, why: String| {
+        anyhow::anyhow!("invalid config file {origin}: field `{field}` {why}")
+    };
     if let Some(l) = &cfg.listen {
-        l.parse::<SocketAddr>()
-            .map_err(|_| err("listen", format!("must be an address like 127.0.0.1:8088, not {l:?}")))?;
+        l.parse::<SocketAddr>().map_err(|_| {
+            err(
+                "listen",
+                format!("must be an address like 127.0.0.1:8088, not {l:?}"),
+            )
+        })?;
     }
     if let Some(t) = &cfg.admin_token {
         if t.len() < 8 {
-            return Err(err("admin_token", "must be at least 8 characters long".into()));
+            return Err(err(
+                "admin_token",
+                "must be at least 8 characters long".into(),
+            ));
         }
     }
     if let Some(u) = &cfg.public_url {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return Err(err("public_url", format!("must start with http:// or https://, not {u:?}")));
+            return Err(err(
+                "public_url",
+                format!("must start with http:// or https://, not {u:?}"),
+            ));
         }
     }
     let l = &cfg.limits;
@@ -246,14 +262,19 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
         return Err(err("log.max_group_events", "must be greater than 0".into()));
     }
     if cfg.log.retention_interval.0.is_zero() {
-        return Err(err("log.retention_interval", "must be greater than 0".into()));
+        return Err(err(
+            "log.retention_interval",
+            "must be greater than 0".into(),
+        ));
     }
     let mut names = std::collections::HashSet::new();
     let mut keys = std::collections::HashSet::new();
     for (i, s) in cfg.sources.iter().enumerate() {
         let valid_name = !s.name.is_empty()
             && s.name.len() <= 64
-            && s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && s.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !valid_name {
             return Err(err(
                 &format!("sources[{i}].name"),
@@ -261,16 +282,27 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
             ));
         }
         if !names.insert(&s.name) {
-            return Err(err(&format!("sources[{i}].name"), format!("repeats the source name {:?}", s.name)));
+            return Err(err(
+                &format!("sources[{i}].name"),
+                format!("repeats the source name {:?}", s.name),
+            ));
         }
         if s.write_key.is_empty() || s.write_key.contains(':') {
-            return Err(err(&format!("sources[{i}].write_key"), "must be non-empty and contain no ':'".into()));
+            return Err(err(
+                &format!("sources[{i}].write_key"),
+                "must be non-empty and contain no ':'".into(),
+            ));
         }
         if !keys.insert(&s.write_key) {
-            return Err(err(&format!("sources[{i}].write_key"), "is already used by another source".into()));
+            return Err(err(
+                &format!("sources[{i}].write_key"),
+                "is already used by another source".into(),
+            ));
         }
         if let Some(r) = &s.rate_limit {
-            if !(r.events_per_second > 0.0) || r.burst.is_some_and(|b| !(b >= 1.0)) {
+            let rate_ok = r.events_per_second.is_finite() && r.events_per_second > 0.0;
+            let burst_ok = r.burst.is_none_or(|b| b.is_finite() && b >= 1.0);
+            if !rate_ok || !burst_ok {
                 return Err(err(
                     &format!("sources[{i}].rate_limit"),
                     "needs events_per_second > 0 and burst >= 1".into(),
@@ -306,13 +338,26 @@ write_key = "wk_web_123"
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let e = parse("listen = \"127.0.0.1:8088\"\n[[sources]]\nname = \"web\"\nwrite_kee = \"x\"\n", "a.toml")
+        let e = parse(
+            "listen = \"127.0.0.1:8088\"\n[[sources]]\nname = \"web\"\nwrite_kee = \"x\"\n",
+            "a.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("a.toml") && e.contains("line 4") && e.contains("write_kee"),
+            "{e}"
+        );
+        let e = parse("[dedupe]\nwindow = \"3 fortnights\"\n", "b.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("a.toml") && e.contains("line 4") && e.contains("write_kee"), "{e}");
-        let e = parse("[dedupe]\nwindow = \"3 fortnights\"\n", "b.toml").unwrap_err().to_string();
-        assert!(e.contains("b.toml") && e.contains("line 2") && e.contains("fortnights"), "{e}");
-        let e = parse("listen = \"nowhere\"\n", "c.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("b.toml") && e.contains("line 2") && e.contains("fortnights"),
+            "{e}"
+        );
+        let e = parse("listen = \"nowhere\"\n", "c.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`listen`"), "{e}");
         let e = parse(
             "[[sources]]\nname = \"a\"\nwrite_key = \"k\"\n[[sources]]\nname = \"b\"\nwrite_key = \"k\"\n",
@@ -321,17 +366,28 @@ write_key = "wk_web_123"
         .unwrap_err()
         .to_string();
         assert!(e.contains("sources[1].write_key"), "{e}");
-        let e = parse("[log]\nkind = \"kafka\"\n", "e.toml").unwrap_err().to_string();
+        let e = parse("[log]\nkind = \"kafka\"\n", "e.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kafka") && e.contains("line 2"), "{e}");
     }
 
     #[test]
     fn secrets_from_environment() {
         std::env::set_var("SLUICE_TEST_WK", "from-env");
-        let cfg = parse("[[sources]]\nname = \"web\"\nwrite_key = \"${SLUICE_TEST_WK}\"\n", "f.toml").unwrap();
+        let cfg = parse(
+            "[[sources]]\nname = \"web\"\nwrite_key = \"${SLUICE_TEST_WK}\"\n",
+            "f.toml",
+        )
+        .unwrap();
         assert_eq!(cfg.sources[0].write_key, "from-env");
-        let e = parse("admin_token = \"${SLUICE_TEST_UNSET_VAR}\"\n", "g.toml").unwrap_err().to_string();
-        assert!(e.contains("SLUICE_TEST_UNSET_VAR") && e.contains("admin_token"), "{e}");
+        let e = parse("admin_token = \"${SLUICE_TEST_UNSET_VAR}\"\n", "g.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SLUICE_TEST_UNSET_VAR") && e.contains("admin_token"),
+            "{e}"
+        );
     }
 
     #[test]

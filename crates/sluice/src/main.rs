@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A Segment-compatible customer data platform")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A Segment-compatible customer data platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

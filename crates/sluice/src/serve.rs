@@ -200,11 +200,17 @@ async fn shutdown_signal() {
 fn print_banner(addr: SocketAddr, data_dir: &Path, settings: &Settings) {
     let url = format!("http://{addr}");
     let mut out = String::new();
-    out.push_str(&format!("sluice {} listening on {url}\n", env!("CARGO_PKG_VERSION")));
+    out.push_str(&format!(
+        "sluice {} listening on {url}\n",
+        env!("CARGO_PKG_VERSION")
+    ));
     out.push_str(&format!("  data directory: {}\n", data_dir.display()));
     out.push_str(&format!("  admin token:    {}\n", settings.admin_token));
     for s in &settings.sources {
-        out.push_str(&format!("  source {:<10} write key: {}\n", s.name, s.write_key));
+        out.push_str(&format!(
+            "  source {:<10} write key: {}\n",
+            s.name, s.write_key
+        ));
     }
     if let Some(s) = settings.sources.first() {
         let wk = &s.write_key;

@@ -23,9 +23,20 @@ fn admin_api_requires_the_token_and_validates_queries() {
     let s = Server::start(Some(WEB));
     assert_eq!(s.admin_token, "change-me");
     let r = s.request("GET", "/admin/v1/sources", &[], None);
-    assert_eq!((r.status, r.body["code"].as_str()), (401, Some("missing_admin_token")));
-    let r = s.request("GET", "/admin/v1/sources", &[("Authorization", "Bearer wrong")], None);
-    assert_eq!((r.status, r.body["code"].as_str()), (401, Some("invalid_admin_token")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (401, Some("missing_admin_token"))
+    );
+    let r = s.request(
+        "GET",
+        "/admin/v1/sources",
+        &[("Authorization", "Bearer wrong")],
+        None,
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (401, Some("invalid_admin_token"))
+    );
     let r = s.admin("/sources");
     assert_eq!(r.status, 200);
     assert_eq!(r.body["data"][0]["name"], "web");
@@ -39,9 +50,16 @@ fn admin_api_requires_the_token_and_validates_queries() {
     let r = s.admin("/nothing/here");
     assert_eq!(r.status, 404);
     for i in 0..5 {
-        s.send("/v1/track", &json!({"userId": "u", "event": "E", "messageId": format!("m{i}")}));
+        s.send(
+            "/v1/track",
+            &json!({"userId": "u", "event": "E", "messageId": format!("m{i}")}),
+        );
     }
-    let newest: Vec<_> = s.events("web", 3).iter().map(|e| e["messageId"].as_str().unwrap().to_string()).collect();
+    let newest: Vec<_> = s
+        .events("web", 3)
+        .iter()
+        .map(|e| e["messageId"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(newest, ["m4", "m3", "m2"]);
 }
 
@@ -57,8 +75,14 @@ fn live_debugger_streams_accepted_events() {
     // The first line is the greeting comment, sent after the subscription exists.
     let hello = lines.next().unwrap().unwrap();
     assert!(hello.starts_with(": live events of source web"), "{hello}");
-    s.send("/v1/track", &json!({"userId": "u", "event": "Live One", "messageId": "live-1"}));
-    s.send("/v1/identify", &json!({"userId": "u", "messageId": "live-2"}));
+    s.send(
+        "/v1/track",
+        &json!({"userId": "u", "event": "Live One", "messageId": "live-1"}),
+    );
+    s.send(
+        "/v1/identify",
+        &json!({"userId": "u", "messageId": "live-2"}),
+    );
     let mut seen = Vec::new();
     let mut kinds = Vec::new();
     for line in lines {
@@ -77,7 +101,12 @@ fn live_debugger_streams_accepted_events() {
     assert_eq!(seen, ["live-1", "live-2"]);
     assert_eq!(kinds, ["track", "identify"]);
     // Query-string token for EventSource.
-    let r = s.request("GET", "/admin/v1/sources/nope/live?token=change-me", &[], None);
+    let r = s.request(
+        "GET",
+        "/admin/v1/sources/nope/live?token=change-me",
+        &[],
+        None,
+    );
     assert_eq!(r.status, 404);
 }
 
@@ -88,7 +117,12 @@ fn health_readiness_and_metrics() {
     assert_eq!(s.request("GET", "/readyz", &[], None).status, 200);
     s.send("/v1/track", &json!({"userId": "u", "event": "E"}));
     s.send("/v1/track", &json!({"userId": "u"}));
-    let text = s.request("GET", "/metrics", &[], None).body.as_str().unwrap().to_string();
+    let text = s
+        .request("GET", "/metrics", &[], None)
+        .body
+        .as_str()
+        .unwrap()
+        .to_string();
     for needle in [
         "sluice_events_accepted_total{source=\"web\"} 1",
         "sluice_events_rejected_total{source=\"web\",reason=\"missing_event\"} 1",
@@ -108,7 +142,10 @@ fn embedded_default_keeps_its_write_key_and_data_across_graceful_restart() {
     let key = s.write_key.clone();
     let token = s.admin_token.clone();
     assert!(key.starts_with("wk_"));
-    let r = s.send("/v1/track", &json!({"userId": "u", "event": "Before", "messageId": "before-restart"}));
+    let r = s.send(
+        "/v1/track",
+        &json!({"userId": "u", "event": "Before", "messageId": "before-restart"}),
+    );
     assert_eq!(r.status, 200);
     s.signal(libc::SIGTERM);
     let status = s.wait();
@@ -117,12 +154,18 @@ fn embedded_default_keeps_its_write_key_and_data_across_graceful_restart() {
 
     let s = Server::start_in(dir.path(), None);
     assert_eq!(s.write_key, key, "the generated write key must be kept");
-    assert_eq!(s.admin_token, token, "the generated admin token must be kept");
+    assert_eq!(
+        s.admin_token, token,
+        "the generated admin token must be kept"
+    );
     let events = s.events("default", 10);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["messageId"], "before-restart");
     // The dedupe window survives the restart too.
-    let r = s.send("/v1/track", &json!({"userId": "u", "event": "Before", "messageId": "before-restart"}));
+    let r = s.send(
+        "/v1/track",
+        &json!({"userId": "u", "event": "Before", "messageId": "before-restart"}),
+    );
     assert_eq!(r.body["duplicates"], 1);
 }
 
@@ -144,7 +187,11 @@ fn second_server_on_the_same_data_dir_is_refused() {
 fn bad_config_fails_at_start_with_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sluice.toml");
-    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\n[[sources]]\nname = \"web\"\nwrite_key = \"k\"\nratelimit = 5\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\n[[sources]]\nname = \"web\"\nwrite_key = \"k\"\nratelimit = 5\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -154,12 +201,27 @@ fn bad_config_fails_at_start_with_file_line_and_field() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sluice.toml") && err.contains("line 5") && err.contains("ratelimit"), "{err}");
+    assert!(
+        err.contains("sluice.toml") && err.contains("line 5") && err.contains("ratelimit"),
+        "{err}"
+    );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     std::fs::write(&cfg, WEB).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["check", "--config"]).arg(&cfg).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 source)"));
 }

@@ -100,9 +100,16 @@ fn sigkill_mid_stream_loses_no_acknowledged_event_and_duplicates_none() {
 
     let counts = count_ids(dir.path());
     for id in &acked {
-        assert_eq!(counts.get(id), Some(&1), "acknowledged {id} must be stored exactly once");
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "acknowledged {id} must be stored exactly once"
+        );
     }
-    assert!(counts.values().all(|&c| c == 1), "no messageId may be stored twice");
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "no messageId may be stored twice"
+    );
 
     // The clients retry everything they sent, acknowledged or not.
     let mut server = Server::start_in(dir.path(), Some(CONFIG));
@@ -114,7 +121,11 @@ fn sigkill_mid_stream_loses_no_acknowledged_event_and_duplicates_none() {
     drop(server);
     let counts = count_ids(dir.path());
     for id in &sent {
-        assert_eq!(counts.get(id), Some(&1), "{id} must be stored exactly once after retries");
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "{id} must be stored exactly once after retries"
+        );
     }
     assert_eq!(counts.len(), sent.len());
 }

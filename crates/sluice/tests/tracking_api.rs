@@ -20,17 +20,29 @@ enabled = false
 fn every_path_and_alias_stores_events_with_the_right_type() {
     let s = Server::start(Some(WEB));
     let singles = [
-        ("identify", "identify", json!({"userId": "u1", "traits": {"email": "a@b.c"}})),
+        (
+            "identify",
+            "identify",
+            json!({"userId": "u1", "traits": {"email": "a@b.c"}}),
+        ),
         ("i", "identify", json!({"userId": "u1"})),
         ("track", "track", json!({"userId": "u1", "event": "E"})),
         ("t", "track", json!({"userId": "u1", "event": "E"})),
         ("page", "page", json!({"anonymousId": "a1", "name": "Home"})),
         ("p", "page", json!({"anonymousId": "a1"})),
-        ("screen", "screen", json!({"anonymousId": "a1", "name": "Main"})),
+        (
+            "screen",
+            "screen",
+            json!({"anonymousId": "a1", "name": "Main"}),
+        ),
         ("s", "screen", json!({"anonymousId": "a1"})),
         ("group", "group", json!({"userId": "u1", "groupId": "g1"})),
         ("g", "group", json!({"userId": "u1", "groupId": "g1"})),
-        ("alias", "alias", json!({"userId": "u1", "previousId": "a1"})),
+        (
+            "alias",
+            "alias",
+            json!({"userId": "u1", "previousId": "a1"}),
+        ),
         ("a", "alias", json!({"userId": "u1", "previousId": "a1"})),
     ];
     for (i, (path, _, body)) in singles.iter().enumerate() {
@@ -67,13 +79,21 @@ fn authentication_by_header_or_body_and_its_errors() {
     let with_colon = basic("wk_web_123");
     let no_colon = {
         use base64::Engine;
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("wk_web_123"))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("wk_web_123")
+        )
     };
     for auth in [&with_colon, &no_colon] {
         let r = s.request("POST", "/v1/track", &[("Authorization", auth)], Some(body));
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let r = s.request("POST", "/v1/track", &[], Some(br#"{"userId":"u","event":"E","writeKey":"wk_web_123"}"#));
+    let r = s.request(
+        "POST",
+        "/v1/track",
+        &[],
+        Some(br#"{"userId":"u","event":"E","writeKey":"wk_web_123"}"#),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let r = s.request(
         "POST",
@@ -84,15 +104,50 @@ fn authentication_by_header_or_body_and_its_errors() {
     assert_eq!(r.status, 200, "{}", r.body);
 
     let r = s.request("POST", "/v1/track", &[], Some(body));
-    assert_eq!((r.status, r.body["code"].as_str()), (401, Some("missing_write_key")));
-    let r = s.request("POST", "/v1/track", &[("Authorization", &basic("nope"))], Some(body));
-    assert_eq!((r.status, r.body["code"].as_str()), (401, Some("unknown_write_key")));
-    let r = s.request("POST", "/v1/track", &[], Some(br#"{"userId":"u","event":"E","writeKey":"nope"}"#));
-    assert_eq!((r.status, r.body["code"].as_str()), (401, Some("unknown_write_key")));
-    let r = s.request("POST", "/v1/track", &[("Authorization", &basic("wk_off"))], Some(body));
-    assert_eq!((r.status, r.body["code"].as_str()), (403, Some("source_disabled")));
-    let r = s.request("POST", "/v1/track", &[("Authorization", "Basic %%%")], Some(body));
-    assert_eq!((r.status, r.body["code"].as_str()), (401, Some("invalid_authorization")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (401, Some("missing_write_key"))
+    );
+    let r = s.request(
+        "POST",
+        "/v1/track",
+        &[("Authorization", &basic("nope"))],
+        Some(body),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (401, Some("unknown_write_key"))
+    );
+    let r = s.request(
+        "POST",
+        "/v1/track",
+        &[],
+        Some(br#"{"userId":"u","event":"E","writeKey":"nope"}"#),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (401, Some("unknown_write_key"))
+    );
+    let r = s.request(
+        "POST",
+        "/v1/track",
+        &[("Authorization", &basic("wk_off"))],
+        Some(body),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (403, Some("source_disabled"))
+    );
+    let r = s.request(
+        "POST",
+        "/v1/track",
+        &[("Authorization", "Basic %%%")],
+        Some(body),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (401, Some("invalid_authorization"))
+    );
     assert_eq!(s.events("web", 100).len(), 4);
     assert_eq!(s.events("off", 100).len(), 0);
 }
@@ -102,9 +157,15 @@ fn any_content_type_gzip_and_chunked_bodies() {
     let s = Server::start(Some(WEB));
     let auth = basic("wk_web_123");
     let body = br#"{"userId":"u","event":"Plain","messageId":"plain"}"#;
-    let r = s.request("POST", "/v1/t", &[("Authorization", &auth), ("Content-Type", "text/plain")], Some(body));
+    let r = s.request(
+        "POST",
+        "/v1/t",
+        &[("Authorization", &auth), ("Content-Type", "text/plain")],
+        Some(body),
+    );
     assert_eq!(r.status, 200);
-    let batch = br#"{"batch":[{"type":"track","userId":"u","event":"Zipped","messageId":"zipped"}]}"#;
+    let batch =
+        br#"{"batch":[{"type":"track","userId":"u","event":"Zipped","messageId":"zipped"}]}"#;
     let r = s.request(
         "POST",
         "/v1/batch",
@@ -121,12 +182,32 @@ fn any_content_type_gzip_and_chunked_bodies() {
         )))
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let ids: Vec<Value> = s.events("web", 10).iter().map(|e| e["messageId"].clone()).collect();
+    let ids: Vec<Value> = s
+        .events("web", 10)
+        .iter()
+        .map(|e| e["messageId"].clone())
+        .collect();
     assert_eq!(ids, [json!("chunked"), json!("zipped"), json!("plain")]);
-    let r = s.request("POST", "/v1/t", &[("Authorization", &auth), ("Content-Encoding", "br")], Some(body));
-    assert_eq!((r.status, r.body["code"].as_str()), (415, Some("unsupported_encoding")));
-    let r = s.request("POST", "/v1/t", &[("Authorization", &auth), ("Content-Encoding", "gzip")], Some(body));
-    assert_eq!((r.status, r.body["code"].as_str()), (400, Some("invalid_gzip")));
+    let r = s.request(
+        "POST",
+        "/v1/t",
+        &[("Authorization", &auth), ("Content-Encoding", "br")],
+        Some(body),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (415, Some("unsupported_encoding"))
+    );
+    let r = s.request(
+        "POST",
+        "/v1/t",
+        &[("Authorization", &auth), ("Content-Encoding", "gzip")],
+        Some(body),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("invalid_gzip"))
+    );
 }
 
 #[test]
@@ -138,22 +219,40 @@ fn cors_preflight_and_analytics_js_settings() {
         &[
             ("Origin", "https://shop.example.com"),
             ("Access-Control-Request-Method", "POST"),
-            ("Access-Control-Request-Headers", "authorization,content-type"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization,content-type",
+            ),
         ],
         None,
     );
     assert_eq!(r.status, 204);
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://shop.example.com"));
-    assert_eq!(r.header("access-control-allow-headers"), Some("authorization,content-type"));
-    assert!(r.header("access-control-allow-methods").unwrap().contains("POST"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example.com")
+    );
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("authorization,content-type")
+    );
+    assert!(r
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
     let r = s.request(
         "POST",
         "/v1/t",
-        &[("Origin", "https://shop.example.com"), ("Content-Type", "text/plain")],
+        &[
+            ("Origin", "https://shop.example.com"),
+            ("Content-Type", "text/plain"),
+        ],
         Some(br#"{"writeKey":"wk_web_123","anonymousId":"a","event":"E"}"#),
     );
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://shop.example.com"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example.com")
+    );
 
     let r = s.request("GET", "/v1/projects/wk_web_123/settings", &[], None);
     assert_eq!(r.status, 200);
@@ -162,7 +261,11 @@ fn cors_preflight_and_analytics_js_settings() {
     assert_eq!(seg["apiKey"], "wk_web_123");
     assert_eq!(seg["apiHost"], format!("{host}/v1"));
     assert_eq!(seg["protocol"], "http");
-    assert_eq!(s.request("GET", "/v1/projects/unknown/settings", &[], None).status, 404);
+    assert_eq!(
+        s.request("GET", "/v1/projects/unknown/settings", &[], None)
+            .status,
+        404
+    );
 }
 
 #[test]
@@ -171,34 +274,64 @@ fn bad_bodies_get_precise_errors_and_are_recorded() {
         "{WEB}\n[limits]\nmax_event_bytes = 2000\nmax_batch_bytes = 20000\nmax_batch_events = 3\nmax_request_bytes = 50000\n"
     )));
     let auth = basic("wk_web_123");
-    let post = |path: &str, body: &[u8]| s.request("POST", path, &[("Authorization", &auth)], Some(body));
+    let post =
+        |path: &str, body: &[u8]| s.request("POST", path, &[("Authorization", &auth)], Some(body));
 
     let r = post("/v1/track", b"{not json");
-    assert_eq!((r.status, r.body["code"].as_str()), (400, Some("invalid_json")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("invalid_json"))
+    );
     assert!(r.body["message"].as_str().unwrap().contains("line 1"));
     let r = post("/v1/track", b"[1,2]");
-    assert_eq!((r.status, r.body["code"].as_str()), (400, Some("invalid_json")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("invalid_json"))
+    );
     let r = post("/v1/track", br#"{"userId":"u"}"#);
-    assert_eq!((r.status, r.body["code"].as_str(), r.body["field"].as_str()), (400, Some("missing_event"), Some("event")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str(), r.body["field"].as_str()),
+        (400, Some("missing_event"), Some("event"))
+    );
     let r = post("/v1/identify", br#"{"traits":{}}"#);
-    assert_eq!((r.status, r.body["code"].as_str()), (400, Some("no_user_anon_id")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("no_user_anon_id"))
+    );
     let r = post("/v1/batch", br#"{"batch":{}}"#);
     assert_eq!((r.status, r.body["field"].as_str()), (400, Some("batch")));
 
     let big_event = format!(r#"{{"userId":"u","event":"{}"}}"#, "x".repeat(3000));
     let r = post("/v1/track", big_event.as_bytes());
-    assert_eq!((r.status, r.body["code"].as_str(), r.body["limit"].as_u64()), (400, Some("event_too_large"), Some(2000)));
+    assert_eq!(
+        (r.status, r.body["code"].as_str(), r.body["limit"].as_u64()),
+        (400, Some("event_too_large"), Some(2000))
+    );
     let big_batch = format!(r#"{{"batch":[],"pad":"{}"}}"#, "x".repeat(30_000));
     let r = post("/v1/batch", big_batch.as_bytes());
-    assert_eq!((r.status, r.body["code"].as_str(), r.body["limit"].as_u64()), (400, Some("batch_too_large"), Some(20000)));
+    assert_eq!(
+        (r.status, r.body["code"].as_str(), r.body["limit"].as_u64()),
+        (400, Some("batch_too_large"), Some(20000))
+    );
     let huge = vec![b' '; 60_000];
     let r = post("/v1/batch", &huge);
-    assert_eq!((r.status, r.body["code"].as_str()), (413, Some("request_too_large")));
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (413, Some("request_too_large"))
+    );
     // A gzip bomb: small on the wire, over the hard cap once inflated.
     let bomb = gzip(&vec![b' '; 500_000]);
     assert!(bomb.len() < 5_000);
-    let r = s.request("POST", "/v1/batch", &[("Authorization", &auth), ("Content-Encoding", "gzip")], Some(&bomb));
-    assert_eq!((r.status, r.body["code"].as_str()), (413, Some("request_too_large")));
+    let r = s.request(
+        "POST",
+        "/v1/batch",
+        &[("Authorization", &auth), ("Content-Encoding", "gzip")],
+        Some(&bomb),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (413, Some("request_too_large"))
+    );
 
     // A batch with invalid items: the valid ones are stored, the others listed.
     let r = s.send(
@@ -214,18 +347,50 @@ fn bad_bodies_get_precise_errors_and_are_recorded() {
     assert_eq!(r.body["accepted"], 2);
     let rej = r.body["rejected"].as_array().unwrap();
     assert_eq!(rej.len(), 2);
-    assert_eq!((rej[0]["index"].as_u64(), rej[0]["messageId"].as_str(), rej[0]["code"].as_str()), (Some(1), Some("bad1"), Some("missing_event")));
-    assert_eq!((rej[1]["index"].as_u64(), rej[1]["code"].as_str()), (Some(3), Some("batch_too_many_events")));
-    let stored: Vec<Value> = s.events("web", 10).iter().map(|e| e["messageId"].clone()).collect();
+    assert_eq!(
+        (
+            rej[0]["index"].as_u64(),
+            rej[0]["messageId"].as_str(),
+            rej[0]["code"].as_str()
+        ),
+        (Some(1), Some("bad1"), Some("missing_event"))
+    );
+    assert_eq!(
+        (rej[1]["index"].as_u64(), rej[1]["code"].as_str()),
+        (Some(3), Some("batch_too_many_events"))
+    );
+    let stored: Vec<Value> = s
+        .events("web", 10)
+        .iter()
+        .map(|e| e["messageId"].clone())
+        .collect();
     assert_eq!(stored, [json!("ok2"), json!("ok1")]);
 
     let rejected = s.admin("/sources/web/rejected?limit=50");
     assert_eq!(rejected.status, 200);
-    let codes: Vec<&str> = rejected.body["data"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
-    for c in ["batch_too_many_events", "missing_event", "request_too_large", "batch_too_large", "event_too_large", "no_user_anon_id", "invalid_json"] {
+    let codes: Vec<&str> = rejected.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    for c in [
+        "batch_too_many_events",
+        "missing_event",
+        "request_too_large",
+        "batch_too_large",
+        "event_too_large",
+        "no_user_anon_id",
+        "invalid_json",
+    ] {
         assert!(codes.contains(&c), "{c} not recorded in {codes:?}");
     }
-    let bad1 = rejected.body["data"].as_array().unwrap().iter().find(|r| r["messageId"] == "bad1").unwrap();
+    let bad1 = rejected.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["messageId"] == "bad1")
+        .unwrap();
     assert_eq!(bad1["index"], 1);
     assert!(bad1["raw"].as_str().unwrap().contains("bad1"));
 }
@@ -235,19 +400,46 @@ fn duplicates_are_acknowledged_but_stored_once() {
     let s = Server::start(Some(WEB));
     let ev = json!({"userId": "u", "event": "E", "messageId": "same-id"});
     let first = s.send("/v1/track", &ev);
-    assert_eq!((first.body["accepted"].as_u64(), first.body["duplicates"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (
+            first.body["accepted"].as_u64(),
+            first.body["duplicates"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
     let again = s.send("/v1/track", &ev);
     assert_eq!(again.status, 200);
-    assert_eq!((again.body["accepted"].as_u64(), again.body["duplicates"].as_u64()), (Some(0), Some(1)));
-    let in_batch = s.send("/v1/batch", &json!({"batch": [
-        {"type": "track", "userId": "u", "event": "E", "messageId": "same-id"},
-        {"type": "track", "userId": "u", "event": "E", "messageId": "other"},
-        {"type": "track", "userId": "u", "event": "E", "messageId": "other"}
-    ]}));
-    assert_eq!((in_batch.body["accepted"].as_u64(), in_batch.body["duplicates"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (
+            again.body["accepted"].as_u64(),
+            again.body["duplicates"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    let in_batch = s.send(
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "track", "userId": "u", "event": "E", "messageId": "same-id"},
+            {"type": "track", "userId": "u", "event": "E", "messageId": "other"},
+            {"type": "track", "userId": "u", "event": "E", "messageId": "other"}
+        ]}),
+    );
+    assert_eq!(
+        (
+            in_batch.body["accepted"].as_u64(),
+            in_batch.body["duplicates"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
     assert_eq!(s.events("web", 10).len(), 2);
     let metrics = s.request("GET", "/metrics", &[], None).body;
-    assert!(metrics.as_str().unwrap().contains("sluice_events_duplicate_total{source=\"web\"} 3"), "{metrics}");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("sluice_events_duplicate_total{source=\"web\"} 3"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -276,7 +468,10 @@ fn normalisation_end_to_end() {
     assert_eq!(e["customTopLevel"]["kept"], true);
     // timestamp = receivedAt - (sentAt - originalTimestamp) = receivedAt - 10 s
     let parse = |v: &Value| sluice_spec::time::parse_timestamp(v.as_str().unwrap()).unwrap();
-    assert_eq!((parse(&e["receivedAt"]) - parse(&e["timestamp"])).num_milliseconds(), 10_000);
+    assert_eq!(
+        (parse(&e["receivedAt"]) - parse(&e["timestamp"])).num_milliseconds(),
+        10_000
+    );
 }
 
 #[test]
@@ -291,13 +486,28 @@ rate_limit = { events_per_second = 1, burst = 3 }
     ));
     let auth = basic("wk_slow");
     let batch = |n: usize| {
-        let items: Vec<Value> = (0..n).map(|i| json!({"type": "track", "userId": "u", "event": format!("e{i}")})).collect();
+        let items: Vec<Value> = (0..n)
+            .map(|i| json!({"type": "track", "userId": "u", "event": format!("e{i}")}))
+            .collect();
         serde_json::to_vec(&json!({"batch": items})).unwrap()
     };
-    let r = s.request("POST", "/v1/batch", &[("Authorization", &auth)], Some(&batch(3)));
+    let r = s.request(
+        "POST",
+        "/v1/batch",
+        &[("Authorization", &auth)],
+        Some(&batch(3)),
+    );
     assert_eq!(r.status, 200);
-    let r = s.request("POST", "/v1/batch", &[("Authorization", &auth)], Some(&batch(3)));
-    assert_eq!((r.status, r.body["code"].as_str()), (429, Some("rate_limited")));
+    let r = s.request(
+        "POST",
+        "/v1/batch",
+        &[("Authorization", &auth)],
+        Some(&batch(3)),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
     let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=3).contains(&wait), "{wait}");
     assert!(r.header("x-ratelimit-reset").is_some());
@@ -334,7 +544,10 @@ fn full_log_answers_503_and_never_acknowledges_unstored_events() {
         .collect();
     assert_eq!(stored.len(), acked.len());
     for id in &acked {
-        assert!(stored.contains(id), "{id} was acknowledged but is not stored");
+        assert!(
+            stored.contains(id),
+            "{id} was acknowledged but is not stored"
+        );
     }
     // Health stays up; readiness reflects the log, which can still read.
     assert_eq!(s.request("GET", "/healthz", &[], None).status, 200);

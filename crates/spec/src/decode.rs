@@ -140,11 +140,12 @@ pub fn parse_batch<'a>(body: &'a [u8], limits: &Limits) -> Result<Document<'a>, 
         serde_json::from_str(text).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
     let items = match non_null(raw.batch) {
         None => return Err(RequestError::MissingBatch),
-        Some(b) => serde_json::from_str::<Vec<&'a RawValue>>(b.get())
-            .map_err(|_| RequestError::InvalidEnvelope {
+        Some(b) => serde_json::from_str::<Vec<&'a RawValue>>(b.get()).map_err(|_| {
+            RequestError::InvalidEnvelope {
                 field: "batch",
                 reason: "must be an array of events",
-            })?,
+            }
+        })?,
     };
     let context = object_field(raw.context, "context")?;
     let integrations = object_field(raw.integrations, "integrations")?;
@@ -238,12 +239,33 @@ mod tests {
     fn envelope_errors_name_the_field() {
         let l = Limits::default();
         let err = |b: &str| parse_batch(b.as_bytes(), &l).unwrap_err();
-        assert!(matches!(err(r#"{"batch": {}}"#), RequestError::InvalidEnvelope { field: "batch", .. }));
-        assert!(matches!(err(r#"{"nobatch": []}"#), RequestError::MissingBatch));
+        assert!(matches!(
+            err(r#"{"batch": {}}"#),
+            RequestError::InvalidEnvelope { field: "batch", .. }
+        ));
+        assert!(matches!(
+            err(r#"{"nobatch": []}"#),
+            RequestError::MissingBatch
+        ));
         assert!(matches!(err(r#"[1,2]"#), RequestError::NotAnObject));
-        assert!(matches!(err(r#"{"batch": [], "context": 3}"#), RequestError::InvalidEnvelope { field: "context", .. }));
-        assert!(matches!(err(r#"{"batch": [], "sentAt": "soon"}"#), RequestError::InvalidEnvelope { field: "sentAt", .. }));
-        assert!(matches!(err(r#"{"batch": ["#), RequestError::InvalidJson(_)));
+        assert!(matches!(
+            err(r#"{"batch": [], "context": 3}"#),
+            RequestError::InvalidEnvelope {
+                field: "context",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"batch": [], "sentAt": "soon"}"#),
+            RequestError::InvalidEnvelope {
+                field: "sentAt",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"batch": ["#),
+            RequestError::InvalidJson(_)
+        ));
     }
 
     #[test]

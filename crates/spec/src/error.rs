@@ -90,7 +90,11 @@ pub struct ItemError {
 }
 
 impl ItemError {
-    pub fn new(code: &'static str, field: Option<&'static str>, message: impl Into<String>) -> Self {
+    pub fn new(
+        code: &'static str,
+        field: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
         ItemError {
             code,
             field,

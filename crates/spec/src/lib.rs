@@ -111,7 +111,11 @@ impl Default for Limits {
 }
 
 /// Parses a decoded body for an endpoint.
-pub fn parse<'a>(endpoint: Endpoint, body: &'a [u8], limits: &Limits) -> Result<Document<'a>, RequestError> {
+pub fn parse<'a>(
+    endpoint: Endpoint,
+    body: &'a [u8],
+    limits: &Limits,
+) -> Result<Document<'a>, RequestError> {
     match endpoint {
         Endpoint::Single(_) => decode::parse_single(body, limits),
         Endpoint::Batch => decode::parse_batch(body, limits),

@@ -80,7 +80,8 @@ pub fn normalize_document(
     match doc {
         Document::Single { event, .. } => {
             let call = endpoint_call.unwrap_or(CallType::Track);
-            let ev = normalize_event(Some(call), event, None, ctx).map_err(RequestError::Invalid)?;
+            let ev =
+                normalize_event(Some(call), event, None, ctx).map_err(RequestError::Invalid)?;
             Ok(Outcome {
                 accepted: vec![ev],
                 rejected: vec![],
@@ -210,7 +211,10 @@ pub fn normalize_event(
             return Err(ItemError::new(
                 "message_id_too_long",
                 Some("messageId"),
-                format!("messageId is {} characters long; at most {MAX_MESSAGE_ID_LEN} are allowed", id.len()),
+                format!(
+                    "messageId is {} characters long; at most {MAX_MESSAGE_ID_LEN} are allowed",
+                    id.len()
+                ),
             ))
         }
         Some(id) => id,
@@ -227,11 +231,21 @@ pub fn normalize_event(
         CallType::Alias => {
             let previous = id_field(&mut m, "previousId")?;
             if previous.is_none() {
-                return Err(ItemError::new("missing_previous_id", Some("previousId"), "alias requires previousId"));
+                return Err(ItemError::new(
+                    "missing_previous_id",
+                    Some("previousId"),
+                    "alias requires previousId",
+                ));
             }
             match user_id {
                 Some(u) => u,
-                None => return Err(ItemError::new("missing_user_id", Some("userId"), "alias requires userId")),
+                None => {
+                    return Err(ItemError::new(
+                        "missing_user_id",
+                        Some("userId"),
+                        "alias requires userId",
+                    ))
+                }
             }
         }
         _ => match (user_id, anonymous_id) {
@@ -251,14 +265,26 @@ pub fn normalize_event(
         CallType::Track => match m.get("event") {
             Some(Value::String(s)) if !s.is_empty() => {}
             Some(Value::String(_)) | None => {
-                return Err(ItemError::new("missing_event", Some("event"), "track requires a non-empty event name"))
+                return Err(ItemError::new(
+                    "missing_event",
+                    Some("event"),
+                    "track requires a non-empty event name",
+                ))
             }
-            Some(_) => return Err(ItemError::new("invalid_event_name", Some("event"), "event must be a string")),
+            Some(_) => {
+                return Err(ItemError::new(
+                    "invalid_event_name",
+                    Some("event"),
+                    "event must be a string",
+                ))
+            }
         },
-        CallType::Group => {
-            if id_field(&mut m, "groupId")?.is_none() {
-                return Err(ItemError::new("missing_group_id", Some("groupId"), "group requires groupId"));
-            }
+        CallType::Group if id_field(&mut m, "groupId")?.is_none() => {
+            return Err(ItemError::new(
+                "missing_group_id",
+                Some("groupId"),
+                "group requires groupId",
+            ));
         }
         _ => {}
     }
@@ -367,7 +393,9 @@ fn fill_ip(m: &mut Map<String, Value>, ip: &str, always: bool) {
     let context = m
         .entry("context")
         .or_insert_with(|| Value::Object(Map::new()));
-    let Value::Object(context) = context else { return };
+    let Value::Object(context) = context else {
+        return;
+    };
     let asked = always || matches!(context.get("direct"), Some(Value::Bool(true)));
     let present = matches!(context.get("ip"), Some(v) if !v.is_null());
     if asked && !present {
@@ -391,18 +419,36 @@ fn apply_timestamps(
         Some(Value::String(s)) => Some((
             s.clone(),
             parse_timestamp(s).ok_or_else(|| {
-                ItemError::new("invalid_timestamp", Some("timestamp"), format!("timestamp {s:?} is not an ISO-8601 date"))
+                ItemError::new(
+                    "invalid_timestamp",
+                    Some("timestamp"),
+                    format!("timestamp {s:?} is not an ISO-8601 date"),
+                )
             })?,
         )),
         Some(_) => {
-            return Err(ItemError::new("invalid_timestamp", Some("timestamp"), "timestamp must be an ISO-8601 string"))
+            return Err(ItemError::new(
+                "invalid_timestamp",
+                Some("timestamp"),
+                "timestamp must be an ISO-8601 string",
+            ))
         }
     };
     let sent_at = match m.get("sentAt") {
         Some(Value::String(s)) => Some(parse_timestamp(s).ok_or_else(|| {
-            ItemError::new("invalid_sent_at", Some("sentAt"), format!("sentAt {s:?} is not an ISO-8601 date"))
+            ItemError::new(
+                "invalid_sent_at",
+                Some("sentAt"),
+                format!("sentAt {s:?} is not an ISO-8601 date"),
+            )
         })?),
-        Some(_) => return Err(ItemError::new("invalid_sent_at", Some("sentAt"), "sentAt must be an ISO-8601 string")),
+        Some(_) => {
+            return Err(ItemError::new(
+                "invalid_sent_at",
+                Some("sentAt"),
+                "sentAt must be an ISO-8601 string",
+            ))
+        }
         None => match envelope_sent_at {
             Some(s) => {
                 m.insert("sentAt".into(), Value::String(s.to_string()));
@@ -427,6 +473,9 @@ fn apply_timestamps(
         format_timestamp(&timestamp)
     };
     m.insert("timestamp".into(), Value::String(timestamp));
-    m.insert("receivedAt".into(), Value::String(received_text.to_string()));
+    m.insert(
+        "receivedAt".into(),
+        Value::String(received_text.to_string()),
+    );
     Ok(())
 }

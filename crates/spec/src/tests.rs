@@ -56,14 +56,44 @@ fn type_comes_from_the_path() {
 
 #[test]
 fn required_fields_per_call() {
-    assert_eq!(code(single(CallType::Track, json!({"event": "A"}))), "no_user_anon_id");
-    assert_eq!(code(single(CallType::Track, json!({"userId": "u"}))), "missing_event");
-    assert_eq!(code(single(CallType::Track, json!({"userId": "u", "event": ""}))), "missing_event");
-    assert_eq!(code(single(CallType::Group, json!({"userId": "u"}))), "missing_group_id");
-    assert_eq!(code(single(CallType::Alias, json!({"userId": "u"}))), "missing_previous_id");
-    assert_eq!(code(single(CallType::Alias, json!({"previousId": "p", "anonymousId": "a"}))), "missing_user_id");
-    assert_eq!(code(single(CallType::Identify, json!({"userId": {"x": 1}}))), "invalid_id");
-    assert_eq!(code(single(CallType::Identify, json!({"userId": "u", "traits": [1]}))), "invalid_field");
+    assert_eq!(
+        code(single(CallType::Track, json!({"event": "A"}))),
+        "no_user_anon_id"
+    );
+    assert_eq!(
+        code(single(CallType::Track, json!({"userId": "u"}))),
+        "missing_event"
+    );
+    assert_eq!(
+        code(single(CallType::Track, json!({"userId": "u", "event": ""}))),
+        "missing_event"
+    );
+    assert_eq!(
+        code(single(CallType::Group, json!({"userId": "u"}))),
+        "missing_group_id"
+    );
+    assert_eq!(
+        code(single(CallType::Alias, json!({"userId": "u"}))),
+        "missing_previous_id"
+    );
+    assert_eq!(
+        code(single(
+            CallType::Alias,
+            json!({"previousId": "p", "anonymousId": "a"})
+        )),
+        "missing_user_id"
+    );
+    assert_eq!(
+        code(single(CallType::Identify, json!({"userId": {"x": 1}}))),
+        "invalid_id"
+    );
+    assert_eq!(
+        code(single(
+            CallType::Identify,
+            json!({"userId": "u", "traits": [1]})
+        )),
+        "invalid_field"
+    );
     assert!(single(CallType::Alias, json!({"previousId": "p", "userId": "u"})).is_ok());
     assert!(single(CallType::Screen, json!({"anonymousId": "a"})).is_ok());
     assert!(single(CallType::Group, json!({"anonymousId": "a", "groupId": 42})).is_ok());
@@ -74,13 +104,24 @@ fn errors_name_the_field() {
     let e = single(CallType::Track, json!({"userId": "u"})).unwrap_err();
     assert_eq!(e.field(), Some("event"));
     assert_eq!(e.status(), 400);
-    let e = single(CallType::Track, json!({"userId": "u", "event": "e", "timestamp": "noon"})).unwrap_err();
-    assert_eq!((e.code(), e.field()), ("invalid_timestamp", Some("timestamp")));
+    let e = single(
+        CallType::Track,
+        json!({"userId": "u", "event": "e", "timestamp": "noon"}),
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.code(), e.field()),
+        ("invalid_timestamp", Some("timestamp"))
+    );
 }
 
 #[test]
 fn numeric_ids_become_strings() {
-    let ev = single(CallType::Identify, json!({"userId": 123, "anonymousId": 4.5})).unwrap();
+    let ev = single(
+        CallType::Identify,
+        json!({"userId": 123, "anonymousId": 4.5}),
+    )
+    .unwrap();
     assert_eq!(ev.body["userId"], "123");
     assert_eq!(ev.body["anonymousId"], "4.5");
     assert_eq!(ev.user_key, "123");
@@ -92,9 +133,23 @@ fn message_id_assigned_or_checked() {
     assert_eq!(ev.body["messageId"], Value::String(ev.message_id.clone()));
     assert_eq!(ev.message_id.len(), 36);
     let long = "m".repeat(101);
-    assert_eq!(code(single(CallType::Track, json!({"userId": "u", "event": "e", "messageId": long}))), "message_id_too_long");
+    assert_eq!(
+        code(single(
+            CallType::Track,
+            json!({"userId": "u", "event": "e", "messageId": long})
+        )),
+        "message_id_too_long"
+    );
     let ok = "m".repeat(100);
-    assert_eq!(single(CallType::Track, json!({"userId": "u", "event": "e", "messageId": ok.clone()})).unwrap().message_id, ok);
+    assert_eq!(
+        single(
+            CallType::Track,
+            json!({"userId": "u", "event": "e", "messageId": ok.clone()})
+        )
+        .unwrap()
+        .message_id,
+        ok
+    );
 }
 
 #[test]
@@ -139,7 +194,11 @@ fn timestamp_correction_from_sent_at() {
 
 #[test]
 fn timestamp_without_sent_at_is_kept_and_missing_timestamp_is_server_time() {
-    let ev = single(CallType::Track, json!({"userId": "u", "event": "e", "timestamp": "2024-05-01T11:00:00+00:00"})).unwrap();
+    let ev = single(
+        CallType::Track,
+        json!({"userId": "u", "event": "e", "timestamp": "2024-05-01T11:00:00+00:00"}),
+    )
+    .unwrap();
     assert_eq!(ev.body["timestamp"], "2024-05-01T11:00:00.000Z");
     let ev = single(CallType::Track, json!({"userId": "u", "event": "e"})).unwrap();
     assert_eq!(ev.body["timestamp"], "2024-05-01T12:00:00.000Z");
@@ -164,7 +223,10 @@ fn batch_envelope_is_merged_item_wins() {
     .unwrap();
     assert!(out.rejected.is_empty());
     let a = &out.accepted[0].body;
-    assert_eq!(a["context"], json!({"device": {"type": "phone", "id": "mine"}, "locale": "nl-NL"}));
+    assert_eq!(
+        a["context"],
+        json!({"device": {"type": "phone", "id": "mine"}, "locale": "nl-NL"})
+    );
     assert_eq!(a["integrations"], json!({"All": true, "Webhooks": true}));
     assert_eq!(a["sentAt"], "2024-05-01T12:00:05Z");
     assert_eq!(a["timestamp"], "2024-05-01T11:59:55.000Z");
@@ -189,7 +251,11 @@ fn batch_keeps_valid_items_and_lists_the_rest() {
     .unwrap();
     let ids: Vec<_> = out.accepted.iter().map(|e| e.message_id.as_str()).collect();
     assert_eq!(ids, ["m0", "m5"]);
-    let rej: Vec<_> = out.rejected.iter().map(|r| (r.index, r.error.code, r.message_id.as_deref())).collect();
+    let rej: Vec<_> = out
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.error.code, r.message_id.as_deref()))
+        .collect();
     assert_eq!(
         rej,
         [
@@ -223,19 +289,33 @@ fn limits_per_event_batch_and_count() {
     assert_eq!(out.rejected[1].error.code, "batch_too_many_events");
 
     let huge = vec![b' '; 2001];
-    assert!(matches!(parse(Endpoint::Batch, &huge, &limits), Err(RequestError::BatchTooLarge { limit: 2000, .. })));
+    assert!(matches!(
+        parse(Endpoint::Batch, &huge, &limits),
+        Err(RequestError::BatchTooLarge { limit: 2000, .. })
+    ));
     let single_body = serde_json::to_vec(&json!({"event": big, "userId": "u"})).unwrap();
     let err = parse(Endpoint::Single(CallType::Track), &single_body, &limits).unwrap_err();
-    assert_eq!((err.code(), err.status(), err.limit()), ("event_too_large", 400, Some(200)));
+    assert_eq!(
+        (err.code(), err.status(), err.limit()),
+        ("event_too_large", 400, Some(200))
+    );
 }
 
 #[test]
 fn context_ip_only_when_asked() {
     let ev = single(CallType::Track, json!({"userId": "u", "event": "e"})).unwrap();
     assert!(ev.body.get("context").is_none());
-    let ev = single(CallType::Track, json!({"userId": "u", "event": "e", "context": {"direct": true}})).unwrap();
+    let ev = single(
+        CallType::Track,
+        json!({"userId": "u", "event": "e", "context": {"direct": true}}),
+    )
+    .unwrap();
     assert_eq!(ev.body["context"]["ip"], "203.0.113.7");
-    let ev = single(CallType::Track, json!({"userId": "u", "event": "e", "context": {"direct": true, "ip": "1.2.3.4"}})).unwrap();
+    let ev = single(
+        CallType::Track,
+        json!({"userId": "u", "event": "e", "context": {"direct": true, "ip": "1.2.3.4"}}),
+    )
+    .unwrap();
     assert_eq!(ev.body["context"]["ip"], "1.2.3.4");
 }
 

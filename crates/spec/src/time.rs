@@ -26,7 +26,10 @@ pub fn parse_timestamp(input: &str) -> Option<DateTime<Utc>> {
     let naive = NaiveDateTime::new(date, time);
     let offset = FixedOffset::east_opt(offset)?;
     let local = offset.from_local_datetime(&naive).single()?;
-    Some(local.with_timezone(&Utc))
+    let utc = local.with_timezone(&Utc);
+    // An offset can push 0000-01-01 or 9999-12-31 out of the four-digit years we store.
+    use chrono::Datelike;
+    (0..=9999).contains(&utc.year()).then_some(utc)
 }
 
 /// Formats a timestamp the way Segment stores them: UTC, millisecond precision.
@@ -72,11 +75,7 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
     if parts.next().is_some() || year.len() != 4 {
         return None;
     }
-    NaiveDate::from_ymd_opt(
-        number(year, 4)? as i32,
-        number(month, 2)?,
-        number(day, 2)?,
-    )
+    NaiveDate::from_ymd_opt(number(year, 4)? as i32, number(month, 2)?, number(day, 2)?)
 }
 
 fn parse_time(s: &str) -> Option<NaiveTime> {
@@ -176,7 +175,10 @@ mod tests {
             fmt("2024-05-01 10:00:00").as_deref(),
             Some("2024-05-01T10:00:00.000Z")
         );
-        assert_eq!(fmt("2024-05-01").as_deref(), Some("2024-05-01T00:00:00.000Z"));
+        assert_eq!(
+            fmt("2024-05-01").as_deref(),
+            Some("2024-05-01T00:00:00.000Z")
+        );
         assert_eq!(
             fmt("2024-05-01T10:00Z").as_deref(),
             Some("2024-05-01T10:00:00.000Z")
@@ -196,6 +198,8 @@ mod tests {
             "2024-05-01T10:00:00.Z",
             "2024-05-01T10:00:00.12a",
             "1714557600",
+            "0000-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
         ] {
             assert_eq!(fmt(bad), None, "{bad:?} should not parse");
         }

@@ -47,7 +47,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores refused items (the `id` field is ignored and assigned).
     async fn add_rejected(&self, records: Vec<RejectedRecord>) -> Result<(), StoreError>;
     /// The newest refused items of a source, newest first.
-    async fn rejected(&self, source: &str, limit: usize) -> Result<Vec<RejectedRecord>, StoreError>;
+    async fn rejected(&self, source: &str, limit: usize)
+        -> Result<Vec<RejectedRecord>, StoreError>;
     /// Deletes refused items received before `before_ms`. Returns how many.
     async fn prune_rejected(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
@@ -108,8 +109,10 @@ impl Store for SqliteStore {
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         let key = key.to_string();
         self.with(move |c| {
-            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
-                .optional()
+            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
         })
         .await
     }
@@ -156,7 +159,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn rejected(&self, source: &str, limit: usize) -> Result<Vec<RejectedRecord>, StoreError> {
+    async fn rejected(
+        &self,
+        source: &str,
+        limit: usize,
+    ) -> Result<Vec<RejectedRecord>, StoreError> {
         let source = source.to_string();
         self.with(move |c| {
             let mut stmt = c.prepare_cached(
@@ -217,9 +224,13 @@ mod tests {
             assert_eq!(s.get_setting("k").await.unwrap(), None);
             s.put_setting("k", "v1").await.unwrap();
             s.put_setting("k", "v2").await.unwrap();
-            s.add_rejected(vec![rec("web", "a", 1), rec("web", "b", 2), rec("app", "c", 3)])
-                .await
-                .unwrap();
+            s.add_rejected(vec![
+                rec("web", "a", 1),
+                rec("web", "b", 2),
+                rec("app", "c", 3),
+            ])
+            .await
+            .unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.get_setting("k").await.unwrap().as_deref(), Some("v2"));

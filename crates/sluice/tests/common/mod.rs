@@ -87,7 +87,13 @@ impl Server {
         }
     }
 
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
         let mut req = ureq::request(method, &format!("{}{}", self.url, path));
         for (k, v) in headers {
             req = req.set(k, v);
@@ -110,14 +116,22 @@ impl Server {
         self.request(
             "POST",
             path,
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             Some(&serde_json::to_vec(body).unwrap()),
         )
     }
 
     pub fn admin(&self, path: &str) -> Reply {
         let auth = format!("Bearer {}", self.admin_token);
-        self.request("GET", &format!("/admin/v1{path}"), &[("Authorization", &auth)], None)
+        self.request(
+            "GET",
+            &format!("/admin/v1{path}"),
+            &[("Authorization", &auth)],
+            None,
+        )
     }
 
     /// The stored events of a source, newest first.
@@ -162,12 +176,19 @@ pub fn to_reply(resp: ureq::Response) -> Reply {
     let mut text = String::new();
     resp.into_reader().read_to_string(&mut text).unwrap();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Reply { status, body, headers }
+    Reply {
+        status,
+        body,
+        headers,
+    }
 }
 
 pub fn basic(key: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Drives Segment's official Python and Node libraries against a running Sluice.
+# Needs SLUICE_URL, SLUICE_WRITE_KEY, SLUICE_ADMIN_TOKEN (and SLUICE_SOURCE, default "web").
+# Installs the libraries from PyPI and npm on first use (into $CLIENTS_CACHE).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${CLIENTS_CACHE:-$HOME/.cache/sluice/clients}
+mkdir -p "$cache"
+if [ ! -x "$cache/venv/bin/python" ]; then
+  python3 -m venv "$cache/venv"
+fi
+"$cache/venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+(cd "$here" && npm ci --no-audit --no-fund --silent)
+"$cache/venv/bin/python" "$here/python_client.py"
+node "$here/node_client.mjs"

@@ -123,6 +123,10 @@ fn split_offset(s: &str) -> Option<(&str, i32)> {
     let (time, off) = (&s[..i], &s[i..]);
     let sign = if off.starts_with('-') { -1 } else { 1 };
     let digits: String = off[1..].chars().filter(|c| *c != ':').collect();
+    // Slicing below is by byte: only ASCII digits may get there.
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let (h, m) = match digits.len() {
         2 => (number(&digits, 2)?, 0),
         4 => (number(&digits[..2], 2)?, number(&digits[2..], 2)?),
@@ -199,6 +203,10 @@ mod tests {
             "2024-05-01T10:00:00.12a",
             "1714557600",
             "0000-01-01T00:00:00+01:00",
+            // Found by the fuzzer: a multi-byte character in the offset made a byte slice
+            // panic.
+            "2015-2-02T00:00:00+.\u{2a8}$",
+            "2024-05-01T10:00:00+0\u{e9}0",
             "9999-12-31T23:59:59-01:00",
         ] {
             assert_eq!(fmt(bad), None, "{bad:?} should not parse");

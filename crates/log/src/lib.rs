@@ -11,6 +11,7 @@
 //! A consumer's cursor is the next offset it wants to read.
 
 pub mod contract;
+mod dedupe;
 pub mod sqlite;
 
 use async_trait::async_trait;

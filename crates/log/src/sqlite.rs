@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::dedupe::{self, Dedupe, Loaded};
 use crate::{Appended, EventLog, LogError, LogOptions, NewEvent, StoredEvent};
 
 /// Rows one retention step deletes before letting appends through again.
@@ -24,8 +25,7 @@ const QUEUE_DEPTH: usize = 4_096;
 /// The highest offset ever assigned: the newest event, or the mark retention left.
 const HIGH_WATER_SQL: &str = "SELECT MAX(
     COALESCE((SELECT MAX(offset) FROM events), 0),
-    COALESCE((SELECT value FROM meta WHERE key = 'high_water'), 0),
-    COALESCE((SELECT value FROM meta WHERE key = 'dedupe_covered'), 0))";
+    COALESCE((SELECT value FROM meta WHERE key = 'high_water'), 0))";
 
 type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
@@ -58,7 +58,7 @@ impl SqliteLog {
                 .map_err(storage)?;
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer::new(conn, options)?;
+        let writer = Writer::new(conn, options, &path.with_extension("dedupe"))?;
         let checkpoint_conn = open_connection(&path, false)?;
         let handle = std::thread::Builder::new()
             .name("sluice-log-writer".into())
@@ -166,12 +166,6 @@ fn init_schema(conn: &Connection) -> Result<(), LogError> {
              payload BLOB NOT NULL
          );
          CREATE INDEX IF NOT EXISTS events_by_source ON events(source, offset);
-         CREATE TABLE IF NOT EXISTS dedupe (
-             source TEXT NOT NULL,
-             message_id TEXT NOT NULL,
-             seen_at INTEGER NOT NULL,
-             UNIQUE (source, message_id)
-         );
          CREATE TABLE IF NOT EXISTS meta (
              key TEXT PRIMARY KEY,
              value INTEGER NOT NULL
@@ -191,174 +185,63 @@ fn storage(e: rusqlite::Error) -> LogError {
     }
 }
 
-/// Dedupe entries written to the `dedupe` table at most this many events apart...
-const DEDUPE_FLUSH_EVENTS: usize = 100_000;
-/// ...in transactions of this many entries, between groups.
-const DEDUPE_FLUSH_CHUNK: usize = 5_000;
-/// ...or this long apart.
-const DEDUPE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Key of a dedupe entry: source and messageId, separated by a byte neither contains
-/// ambiguously (the source name is restricted to [A-Za-z0-9_-]).
-fn dedupe_key(source: &str, message_id: &str) -> String {
-    let mut k = String::with_capacity(source.len() + message_id.len() + 1);
-    k.push_str(source);
-    k.push('\u{1}');
-    k.push_str(message_id);
-    k
-}
-
-struct Flushing {
-    entries: std::collections::HashMap<String, i64>,
-    keys: Vec<String>,
-    next: usize,
-    /// Every event up to this offset has its entry in `entries` or the table.
-    covers: u64,
-}
-
-/// When `key` was last seen, if that sighting is not in the dedupe table yet.
-fn unflushed(
-    pending: &std::collections::HashMap<String, i64>,
-    flushing: &Option<Flushing>,
-    key: &str,
-) -> Option<i64> {
-    pending
-        .get(key)
-        .or_else(|| flushing.as_ref().and_then(|f| f.entries.get(key)))
-        .copied()
-}
-
 struct Writer {
     conn: Connection,
     options: LogOptions,
-    /// Dedupe entries of events committed to the log but not yet to the `dedupe` table.
-    /// They are recoverable from the log itself (`dedupe_covered` below), so writing them
-    /// lazily, in one sorted batch, is as safe as writing them per commit and far cheaper:
-    /// random index inserts cost a page write each per commit.
-    pending: std::collections::HashMap<String, i64>,
-    /// A flush in progress, written a chunk at a time between groups.
-    flushing: Option<Flushing>,
-    last_flush: Instant,
+    /// Which (source, messageId) pairs are stored, in memory, journaled beside the log.
+    dedupe: Dedupe,
     last_offset: u64,
 }
 
 impl Writer {
-    fn new(conn: Connection, options: LogOptions) -> Result<Writer, LogError> {
-        let covered: i64 = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'dedupe_covered'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(storage)?
-            .unwrap_or(0);
-        // Events after the covered offset were acknowledged but their dedupe entries were
-        // not flushed (a crash): rebuild them from the log.
-        let mut pending = std::collections::HashMap::new();
+    fn new(conn: Connection, options: LogOptions, journal: &Path) -> Result<Writer, LogError> {
+        // Every journaled entry is loaded: the journal was compacted at the last retention
+        // run, and entries outside the window never make an event a duplicate anyway.
+        let Loaded {
+            mut dedupe,
+            covered,
+        } = Dedupe::open(journal, i64::MIN).map_err(|e| {
+            LogError::Storage(format!(
+                "cannot open dedupe journal {}: {e}",
+                journal.display()
+            ))
+        })?;
+        // Events after the covered offset may lack journaled entries (a crash before the
+        // journal caught up): rebuild them from the log itself.
+        let mut rebuilt = Vec::new();
         {
             let mut stmt = conn
                 .prepare("SELECT source, message_id, received_at FROM events WHERE offset > ?1")
                 .map_err(storage)?;
             let rows = stmt
-                .query_map([covered], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
+                .query_map([covered as i64], |r| {
+                    Ok(dedupe::key(
+                        r.get_ref(0)?.as_str()?,
+                        r.get_ref(1)?.as_str()?,
                     ))
+                    .and_then(|k| Ok((k, r.get::<_, i64>(2)?)))
                 })
                 .map_err(storage)?;
             for row in rows {
-                let (source, id, at) = row.map_err(storage)?;
-                pending.insert(dedupe_key(&source, &id), at);
+                rebuilt.push(row.map_err(storage)?);
             }
         }
-        if !pending.is_empty() {
+        if !rebuilt.is_empty() {
             tracing::info!(
-                entries = pending.len(),
-                "rebuilt unflushed dedupe entries from the log"
+                entries = rebuilt.len(),
+                "rebuilt dedupe entries from the log after an unclean stop"
             );
         }
+        dedupe.insert(rebuilt);
         let last_offset: i64 = conn
             .query_row(HIGH_WATER_SQL, [], |r| r.get(0))
             .map_err(storage)?;
         Ok(Writer {
             conn,
             options,
-            pending,
-            flushing: None,
-            last_flush: Instant::now(),
+            dedupe,
             last_offset: last_offset as u64,
         })
-    }
-
-    /// One step of the dedupe flush: starts a flush when one is due (or `force`), then
-    /// writes up to `DEDUPE_FLUSH_CHUNK` entries in one transaction, so that appends are
-    /// never held up for long. The last chunk also records the offset the flush covers.
-    /// Returns whether entries remain to be flushed.
-    fn flush_dedupe_step(&mut self, force: bool) -> bool {
-        if self.flushing.is_none() {
-            let due = force
-                || self.pending.len() >= DEDUPE_FLUSH_EVENTS
-                || (!self.pending.is_empty() && self.last_flush.elapsed() >= DEDUPE_FLUSH_INTERVAL);
-            if !due || self.pending.is_empty() {
-                return false;
-            }
-            let entries = std::mem::take(&mut self.pending);
-            let mut keys: Vec<String> = entries.keys().cloned().collect();
-            // Sorted inserts touch each index page once.
-            keys.sort_unstable();
-            self.flushing = Some(Flushing {
-                entries,
-                keys,
-                next: 0,
-                covers: self.last_offset,
-            });
-            self.last_flush = Instant::now();
-        }
-        let Some(f) = self.flushing.as_mut() else {
-            return false;
-        };
-        let end = (f.next + DEDUPE_FLUSH_CHUNK).min(f.keys.len());
-        let result = (|| -> Result<(), LogError> {
-            let tx = self.conn.transaction().map_err(storage)?;
-            {
-                let mut put = tx
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO dedupe (source, message_id, seen_at) VALUES (?1, ?2, ?3)",
-                    )
-                    .map_err(storage)?;
-                for key in &f.keys[f.next..end] {
-                    let at = f.entries.get(key).copied().unwrap_or(0);
-                    let (source, id) = key.split_once('\u{1}').unwrap_or((key, ""));
-                    put.execute(params![source, id, at]).map_err(storage)?;
-                }
-                if end == f.keys.len() {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('dedupe_covered', ?1)",
-                        [f.covers as i64],
-                    )
-                    .map_err(storage)?;
-                }
-            }
-            tx.commit().map_err(storage)
-        })();
-        match result {
-            Ok(()) => {
-                f.next = end;
-                if end == f.keys.len() {
-                    self.flushing = None;
-                    return !self.pending.is_empty() && force;
-                }
-                true
-            }
-            Err(e) => {
-                // The entries stay in memory (and recoverable from the log); retry later.
-                tracing::warn!(error = %e, "flushing dedupe entries failed");
-                false
-            }
-        }
     }
 
     /// Serves commands until the channel closes; then stops the checkpointer (via
@@ -393,7 +276,13 @@ impl Writer {
             let mut work = Vec::with_capacity(group.len());
             for c in group {
                 match c {
-                    Command::Retain(now, reply) => retains.push((now, 0, reply)),
+                    Command::Retain(now, reply) => {
+                        let expired = self
+                            .dedupe
+                            .expire(now - self.options.dedupe_window_ms, self.last_offset);
+                        tracing::debug!(expired, "dedupe entries expired");
+                        retains.push((now, 0, reply))
+                    }
                     other => work.push(other),
                 }
             }
@@ -401,15 +290,15 @@ impl Writer {
             if !work.is_empty() {
                 self.run_group(work);
             }
-            self.flush_dedupe_step(false);
+            self.dedupe.maybe_send(self.last_offset, false);
             // One retention step between groups: appends are never stalled for long.
             if let Some((now, deleted, _)) = retention.first_mut() {
                 match self.retention_step(*now) {
-                    Ok((0, 0)) => {
+                    Ok(0) => {
                         let (_, total, reply) = retention.remove(0);
                         let _ = reply.send(Ok(total));
                     }
-                    Ok((n, _)) => *deleted += n,
+                    Ok(n) => *deleted += n,
                     Err(e) => {
                         let (_, _, reply) = retention.remove(0);
                         let _ = reply.send(Err(e));
@@ -417,9 +306,10 @@ impl Writer {
                 }
             }
         }
-        // Channel closed: everything sent was processed above. Flush dedupe entries and
-        // checkpoint so that the next start has nothing to rebuild and a short WAL.
-        while self.flush_dedupe_step(true) {}
+        // Channel closed: everything sent was processed above. Journal the last dedupe
+        // entries and checkpoint so that the next start has nothing to rebuild and a
+        // short WAL.
+        self.dedupe.close(self.last_offset);
         stop_checkpointer();
         let _ = self
             .conn
@@ -475,13 +365,15 @@ impl Writer {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
         let mut results = Vec::with_capacity(work.len());
-        // Entries of this group; merged into `pending` only if the group commits.
-        let mut staged: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+        // Entries of this group; recorded in the dedupe index only if the group commits.
+        let mut staged: Vec<(u128, i64)> = Vec::new();
+        let mut staged_keys: std::collections::HashMap<
+            u128,
+            i64,
+            std::hash::BuildHasherDefault<dedupe::KeyHasher>,
+        > = Default::default();
         let mut last_offset = self.last_offset;
         {
-            let mut seen = tx
-                .prepare_cached("SELECT seen_at FROM dedupe WHERE source = ?1 AND message_id = ?2")
-                .map_err(storage)?;
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO events (offset, source, message_id, user_key, received_at, payload)
@@ -500,20 +392,11 @@ impl Writer {
                         let mut out = Vec::with_capacity(events.len());
                         for e in events {
                             let cutoff = e.received_at_ms - window;
-                            let key = dedupe_key(&e.source, &e.message_id);
-                            let earlier = match staged
+                            let key = dedupe::key(&e.source, &e.message_id);
+                            let earlier = staged_keys
                                 .get(&key)
                                 .copied()
-                                .or_else(|| unflushed(&self.pending, &self.flushing, &key))
-                            {
-                                Some(at) => Some(at),
-                                None => seen
-                                    .query_row(params![e.source, e.message_id], |r| {
-                                        r.get::<_, i64>(0)
-                                    })
-                                    .optional()
-                                    .map_err(storage)?,
-                            };
+                                .or_else(|| self.dedupe.seen(key));
                             // Seen within the window: a duplicate. Seen before the window:
                             // new again.
                             let fresh = earlier.is_none_or(|at| at <= cutoff);
@@ -533,7 +416,8 @@ impl Writer {
                                 ])
                                 .map_err(storage)?;
                             last_offset = offset;
-                            staged.insert(key, e.received_at_ms);
+                            staged_keys.insert(key, e.received_at_ms);
+                            staged.push((key, e.received_at_ms));
                             out.push(Appended::Stored { offset });
                         }
                         results.push(GroupResult::Appended(out));
@@ -549,16 +433,14 @@ impl Writer {
             }
         }
         tx.commit().map_err(storage)?;
-        self.pending.extend(staged);
+        self.dedupe.insert(staged);
         self.last_offset = last_offset;
         Ok(results)
     }
 
-    /// Deletes one chunk of expired events and dedupe entries. Returns how many of each
-    /// were deleted; (0, 0) means nothing is left to delete.
-    fn retention_step(&mut self, now_ms: i64) -> Result<(u64, u64), LogError> {
+    /// Deletes one chunk of expired events. Returns how many; 0 means none is left.
+    fn retention_step(&mut self, now_ms: i64) -> Result<u64, LogError> {
         let event_cutoff = now_ms - self.options.retention_ms;
-        let dedupe_cutoff = now_ms - self.options.dedupe_window_ms;
         let tx = self.conn.transaction().map_err(storage)?;
         // Offsets are assigned by the writer (no AUTOINCREMENT, which costs a page write
         // per commit); the high-water mark is recorded before events are deleted so that
@@ -584,16 +466,8 @@ impl Writer {
                 .map_err(storage)?,
             None => 0,
         };
-        let dedupe = tx
-            .execute(
-                "DELETE FROM dedupe WHERE rowid IN
-                   (SELECT rowid FROM dedupe WHERE rowid < (SELECT MIN(rowid) FROM dedupe) + ?1
-                    AND seen_at <= ?2)",
-                params![RETENTION_CHUNK, dedupe_cutoff],
-            )
-            .map_err(storage)?;
         tx.commit().map_err(storage)?;
-        Ok((events as u64, dedupe as u64))
+        Ok(events as u64)
     }
 }
 

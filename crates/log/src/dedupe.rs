@@ -1,0 +1,350 @@
+//! The dedupe index of the SQLite log: which `(source, messageId)` pairs were stored, and
+//! when, for every event inside the dedupe window.
+//!
+//! Lookups are in memory (a hash map keyed by the 128-bit XXH3 hash of the pair). The map
+//! is persisted in an append-only journal file, written by its own thread:
+//!
+//! ```text
+//! header   "sluice-dedupe-journal-v1"                      24 bytes
+//! entry    key: u128 LE (never 0) | seen_at_ms: i64 LE     24 bytes each
+//! marker   key: 0                 | covered offset: i64 LE  24 bytes
+//! ```
+//!
+//! A marker means: every event of the log up to that offset has its entry earlier in the
+//! file, on disk (the journal thread fsyncs the entries before writing the marker). At
+//! start the journal is read back (entries older than the window are skipped, a torn last
+//! record is ignored) and the events after the last marker are read from the log itself to
+//! rebuild the rest. So the journal needs no fsync on the append path, and an
+//! acknowledged event is always recognised as a duplicate, also after a crash.
+//!
+//! Expired entries leave the map at retention time, and the journal is then rewritten
+//! (compacted) from the map.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const HEADER: &[u8; 24] = b"sluice-dedupe-journal-v1";
+const RECORD: usize = 24;
+/// New entries are handed to the journal thread at least this often...
+const SEND_INTERVAL: Duration = Duration::from_millis(500);
+/// ...or when this many are waiting.
+const SEND_ENTRIES: usize = 50_000;
+
+/// The key of a `(source, messageId)` pair.
+pub fn key(source: &str, message_id: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(source.as_bytes());
+    h.update(&[0xff]); // not valid UTF-8: cannot occur inside either string
+    h.update(message_id.as_bytes());
+    match h.digest128() {
+        0 => 1, // 0 marks journal markers
+        k => k,
+    }
+}
+
+/// Keys are already uniform hashes: use their low bits as the map's hash.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+type KeyMap = HashMap<u128, i64, BuildHasherDefault<KeyHasher>>;
+
+enum Job {
+    Append(Vec<(u128, i64)>, u64),
+    Compact(Vec<(u128, i64)>, u64),
+}
+
+pub struct Dedupe {
+    map: KeyMap,
+    unsent: Vec<(u128, i64)>,
+    last_sent: Instant,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the journal said at start.
+pub struct Loaded {
+    pub dedupe: Dedupe,
+    /// Events after this offset may lack their entries: rebuild them from the log.
+    pub covered: u64,
+}
+
+impl Dedupe {
+    /// Reads the journal at `path` (creating it if missing), keeping entries seen after
+    /// `cutoff_ms`, and starts the journal thread.
+    pub fn open(path: &Path, cutoff_ms: i64) -> std::io::Result<Loaded> {
+        let mut map = KeyMap::default();
+        let mut covered = 0u64;
+        let valid = match File::open(path) {
+            Ok(mut f) => {
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes)?;
+                if bytes.len() >= RECORD && &bytes[..RECORD] == HEADER {
+                    map.reserve((bytes.len() / RECORD).saturating_sub(1));
+                    for rec in bytes[RECORD..].chunks_exact(RECORD) {
+                        let k = u128::from_le_bytes(rec[..16].try_into().unwrap_or_default());
+                        let v = i64::from_le_bytes(rec[16..].try_into().unwrap_or_default());
+                        if k == 0 {
+                            covered = v.max(0) as u64;
+                        } else if v > cutoff_ms {
+                            map.insert(k, v);
+                        }
+                    }
+                    true
+                } else {
+                    if !bytes.is_empty() {
+                        tracing::warn!(path = %path.display(), "dedupe journal has no valid header; rebuilding it from the log");
+                    }
+                    false
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        if !valid {
+            map.clear();
+            covered = 0;
+        }
+        // Start from a compacted file: the loaded entries, and the marker they cover.
+        let snapshot: Vec<(u128, i64)> = map.iter().map(|(k, v)| (*k, *v)).collect();
+        let file = write_snapshot(path, &snapshot, covered)?;
+        let (tx, rx) = mpsc::channel();
+        let journal_path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("sluice-log-dedupe".into())
+            .spawn(move || journal_thread(journal_path, file, rx))?;
+        Ok(Loaded {
+            dedupe: Dedupe {
+                map,
+                unsent: Vec::new(),
+                last_sent: Instant::now(),
+                jobs: Some(tx),
+                thread: Some(thread),
+            },
+            covered,
+        })
+    }
+
+    /// When the pair was last stored, if it is known.
+    pub fn seen(&self, key: u128) -> Option<i64> {
+        self.map.get(&key).copied()
+    }
+
+    /// Records stored pairs (called after their commit).
+    pub fn insert(&mut self, entries: impl IntoIterator<Item = (u128, i64)>) {
+        for (k, at) in entries {
+            self.map.insert(k, at);
+            self.unsent.push((k, at));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Hands new entries to the journal thread when due. `covered`: every event up to this
+    /// offset has its entry in the map.
+    pub fn maybe_send(&mut self, covered: u64, force: bool) {
+        let due = force
+            || self.unsent.len() >= SEND_ENTRIES
+            || (!self.unsent.is_empty() && self.last_sent.elapsed() >= SEND_INTERVAL);
+        if !due {
+            return;
+        }
+        let entries = std::mem::take(&mut self.unsent);
+        self.last_sent = Instant::now();
+        metrics::gauge!("sluice_dedupe_entries").set(self.len() as f64);
+        if let Some(tx) = &self.jobs {
+            let _ = tx.send(Job::Append(entries, covered));
+        }
+    }
+
+    /// Forgets entries seen at or before `cutoff_ms` and rewrites the journal from the
+    /// map. Returns how many entries were dropped.
+    pub fn expire(&mut self, cutoff_ms: i64, covered: u64) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, at| *at > cutoff_ms);
+        let snapshot: Vec<(u128, i64)> = self.map.iter().map(|(k, v)| (*k, *v)).collect();
+        self.unsent.clear();
+        self.last_sent = Instant::now();
+        if let Some(tx) = &self.jobs {
+            let _ = tx.send(Job::Compact(snapshot, covered));
+        }
+        before - self.map.len()
+    }
+
+    /// Writes what is pending with its marker and stops the journal thread.
+    pub fn close(&mut self, covered: u64) {
+        self.maybe_send(covered, true);
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Dedupe {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn encode(out: &mut impl Write, key: u128, value: i64) -> std::io::Result<()> {
+    let mut rec = [0u8; RECORD];
+    rec[..16].copy_from_slice(&key.to_le_bytes());
+    rec[16..].copy_from_slice(&value.to_le_bytes());
+    out.write_all(&rec)
+}
+
+/// Writes a complete journal (header, entries, marker) next to `path`, makes it durable and
+/// moves it into place. Returns the file, open for appending.
+fn write_snapshot(path: &Path, entries: &[(u128, i64)], covered: u64) -> std::io::Result<File> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        w.write_all(HEADER)?;
+        for (k, v) in entries {
+            encode(&mut w, *k, *v)?;
+        }
+        w.flush()?;
+        w.get_ref().sync_data()?;
+        // The marker is written after the entries are durable.
+        encode(&mut w, 0, covered as i64)?;
+        w.flush()?;
+        w.get_ref().sync_data()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    OpenOptions::new().append(true).open(path)
+}
+
+fn journal_thread(path: PathBuf, file: File, jobs: mpsc::Receiver<Job>) {
+    let mut file = Some(file);
+    // After a failed write the file may lack entries: no marker may be written until a
+    // compaction has rewritten it whole.
+    let mut broken = false;
+    for job in jobs {
+        let result = match job {
+            Job::Append(entries, covered) => {
+                if broken {
+                    continue;
+                }
+                match file.as_mut() {
+                    Some(f) => append(f, &entries, covered),
+                    None => continue,
+                }
+            }
+            Job::Compact(entries, covered) => match write_snapshot(&path, &entries, covered) {
+                Ok(f) => {
+                    file = Some(f);
+                    broken = false;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, path = %path.display(), "dedupe journal write failed; entries are rebuilt from the log after a restart");
+            broken = true;
+        }
+    }
+    if let Some(f) = file {
+        let _ = f.sync_data();
+    }
+}
+
+fn append(f: &mut File, entries: &[(u128, i64)], covered: u64) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity((entries.len() + 1) * RECORD);
+    for (k, v) in entries {
+        encode(&mut buf, *k, *v)?;
+    }
+    f.write_all(&buf)?;
+    f.sync_data()?;
+    let mut marker = Vec::with_capacity(RECORD);
+    encode(&mut marker, 0, covered as i64)?;
+    f.write_all(&marker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_round_trip_with_markers_expiry_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dedupe.journal");
+        let (a, b, c) = (key("web", "a"), key("web", "b"), key("app", "a"));
+        assert_ne!(a, c, "the source is part of the key");
+        {
+            let Loaded {
+                mut dedupe,
+                covered,
+            } = Dedupe::open(&path, 0).unwrap();
+            assert_eq!(covered, 0);
+            dedupe.insert([(a, 100), (b, 200)]);
+            dedupe.maybe_send(2, true);
+            dedupe.insert([(c, 300)]);
+            dedupe.close(3);
+        }
+        // A torn record at the end (a crash mid-write) is ignored.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[7u8; 10]).unwrap();
+        drop(f);
+        let Loaded { dedupe, covered } = Dedupe::open(&path, 150).unwrap();
+        assert_eq!(covered, 3);
+        assert_eq!(dedupe.seen(a), None, "expired by the cutoff");
+        assert_eq!(dedupe.seen(b), Some(200));
+        assert_eq!(dedupe.seen(c), Some(300));
+        drop(dedupe);
+        // Opening compacted the file: header, two entries, one marker.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * RECORD as u64);
+    }
+
+    #[test]
+    fn expire_compacts_and_a_bad_file_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dedupe.journal");
+        {
+            let Loaded { mut dedupe, .. } = Dedupe::open(&path, 0).unwrap();
+            dedupe.insert((1..=100).map(|i| (key("web", &i.to_string()), i)));
+            assert_eq!(dedupe.expire(60, 100), 60);
+            assert_eq!(dedupe.len(), 40);
+            dedupe.close(100);
+        }
+        let Loaded { dedupe, covered } = Dedupe::open(&path, 0).unwrap();
+        assert_eq!((dedupe.len(), covered), (40, 100));
+        drop(dedupe);
+        std::fs::write(&path, b"garbage").unwrap();
+        let Loaded { dedupe, covered } = Dedupe::open(&path, 0).unwrap();
+        assert_eq!(
+            (dedupe.len(), covered),
+            (0, 0),
+            "rebuild everything from the log"
+        );
+    }
+}

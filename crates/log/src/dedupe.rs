@@ -1,13 +1,15 @@
 //! The dedupe index of the SQLite log: which `(source, messageId)` pairs were stored, and
 //! when, for every event inside the dedupe window.
 //!
-//! Lookups are in memory (a hash map keyed by the 128-bit XXH3 hash of the pair). The map
-//! is persisted in an append-only journal file, written by its own thread:
+//! Lookups are in memory: a hash map of 16 bytes per entry, keyed by 64 bits of the
+//! 128-bit XXH3 hash of the pair, holding 32 more bits of it (a collision needs all 96 to
+//! match) and the time seen in whole seconds (rounded up). The map is persisted in an
+//! append-only journal file, written by its own thread:
 //!
 //! ```text
-//! header   "sluice-dedupe-journal-v1"                      24 bytes
-//! entry    key: u128 LE (never 0) | seen_at_ms: i64 LE     24 bytes each
-//! marker   key: 0                 | covered offset: i64 LE  24 bytes
+//! header   "sluice-dedupe-v2"                                         16 bytes
+//! entry    key: u64 LE (never 0) | check: u32 << 32 | seen_s: u32, LE 16 bytes each
+//! marker   key: 0                | covered offset: u64 LE             16 bytes
 //! ```
 //!
 //! A marker means: every event of the log up to that offset has its entry earlier in the
@@ -28,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const HEADER: &[u8; 24] = b"sluice-dedupe-journal-v1";
-const RECORD: usize = 24;
+const HEADER: &[u8; 16] = b"sluice-dedupe-v2";
+const RECORD: usize = 16;
 /// New entries are handed to the journal thread at least this often...
 const SEND_INTERVAL: Duration = Duration::from_millis(500);
 /// ...or when this many are waiting.
@@ -41,10 +43,26 @@ pub fn key(source: &str, message_id: &str) -> u128 {
     h.update(source.as_bytes());
     h.update(&[0xff]); // not valid UTF-8: cannot occur inside either string
     h.update(message_id.as_bytes());
-    match h.digest128() {
-        0 => 1, // 0 marks journal markers
+    h.digest128()
+}
+
+/// Splits a key into the map key (never 0: 0 marks journal markers) and its check bits.
+fn split(key: u128) -> (u64, u64) {
+    let low = match key as u64 {
+        0 => 1,
         k => k,
-    }
+    };
+    (low, (key >> 64) as u32 as u64)
+}
+
+fn pack(check: u64, seen_ms: i64) -> u64 {
+    // Whole seconds, rounded up: an entry lives at most one second longer, never shorter.
+    let secs = (seen_ms.max(0) as u64).div_ceil(1000).min(u32::MAX as u64);
+    (check << 32) | secs
+}
+
+fn seen_ms(packed: u64) -> i64 {
+    (packed & 0xffff_ffff) as i64 * 1000
 }
 
 /// Keys are already uniform hashes: use their low bits as the map's hash.
@@ -60,21 +78,21 @@ impl Hasher for KeyHasher {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
     }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
-type KeyMap = HashMap<u128, i64, BuildHasherDefault<KeyHasher>>;
+type KeyMap = HashMap<u64, u64, BuildHasherDefault<KeyHasher>>;
 
 enum Job {
-    Append(Vec<(u128, i64)>, u64),
-    Compact(Vec<(u128, i64)>, u64),
+    Append(Vec<(u64, u64)>, u64),
+    Compact(Vec<(u64, u64)>, u64),
 }
 
 pub struct Dedupe {
     map: KeyMap,
-    unsent: Vec<(u128, i64)>,
+    unsent: Vec<(u64, u64)>,
     last_sent: Instant,
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -100,11 +118,11 @@ impl Dedupe {
                 if bytes.len() >= RECORD && &bytes[..RECORD] == HEADER {
                     map.reserve((bytes.len() / RECORD).saturating_sub(1));
                     for rec in bytes[RECORD..].chunks_exact(RECORD) {
-                        let k = u128::from_le_bytes(rec[..16].try_into().unwrap_or_default());
-                        let v = i64::from_le_bytes(rec[16..].try_into().unwrap_or_default());
+                        let k = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
+                        let v = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
                         if k == 0 {
-                            covered = v.max(0) as u64;
-                        } else if v > cutoff_ms {
+                            covered = v;
+                        } else if seen_ms(v) > cutoff_ms {
                             map.insert(k, v);
                         }
                     }
@@ -124,7 +142,7 @@ impl Dedupe {
             covered = 0;
         }
         // Start from a compacted file: the loaded entries, and the marker they cover.
-        let snapshot: Vec<(u128, i64)> = map.iter().map(|(k, v)| (*k, *v)).collect();
+        let snapshot: Vec<(u64, u64)> = map.iter().map(|(k, v)| (*k, *v)).collect();
         let file = write_snapshot(path, &snapshot, covered)?;
         let (tx, rx) = mpsc::channel();
         let journal_path = path.to_path_buf();
@@ -145,14 +163,20 @@ impl Dedupe {
 
     /// When the pair was last stored, if it is known.
     pub fn seen(&self, key: u128) -> Option<i64> {
-        self.map.get(&key).copied()
+        let (low, check) = split(key);
+        match self.map.get(&low) {
+            Some(v) if v >> 32 == check => Some(seen_ms(*v)),
+            _ => None,
+        }
     }
 
     /// Records stored pairs (called after their commit).
     pub fn insert(&mut self, entries: impl IntoIterator<Item = (u128, i64)>) {
-        for (k, at) in entries {
-            self.map.insert(k, at);
-            self.unsent.push((k, at));
+        for (key, at) in entries {
+            let (low, check) = split(key);
+            let v = pack(check, at);
+            self.map.insert(low, v);
+            self.unsent.push((low, v));
         }
     }
 
@@ -181,8 +205,8 @@ impl Dedupe {
     /// map. Returns how many entries were dropped.
     pub fn expire(&mut self, cutoff_ms: i64, covered: u64) -> usize {
         let before = self.map.len();
-        self.map.retain(|_, at| *at > cutoff_ms);
-        let snapshot: Vec<(u128, i64)> = self.map.iter().map(|(k, v)| (*k, *v)).collect();
+        self.map.retain(|_, v| seen_ms(*v) > cutoff_ms);
+        let snapshot: Vec<(u64, u64)> = self.map.iter().map(|(k, v)| (*k, *v)).collect();
         self.unsent.clear();
         self.last_sent = Instant::now();
         if let Some(tx) = &self.jobs {
@@ -210,16 +234,16 @@ impl Drop for Dedupe {
     }
 }
 
-fn encode(out: &mut impl Write, key: u128, value: i64) -> std::io::Result<()> {
+fn encode(out: &mut impl Write, key: u64, value: u64) -> std::io::Result<()> {
     let mut rec = [0u8; RECORD];
-    rec[..16].copy_from_slice(&key.to_le_bytes());
-    rec[16..].copy_from_slice(&value.to_le_bytes());
+    rec[..8].copy_from_slice(&key.to_le_bytes());
+    rec[8..].copy_from_slice(&value.to_le_bytes());
     out.write_all(&rec)
 }
 
 /// Writes a complete journal (header, entries, marker) next to `path`, makes it durable and
 /// moves it into place. Returns the file, open for appending.
-fn write_snapshot(path: &Path, entries: &[(u128, i64)], covered: u64) -> std::io::Result<File> {
+fn write_snapshot(path: &Path, entries: &[(u64, u64)], covered: u64) -> std::io::Result<File> {
     let tmp: PathBuf = path.with_extension("tmp");
     {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
@@ -230,7 +254,7 @@ fn write_snapshot(path: &Path, entries: &[(u128, i64)], covered: u64) -> std::io
         w.flush()?;
         w.get_ref().sync_data()?;
         // The marker is written after the entries are durable.
-        encode(&mut w, 0, covered as i64)?;
+        encode(&mut w, 0, covered)?;
         w.flush()?;
         w.get_ref().sync_data()?;
     }
@@ -278,7 +302,7 @@ fn journal_thread(path: PathBuf, file: File, jobs: mpsc::Receiver<Job>) {
     }
 }
 
-fn append(f: &mut File, entries: &[(u128, i64)], covered: u64) -> std::io::Result<()> {
+fn append(f: &mut File, entries: &[(u64, u64)], covered: u64) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity((entries.len() + 1) * RECORD);
     for (k, v) in entries {
         encode(&mut buf, *k, *v)?;
@@ -286,7 +310,7 @@ fn append(f: &mut File, entries: &[(u128, i64)], covered: u64) -> std::io::Resul
     f.write_all(&buf)?;
     f.sync_data()?;
     let mut marker = Vec::with_capacity(RECORD);
-    encode(&mut marker, 0, covered as i64)?;
+    encode(&mut marker, 0, covered)?;
     f.write_all(&marker)
 }
 
@@ -306,20 +330,24 @@ mod tests {
                 covered,
             } = Dedupe::open(&path, 0).unwrap();
             assert_eq!(covered, 0);
-            dedupe.insert([(a, 100), (b, 200)]);
+            dedupe.insert([(a, 100_000), (b, 200_000)]);
             dedupe.maybe_send(2, true);
-            dedupe.insert([(c, 300)]);
+            dedupe.insert([(c, 300_000)]);
             dedupe.close(3);
         }
         // A torn record at the end (a crash mid-write) is ignored.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[7u8; 10]).unwrap();
         drop(f);
-        let Loaded { dedupe, covered } = Dedupe::open(&path, 150).unwrap();
+        let Loaded { dedupe, covered } = Dedupe::open(&path, 150_000).unwrap();
         assert_eq!(covered, 3);
         assert_eq!(dedupe.seen(a), None, "expired by the cutoff");
-        assert_eq!(dedupe.seen(b), Some(200));
-        assert_eq!(dedupe.seen(c), Some(300));
+        assert_eq!(dedupe.seen(b), Some(200_000));
+        assert_eq!(dedupe.seen(c), Some(300_000));
+        // Same low 64 bits, other check bits: not the same pair.
+        assert_eq!(dedupe.seen(b ^ (1u128 << 70)), None);
+        // Times are kept in whole seconds, rounded up.
+        assert_eq!(pack(0, 1_001) & 0xffff_ffff, 2);
         drop(dedupe);
         // Opening compacted the file: header, two entries, one marker.
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * RECORD as u64);
@@ -331,8 +359,8 @@ mod tests {
         let path = dir.path().join("dedupe.journal");
         {
             let Loaded { mut dedupe, .. } = Dedupe::open(&path, 0).unwrap();
-            dedupe.insert((1..=100).map(|i| (key("web", &i.to_string()), i)));
-            assert_eq!(dedupe.expire(60, 100), 60);
+            dedupe.insert((1..=100).map(|i| (key("web", &i.to_string()), i * 1000)));
+            assert_eq!(dedupe.expire(60_000, 100), 60);
             assert_eq!(dedupe.len(), 40);
             dedupe.close(100);
         }

@@ -141,9 +141,6 @@ fn open_connection(path: &Path, writer: bool) -> Result<Connection, LogError> {
     // a power loss, not only a process crash.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(storage)?;
-    // Read pages through a memory map instead of a read() system call per page miss.
-    conn.pragma_update(None, "mmap_size", 1i64 << 30)
-        .map_err(storage)?;
     if writer {
         conn.pragma_update(None, "cache_size", -32_000)
             .map_err(storage)?;

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Reproduces bench/RESULTS.md: starts a release sluice on a fresh data directory, runs
+# `sluice bench ingest` RUNS times per scenario (each run also measures the baseline
+# server), prints the median of every figure, then measures startup-to-ready with
+# ~1,000,000 events in the log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
+RUNS=${RUNS:-5}
+DURATION=${DURATION:-10}
+cargo build --release -q -p sluice
+sluice="$CARGO_TARGET_DIR/release/sluice"
+work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+port=18190
+cat > "$work/sluice.toml" <<TOML
+listen = "127.0.0.1:$port"
+admin_token = "bench-admin-token"
+[[sources]]
+name = "bench"
+write_key = "wk_bench"
+TOML
+pid=
+start() {
+  "$sluice" serve --config "$work/sluice.toml" --data-dir "$work/data" >"$work/out" 2>"$work/err" &
+  pid=$!
+  for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return; sleep 0.05; done
+  echo "server did not start"; cat "$work/err"; exit 1
+}
+stop() { kill -TERM "$pid"; wait "$pid" || true; }
+trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+
+run() { # name, args...
+  local name=$1; shift
+  : > "$work/$name.jsonl"
+  for i in $(seq "$RUNS"); do
+    "$sluice" bench ingest --url "http://127.0.0.1:$port" --write-key wk_bench --duration "$DURATION" --json "$@" \
+      | tail -1 | tee -a "$work/$name.jsonl"
+  done
+  python3 - "$name" "$work/$name.jsonl" <<'PY'
+import json, statistics, sys
+name, path = sys.argv[1], sys.argv[2]
+rows = [json.loads(l) for l in open(path)]
+keys = ["events_per_s", "requests_per_s", "p50_ms", "p99_ms", "baseline_requests_per_s", "ratio_to_baseline", "server_rss_mb"]
+med = {k: statistics.median(r[k] for r in rows if r.get(k) is not None) for k in keys if any(r.get(k) is not None for r in rows)}
+print(f"MEDIAN {name} ({len(rows)} runs): " + json.dumps(med))
+PY
+}
+
+start
+run batch100 --connections 16 --batch 100
+run single --connections 64 --batch 0
+# Half of the single-event peak, for the latency target.
+peak=$(python3 -c "import json,statistics;print(statistics.median(json.loads(l)['requests_per_s'] for l in open('$work/single.jsonl')))")
+run single_half_rate --connections 64 --batch 0 --rate "$(python3 -c "print(int($peak/2))")" --no-baseline
+
+# Fill the log to ~1,000,000 events, then time a restart until /readyz answers.
+have=$(curl -fs "http://127.0.0.1:$port/metrics" | awk '/^sluice_events_accepted_total/ {s+=$2} END {print int(s)}')
+need=$((1000000 - have))
+if [ "$need" -gt 0 ]; then
+  "$sluice" bench ingest --url "http://127.0.0.1:$port" --write-key wk_bench --connections 16 --batch 100 \
+    --duration $(( need / 40000 + 1 )) --no-baseline | tail -2
+fi
+stop
+python3 - "$sluice" "$work" "$port" <<'PY'
+import sqlite3, subprocess, sys, time, urllib.request
+sluice, work, port = sys.argv[1:4]
+n = sqlite3.connect(f"{work}/data/events.sqlite").execute("select count(*) from events").fetchone()[0]
+times = []
+for _ in range(5):
+    t0 = time.monotonic()
+    p = subprocess.Popen([sluice, "serve", "--config", f"{work}/sluice.toml", "--data-dir", f"{work}/data"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            break
+        except Exception:
+            time.sleep(0.002)
+    times.append((time.monotonic() - t0) * 1000)
+    p.terminate(); p.wait()
+times.sort()
+print(f"MEDIAN startup to ready with {n} events in the log: {times[len(times)//2]:.0f} ms (runs: {', '.join(f'{t:.0f}' for t in times)})")
+PY

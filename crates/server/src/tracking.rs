@@ -256,7 +256,7 @@ async fn store_outcome(
         .accepted
         .into_iter()
         .map(|e| NewEvent {
-            payload: e.to_json(),
+            payload: e.json,
             source: name.clone(),
             message_id: e.message_id,
             user_key: e.user_key,

@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::RequestError;
+use crate::raw::{self, RawObject};
 use crate::Limits;
 
 /// Undoes the request's `Content-Encoding`. The decompressed size is bounded by
@@ -46,7 +47,7 @@ pub fn decode_body<'a>(
 pub enum Document<'a> {
     Single {
         write_key: Option<String>,
-        event: Map<String, Value>,
+        event: RawObject<'a>,
     },
     Batch(BatchEnvelope<'a>),
 }
@@ -99,23 +100,37 @@ struct RawEnvelope<'a> {
 }
 
 /// Parses a single call's body. Enforces the per-event size limit.
-pub fn parse_single(body: &[u8], limits: &Limits) -> Result<Document<'static>, RequestError> {
+pub fn parse_single<'a>(body: &'a [u8], limits: &Limits) -> Result<Document<'a>, RequestError> {
     if body.len() > limits.max_event_bytes {
         return Err(RequestError::EventTooLarge {
             size: body.len(),
             limit: limits.max_event_bytes,
         });
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
-    let Value::Object(mut event) = value else {
-        return Err(RequestError::NotAnObject);
-    };
-    let write_key = match event.remove("writeKey") {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    };
+    let text = utf8(body)?;
+    not_an_object(text)?;
+    let event = RawObject::parse(text).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    let write_key = event
+        .get("writeKey")
+        .and_then(raw::as_str)
+        .map(|s| s.into_owned());
     Ok(Document::Single { write_key, event })
+}
+
+fn utf8(body: &[u8]) -> Result<&str, RequestError> {
+    std::str::from_utf8(body)
+        .map_err(|e| RequestError::InvalidJson(format!("body is not UTF-8: {e}")))
+}
+
+/// Tells "valid JSON but not an object" apart from "not JSON".
+fn not_an_object(text: &str) -> Result<(), RequestError> {
+    let first = text.trim_start().as_bytes().first().copied();
+    if first.is_some() && first != Some(b'{') {
+        let _: Value =
+            serde_json::from_str(text).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+        return Err(RequestError::NotAnObject);
+    }
+    Ok(())
 }
 
 /// Parses a batch envelope. Enforces the batch size limit; items are parsed later, one by
@@ -127,15 +142,8 @@ pub fn parse_batch<'a>(body: &'a [u8], limits: &Limits) -> Result<Document<'a>, 
             limit: limits.max_batch_bytes,
         });
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|e| RequestError::InvalidJson(format!("body is not UTF-8: {e}")))?;
-    let first = text.trim_start().as_bytes().first().copied();
-    if first.is_some() && first != Some(b'{') {
-        // Give "not an object" rather than serde's "expected struct" for arrays etc.
-        let _: Value =
-            serde_json::from_str(text).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
-        return Err(RequestError::NotAnObject);
-    }
+    let text = utf8(body)?;
+    not_an_object(text)?;
     let raw: RawEnvelope<'a> =
         serde_json::from_str(text).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
     let items = match non_null(raw.batch) {

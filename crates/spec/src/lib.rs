@@ -12,6 +12,7 @@
 pub mod decode;
 pub mod error;
 pub mod normalize;
+pub mod raw;
 pub mod time;
 
 pub use decode::Document;

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::decode::{BatchEnvelope, Document};
 use crate::error::{ItemError, RequestError};
+use crate::raw::{self, RawObject};
 use crate::time::{format_timestamp, parse_timestamp};
 use crate::{CallType, Limits};
 
@@ -42,13 +43,15 @@ pub struct Event {
     pub message_id: String,
     /// The partition/order key: userId, else anonymousId.
     pub user_key: String,
-    pub body: Map<String, Value>,
+    /// The stored event: a JSON object, fields in the order the client sent them.
+    pub json: Vec<u8>,
 }
 
 impl Event {
-    pub fn to_json(&self) -> Vec<u8> {
-        // Serialising a Map of Values cannot fail.
-        serde_json::to_vec(&self.body).unwrap_or_default()
+    /// The stored event as a JSON map (parses `json`; for tests and tools, not the hot
+    /// path).
+    pub fn body(&self) -> Map<String, Value> {
+        serde_json::from_slice(&self.json).unwrap_or_default()
     }
 }
 
@@ -135,9 +138,9 @@ fn normalize_batch(env: &BatchEnvelope<'_>, ctx: &Context<'_>, limits: &Limits) 
             ));
             continue;
         }
-        let map = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            _ => {
+        let obj = match RawObject::parse(text) {
+            Ok(o) => o,
+            Err(_) => {
                 out.rejected.push(reject(
                     ItemError::new("invalid_event", None, "batch item must be a JSON object"),
                     None,
@@ -145,11 +148,11 @@ fn normalize_batch(env: &BatchEnvelope<'_>, ctx: &Context<'_>, limits: &Limits) 
                 continue;
             }
         };
-        let message_id = match map.get("messageId") {
-            Some(Value::String(s)) => Some(s.clone()),
-            _ => None,
-        };
-        match normalize_event(None, map, Some(env), ctx) {
+        let message_id = obj
+            .get("messageId")
+            .and_then(raw::as_str)
+            .map(|s| s.into_owned());
+        match normalize_event(None, obj, Some(env), ctx) {
             Ok(ev) => out.accepted.push(ev),
             Err(e) => out.rejected.push(reject(e, message_id)),
         }
@@ -178,36 +181,38 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Normalises one event. `call` is the type given by the path for single calls; batch
-/// items carry their own `type`.
+/// items carry their own `type`. Only the fields the spec names are parsed; every other
+/// member is copied through as the client sent it.
 pub fn normalize_event(
     call: Option<CallType>,
-    mut m: Map<String, Value>,
+    mut obj: RawObject<'_>,
     envelope: Option<&BatchEnvelope<'_>>,
     ctx: &Context<'_>,
 ) -> Result<Event, ItemError> {
-    // Explicit nulls mean "absent" (analytics-python sends them).
-    m.retain(|_, v| !v.is_null());
-    // The write key authenticates; it is never stored with the event.
-    m.remove("writeKey");
+    // Explicit nulls mean "absent" (analytics-python sends them); a repeated name keeps
+    // its last value.
+    obj.normalise_members();
 
     let call = match call {
         Some(c) => c,
-        None => match m.get("type") {
-            Some(Value::String(t)) => CallType::from_name(t).ok_or_else(|| {
-                ItemError::new(
-                    "invalid_type",
-                    Some("type"),
-                    format!("unknown event type {t:?}: expected identify, track, page, screen, group or alias"),
-                )
-            })?,
-            Some(_) => return Err(ItemError::new("invalid_type", Some("type"), "type must be a string")),
+        None => match obj.get("type") {
+            Some(v) => match raw::as_str(v) {
+                Some(t) => CallType::from_name(&t).ok_or_else(|| {
+                    ItemError::new(
+                        "invalid_type",
+                        Some("type"),
+                        format!("unknown event type {t:?}: expected identify, track, page, screen, group or alias"),
+                    )
+                })?,
+                None => return Err(ItemError::new("invalid_type", Some("type"), "type must be a string")),
+            },
             None => return Err(ItemError::new("missing_type", Some("type"), "batch item has no type")),
         },
     };
-    m.insert("type".into(), Value::String(call.name().into()));
 
-    let message_id = match id_field(&mut m, "messageId")? {
-        Some(id) if id.len() > MAX_MESSAGE_ID_LEN => {
+    let given_message_id = id_field(&obj, "messageId")?;
+    if let Some(id) = &given_message_id {
+        if id.len() > MAX_MESSAGE_ID_LEN {
             return Err(ItemError::new(
                 "message_id_too_long",
                 Some("messageId"),
@@ -215,30 +220,26 @@ pub fn normalize_event(
                     "messageId is {} characters long; at most {MAX_MESSAGE_ID_LEN} are allowed",
                     id.len()
                 ),
-            ))
+            ));
         }
-        Some(id) => id,
-        None => {
-            let id = uuid::Uuid::new_v4().to_string();
-            m.insert("messageId".into(), Value::String(id.clone()));
-            id
-        }
-    };
+    }
+    let message_id = given_message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
 
-    let user_id = id_field(&mut m, "userId")?;
-    let anonymous_id = id_field(&mut m, "anonymousId")?;
+    let user_id = id_field(&obj, "userId")?;
+    let anonymous_id = id_field(&obj, "anonymousId")?;
+    let previous_id = id_field(&obj, "previousId")?;
+    let group_id = id_field(&obj, "groupId")?;
     let user_key = match call {
         CallType::Alias => {
-            let previous = id_field(&mut m, "previousId")?;
-            if previous.is_none() {
+            if previous_id.is_none() {
                 return Err(ItemError::new(
                     "missing_previous_id",
                     Some("previousId"),
                     "alias requires previousId",
                 ));
             }
-            match user_id {
-                Some(u) => u,
+            match &user_id {
+                Some(u) => u.clone(),
                 None => {
                     return Err(ItemError::new(
                         "missing_user_id",
@@ -248,9 +249,9 @@ pub fn normalize_event(
                 }
             }
         }
-        _ => match (user_id, anonymous_id) {
-            (Some(u), _) => u,
-            (None, Some(a)) => a,
+        _ => match (&user_id, &anonymous_id) {
+            (Some(u), _) => u.clone(),
+            (None, Some(a)) => a.clone(),
             (None, None) => {
                 return Err(ItemError::new(
                     "no_user_anon_id",
@@ -262,24 +263,33 @@ pub fn normalize_event(
     };
 
     match call {
-        CallType::Track => match m.get("event") {
-            Some(Value::String(s)) if !s.is_empty() => {}
-            Some(Value::String(_)) | None => {
+        CallType::Track => match obj.get("event") {
+            Some(v) => match raw::as_str(v) {
+                Some(name) if !name.is_empty() => {}
+                Some(_) => {
+                    return Err(ItemError::new(
+                        "missing_event",
+                        Some("event"),
+                        "track requires a non-empty event name",
+                    ))
+                }
+                None => {
+                    return Err(ItemError::new(
+                        "invalid_event_name",
+                        Some("event"),
+                        "event must be a string",
+                    ))
+                }
+            },
+            None => {
                 return Err(ItemError::new(
                     "missing_event",
                     Some("event"),
                     "track requires a non-empty event name",
                 ))
             }
-            Some(_) => {
-                return Err(ItemError::new(
-                    "invalid_event_name",
-                    Some("event"),
-                    "event must be a string",
-                ))
-            }
         },
-        CallType::Group if id_field(&mut m, "groupId")?.is_none() => {
+        CallType::Group if group_id.is_none() => {
             return Err(ItemError::new(
                 "missing_group_id",
                 Some("groupId"),
@@ -290,8 +300,8 @@ pub fn normalize_event(
     }
 
     for field in ["properties", "traits", "context", "integrations"] {
-        if let Some(v) = m.get(field) {
-            if !v.is_object() {
+        if let Some(v) = obj.get(field) {
+            if raw::kind(v) != b'{' {
                 return Err(ItemError::new(
                     "invalid_field",
                     Some(field),
@@ -301,72 +311,232 @@ pub fn normalize_event(
         }
     }
 
-    if let Some(env) = envelope {
-        if let Some(c) = &env.context {
-            merge_under(&mut m, "context", c, true);
+    // context and integrations are only parsed when something must change in them.
+    let context = rewrite_context(&obj, envelope, ctx);
+    let integrations = match envelope.and_then(|e| e.integrations.as_ref()) {
+        Some(from) => {
+            let mut m = parse_object(obj.get("integrations"));
+            merge_missing(&mut m, from, false);
+            Some(m)
         }
-        if let Some(i) = &env.integrations {
-            merge_under(&mut m, "integrations", i, false);
-        }
-    }
-
-    if let Some(ip) = ctx.client_ip {
-        fill_ip(&mut m, ip, ctx.collect_ip);
-    }
-
-    let received_text;
-    let received_text = match &ctx.received_at_text {
-        Some(t) => t.as_str(),
-        None => {
-            received_text = format_timestamp(&ctx.received_at);
-            &received_text
-        }
+        None => None,
     };
-    apply_timestamps(
-        &mut m,
-        envelope.and_then(|e| e.sent_at.as_deref()),
-        ctx.received_at,
-        received_text,
-    )?;
+
+    let times = timestamps(&obj, envelope.and_then(|e| e.sent_at.as_deref()), ctx)?;
+
+    // Write the stored event: the client's members in order, with the normalised ones
+    // replaced, then the ones the server adds.
+    let mut out = JsonObject::with_capacity(
+        obj.members
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
+            + 160,
+    );
+    let mut has = Has::default();
+    for (name, value) in &obj.members {
+        match name.as_ref() {
+            "writeKey" => {}
+            "type" => {
+                has.type_ = true;
+                out.string(name, call.name());
+            }
+            "messageId" => {
+                has.message_id = true;
+                out.string(name, &message_id);
+            }
+            "userId" => out.opt_string(name, user_id.as_deref()),
+            "anonymousId" => out.opt_string(name, anonymous_id.as_deref()),
+            "previousId" => out.opt_string(name, previous_id.as_deref()),
+            "groupId" => out.opt_string(name, group_id.as_deref()),
+            "context" => {
+                has.context = true;
+                match &context {
+                    Some(m) if m.is_empty() => {}
+                    Some(m) => out.value(name, m),
+                    None => out.raw(name, value.get()),
+                }
+            }
+            "integrations" => {
+                has.integrations = true;
+                match &integrations {
+                    Some(m) => out.value(name, m),
+                    None => out.raw(name, value.get()),
+                }
+            }
+            "timestamp" => {
+                has.timestamp = true;
+                out.string(name, &times.timestamp);
+            }
+            "originalTimestamp" if times.original.is_some() => {
+                has.original = true;
+                out.opt_string(name, times.original.as_deref());
+            }
+            "sentAt" => {
+                has.sent_at = true;
+                out.raw(name, value.get());
+            }
+            "receivedAt" => {
+                has.received_at = true;
+                out.string(name, &times.received);
+            }
+            _ => out.raw(name, value.get()),
+        }
+    }
+    if !has.type_ {
+        out.string("type", call.name());
+    }
+    if !has.message_id {
+        out.string("messageId", &message_id);
+    }
+    if !has.context {
+        if let Some(m) = context.as_ref().filter(|m| !m.is_empty()) {
+            out.value("context", m);
+        }
+    }
+    if !has.integrations {
+        if let Some(m) = &integrations {
+            out.value("integrations", m);
+        }
+    }
+    if !has.original {
+        out.opt_string("originalTimestamp", times.original.as_deref());
+    }
+    if !has.sent_at {
+        out.opt_string("sentAt", times.envelope_sent_at.as_deref());
+    }
+    if !has.timestamp {
+        out.string("timestamp", &times.timestamp);
+    }
+    if !has.received_at {
+        out.string("receivedAt", &times.received);
+    }
 
     Ok(Event {
         call,
         message_id,
         user_key,
-        body: m,
+        json: out.finish(),
     })
+}
+
+#[derive(Default)]
+struct Has {
+    type_: bool,
+    message_id: bool,
+    context: bool,
+    integrations: bool,
+    timestamp: bool,
+    original: bool,
+    sent_at: bool,
+    received_at: bool,
+}
+
+/// Writes a JSON object member by member.
+struct JsonObject {
+    buf: Vec<u8>,
+    first: bool,
+}
+
+impl JsonObject {
+    fn with_capacity(n: usize) -> JsonObject {
+        let mut buf = Vec::with_capacity(n);
+        buf.push(b'{');
+        JsonObject { buf, first: true }
+    }
+
+    fn name(&mut self, name: &str) {
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        // Writing a &str to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.buf, name);
+        self.buf.push(b':');
+    }
+
+    fn raw(&mut self, name: &str, json: &str) {
+        self.name(name);
+        self.buf.extend_from_slice(json.as_bytes());
+    }
+
+    fn string(&mut self, name: &str, value: &str) {
+        self.name(name);
+        let _ = serde_json::to_writer(&mut self.buf, value);
+    }
+
+    fn opt_string(&mut self, name: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.string(name, v);
+        }
+    }
+
+    fn value(&mut self, name: &str, value: &Map<String, Value>) {
+        self.name(name);
+        let _ = serde_json::to_writer(&mut self.buf, value);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.buf.push(b'}');
+        self.buf
+    }
+}
+
+fn parse_object(v: Option<&serde_json::value::RawValue>) -> Map<String, Value> {
+    v.and_then(|v| serde_json::from_str::<Map<String, Value>>(v.get()).ok())
+        .unwrap_or_default()
+}
+
+/// The new `context`, when it changes: the envelope's context merged in (the item's
+/// values win) and `context.ip` filled when asked for. `None`: keep it as sent.
+fn rewrite_context(
+    obj: &RawObject<'_>,
+    envelope: Option<&BatchEnvelope<'_>>,
+    ctx: &Context<'_>,
+) -> Option<Map<String, Value>> {
+    let raw_context = obj.get("context");
+    let from_envelope = envelope.and_then(|e| e.context.as_ref());
+    // Only a context that says "direct" can ask for the IP by itself: skip parsing the
+    // others.
+    let may_fill_ip = ctx.client_ip.is_some()
+        && (ctx.collect_ip || raw_context.is_some_and(|c| c.get().contains("\"direct\"")));
+    if from_envelope.is_none() && !may_fill_ip {
+        return None;
+    }
+    let mut context = parse_object(raw_context);
+    if let Some(from) = from_envelope {
+        merge_missing(&mut context, from, true);
+    }
+    if let Some(ip) = ctx.client_ip {
+        let asked = ctx.collect_ip || matches!(context.get("direct"), Some(Value::Bool(true)));
+        let present = matches!(context.get("ip"), Some(v) if !v.is_null());
+        if asked && !present {
+            context.insert("ip".into(), Value::String(ip.to_string()));
+        }
+    }
+    Some(context)
 }
 
 /// Reads an identifier field: strings as they are, numbers coerced to strings (clients
 /// and the HTTP API allow them), empty strings treated as absent.
-fn id_field(m: &mut Map<String, Value>, field: &'static str) -> Result<Option<String>, ItemError> {
-    let value = match m.get(field) {
-        None => return Ok(None),
-        Some(Value::String(s)) if s.is_empty() => {
-            m.remove(field);
-            return Ok(None);
-        }
-        Some(Value::String(s)) => return Ok(Some(s.clone())),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(_) => {
-            return Err(ItemError::new(
-                "invalid_id",
-                Some(field),
-                format!("{field} must be a string or a number"),
-            ))
-        }
+fn id_field(obj: &RawObject<'_>, field: &'static str) -> Result<Option<String>, ItemError> {
+    let Some(v) = obj.get(field) else {
+        return Ok(None);
     };
-    m.insert(field.into(), Value::String(value.clone()));
-    Ok(Some(value))
-}
-
-/// Merges an envelope object into the item's object of the same name; the item wins.
-fn merge_under(m: &mut Map<String, Value>, key: &str, from: &Map<String, Value>, deep: bool) {
-    match m.get_mut(key) {
-        Some(Value::Object(target)) => merge_missing(target, from, deep),
-        _ => {
-            m.insert(key.into(), Value::Object(from.clone()));
-        }
+    match raw::kind(v) {
+        b'"' => Ok(raw::as_str(v)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.into_owned())),
+        b'-' | b'0'..=b'9' => Ok(Some(
+            serde_json::from_str::<serde_json::Number>(v.get())
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| v.get().to_string()),
+        )),
+        _ => Err(ItemError::new(
+            "invalid_id",
+            Some(field),
+            format!("{field} must be a string or a number"),
+        )),
     }
 }
 
@@ -389,93 +559,88 @@ fn merge_missing(target: &mut Map<String, Value>, from: &Map<String, Value>, dee
     }
 }
 
-fn fill_ip(m: &mut Map<String, Value>, ip: &str, always: bool) {
-    let context = m
-        .entry("context")
-        .or_insert_with(|| Value::Object(Map::new()));
-    let Value::Object(context) = context else {
-        return;
-    };
-    let asked = always || matches!(context.get("direct"), Some(Value::Bool(true)));
-    let present = matches!(context.get("ip"), Some(v) if !v.is_null());
-    if asked && !present {
-        context.insert("ip".into(), Value::String(ip.to_string()));
-    }
-    if context.is_empty() {
-        m.remove("context");
-    }
+struct Times {
+    timestamp: String,
+    received: String,
+    /// The client's `timestamp`, as sent.
+    original: Option<String>,
+    /// The envelope's `sentAt`, when the item has none of its own.
+    envelope_sent_at: Option<String>,
 }
 
-/// Sets `receivedAt`, `originalTimestamp`, `sentAt` and the corrected `timestamp`:
+/// `receivedAt`, `originalTimestamp`, `sentAt` and the corrected `timestamp`:
 /// `timestamp = receivedAt − (sentAt − originalTimestamp)`.
-fn apply_timestamps(
-    m: &mut Map<String, Value>,
+fn timestamps(
+    obj: &RawObject<'_>,
     envelope_sent_at: Option<&str>,
-    received_at: DateTime<Utc>,
-    received_text: &str,
-) -> Result<(), ItemError> {
-    let client_ts = match m.get("timestamp") {
+    ctx: &Context<'_>,
+) -> Result<Times, ItemError> {
+    let received_at = ctx.received_at;
+    let received = match &ctx.received_at_text {
+        Some(t) => t.clone(),
+        None => format_timestamp(&received_at),
+    };
+    let client_ts = match obj.get("timestamp") {
         None => None,
-        Some(Value::String(s)) => Some((
-            s.clone(),
-            parse_timestamp(s).ok_or_else(|| {
-                ItemError::new(
+        Some(v) => match raw::as_str(v) {
+            Some(s) => {
+                let t = parse_timestamp(&s).ok_or_else(|| {
+                    ItemError::new(
+                        "invalid_timestamp",
+                        Some("timestamp"),
+                        format!("timestamp {s:?} is not an ISO-8601 date"),
+                    )
+                })?;
+                Some((s.into_owned(), t))
+            }
+            None => {
+                return Err(ItemError::new(
                     "invalid_timestamp",
                     Some("timestamp"),
-                    format!("timestamp {s:?} is not an ISO-8601 date"),
-                )
-            })?,
-        )),
-        Some(_) => {
-            return Err(ItemError::new(
-                "invalid_timestamp",
-                Some("timestamp"),
-                "timestamp must be an ISO-8601 string",
-            ))
-        }
-    };
-    let sent_at = match m.get("sentAt") {
-        Some(Value::String(s)) => Some(parse_timestamp(s).ok_or_else(|| {
-            ItemError::new(
-                "invalid_sent_at",
-                Some("sentAt"),
-                format!("sentAt {s:?} is not an ISO-8601 date"),
-            )
-        })?),
-        Some(_) => {
-            return Err(ItemError::new(
-                "invalid_sent_at",
-                Some("sentAt"),
-                "sentAt must be an ISO-8601 string",
-            ))
-        }
-        None => match envelope_sent_at {
-            Some(s) => {
-                m.insert("sentAt".into(), Value::String(s.to_string()));
-                parse_timestamp(s)
+                    "timestamp must be an ISO-8601 string",
+                ))
             }
-            None => None,
         },
     };
-    let timestamp = match (&client_ts, sent_at) {
-        (Some((raw, ts)), sent) => {
-            m.insert("originalTimestamp".into(), Value::String(raw.clone()));
-            match sent {
-                Some(sent) => received_at - (sent - *ts),
-                None => *ts,
+    let (sent_at, envelope_sent_at) = match obj.get("sentAt") {
+        Some(v) => match raw::as_str(v) {
+            Some(s) => (
+                Some(parse_timestamp(&s).ok_or_else(|| {
+                    ItemError::new(
+                        "invalid_sent_at",
+                        Some("sentAt"),
+                        format!("sentAt {s:?} is not an ISO-8601 date"),
+                    )
+                })?),
+                None,
+            ),
+            None => {
+                return Err(ItemError::new(
+                    "invalid_sent_at",
+                    Some("sentAt"),
+                    "sentAt must be an ISO-8601 string",
+                ))
             }
+        },
+        None => match envelope_sent_at {
+            Some(s) => (parse_timestamp(s), Some(s.to_string())),
+            None => (None, None),
+        },
+    };
+    let (timestamp, original) = match client_ts {
+        Some((raw_ts, ts)) => {
+            let corrected = match sent_at {
+                Some(sent) => received_at - (sent - ts),
+                None => ts,
+            };
+            (format_timestamp(&corrected), Some(raw_ts))
         }
-        (None, _) => received_at,
+        None => (received.clone(), None),
     };
-    let timestamp = if timestamp == received_at {
-        received_text.to_string()
-    } else {
-        format_timestamp(&timestamp)
-    };
-    m.insert("timestamp".into(), Value::String(timestamp));
-    m.insert(
-        "receivedAt".into(),
-        Value::String(received_text.to_string()),
-    );
-    Ok(())
+    Ok(Times {
+        timestamp,
+        received,
+        original,
+        envelope_sent_at,
+    })
 }

@@ -51,7 +51,7 @@ fn endpoints_include_every_alias() {
 fn type_comes_from_the_path() {
     let ev = single(CallType::Page, json!({"type": "track", "userId": "u"})).unwrap();
     assert_eq!(ev.call, CallType::Page);
-    assert_eq!(ev.body["type"], "page");
+    assert_eq!(ev.body()["type"], "page");
 }
 
 #[test]
@@ -122,15 +122,15 @@ fn numeric_ids_become_strings() {
         json!({"userId": 123, "anonymousId": 4.5}),
     )
     .unwrap();
-    assert_eq!(ev.body["userId"], "123");
-    assert_eq!(ev.body["anonymousId"], "4.5");
+    assert_eq!(ev.body()["userId"], "123");
+    assert_eq!(ev.body()["anonymousId"], "4.5");
     assert_eq!(ev.user_key, "123");
 }
 
 #[test]
 fn message_id_assigned_or_checked() {
     let ev = single(CallType::Track, json!({"userId": "u", "event": "e"})).unwrap();
-    assert_eq!(ev.body["messageId"], Value::String(ev.message_id.clone()));
+    assert_eq!(ev.body()["messageId"], Value::String(ev.message_id.clone()));
     assert_eq!(ev.message_id.len(), 36);
     let long = "m".repeat(101);
     assert_eq!(
@@ -160,10 +160,10 @@ fn nulls_are_absent_and_unknown_fields_kept() {
                "context": {}, "integrations": {}, "email": "x@y.z", "custom": {"deep": [1, null]}}),
     )
     .unwrap();
-    assert!(ev.body.get("userId").is_none());
-    assert!(ev.body.get("name").is_none());
-    assert_eq!(ev.body["email"], "x@y.z");
-    assert_eq!(ev.body["custom"], json!({"deep": [1, null]}));
+    assert!(ev.body().get("userId").is_none());
+    assert!(ev.body().get("name").is_none());
+    assert_eq!(ev.body()["email"], "x@y.z");
+    assert_eq!(ev.body()["custom"], json!({"deep": [1, null]}));
     assert_eq!(ev.user_key, "a");
 }
 
@@ -174,7 +174,7 @@ fn write_key_is_never_stored() {
         &json!({"writeKey": "secret", "batch": [{"type": "track", "event": "e", "userId": "u", "writeKey": "secret"}]}),
     )
     .unwrap();
-    assert!(out.accepted[0].body.get("writeKey").is_none());
+    assert!(out.accepted[0].body().get("writeKey").is_none());
 }
 
 #[test]
@@ -186,10 +186,10 @@ fn timestamp_correction_from_sent_at() {
         json!({"userId": "u", "event": "e", "timestamp": "2024-05-01T12:09:00.000Z", "sentAt": "2024-05-01T12:10:00Z"}),
     )
     .unwrap();
-    assert_eq!(ev.body["timestamp"], "2024-05-01T11:59:00.000Z");
-    assert_eq!(ev.body["originalTimestamp"], "2024-05-01T12:09:00.000Z");
-    assert_eq!(ev.body["receivedAt"], "2024-05-01T12:00:00.000Z");
-    assert_eq!(ev.body["sentAt"], "2024-05-01T12:10:00Z");
+    assert_eq!(ev.body()["timestamp"], "2024-05-01T11:59:00.000Z");
+    assert_eq!(ev.body()["originalTimestamp"], "2024-05-01T12:09:00.000Z");
+    assert_eq!(ev.body()["receivedAt"], "2024-05-01T12:00:00.000Z");
+    assert_eq!(ev.body()["sentAt"], "2024-05-01T12:10:00Z");
 }
 
 #[test]
@@ -199,10 +199,10 @@ fn timestamp_without_sent_at_is_kept_and_missing_timestamp_is_server_time() {
         json!({"userId": "u", "event": "e", "timestamp": "2024-05-01T11:00:00+00:00"}),
     )
     .unwrap();
-    assert_eq!(ev.body["timestamp"], "2024-05-01T11:00:00.000Z");
+    assert_eq!(ev.body()["timestamp"], "2024-05-01T11:00:00.000Z");
     let ev = single(CallType::Track, json!({"userId": "u", "event": "e"})).unwrap();
-    assert_eq!(ev.body["timestamp"], "2024-05-01T12:00:00.000Z");
-    assert!(ev.body.get("originalTimestamp").is_none());
+    assert_eq!(ev.body()["timestamp"], "2024-05-01T12:00:00.000Z");
+    assert!(ev.body().get("originalTimestamp").is_none());
 }
 
 #[test]
@@ -222,7 +222,7 @@ fn batch_envelope_is_merged_item_wins() {
     )
     .unwrap();
     assert!(out.rejected.is_empty());
-    let a = &out.accepted[0].body;
+    let a = &out.accepted[0].body();
     assert_eq!(
         a["context"],
         json!({"device": {"type": "phone", "id": "mine"}, "locale": "nl-NL"})
@@ -231,7 +231,7 @@ fn batch_envelope_is_merged_item_wins() {
     assert_eq!(a["sentAt"], "2024-05-01T12:00:05Z");
     assert_eq!(a["timestamp"], "2024-05-01T11:59:55.000Z");
     // Item sentAt wins over the envelope's.
-    let b = &out.accepted[1].body;
+    let b = &out.accepted[1].body();
     assert_eq!(b["timestamp"], "2024-05-01T12:00:00.000Z");
 }
 
@@ -304,19 +304,19 @@ fn limits_per_event_batch_and_count() {
 #[test]
 fn context_ip_only_when_asked() {
     let ev = single(CallType::Track, json!({"userId": "u", "event": "e"})).unwrap();
-    assert!(ev.body.get("context").is_none());
+    assert!(ev.body().get("context").is_none());
     let ev = single(
         CallType::Track,
         json!({"userId": "u", "event": "e", "context": {"direct": true}}),
     )
     .unwrap();
-    assert_eq!(ev.body["context"]["ip"], "203.0.113.7");
+    assert_eq!(ev.body()["context"]["ip"], "203.0.113.7");
     let ev = single(
         CallType::Track,
         json!({"userId": "u", "event": "e", "context": {"direct": true, "ip": "1.2.3.4"}}),
     )
     .unwrap();
-    assert_eq!(ev.body["context"]["ip"], "1.2.3.4");
+    assert_eq!(ev.body()["context"]["ip"], "1.2.3.4");
 }
 
 // ---- properties ----
@@ -354,8 +354,10 @@ proptest! {
         m.insert("timestamp".into(), json!(format_timestamp(&ts)));
         m.insert("sentAt".into(), json!(format_timestamp(&sent)));
         let c = Context { received_at: received, received_at_text: None, client_ip: None, collect_ip: false };
-        let ev = normalize::normalize_event(Some(CallType::Track), m, None, &c).unwrap();
-        let corrected = parse_timestamp(ev.body["timestamp"].as_str().unwrap()).unwrap();
+        let text = serde_json::to_string(&m).unwrap();
+        let obj = crate::raw::RawObject::parse(&text).unwrap();
+        let ev = normalize::normalize_event(Some(CallType::Track), obj, None, &c).unwrap();
+        let corrected = parse_timestamp(ev.body()["timestamp"].as_str().unwrap()).unwrap();
         prop_assert_eq!(corrected, received - (sent - ts));
         prop_assert_eq!(corrected, ts - Duration::milliseconds(skew_ms));
     }
@@ -370,9 +372,9 @@ proptest! {
         let mut body = json!({"userId": "u", "event": "e", "anonymousId": null, "name": null});
         for (k, v) in &extra { body[k] = v.clone(); }
         let ev = single(CallType::Track, body).unwrap();
-        for (k, v) in ev.body.iter() { prop_assert!(!v.is_null(), "{} is null", k); }
+        for (k, v) in ev.body().iter() { prop_assert!(!v.is_null(), "{} is null", k); }
         for (k, v) in &extra {
-            if !v.is_null() { prop_assert_eq!(&ev.body[k], v); }
+            if !v.is_null() { prop_assert_eq!(&ev.body()[k], v); }
         }
     }
 
@@ -383,7 +385,7 @@ proptest! {
     ) {
         let body = json!({"context": env.clone(), "batch": [{"type": "identify", "userId": "u", "context": item.clone()}]});
         let out = run(Endpoint::Batch, &body).unwrap();
-        let ctx = out.accepted[0].body.get("context").cloned().unwrap_or(json!({}));
+        let ctx = out.accepted[0].body().get("context").cloned().unwrap_or(json!({}));
         for (k, v) in &item {
             if !v.is_null() { prop_assert!(ctx.get(k).is_some(), "item key {} lost", k); }
             if !v.is_null() && !v.is_object() { prop_assert_eq!(&ctx[k], v); }
@@ -399,4 +401,25 @@ proptest! {
         let wrapped = if batch { json!({"batch": [v.clone(), v.clone()]}) } else { v };
         let _ = run(endpoint, &wrapped);
     }
+}
+
+#[test]
+fn fields_keep_their_order_escapes_and_last_repeat() {
+    let body = r#"{"zeta":1,"userId":"a","event":"E","we\"ird":{"k":[1,2]},"userId":"b","alpha":"\u00e9"}"#;
+    let limits = Limits::default();
+    let doc = parse(Endpoint::Single(CallType::Track), body.as_bytes(), &limits).unwrap();
+    let out = normalize::normalize_document(Some(CallType::Track), doc, &ctx(), &limits).unwrap();
+    let ev = &out.accepted[0];
+    let text = std::str::from_utf8(&ev.json).unwrap();
+    assert!(text.starts_with(r#"{"zeta":1,"#), "{text}");
+    assert!(text.contains(r#""we\"ird":{"k":[1,2]}"#), "{text}");
+    assert!(
+        text.contains(r#""alpha":"\u00e9""#),
+        "raw values are copied as sent: {text}"
+    );
+    let body = ev.body();
+    assert_eq!(body["userId"], "b");
+    assert_eq!(ev.user_key, "b");
+    assert_eq!(body["alpha"], "é");
+    assert_eq!(text.matches("\"userId\"").count(), 1);
 }

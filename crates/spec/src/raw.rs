@@ -1,0 +1,158 @@
+//! A JSON object read one level deep: member names decoded, values left as raw JSON
+//! slices of the input. Normalisation looks only at the handful of top-level fields the
+//! spec names and copies everything else through byte for byte, without building (and
+//! re-serialising) a tree of every property and context value.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// A member name: borrowed from the input unless it had escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The members of a JSON object, in input order.
+#[derive(Debug, Default)]
+pub struct RawObject<'a> {
+    pub members: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(12));
+                while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    members.push((name, value));
+                }
+                Ok(RawObject { members })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> RawObject<'a> {
+    /// Parses an object; anything else (or invalid JSON) is an error.
+    pub fn parse(text: &'a str) -> Result<RawObject<'a>, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Keeps only the last of repeated names (as a JSON parser building a map would) and
+    /// drops members whose value is `null` (null means absent).
+    pub fn normalise_members(&mut self) {
+        let n = self.members.len();
+        let mut keep = vec![true; n];
+        if n <= 32 {
+            for i in 0..n {
+                if self.members[i + 1..]
+                    .iter()
+                    .any(|(k, _)| *k == self.members[i].0)
+                {
+                    keep[i] = false;
+                }
+            }
+        } else {
+            let mut seen = std::collections::HashSet::with_capacity(n);
+            for i in (0..n).rev() {
+                if !seen.insert(self.members[i].0.clone()) {
+                    keep[i] = false;
+                }
+            }
+        }
+        let mut i = 0;
+        self.members.retain(|(_, v)| {
+            let k = keep[i] && v.get() != "null";
+            i += 1;
+            k
+        });
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.members
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// What kind of JSON value a raw slice holds, from its first byte.
+pub fn kind(v: &RawValue) -> u8 {
+    v.get().as_bytes().first().copied().unwrap_or(b' ')
+}
+
+/// Reads a raw JSON string (borrowed unless it has escapes).
+pub fn as_str(v: &RawValue) -> Option<Cow<'_, str>> {
+    if kind(v) != b'"' {
+        return None;
+    }
+    let text = v.get();
+    // Fast path: no escapes, so the contents are the slice between the quotes.
+    if !text.as_bytes().contains(&b'\\') {
+        return Some(Cow::Borrowed(&text[1..text.len() - 1]));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_in_order_last_wins_nulls_dropped() {
+        let mut o =
+            RawObject::parse(r#"{"a":1,"b":{"x":[1,null]},"a":"two","c":null,"d\n":"e\"f"}"#)
+                .unwrap();
+        o.normalise_members();
+        let names: Vec<&str> = o.members.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(names, ["b", "a", "d\n"]);
+        assert_eq!(o.get("a").map(|v| v.get()), Some(r#""two""#));
+        assert_eq!(o.get("b").map(|v| v.get()), Some(r#"{"x":[1,null]}"#));
+        assert_eq!(as_str(o.get("d\n").unwrap()).as_deref(), Some("e\"f"));
+        assert_eq!(as_str(o.get("a").unwrap()).as_deref(), Some("two"));
+        assert!(RawObject::parse("[1]").is_err());
+        assert!(RawObject::parse(r#"{"a":}"#).is_err());
+    }
+
+    #[test]
+    fn many_repeated_names_are_cheap() {
+        let body = format!(
+            "{{{}\"k\":2}}",
+            (0..5000).map(|i| format!("\"k\":{i},")).collect::<String>()
+        );
+        let mut o = RawObject::parse(&body).unwrap();
+        o.normalise_members();
+        assert_eq!(o.members.len(), 1);
+        assert_eq!(o.get("k").unwrap().get(), "2");
+    }
+}

@@ -74,13 +74,9 @@ impl<'a> RawObject<'a> {
         let n = self.members.len();
         let mut keep = vec![true; n];
         if n <= 32 {
-            for i in 0..n {
-                if self.members[i + 1..]
-                    .iter()
-                    .any(|(k, _)| *k == self.members[i].0)
-                {
-                    keep[i] = false;
-                }
+            for (i, slot) in keep.iter_mut().enumerate() {
+                let name = &self.members[i].0;
+                *slot = !self.members[i + 1..].iter().any(|(k, _)| k == name);
             }
         } else {
             let mut seen = std::collections::HashSet::with_capacity(n);

@@ -73,6 +73,38 @@ pub async fn append_then_read<H: LogHarness>(h: H) {
     log.close().await;
 }
 
+pub async fn payloads_round_trip_exactly<H: LogHarness>(h: H) {
+    let log = h.open(LogOptions::default()).await;
+    let big_json = format!(
+        r#"{{"type":"track","properties":{{"text":"{}","n":[1,2,3]}}}}"#,
+        "lorem ipsum ".repeat(200)
+    );
+    let payloads: Vec<Vec<u8>> = vec![
+        big_json.into_bytes(),
+        vec![0x00, 0x01, 0x02],
+        vec![0x01; 300],
+        vec![0x00; 5000],
+        (0..=255u8).cycle().take(4096).collect(),
+        Vec::new(),
+        b"{}".to_vec(),
+    ];
+    let events: Vec<_> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| NewEvent {
+            payload: p.clone(),
+            ..event("web", &format!("p{i}"), "u", T0)
+        })
+        .collect();
+    let offsets = stored(&log.append(events).await.unwrap());
+    let read = log.read(offsets[0], 100).await.unwrap();
+    let back: Vec<Vec<u8>> = read.into_iter().map(|e| e.payload).collect();
+    assert_eq!(back, payloads);
+    let recent = log.recent("web", 1).await.unwrap();
+    assert_eq!(recent[0].payload, b"{}".to_vec());
+    log.close().await;
+}
+
 pub async fn read_respects_cursor_and_max<H: LogHarness>(h: H) {
     let log = h.open(LogOptions::default()).await;
     let events: Vec<_> = (0..25)
@@ -270,7 +302,7 @@ pub async fn closed_log_refuses_appends<H: LogHarness>(h: H) {
 macro_rules! log_contract_tests {
     ($harness:expr) => {
         $crate::log_contract_tests!(@each $harness;
-            append_then_read, read_respects_cursor_and_max, cursors_survive_restart,
+            append_then_read, payloads_round_trip_exactly, read_respects_cursor_and_max, cursors_survive_restart,
             duplicates_are_dropped_within_window, retention_deletes_old_events_only,
             concurrent_appends_keep_per_key_order, recent_is_newest_first_per_source,
             closed_log_refuses_appends);

@@ -39,15 +39,24 @@ async fn full_log_refuses_whole_append_and_keeps_earlier_events() {
     log.append(vec![event("web", "first", "u", T0)])
         .await
         .unwrap();
-    // 1,000 events of 1 KB do not fit in 256 KB: the append fails as a whole.
+    // 1,000 events of 1 KB (incompressible) do not fit in 256 KB: the append fails as a
+    // whole.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
     let big: Vec<_> = (0..1000)
         .map(|i| {
             let mut e = event("web", &format!("big{i}"), "u", T0);
-            e.payload = vec![b'x'; 1024];
+            e.payload = (0..1024)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 24) as u8 | 0x80
+                })
+                .collect();
             e
         })
         .collect();
-    let err = log.append(big).await.unwrap_err();
+    let err = log.append(big).await.map(|r| r.len()).unwrap_err();
     assert!(matches!(err, LogError::Full(_)), "{err:?}");
     let all = log.read(0, 10_000).await.unwrap();
     assert_eq!(all.len(), 1, "nothing of the failed append may be visible");

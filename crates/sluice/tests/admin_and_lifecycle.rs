@@ -23,20 +23,14 @@ fn admin_api_requires_the_token_and_validates_queries() {
     let s = Server::start(Some(WEB));
     assert_eq!(s.admin_token, "change-me");
     let r = s.request("GET", "/admin/v1/sources", &[], None);
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (401, Some("missing_admin_token"))
-    );
+    r.assert_error(401, "missing_admin_token");
     let r = s.request(
         "GET",
         "/admin/v1/sources",
         &[("Authorization", "Bearer wrong")],
         None,
     );
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (401, Some("invalid_admin_token"))
-    );
+    r.assert_error(401, "invalid_admin_token");
     let r = s.admin("/sources");
     assert_eq!(r.status, 200);
     assert_eq!(r.body["data"][0]["name"], "web");

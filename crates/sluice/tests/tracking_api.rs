@@ -104,50 +104,35 @@ fn authentication_by_header_or_body_and_its_errors() {
     assert_eq!(r.status, 200, "{}", r.body);
 
     let r = s.request("POST", "/v1/track", &[], Some(body));
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (401, Some("missing_write_key"))
-    );
+    r.assert_error(401, "missing_write_key");
     let r = s.request(
         "POST",
         "/v1/track",
         &[("Authorization", &basic("nope"))],
         Some(body),
     );
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (401, Some("unknown_write_key"))
-    );
+    r.assert_error(401, "unknown_write_key");
     let r = s.request(
         "POST",
         "/v1/track",
         &[],
         Some(br#"{"userId":"u","event":"E","writeKey":"nope"}"#),
     );
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (401, Some("unknown_write_key"))
-    );
+    r.assert_error(401, "unknown_write_key");
     let r = s.request(
         "POST",
         "/v1/track",
         &[("Authorization", &basic("wk_off"))],
         Some(body),
     );
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (403, Some("source_disabled"))
-    );
+    r.assert_error(403, "source_disabled");
     let r = s.request(
         "POST",
         "/v1/track",
         &[("Authorization", "Basic %%%")],
         Some(body),
     );
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (401, Some("invalid_authorization"))
-    );
+    r.assert_error(401, "invalid_authorization");
     assert_eq!(s.events("web", 100).len(), 4);
     assert_eq!(s.events("off", 100).len(), 0);
 }
@@ -194,20 +179,14 @@ fn any_content_type_gzip_and_chunked_bodies() {
         &[("Authorization", &auth), ("Content-Encoding", "br")],
         Some(body),
     );
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (415, Some("unsupported_encoding"))
-    );
+    r.assert_error(415, "unsupported_encoding");
     let r = s.request(
         "POST",
         "/v1/t",
         &[("Authorization", &auth), ("Content-Encoding", "gzip")],
         Some(body),
     );
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (400, Some("invalid_gzip"))
-    );
+    r.assert_error(400, "invalid_gzip");
 }
 
 #[test]
@@ -278,26 +257,17 @@ fn bad_bodies_get_precise_errors_and_are_recorded() {
         |path: &str, body: &[u8]| s.request("POST", path, &[("Authorization", &auth)], Some(body));
 
     let r = post("/v1/track", b"{not json");
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (400, Some("invalid_json"))
-    );
+    r.assert_error(400, "invalid_json");
     assert!(r.body["message"].as_str().unwrap().contains("line 1"));
     let r = post("/v1/track", b"[1,2]");
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (400, Some("invalid_json"))
-    );
+    r.assert_error(400, "invalid_json");
     let r = post("/v1/track", br#"{"userId":"u"}"#);
     assert_eq!(
         (r.status, r.body["code"].as_str(), r.body["field"].as_str()),
         (400, Some("missing_event"), Some("event"))
     );
     let r = post("/v1/identify", br#"{"traits":{}}"#);
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (400, Some("no_user_anon_id"))
-    );
+    r.assert_error(400, "no_user_anon_id");
     let r = post("/v1/batch", br#"{"batch":{}}"#);
     assert_eq!((r.status, r.body["field"].as_str()), (400, Some("batch")));
 
@@ -315,10 +285,7 @@ fn bad_bodies_get_precise_errors_and_are_recorded() {
     );
     let huge = vec![b' '; 60_000];
     let r = post("/v1/batch", &huge);
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (413, Some("request_too_large"))
-    );
+    r.assert_error(413, "request_too_large");
     // A gzip bomb: small on the wire, over the hard cap once inflated.
     let bomb = gzip(&vec![b' '; 500_000]);
     assert!(bomb.len() < 5_000);
@@ -328,10 +295,7 @@ fn bad_bodies_get_precise_errors_and_are_recorded() {
         &[("Authorization", &auth), ("Content-Encoding", "gzip")],
         Some(&bomb),
     );
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (413, Some("request_too_large"))
-    );
+    r.assert_error(413, "request_too_large");
 
     // A batch with invalid items: the valid ones are stored, the others listed.
     let r = s.send(
@@ -504,10 +468,7 @@ rate_limit = { events_per_second = 1, burst = 3 }
         &[("Authorization", &auth)],
         Some(&batch(3)),
     );
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (429, Some("rate_limited"))
-    );
+    r.assert_error(429, "rate_limited");
     let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=3).contains(&wait), "{wait}");
     assert!(r.header("x-ratelimit-reset").is_some());

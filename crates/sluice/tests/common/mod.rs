@@ -23,6 +23,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Asserts an error answer: its status and its JSON `code`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.body["code"].as_str()),
+            (status, Some(code)),
+            "{}",
+            self.body
+        );
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

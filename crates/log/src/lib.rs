@@ -10,6 +10,7 @@
 //! Offsets are positive, strictly increasing and never reused, also after retention.
 //! A consumer's cursor is the next offset it wants to read.
 
+mod chunk;
 pub mod contract;
 mod dedupe;
 pub mod sqlite;

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::chunk;
 use crate::dedupe::{self, Dedupe, Loaded};
 use crate::{Appended, EventLog, LogError, LogOptions, NewEvent, StoredEvent};
 
@@ -24,7 +25,7 @@ const QUEUE_DEPTH: usize = 4_096;
 
 /// The highest offset ever assigned: the newest event, or the mark retention left.
 const HIGH_WATER_SQL: &str = "SELECT MAX(
-    COALESCE((SELECT MAX(offset) FROM events), 0),
+    COALESCE((SELECT last_offset FROM chunks ORDER BY first_offset DESC LIMIT 1), 0),
     COALESCE((SELECT value FROM meta WHERE key = 'high_water'), 0))";
 
 type Reply<T> = oneshot::Sender<Result<T, LogError>>;
@@ -157,15 +158,14 @@ fn open_connection(path: &Path, writer: bool) -> Result<Connection, LogError> {
 
 fn init_schema(conn: &Connection) -> Result<(), LogError> {
     conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS events (
-             offset INTEGER PRIMARY KEY,
+        "CREATE TABLE IF NOT EXISTS chunks (
+             first_offset INTEGER PRIMARY KEY,
+             last_offset INTEGER NOT NULL,
              source TEXT NOT NULL,
-             message_id TEXT NOT NULL,
-             user_key TEXT NOT NULL,
              received_at INTEGER NOT NULL,
-             payload BLOB NOT NULL
+             events BLOB NOT NULL
          );
-         CREATE INDEX IF NOT EXISTS events_by_source ON events(source, offset);
+         CREATE INDEX IF NOT EXISTS chunks_by_source ON chunks(source, first_offset);
          CREATE TABLE IF NOT EXISTS meta (
              key TEXT PRIMARY KEY,
              value INTEGER NOT NULL
@@ -212,20 +212,14 @@ impl Writer {
         // journal caught up): rebuild them from the log itself.
         let mut rebuilt = Vec::new();
         {
-            let mut stmt = conn
-                .prepare("SELECT source, message_id, received_at FROM events WHERE offset > ?1")
-                .map_err(storage)?;
-            let rows = stmt
-                .query_map([covered as i64], |r| {
-                    Ok(dedupe::key(
-                        r.get_ref(0)?.as_str()?,
-                        r.get_ref(1)?.as_str()?,
-                    ))
-                    .and_then(|k| Ok((k, r.get::<_, i64>(2)?)))
-                })
-                .map_err(storage)?;
-            for row in rows {
-                rebuilt.push(row.map_err(storage)?);
+            let mut stmt = conn.prepare(CHUNKS_FROM_SQL).map_err(storage)?;
+            let mut rows = stmt.query([covered as i64]).map_err(storage)?;
+            while let Some(row) = rows.next().map_err(storage)? {
+                for e in decode_row(row).map_err(storage)? {
+                    if e.offset > covered {
+                        rebuilt.push((dedupe::key(&e.source, &e.message_id), e.received_at_ms));
+                    }
+                }
             }
         }
         if !rebuilt.is_empty() {
@@ -395,8 +389,8 @@ impl Writer {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO events (offset, source, message_id, user_key, received_at, payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO chunks (first_offset, last_offset, source, received_at, events)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(storage)?;
             let mut cursor = tx
@@ -405,6 +399,8 @@ impl Writer {
                      ON CONFLICT (consumer) DO UPDATE SET next_offset = excluded.next_offset",
                 )
                 .map_err(storage)?;
+            // The open chunk: consecutive fresh events of one source.
+            let mut open = OpenChunk::default();
             for cmd in work {
                 match cmd {
                     Command::Append(events, _) => {
@@ -424,16 +420,15 @@ impl Writer {
                                 continue;
                             }
                             let offset = last_offset + 1;
-                            insert
-                                .execute(params![
-                                    offset as i64,
-                                    e.source,
-                                    e.message_id,
-                                    e.user_key,
-                                    e.received_at_ms,
-                                    e.payload
-                                ])
-                                .map_err(storage)?;
+                            if open.source.as_deref() != Some(e.source.as_str())
+                                || open.blob.len() >= chunk::MAX_CHUNK_BYTES
+                            {
+                                open.flush(&mut insert)?;
+                                open.start(&e.source, offset);
+                            }
+                            chunk::push(&mut open.blob, e);
+                            open.last = offset;
+                            open.received_at = open.received_at.max(e.received_at_ms);
                             last_offset = offset;
                             staged_keys.insert(key, e.received_at_ms);
                             staged.push((key, e.received_at_ms));
@@ -450,6 +445,7 @@ impl Writer {
                     Command::Retain(..) => results.push(GroupResult::Done),
                 }
             }
+            open.flush(&mut insert)?;
         }
         tx.commit().map_err(storage)?;
         self.dedupe.insert(staged);
@@ -469,20 +465,31 @@ impl Writer {
             [self.last_offset as i64],
         )
         .map_err(storage)?;
-        // Events are in receive order, so the expired ones are a prefix of the offsets:
+        // Events are in receive order, so the expired chunks are a prefix of the offsets:
         // delete by offset range, which needs no index on received_at.
         let first: Option<i64> = tx
-            .query_row("SELECT MIN(offset) FROM events", [], |r| r.get(0))
+            .query_row("SELECT MIN(first_offset) FROM chunks", [], |r| r.get(0))
             .optional()
             .map_err(storage)?
             .flatten();
-        let events = match first {
-            Some(first) => tx
-                .execute(
-                    "DELETE FROM events WHERE offset < ?1 AND received_at <= ?2",
-                    params![first + RETENTION_CHUNK, event_cutoff],
+        let events: i64 = match first {
+            Some(first) => {
+                let range = params![first + RETENTION_CHUNK, event_cutoff];
+                let n: i64 = tx
+                    .query_row(
+                        "SELECT COALESCE(SUM(last_offset - first_offset + 1), 0) FROM chunks
+                         WHERE first_offset < ?1 AND received_at <= ?2",
+                        range,
+                        |r| r.get(0),
+                    )
+                    .map_err(storage)?;
+                tx.execute(
+                    "DELETE FROM chunks WHERE first_offset < ?1 AND received_at <= ?2",
+                    range,
                 )
-                .map_err(storage)?,
+                .map_err(storage)?;
+                n
+            }
             None => 0,
         };
         tx.commit().map_err(storage)?;
@@ -528,19 +535,64 @@ fn command_events(c: &Command) -> usize {
     }
 }
 
-fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let stored = r.get_ref(5)?.as_blob()?;
-    let payload = decode_payload(stored).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Blob, Box::new(e))
-    })?;
-    Ok(StoredEvent {
-        offset: r.get::<_, i64>(0)? as u64,
-        source: r.get(1)?,
-        message_id: r.get(2)?,
-        user_key: r.get(3)?,
-        received_at_ms: r.get(4)?,
-        payload,
+/// Chunks holding offsets from `?1` on: the one containing it (if any) and all after.
+const CHUNKS_FROM_SQL: &str = "SELECT first_offset, source, events FROM chunks
+     WHERE first_offset >= COALESCE((SELECT MAX(first_offset) FROM chunks WHERE first_offset <= ?1), 0)
+     ORDER BY first_offset";
+
+/// Decodes a `(first_offset, source, events)` row; payloads stay as stored.
+fn decode_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<StoredEvent>> {
+    let first = r.get::<_, i64>(0)? as u64;
+    let source = r.get_ref(1)?.as_str()?;
+    let blob = r.get_ref(2)?.as_blob()?;
+    chunk::decode(first, source, blob).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Blob, Box::new(e))
     })
+}
+
+/// Decodes a row and its payloads, for readers.
+fn decode_row_payloads(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<StoredEvent>> {
+    let mut events = decode_row(r)?;
+    for e in &mut events {
+        e.payload = decode_payload(&e.payload).map_err(|err| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Blob, Box::new(err))
+        })?;
+    }
+    Ok(events)
+}
+
+#[derive(Default)]
+struct OpenChunk {
+    source: Option<String>,
+    first: u64,
+    last: u64,
+    received_at: i64,
+    blob: Vec<u8>,
+}
+
+impl OpenChunk {
+    fn start(&mut self, source: &str, offset: u64) {
+        self.source = Some(source.to_string());
+        self.first = offset;
+        self.last = offset;
+        self.received_at = i64::MIN;
+        self.blob.clear();
+    }
+
+    fn flush(&mut self, insert: &mut rusqlite::CachedStatement<'_>) -> Result<(), LogError> {
+        if let Some(source) = self.source.take() {
+            insert
+                .execute(params![
+                    self.first as i64,
+                    self.last as i64,
+                    source,
+                    self.received_at,
+                    self.blob
+                ])
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
 }
 
 /// Payloads of at least this many bytes are stored LZ4-compressed when that saves space.
@@ -594,12 +646,20 @@ impl EventLog for SqliteLog {
 
     async fn read(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, LogError> {
         self.with_reader(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT offset, source, message_id, user_key, received_at, payload
-                 FROM events WHERE offset >= ?1 ORDER BY offset LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![from as i64, max as i64], row_to_event)?;
-            rows.collect()
+            let mut stmt = c.prepare_cached(CHUNKS_FROM_SQL)?;
+            let mut rows = stmt.query([from as i64])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                if out.len() >= max {
+                    break;
+                }
+                for e in decode_row_payloads(row)? {
+                    if e.offset >= from && out.len() < max {
+                        out.push(e);
+                    }
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -608,11 +668,19 @@ impl EventLog for SqliteLog {
         let source = source.to_string();
         self.with_reader(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT offset, source, message_id, user_key, received_at, payload
-                 FROM events WHERE source = ?1 ORDER BY offset DESC LIMIT ?2",
+                "SELECT first_offset, source, events FROM chunks
+                 WHERE source = ?1 ORDER BY first_offset DESC",
             )?;
-            let rows = stmt.query_map(params![source, limit as i64], row_to_event)?;
-            rows.collect()
+            let mut rows = stmt.query([source])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                if out.len() >= limit {
+                    break;
+                }
+                let events = decode_row_payloads(row)?;
+                out.extend(events.into_iter().rev().take(limit - out.len()));
+            }
+            Ok(out)
         })
         .await
     }

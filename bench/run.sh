@@ -2,7 +2,7 @@
 # Reproduces bench/RESULTS.md: starts a release sluice on a fresh data directory, runs
 # `sluice bench ingest` RUNS times per scenario (each run also measures the baseline
 # server), prints the median of every figure, then measures startup-to-ready with
-# ~1,000,000 events in the log.
+# ~1,000,000 events in the log. STARTUP_ONLY=1 skips the load scenarios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
@@ -47,11 +47,13 @@ PY
 }
 
 start
+if [ -z "${STARTUP_ONLY:-}" ]; then
 run batch100 --connections 16 --batch 100
 run single --connections 64 --batch 0
 # Half of the single-event peak, for the latency target.
 peak=$(python3 -c "import json,statistics;print(statistics.median(json.loads(l)['requests_per_s'] for l in open('$work/single.jsonl')))")
 run single_half_rate --connections 64 --batch 0 --rate "$(python3 -c "print(int($peak/2))")" --no-baseline
+fi
 
 # Fill the log to ~1,000,000 events, then time a restart until /readyz answers.
 have=$(curl -fs "http://127.0.0.1:$port/metrics" | awk '/^sluice_events_accepted_total/ {s+=$2} END {print int(s)}')
@@ -64,7 +66,8 @@ stop
 python3 - "$sluice" "$work" "$port" <<'PY'
 import sqlite3, subprocess, sys, time, urllib.request
 sluice, work, port = sys.argv[1:4]
-n = sqlite3.connect(f"{work}/data/events.sqlite").execute("select count(*) from events").fetchone()[0]
+n = sqlite3.connect(f"{work}/data/events.sqlite").execute(
+    "select coalesce(sum(last_offset - first_offset + 1), 0) from chunks").fetchone()[0]
 times = []
 for _ in range(5):
     t0 = time.monotonic()

@@ -151,24 +151,13 @@ async fn decode_and_ingest(
     peer: SocketAddr,
 ) -> Result<Json<IngestReply>, ApiError> {
     let limits = &app.settings.limits;
-    let refused = |source: &Option<Arc<Source>>, e: RequestError| {
-        let app = app.clone();
-        let source = source.clone();
-        let raw_text = String::from_utf8_lossy(&raw[..raw.len().min(64 * 1024)]).into_owned();
-        async move {
-            if let Some(source) = source {
-                record_request_refusal(&app, &source, &e, raw_text, received_at).await;
-            }
-            ApiError::from(e)
-        }
-    };
     let body = match sluice_spec::decode::decode_body(raw, encoding, limits) {
         Ok(b) => b,
-        Err(e) => return Err(refused(&header_source, e).await),
+        Err(e) => return Err(refuse(app, header_source.as_deref(), e, raw, received_at).await),
     };
     let doc = match sluice_spec::parse(endpoint, &body, limits) {
         Ok(d) => d,
-        Err(e) => return Err(refused(&header_source, e).await),
+        Err(e) => return Err(refuse(app, header_source.as_deref(), e, &body, received_at).await),
     };
     let source = match header_source {
         Some(s) => s,
@@ -195,12 +184,7 @@ async fn decode_and_ingest(
     let outcome =
         match sluice_spec::normalize::normalize_document(endpoint.call(), doc, &ctx, limits) {
             Ok(o) => o,
-            Err(e) => {
-                let raw_text =
-                    String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned();
-                record_request_refusal(app, &source, &e, raw_text, received_at).await;
-                return Err(ApiError::from(e));
-            }
+            Err(e) => return Err(refuse(app, Some(&source), e, &body, received_at).await),
         };
     source.metrics.bytes.increment(raw.len() as u64);
     store_outcome(app, &source, outcome, received_at).await
@@ -309,29 +293,35 @@ async fn store_outcome(
     }))
 }
 
-async fn record_request_refusal(
+/// Answers a refused request, keeping the refusal (with an excerpt of the body) for the
+/// admin API when the source is known.
+async fn refuse(
     app: &App,
-    source: &Source,
-    e: &RequestError,
-    raw: String,
+    source: Option<&Source>,
+    e: RequestError,
+    body: &[u8],
     received_at: chrono::DateTime<chrono::Utc>,
-) {
-    metrics::counter!("sluice_events_rejected_total", "source" => source.settings.name.clone(), "reason" => e.code())
-        .increment(1);
-    let record = RejectedRecord {
-        id: 0,
-        source: source.settings.name.clone(),
-        received_at_ms: received_at.timestamp_millis(),
-        index: 0,
-        message_id: None,
-        code: e.code().to_string(),
-        field: e.field().map(str::to_string),
-        reason: e.to_string(),
-        raw,
-    };
-    if let Err(err) = app.store.add_rejected(vec![record]).await {
-        tracing::warn!(error = %err, "could not record rejected request");
+) -> ApiError {
+    if let Some(source) = source {
+        let name = &source.settings.name;
+        metrics::counter!("sluice_events_rejected_total", "source" => name.clone(), "reason" => e.code())
+            .increment(1);
+        let record = RejectedRecord {
+            id: 0,
+            source: name.clone(),
+            received_at_ms: received_at.timestamp_millis(),
+            index: 0,
+            message_id: None,
+            code: e.code().to_string(),
+            field: e.field().map(str::to_string),
+            reason: e.to_string(),
+            raw: String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned(),
+        };
+        if let Err(err) = app.store.add_rejected(vec![record]).await {
+            tracing::warn!(error = %err, "could not record rejected request");
+        }
     }
+    ApiError::from(e)
 }
 
 /// Reads the body up to `cap` bytes; beyond it, 413 without reading further.

@@ -214,7 +214,6 @@ fn print_banner(addr: SocketAddr, data_dir: &Path, settings: &Settings) {
     }
     if let Some(s) = settings.sources.first() {
         let wk = &s.write_key;
-        let host = addr.to_string();
         out.push_str(&format!(
             r#"
 Send an event:
@@ -224,7 +223,7 @@ See it:
   curl -H 'Authorization: Bearer {token}' '{url}/admin/v1/sources/{name}/events?limit=5'
 
 Point a Segment client here (only the host changes):
-  analytics.js: analytics.load('{wk}', {{ cdnURL: '{url}' }})   // or integrations: {{'Segment.io': {{apiHost: '{host}/v1', protocol: 'http'}}}}
+  analytics.js: AnalyticsBrowser.load({{ writeKey: '{wk}', cdnURL: '{url}' }})   // @segment/analytics-next
   Python:       segment.analytics.write_key = '{wk}'; segment.analytics.host = '{url}'
   Node:         new Analytics({{ writeKey: '{wk}', host: '{url}' }})
 "#,

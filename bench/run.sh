@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Reproduces bench/RESULTS.md: starts a release sluice on a fresh data directory, runs
-# `sluice bench ingest` RUNS times per scenario (each run also measures the baseline
-# server), prints the median of every figure, then measures startup-to-ready with
-# ~1,000,000 events in the log. STARTUP_ONLY=1 skips the load scenarios.
+# Reproduces bench/RESULTS.md: runs `sluice bench ingest` RUNS times per scenario, each
+# run against a release sluice started on a fresh data directory (every run starts from
+# the same state; the baseline server is measured in the same run), prints the median of
+# every figure, then measures startup-to-ready with ~1,000,000 events in the log.
+# STARTUP_ONLY=1 skips the load scenarios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
@@ -27,12 +28,14 @@ start() {
   echo "server did not start"; cat "$work/err"; exit 1
 }
 stop() { kill -TERM "$pid"; wait "$pid" || true; }
+fresh() { if [ -n "$pid" ]; then stop; fi; rm -rf "$work/data"; start; }
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 
 run() { # name, args...
   local name=$1; shift
   : > "$work/$name.jsonl"
   for i in $(seq "$RUNS"); do
+    fresh
     "$sluice" bench ingest --url "http://127.0.0.1:$port" --write-key wk_bench --duration "$DURATION" --json "$@" \
       | tail -1 | tee -a "$work/$name.jsonl"
   done
@@ -46,7 +49,6 @@ print(f"MEDIAN {name} ({len(rows)} runs): " + json.dumps(med))
 PY
 }
 
-start
 if [ -z "${STARTUP_ONLY:-}" ]; then
 run batch100 --connections 16 --batch 100
 run single --connections 64 --batch 0
@@ -56,6 +58,7 @@ run single_half_rate --connections 64 --batch 0 --rate "$(python3 -c "print(int(
 fi
 
 # Fill the log to ~1,000,000 events, then time a restart until /readyz answers.
+fresh
 have=$(curl -fs "http://127.0.0.1:$port/metrics" | awk '/^sluice_events_accepted_total/ {s+=$2} END {print int(s)}')
 need=$((1000000 - have))
 if [ "$need" -gt 0 ]; then

@@ -110,6 +110,12 @@ pub fn parse_single<'a>(body: &'a [u8], limits: &Limits) -> Result<Document<'a>,
     let text = utf8(body)?;
     not_an_object(text)?;
     let event = RawObject::parse(text).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    if let Some(n) = raw::unrepresentable_number(text) {
+        return Err(RequestError::InvalidJson(format!(
+            "number {} is too large to represent",
+            &n[..n.len().min(40)]
+        )));
+    }
     let write_key = event
         .get("writeKey")
         .and_then(raw::as_str)

@@ -138,6 +138,17 @@ fn normalize_batch(env: &BatchEnvelope<'_>, ctx: &Context<'_>, limits: &Limits) 
             ));
             continue;
         }
+        if let Some(n) = raw::unrepresentable_number(text) {
+            out.rejected.push(reject(
+                ItemError::new(
+                    "invalid_number",
+                    None,
+                    format!("number {} is too large to represent", &n[..n.len().min(40)]),
+                ),
+                message_id_of_raw(text),
+            ));
+            continue;
+        }
         let obj = match RawObject::parse(text) {
             Ok(o) => o,
             Err(_) => {

@@ -102,6 +102,60 @@ impl<'a> RawObject<'a> {
     }
 }
 
+/// Finds a number literal too large for an f64. JSON's grammar allows `9e999`, but
+/// serde_json (and most consumers of the stored events) refuse it, and copying raw values
+/// through would store events that cannot be read back. Returns the offending literal.
+pub fn unrepresentable_number(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    // Fast path: such a number has an exponent after a digit, or more than 300 digits.
+    let mut run = 0usize;
+    let mut suspicious = false;
+    for w in b.windows(2) {
+        run = if w[0].is_ascii_digit() { run + 1 } else { 0 };
+        if run > 300 || (w[0].is_ascii_digit() && (w[1] | 0x20) == b'e') {
+            suspicious = true;
+            break;
+        }
+    }
+    if !suspicious {
+        return None;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' => i += 2,
+                        b'"' => {
+                            i += 1;
+                            break;
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = text.get(start..i).unwrap_or("");
+                if token.len() > 300 || token.bytes().any(|c| c | 0x20 == b'e') {
+                    match token.parse::<f64>() {
+                        Ok(v) if v.is_finite() => {}
+                        _ => return Some(token),
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// What kind of JSON value a raw slice holds, from its first byte.
 pub fn kind(v: &RawValue) -> u8 {
     v.get().as_bytes().first().copied().unwrap_or(b' ')
@@ -138,6 +192,20 @@ mod tests {
         assert_eq!(as_str(o.get("a").unwrap()).as_deref(), Some("two"));
         assert!(RawObject::parse("[1]").is_err());
         assert!(RawObject::parse(r#"{"a":}"#).is_err());
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_found_outside_strings_only() {
+        assert_eq!(unrepresentable_number(r#"{"a":[1,9e999]}"#), Some("9e999"));
+        assert_eq!(unrepresentable_number(r#"{"a":-1E+400}"#), Some("-1E+400"));
+        let long = format!(r#"{{"a":{}}}"#, "9".repeat(400));
+        assert!(unrepresentable_number(&long).is_some());
+        assert_eq!(
+            unrepresentable_number(r#"{"a":"9e999","b":1e308,"c":1e-400,"d":2.5E3}"#),
+            None
+        );
+        assert_eq!(unrepresentable_number(r#"{"a\"9e999":"x\"","b":1}"#), None);
+        assert_eq!(unrepresentable_number(r#"{"event":"Order 4e"}"#), None);
     }
 
     #[test]

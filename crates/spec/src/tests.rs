@@ -423,3 +423,30 @@ fn fields_keep_their_order_escapes_and_last_repeat() {
     assert_eq!(body["alpha"], "é");
     assert_eq!(text.matches("\"userId\"").count(), 1);
 }
+
+#[test]
+fn numbers_too_large_for_f64_are_refused_not_stored() {
+    // Found by the ingest fuzz target: raw values are copied through, so a number no
+    // JSON reader of ours can parse back must be refused up front.
+    let limits = Limits::default();
+    let single = br#"{"userId":"u","event":"E","properties":{"a":[1,9e99999999]}}"#;
+    let err = parse(Endpoint::Single(CallType::Track), single, &limits).unwrap_err();
+    assert_eq!(err.code(), "invalid_json");
+    assert!(err.to_string().contains("9e99999999"), "{err}");
+    let out = run(
+        Endpoint::Batch,
+        &serde_json::from_str::<Value>(
+            r#"{"batch":[{"type":"track","userId":"u","event":"ok","messageId":"fine","properties":{"x":1.5e300}},
+                         {"type":"track","userId":"u","event":"E","messageId":"m2","properties":{"n":1}}]}"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(out.accepted.len(), 2);
+    let body = r#"{"batch":[{"type":"track","userId":"u","event":"E","messageId":"big","properties":{"n":1e999}},{"type":"identify","userId":"u"}]}"#;
+    let doc = parse(Endpoint::Batch, body.as_bytes(), &limits).unwrap();
+    let out = normalize::normalize_document(None, doc, &ctx(), &limits).unwrap();
+    assert_eq!(out.accepted.len(), 1);
+    assert_eq!(out.rejected[0].error.code, "invalid_number");
+    assert_eq!(out.rejected[0].message_id.as_deref(), Some("big"));
+}

@@ -109,9 +109,10 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    let shutdown = shutdown_signal()?;
     print_banner(addr, &data_dir, &settings);
     let app = App::new(settings, Arc::new(log), store);
-    sluice_server::serve(listener, app, shutdown_signal())
+    sluice_server::serve(listener, app, shutdown)
         .await
         .context("server failed")?;
     tracing::info!("stopped");
@@ -181,20 +182,20 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled: a signal that arrives right after the banner (the
+/// readiness signal for scripts and tests) must already mean "shut down gracefully",
+/// not the default "terminate now".
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    })
 }
 
 fn print_banner(addr: SocketAddr, data_dir: &Path, settings: &Settings) {

@@ -3,7 +3,9 @@
 //! Module map:
 //! - this file: the [`EventLog`] trait, its records and errors.
 //! - [`sqlite`]: the embedded implementation (one SQLite file, WAL, one writer thread with
-//!   group commit). Its durability contract is written out in `docs/ARCHITECTURE.md`.
+//!   group commit), with `chunk` (the row format: one row per run of one source's events)
+//!   and `dedupe` (the in-memory, journaled messageId index). Its durability contract is
+//!   written out in `docs/ARCHITECTURE.md`.
 //! - [`contract`]: the contract suite every implementation must pass, as a macro that
 //!   expands to one `#[tokio::test]` per property.
 //!

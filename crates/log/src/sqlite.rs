@@ -1,8 +1,9 @@
-//! The embedded event log: one SQLite file in WAL mode.
+//! The embedded event log: one SQLite file in WAL mode (events stored in chunks, see
+//! `chunk.rs`) and the dedupe journal beside it (see `dedupe.rs`).
 //!
 //! One writer thread owns the only writing connection. Appends, cursor commits and
 //! retention steps reach it over a channel; it takes every command waiting (up to
-//! `max_group_events` events), runs them in one transaction and commits once — one fsync
+//! `max_group_events` events), runs them in one transaction and commits once — one sync
 //! for many requests (group commit) — and only then answers each caller. Readers use
 //! their own connections; WAL lets them read while the writer writes.
 

@@ -121,6 +121,36 @@ pub async fn read_respects_cursor_and_max<H: LogHarness>(h: H) {
     log.close().await;
 }
 
+pub async fn offset_at_finds_every_later_event<H: LogHarness>(h: H) {
+    let log = h.open(LogOptions::default()).await;
+    assert_eq!(
+        log.offset_at(T0).await.unwrap(),
+        log.end_offset().await.unwrap()
+    );
+    let mut offsets = Vec::new();
+    for i in 0..6 {
+        let e = event("web", &format!("t{i}"), "u", T0 + i * 1000);
+        offsets.extend(stored(&log.append(vec![e]).await.unwrap()));
+    }
+    for (i, off) in offsets.iter().enumerate() {
+        let at = log.offset_at(T0 + i as i64 * 1000).await.unwrap();
+        // Never after the first event received at or after the time.
+        assert!(at <= *off, "offset_at(t{i}) = {at} > {off}");
+        let from_there = log.read(at, 100).await.unwrap();
+        let ids: Vec<_> = from_there
+            .iter()
+            .filter(|e| e.received_at_ms >= T0 + i as i64 * 1000)
+            .map(|e| e.message_id.clone())
+            .collect();
+        assert_eq!(ids.len(), 6 - i);
+    }
+    assert_eq!(
+        log.offset_at(T0 + 3_600_000).await.unwrap(),
+        log.end_offset().await.unwrap()
+    );
+    log.close().await;
+}
+
 pub async fn cursors_survive_restart<H: LogHarness>(h: H) {
     let log = h.open(LogOptions::default()).await;
     assert_eq!(log.cursor("dest-a").await.unwrap(), None);
@@ -302,7 +332,7 @@ pub async fn closed_log_refuses_appends<H: LogHarness>(h: H) {
 macro_rules! log_contract_tests {
     ($harness:expr) => {
         $crate::log_contract_tests!(@each $harness;
-            append_then_read, payloads_round_trip_exactly, read_respects_cursor_and_max, cursors_survive_restart,
+            append_then_read, payloads_round_trip_exactly, read_respects_cursor_and_max, cursors_survive_restart, offset_at_finds_every_later_event,
             duplicates_are_dropped_within_window, retention_deletes_old_events_only,
             concurrent_appends_keep_per_key_order, recent_is_newest_first_per_source,
             closed_log_refuses_appends);

@@ -119,6 +119,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// The offset the next appended event will get.
     async fn end_offset(&self) -> Result<u64, LogError>;
 
+    /// A position to start reading at so that no event received at or after
+    /// `received_at_ms` is missed (it may include a few earlier events of the same group
+    /// commit; readers filter by `received_at_ms`). The end offset when there is none.
+    async fn offset_at(&self, received_at_ms: i64) -> Result<u64, LogError>;
+
     /// Deletes events older than the retention and dedupe entries older than the window,
     /// relative to `now_ms`, in small steps that let appends through in between. Returns
     /// the number of events deleted.

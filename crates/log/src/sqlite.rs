@@ -714,6 +714,24 @@ impl EventLog for SqliteLog {
         .await
     }
 
+    async fn offset_at(&self, received_at_ms: i64) -> Result<u64, LogError> {
+        self.with_reader(move |c| {
+            let first: Option<i64> = c.query_row(
+                "SELECT MIN(first_offset) FROM chunks WHERE received_at >= ?1",
+                [received_at_ms],
+                |r| r.get(0),
+            )?;
+            match first {
+                Some(o) => Ok(o as u64),
+                None => {
+                    let high: i64 = c.query_row(HIGH_WATER_SQL, [], |r| r.get(0))?;
+                    Ok(high as u64 + 1)
+                }
+            }
+        })
+        .await
+    }
+
     async fn enforce_retention(&self, now_ms: i64) -> Result<u64, LogError> {
         self.send(|reply| Command::Retain(now_ms, reply)).await
     }

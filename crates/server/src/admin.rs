@@ -29,6 +29,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/sources/{name}/events", get(source_events))
         .route("/sources/{name}/rejected", get(source_rejected))
         .route("/sources/{name}/live", get(source_live))
+        .merge(crate::delivery_api::routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint") })
         .layer(axum::middleware::from_fn_with_state(app, require_token))
 }
@@ -89,7 +90,7 @@ fn parse_limit(q: &LimitQuery) -> Result<usize, ApiError> {
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
             _ => Err(ApiError {
-                field: Some("limit"),
+                field: Some("limit".into()),
                 ..ApiError::bad_request(
                     "invalid_limit",
                     format!("limit must be an integer from 1 to {MAX_LIMIT}, not {s:?}"),

@@ -14,7 +14,7 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<&'static str>,
+    pub field: Option<std::borrow::Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
     #[serde(skip)]
@@ -57,7 +57,7 @@ impl From<RequestError> for ApiError {
             status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
             code: e.code(),
             message: e.to_string(),
-            field: e.field(),
+            field: e.field().map(Into::into),
             limit: e.limit(),
             retry_after_s: None,
         }
@@ -75,5 +75,25 @@ impl IntoResponse for ApiError {
             }
         }
         res
+    }
+}
+
+impl From<sluice_destinations::RouterError> for ApiError {
+    fn from(e: sluice_destinations::RouterError) -> Self {
+        use sluice_destinations::RouterError as E;
+        match e {
+            E::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_destination", e.to_string())
+            }
+            E::Invalid(ref c) => ApiError {
+                field: Some(c.field.clone().into()),
+                ..ApiError::bad_request("invalid_destination", e.to_string())
+            },
+            E::ManagedByFile(_) => {
+                ApiError::new(StatusCode::CONFLICT, "managed_by_file", e.to_string())
+            }
+            E::BadRequest(_) => ApiError::bad_request("bad_request", e.to_string()),
+            E::Storage(_) => ApiError::unavailable(e.to_string()),
+        }
     }
 }

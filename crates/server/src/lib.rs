@@ -4,7 +4,8 @@
 //! - [`tracking`]: Segment's Tracking API (`/v1/...`), CORS, the analytics.js settings
 //!   document.
 //! - [`admin`]: the admin API under `/admin/v1` (sources, stored and rejected events, the
-//!   live source debugger as Server-Sent Events).
+//!   live source debugger as Server-Sent Events, destinations: configuration, delivery
+//!   reports, the event tester, dead letters, replay, one event's journey).
 //! - [`telemetry`]: Prometheus metrics and the per-request latency layer.
 //! - [`error`]: the one place where errors become HTTP answers.
 //! - [`ratelimit`]: per-source token buckets.
@@ -13,6 +14,7 @@
 //! shutdown future resolves, then drains in-flight requests.
 
 pub mod admin;
+pub mod delivery_api;
 pub mod error;
 pub mod ratelimit;
 pub mod telemetry;
@@ -28,6 +30,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
+use sluice_destinations::Router as Destinations;
 use sluice_log::EventLog;
 use sluice_spec::Limits;
 use sluice_store::Store;
@@ -61,6 +64,8 @@ pub struct Settings {
     pub rejected_retention: Duration,
     /// How often retention runs.
     pub retention_interval: Duration,
+    /// How long delivery records and dead letters are kept.
+    pub delivery_retention: Duration,
 }
 
 pub(crate) struct Source {
@@ -107,6 +112,10 @@ pub struct App {
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
     ready: AtomicBool,
+    /// The offset after the newest appended event; destination consumers wait on it.
+    pub log_end: watch::Sender<u64>,
+    /// The destinations (set once at start; absent in servers without routing).
+    pub destinations: std::sync::OnceLock<Arc<Destinations>>,
 }
 
 impl App {
@@ -134,6 +143,8 @@ impl App {
             shutdown,
             shutdown_tx,
             ready: AtomicBool::new(true),
+            log_end: watch::channel(0).0,
+            destinations: std::sync::OnceLock::new(),
         })
     }
 
@@ -194,6 +205,10 @@ pub async fn serve(
     .with_graceful_shutdown(graceful)
     .await;
     retention.abort();
+    if let Some(d) = app.destinations.get() {
+        d.shutdown().await;
+        tracing::info!("destination consumers stopped");
+    }
     app.log.close().await;
     tracing::info!("event log closed");
     result
@@ -212,6 +227,10 @@ async fn retention_loop(app: Arc<App>) {
         let before = now - app.settings.rejected_retention.as_millis() as i64;
         if let Err(e) = app.store.prune_rejected(before).await {
             tracing::warn!(error = %e, "pruning rejected records failed");
+        }
+        let before = now - app.settings.delivery_retention.as_millis() as i64;
+        if let Err(e) = app.store.prune_deliveries(before).await {
+            tracing::warn!(error = %e, "pruning delivery records failed");
         }
     }
 }

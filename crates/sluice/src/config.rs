@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -28,6 +27,8 @@ pub struct FileConfig {
     pub rejected: RejectedConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub destinations: Vec<sluice_destinations::DestinationConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,48 +132,7 @@ pub struct RateLimitConfig {
     pub burst: Option<f64>,
 }
 
-/// A duration written as `"90s"`, `"30m"`, `"24h"`, `"7d"`, `"500ms"`, or a number of seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d).map_err(|_| {
-            de::Error::custom("expected a duration such as \"30s\", \"15m\", \"24h\", \"7d\" or a number of seconds")
-        })? {
-            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
-            Raw::Text(t) => parse_duration(&t).map(HumanDuration).map_err(de::Error::custom),
-        }
-    }
-}
-
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid duration {text:?}: expected a number followed by ms, s, m, h or d")
-    })?;
-    let secs = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
-            ))
-        }
-    };
-    Ok(Duration::from_secs(secs))
-}
+pub use sluice_destinations::duration::HumanDuration;
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<FileConfig> {
@@ -209,6 +169,30 @@ fn expand_env(cfg: &mut FileConfig, origin: &str) -> Result<()> {
     }
     for (i, s) in cfg.sources.iter_mut().enumerate() {
         expand(&mut s.write_key, &format!("sources[{i}].write_key"), origin)?;
+    }
+    // Any string in a destination's settings (shared secrets, header values, API keys).
+    fn expand_value(v: &mut serde_json::Value, field: &str, origin: &str) -> Result<()> {
+        match v {
+            serde_json::Value::String(s) => expand(s, field, origin),
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    expand_value(item, &format!("{field}[{i}]"), origin)?;
+                }
+                Ok(())
+            }
+            serde_json::Value::Object(map) => {
+                for (k, item) in map.iter_mut() {
+                    expand_value(item, &format!("{field}.{k}"), origin)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    for (i, d) in cfg.destinations.iter_mut().enumerate() {
+        for (k, v) in d.settings.iter_mut() {
+            expand_value(v, &format!("destinations[{i}].settings.{k}"), origin)?;
+        }
     }
     Ok(())
 }
@@ -310,12 +294,29 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
             }
         }
     }
+    let source_names: Vec<&str> = if cfg.sources.is_empty() {
+        vec!["default"]
+    } else {
+        cfg.sources.iter().map(|s| s.name.as_str()).collect()
+    };
+    let mut names = std::collections::HashSet::new();
+    for (i, d) in cfg.destinations.iter().enumerate() {
+        d.validate(&source_names)
+            .map_err(|e| anyhow::anyhow!("invalid config file {origin}: destinations[{i}]: {e}"))?;
+        if !names.insert(d.name.as_str()) {
+            return Err(err(
+                &format!("destinations[{i}].name"),
+                format!("repeats the destination name {:?}", d.name),
+            ));
+        }
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_destinations::duration::parse_duration;
 
     #[test]
     fn the_minimal_file_works_as_written() {

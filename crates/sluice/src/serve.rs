@@ -95,6 +95,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         trust_forwarded_for: cfg.trust_forwarded_for,
         rejected_retention: cfg.rejected.retention.0,
         retention_interval: cfg.log.retention_interval.0,
+        delivery_retention: cfg.log.retention.0,
     };
     let listen = match args.listen {
         Some(l) => l,
@@ -110,8 +111,21 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let shutdown = shutdown_signal()?;
-    print_banner(addr, &data_dir, &settings);
-    let app = App::new(settings, Arc::new(log), store);
+    let log: Arc<dyn sluice_log::EventLog> = Arc::new(log);
+    let source_names = settings.sources.iter().map(|s| s.name.clone()).collect();
+    let app = App::new(settings, log.clone(), store.clone());
+    let destinations = sluice_destinations::Router::start(
+        log,
+        store,
+        app.log_end.subscribe(),
+        source_names,
+        cfg.destinations,
+    )
+    .await
+    .context("cannot start the destinations")?;
+    let _ = app.destinations.set(destinations);
+    // Last: the banner is the readiness signal, and consumers must have their cursors.
+    print_banner(addr, &data_dir, &app.settings);
     sluice_server::serve(listener, app, shutdown)
         .await
         .context("server failed")?;

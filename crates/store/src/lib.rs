@@ -1,10 +1,14 @@
 //! The state store: small settings the server keeps for itself (the generated write key
-//! and admin token) and the rejected-event records the admin API shows.
+//! and admin token), the rejected-event records the admin API shows, destinations created
+//! over the admin API, and the router's state: each destination's retry queue, dead
+//! letters, delivery records and log-replay jobs.
 //!
 //! Module map: this file holds the [`Store`] trait and the SQLite implementation
-//! ([`SqliteStore`], a second file beside the event log, `state.sqlite`). Later issues add
-//! configuration, profiles, deliveries and dead letters here, and a PostgreSQL
+//! ([`SqliteStore`], a second file beside the event log, `state.sqlite`); [`delivery`]
+//! holds the router's record types. Later issues add profiles here, and a PostgreSQL
 //! implementation behind the same trait.
+
+pub mod delivery;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,6 +16,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use thiserror::Error;
+
+pub use delivery::{
+    Attempt, DeadLetter, DeadLetterFilter, DeliveryBatch, DeliveryRecord, PendingDelivery,
+};
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -51,6 +59,52 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Vec<RejectedRecord>, StoreError>;
     /// Deletes refused items received before `before_ms`. Returns how many.
     async fn prune_rejected(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Destinations created over the admin API: (name, configuration as JSON).
+    async fn destinations(&self) -> Result<Vec<(String, String)>, StoreError>;
+    async fn put_destination(&self, name: &str, config_json: &str) -> Result<(), StoreError>;
+    /// Removes a destination's configuration and its retry queue (dead letters and
+    /// delivery records stay until retention). Returns whether it existed.
+    async fn delete_destination(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Applies one step of a destination consumer in one transaction: retry-queue entries
+    /// written and removed, dead letters added, delivery records upserted.
+    async fn apply_deliveries(&self, batch: DeliveryBatch) -> Result<(), StoreError>;
+    /// Retry-queue entries of a destination due at `now_ms`, earliest first.
+    async fn due_pending(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StoreError>;
+    async fn pending_count(&self, destination: &str) -> Result<u64, StoreError>;
+    /// Makes every retry-queue entry of a destination due at `now_ms` (after the
+    /// destination recovered). Returns how many.
+    async fn reschedule_pending(&self, destination: &str, now_ms: i64) -> Result<u64, StoreError>;
+    /// Dead letters of a destination matching `filter`, newest first.
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+    async fn dead_letter_count(&self, destination: &str) -> Result<u64, StoreError>;
+    /// Moves the dead letters matching `filter` back into the retry queue, due at
+    /// `now_ms` with a fresh retry window, in one transaction. Returns how many.
+    async fn replay_dead_letters(
+        &self,
+        destination: &str,
+        filter: &DeadLetterFilter,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
+    /// Every destination's record of one event.
+    async fn deliveries_of(&self, message_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// Deletes delivery records and dead letters last touched before `before_ms`.
+    async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Log-replay jobs, as JSON documents keyed by id.
+    async fn put_replay_job(&self, id: &str, job_json: &str) -> Result<(), StoreError>;
+    async fn replay_jobs(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// The embedded state store.
@@ -80,7 +134,50 @@ impl SqliteStore {
                  reason TEXT NOT NULL,
                  raw TEXT NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS rejected_by_source ON rejected(source, id);",
+             CREATE INDEX IF NOT EXISTS rejected_by_source ON rejected(source, id);
+             CREATE TABLE IF NOT EXISTS destinations (name TEXT PRIMARY KEY, config TEXT NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS pending (
+                 destination TEXT NOT NULL,
+                 log_offset INTEGER NOT NULL,
+                 message_id TEXT NOT NULL,
+                 user_key TEXT NOT NULL,
+                 received_at INTEGER NOT NULL,
+                 payload BLOB NOT NULL,
+                 attempts TEXT NOT NULL,
+                 first_attempt INTEGER NOT NULL,
+                 next_at INTEGER NOT NULL,
+                 PRIMARY KEY (destination, log_offset)
+             );
+             CREATE INDEX IF NOT EXISTS pending_due ON pending(destination, next_at);
+             CREATE TABLE IF NOT EXISTS dead_letters (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 destination TEXT NOT NULL,
+                 log_offset INTEGER NOT NULL,
+                 message_id TEXT NOT NULL,
+                 user_key TEXT NOT NULL,
+                 received_at INTEGER NOT NULL,
+                 payload BLOB NOT NULL,
+                 attempts TEXT NOT NULL,
+                 reason TEXT NOT NULL,
+                 status INTEGER,
+                 failed_at INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS dead_letters_by_destination ON dead_letters(destination, id);
+             CREATE TABLE IF NOT EXISTS deliveries (
+                 destination TEXT NOT NULL,
+                 log_offset INTEGER NOT NULL,
+                 message_id TEXT NOT NULL,
+                 outcome TEXT NOT NULL,
+                 attempts INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL,
+                 latency_ms INTEGER,
+                 status INTEGER,
+                 detail TEXT,
+                 PRIMARY KEY (destination, log_offset)
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS deliveries_by_message ON deliveries(message_id);
+             CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries(updated_at);
+             CREATE TABLE IF NOT EXISTS replay_jobs (id TEXT PRIMARY KEY, job TEXT NOT NULL) WITHOUT ROWID;",
         )
         .map_err(storage)?;
         Ok(SqliteStore {
@@ -192,6 +289,158 @@ impl Store for SqliteStore {
         self.with(move |c| {
             c.execute("DELETE FROM rejected WHERE received_at < ?1", [before_ms])
                 .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn destinations(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT name, config FROM destinations ORDER BY name")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn put_destination(&self, name: &str, config_json: &str) -> Result<(), StoreError> {
+        let (name, config) = (name.to_string(), config_json.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO destinations (name, config) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET config = excluded.config",
+                params![name, config],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn delete_destination(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute("DELETE FROM destinations WHERE name = ?1", [&name])?;
+            tx.execute("DELETE FROM pending WHERE destination = ?1", [&name])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn apply_deliveries(&self, batch: DeliveryBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.with(move |c| delivery::apply(c, &batch)).await
+    }
+
+    async fn due_pending(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        let destination = destination.to_string();
+        self.with(move |c| delivery::due_pending(c, &destination, now_ms, limit))
+            .await
+    }
+
+    async fn pending_count(&self, destination: &str) -> Result<u64, StoreError> {
+        let destination = destination.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM pending WHERE destination = ?1",
+                [destination],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn reschedule_pending(&self, destination: &str, now_ms: i64) -> Result<u64, StoreError> {
+        let destination = destination.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE pending SET next_at = ?2 WHERE destination = ?1 AND next_at > ?2",
+                params![destination, now_ms],
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn dead_letters(
+        &self,
+        destination: &str,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let (destination, filter) = (destination.to_string(), filter.clone());
+        self.with(move |c| delivery::dead_letters(c, &destination, &filter, limit))
+            .await
+    }
+
+    async fn dead_letter_count(&self, destination: &str) -> Result<u64, StoreError> {
+        let destination = destination.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM dead_letters WHERE destination = ?1",
+                [destination],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        destination: &str,
+        filter: &DeadLetterFilter,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let (destination, filter) = (destination.to_string(), filter.clone());
+        self.with(move |c| delivery::replay_dead_letters(c, &destination, &filter, now_ms))
+            .await
+    }
+
+    async fn deliveries_of(&self, message_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let message_id = message_id.to_string();
+        self.with(move |c| delivery::deliveries_of(c, &message_id))
+            .await
+    }
+
+    async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let a = tx.execute("DELETE FROM deliveries WHERE updated_at < ?1", [before_ms])?;
+            let b = tx.execute("DELETE FROM dead_letters WHERE failed_at < ?1", [before_ms])?;
+            tx.commit()?;
+            Ok((a + b) as u64)
+        })
+        .await
+    }
+
+    async fn put_replay_job(&self, id: &str, job_json: &str) -> Result<(), StoreError> {
+        let (id, job) = (id.to_string(), job_json.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO replay_jobs (id, job) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET job = excluded.job",
+                params![id, job],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn replay_jobs(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT job FROM replay_jobs ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
         })
         .await
     }

@@ -1,6 +1,8 @@
 //! Starts the real `sluice` binary on a free port and talks HTTP to it.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -143,6 +145,43 @@ impl Server {
             &[("Authorization", &auth)],
             None,
         )
+    }
+
+    /// An admin call with a JSON body.
+    pub fn admin_call(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let auth = format!("Bearer {}", self.admin_token);
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+        self.request(
+            method,
+            &format!("/admin/v1{path}"),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            bytes.as_deref(),
+        )
+    }
+
+    /// Re-reads an admin endpoint until `done` holds for its body (a condition, checked
+    /// every 20 ms); panics with `what` and the last body after `limit`.
+    pub fn admin_until(
+        &self,
+        path: &str,
+        what: &str,
+        limit: std::time::Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let r = self.admin(path);
+            if r.status == 200 && done(&r.body) {
+                return r.body;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("gave up waiting for {what}: {} {}", r.status, r.body);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// The stored events of a source, newest first.

@@ -1,0 +1,531 @@
+//! The router: the set of configured destinations, each running its own consumer
+//! ([`crate::worker`]), and the operations the admin API and `sluice replay` use.
+//!
+//! Destinations come from two places: `sluice.toml` (read-only at run time; the file is
+//! the truth) and the admin API (persisted in the state store, survive restarts). A
+//! destination is validated before it runs; a disabled destination's consumer does not
+//! run, so its cursor stays where it was and it catches up when enabled again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sluice_log::EventLog;
+use sluice_store::{DeadLetter, DeadLetterFilter, DeliveryRecord, Store};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{ConfigError, DestinationConfig};
+use crate::worker::{self, now_ms, Ctx, Mode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("no destination named {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("destination {0:?} is defined in the configuration file; change it there")]
+    ManagedByFile(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> RouterError {
+    RouterError::Storage(e.to_string())
+}
+
+/// A log-replay job: one destination, a window of receive times.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplayJob {
+    pub id: String,
+    pub destination: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    /// `running`, `done`, `cancelled` (its destination was changed or removed).
+    pub status: String,
+    pub created_at_ms: i64,
+}
+
+struct Running {
+    config: DestinationConfig,
+    from_file: bool,
+    /// The validation error when the destination could not start.
+    error: Option<String>,
+    ctx: Option<Arc<Ctx>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub struct Router {
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn Store>,
+    log_end: watch::Receiver<u64>,
+    sources: Vec<String>,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl Router {
+    /// Validates the file's destinations (an error stops the server: the file is wrong),
+    /// loads the ones created over the admin API, and starts every enabled one.
+    pub async fn start(
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn Store>,
+        log_end: watch::Receiver<u64>,
+        sources: Vec<String>,
+        from_file: Vec<DestinationConfig>,
+    ) -> Result<Arc<Router>, RouterError> {
+        let router = Arc::new(Router {
+            log,
+            store,
+            log_end,
+            sources,
+            running: Mutex::new(HashMap::new()),
+        });
+        let source_refs: Vec<&str> = router.sources.iter().map(String::as_str).collect();
+        let mut seen = std::collections::HashSet::new();
+        for cfg in &from_file {
+            cfg.validate(&source_refs)?;
+            if !seen.insert(cfg.name.clone()) {
+                return Err(RouterError::BadRequest(format!(
+                    "destination {:?} is defined twice in the configuration file",
+                    cfg.name
+                )));
+            }
+        }
+        for cfg in from_file {
+            router.launch(cfg, true).await?;
+        }
+        for (name, text) in router.store.destinations().await.map_err(storage)? {
+            if seen.contains(&name) {
+                tracing::warn!(destination = %name, "defined in the file and over the admin API; the file wins");
+                continue;
+            }
+            match serde_json::from_str::<DestinationConfig>(&text) {
+                Ok(cfg) => router.launch(cfg, false).await?,
+                Err(e) => {
+                    tracing::error!(destination = %name, error = %e, "stored destination is unreadable; skipped")
+                }
+            }
+        }
+        router.resume_replays().await;
+        Ok(router)
+    }
+
+    /// Starts (or restarts) a destination's consumer. Invalid configurations are kept
+    /// with their error (visible over the admin API) and do not run.
+    async fn launch(&self, cfg: DestinationConfig, from_file: bool) -> Result<(), RouterError> {
+        let source_refs: Vec<&str> = self.sources.iter().map(String::as_str).collect();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut entry = Running {
+            config: cfg.clone(),
+            from_file,
+            error: None,
+            ctx: None,
+            stop,
+            tasks: Vec::new(),
+        };
+        match cfg.validate(&source_refs) {
+            Err(e) => {
+                tracing::error!(destination = %cfg.name, error = %e, "destination not started");
+                entry.error = Some(e.to_string());
+            }
+            Ok(dest) => {
+                // A new destination takes the events that arrive from now on: its cursor
+                // is set before anything can be sent to the server after it starts.
+                let consumer = worker::consumer_name(&dest.name);
+                if self.log.cursor(&consumer).await.map_err(storage)?.is_none() {
+                    let end = self.log.end_offset().await.map_err(storage)?;
+                    self.log.commit(&consumer, end).await.map_err(storage)?;
+                }
+                let ctx = Arc::new(Ctx::new(dest, self.log.clone(), self.store.clone()));
+                if cfg.enabled {
+                    let task = tokio::spawn({
+                        let (ctx, log_end) = (ctx.clone(), self.log_end.clone());
+                        async move {
+                            worker::run(ctx, Mode::Main, stop_rx, log_end).await;
+                        }
+                    });
+                    entry.tasks.push(task);
+                }
+                entry.ctx = Some(ctx);
+            }
+        }
+        let old = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|mut m| m.insert(cfg.name.clone(), entry));
+        if let Some(old) = old {
+            let _ = old.stop.send(true);
+        }
+        Ok(())
+    }
+
+    fn with<T>(&self, name: &str, f: impl FnOnce(&Running) -> T) -> Result<T, RouterError> {
+        let map = self
+            .running
+            .lock()
+            .map_err(|_| RouterError::Storage("router state lock poisoned".into()))?;
+        map.get(name)
+            .map(f)
+            .ok_or_else(|| RouterError::NotFound(name.to_string()))
+    }
+
+    fn ctx(&self, name: &str) -> Result<Arc<Ctx>, RouterError> {
+        self.with(name, |r| r.ctx.clone())?.ok_or_else(|| {
+            RouterError::BadRequest(format!(
+                "destination {name:?} has an invalid configuration and is not running"
+            ))
+        })
+    }
+
+    /// Every destination with where it came from and whether it runs.
+    pub fn list(&self) -> Vec<Value> {
+        let Ok(map) = self.running.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Value> = map.values().map(describe).collect();
+        out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        out
+    }
+
+    pub fn get(&self, name: &str) -> Result<Value, RouterError> {
+        self.with(name, describe)
+    }
+
+    /// Creates or replaces a destination created over the admin API. Returns whether it
+    /// is new. The consumer restarts with the new settings from its committed cursor.
+    pub async fn put(&self, cfg: DestinationConfig) -> Result<bool, RouterError> {
+        let source_refs: Vec<&str> = self.sources.iter().map(String::as_str).collect();
+        cfg.validate(&source_refs)?;
+        let existing = self.with(&cfg.name, |r| r.from_file).ok();
+        if existing == Some(true) {
+            return Err(RouterError::ManagedByFile(cfg.name.clone()));
+        }
+        let text = serde_json::to_string(&cfg).map_err(storage)?;
+        self.store
+            .put_destination(&cfg.name, &text)
+            .await
+            .map_err(storage)?;
+        let created = existing.is_none();
+        self.launch(cfg, false).await?;
+        Ok(created)
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), RouterError> {
+        if self.with(name, |r| r.from_file)? {
+            return Err(RouterError::ManagedByFile(name.to_string()));
+        }
+        self.store.delete_destination(name).await.map_err(storage)?;
+        let removed = self.running.lock().ok().and_then(|mut m| m.remove(name));
+        if let Some(r) = removed {
+            let _ = r.stop.send(true);
+        }
+        Ok(())
+    }
+
+    /// Event Delivery: counts, latency percentiles, latest errors, backlog and lag.
+    pub async fn delivery(&self, name: &str) -> Result<Value, RouterError> {
+        let ctx = self.ctx(name)?;
+        let now = now_ms();
+        let mut report = ctx.stats.report(now);
+        let consumer = worker::consumer_name(name);
+        let cursor = self.log.cursor(&consumer).await.map_err(storage)?;
+        let end = self.log.end_offset().await.map_err(storage)?;
+        let cursor = cursor.unwrap_or(end);
+        let lag_ms = match self.log.read(cursor, 1).await.map_err(storage)?.first() {
+            Some(e) => (now - e.received_at_ms).max(0),
+            None => 0,
+        };
+        let pending = self.store.pending_count(name).await.map_err(storage)?;
+        let dead = self.store.dead_letter_count(name).await.map_err(storage)?;
+        report["destination"] = json!(name);
+        report["backlog"] = json!({
+            "log_events": end.saturating_sub(cursor),
+            "cursor": cursor,
+            "log_end": end,
+            "lag_ms": lag_ms,
+            "retry_queue": pending,
+            "dead_letters": dead,
+            "paused": ctx.stats.is_paused(),
+        });
+        Ok(report)
+    }
+
+    /// Every destination's record of one event.
+    pub async fn journey(&self, message_id: &str) -> Result<Vec<DeliveryRecord>, RouterError> {
+        self.store.deliveries_of(message_id).await.map_err(storage)
+    }
+
+    /// The Event Tester: sends `event` (or a sample) now, and reports each request and
+    /// answer. Nothing is recorded or retried.
+    pub async fn test(&self, name: &str, event: Option<Value>) -> Result<Value, RouterError> {
+        let ctx = self.ctx(name)?;
+        let mut event = event.unwrap_or_else(sample_event);
+        let Some(obj) = event.as_object_mut() else {
+            return Err(RouterError::BadRequest(
+                "the test event must be a JSON object".into(),
+            ));
+        };
+        if !obj.contains_key("messageId") {
+            obj.insert("messageId".into(), json!(format!("test-{}", now_ms())));
+        }
+        let body = serde_json::to_vec(&event).map_err(storage)?;
+        let route = crate::routing::route(&ctx.dest, &body);
+        let (reqs, answers, verdict) = ctx.send(&[&body]).await;
+        let calls: Vec<Value> = reqs
+            .iter()
+            .zip(&answers)
+            .map(|(r, a)| {
+                let headers: serde_json::Map<String, Value> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+                    .collect();
+                json!({
+                    "request": {
+                        "method": r.method.as_str(),
+                        "url": r.url.as_str(),
+                        "headers": headers,
+                        "body": String::from_utf8_lossy(&r.body),
+                    },
+                    "response": a.status.map(|s| json!({
+                        "status": s,
+                        "headers": a.headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+                        "body": a.body,
+                    })),
+                    "error": a.error,
+                    "duration_ms": a.duration.as_millis() as u64,
+                })
+            })
+            .collect();
+        Ok(json!({
+            "destination": name,
+            "result": verdict_name(verdict),
+            "would_route": match route {
+                crate::routing::Route::Send => json!({"send": true}),
+                crate::routing::Route::Filtered(why) | crate::routing::Route::DroppedByIntegrations(why) =>
+                    json!({"send": false, "reason": why}),
+            },
+            "calls": calls,
+        }))
+    }
+
+    pub async fn dead_letters(
+        &self,
+        name: &str,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, RouterError> {
+        self.with(name, |_| ())?;
+        self.store
+            .dead_letters(name, filter, limit)
+            .await
+            .map_err(storage)
+    }
+
+    /// Moves matching dead letters back into the retry queue, due now.
+    pub async fn replay_dead_letters(
+        &self,
+        name: &str,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64, RouterError> {
+        let ctx = self.ctx(name)?;
+        let n = self
+            .store
+            .replay_dead_letters(name, filter, now_ms())
+            .await
+            .map_err(storage)?;
+        ctx.retry_wake.notify_one();
+        Ok(n)
+    }
+
+    /// Re-delivers the events received in `[from_ms, to_ms)` to one destination with a
+    /// fresh consumer over that window (the destination's own cursor does not move).
+    pub async fn replay_window(
+        &self,
+        name: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<ReplayJob, RouterError> {
+        self.ctx(name)?;
+        if to_ms <= from_ms {
+            return Err(RouterError::BadRequest(
+                "`to` must be later than `from`".into(),
+            ));
+        }
+        let start = self.log.offset_at(from_ms).await.map_err(storage)?;
+        let end_now = self.log.end_offset().await.map_err(storage)?;
+        // Events received before `to` sit before the first group committed a minute
+        // later (clocks that step back further are the one exception).
+        let end = self
+            .log
+            .offset_at(to_ms.saturating_add(60_000))
+            .await
+            .map_err(storage)?
+            .min(end_now);
+        let now = now_ms();
+        let job = ReplayJob {
+            id: format!("rpl_{now}_{:04x}", rand::random::<u16>()),
+            destination: name.to_string(),
+            from_ms,
+            to_ms,
+            start_offset: start,
+            end_offset: end.max(start),
+            status: "running".into(),
+            created_at_ms: now,
+        };
+        self.save_job(&job).await?;
+        self.run_job(job.clone())?;
+        Ok(job)
+    }
+
+    async fn save_job(&self, job: &ReplayJob) -> Result<(), RouterError> {
+        let text = serde_json::to_string(job).map_err(storage)?;
+        self.store
+            .put_replay_job(&job.id, &text)
+            .await
+            .map_err(storage)
+    }
+
+    fn run_job(&self, job: ReplayJob) -> Result<(), RouterError> {
+        let ctx = self.ctx(&job.destination)?;
+        let (stop_rx, log_end) = (
+            self.with(&job.destination, |r| r.stop.subscribe())?,
+            self.log_end.clone(),
+        );
+        let store = self.store.clone();
+        let destination = job.destination.clone();
+        let mode = Mode::Replay {
+            consumer: format!("replay:{}", job.id),
+            start: job.start_offset,
+            end: job.end_offset,
+            from_ms: job.from_ms,
+            to_ms: job.to_ms,
+        };
+        let task = tokio::spawn(async move {
+            let finished = worker::run(ctx, mode, stop_rx, log_end).await;
+            if finished {
+                let mut job = job;
+                job.status = "done".into();
+                if let Ok(text) = serde_json::to_string(&job) {
+                    if let Err(e) = store.put_replay_job(&job.id, &text).await {
+                        tracing::warn!(error = %e, "cannot record the end of a replay");
+                    }
+                }
+                tracing::info!(job = %job.id, destination = %job.destination, "replay finished");
+            }
+        });
+        if let Ok(mut map) = self.running.lock() {
+            if let Some(r) = map.get_mut(&destination) {
+                r.tasks.push(task);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replay jobs of a destination (all when `name` is `None`), newest first.
+    pub async fn replay_jobs(&self, name: Option<&str>) -> Result<Vec<ReplayJob>, RouterError> {
+        let mut jobs: Vec<ReplayJob> = self
+            .store
+            .replay_jobs()
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .filter_map(|t| serde_json::from_str(&t).ok())
+            .filter(|j: &ReplayJob| name.is_none_or(|n| j.destination == n))
+            .collect();
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.created_at_ms));
+        Ok(jobs)
+    }
+
+    async fn resume_replays(&self) {
+        let Ok(jobs) = self.replay_jobs(None).await else {
+            return;
+        };
+        for job in jobs.into_iter().filter(|j| j.status == "running") {
+            if let Err(e) = self.run_job(job.clone()) {
+                tracing::warn!(job = %job.id, error = %e, "cannot resume a replay");
+            }
+        }
+    }
+
+    /// Stops every consumer: completed results are written and cursors committed;
+    /// requests still in flight are sent again after the restart.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<JoinHandle<()>> = match self.running.lock() {
+            Ok(mut map) => map
+                .values_mut()
+                .flat_map(|r| {
+                    let _ = r.stop.send(true);
+                    std::mem::take(&mut r.tasks)
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn verdict_name(v: crate::retry::Verdict) -> &'static str {
+    match v {
+        crate::retry::Verdict::Delivered => "delivered",
+        crate::retry::Verdict::Retry { .. } => "retryable_error",
+        crate::retry::Verdict::Permanent => "permanent_error",
+    }
+}
+
+fn describe(r: &Running) -> Value {
+    let mut v = serde_json::to_value(&r.config).unwrap_or(Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "managed_by".into(),
+            json!(if r.from_file { "file" } else { "api" }),
+        );
+        obj.insert(
+            "state".into(),
+            json!(match (&r.error, r.config.enabled) {
+                (Some(_), _) => "invalid",
+                (None, true) => "running",
+                (None, false) => "disabled",
+            }),
+        );
+        if let Some(e) = &r.error {
+            obj.insert("error".into(), json!(e));
+        }
+        // Never echo the shared secret.
+        if let Some(s) = obj
+            .get_mut("settings")
+            .and_then(Value::as_object_mut)
+            .and_then(|s| s.get_mut("sharedSecret"))
+        {
+            if s.as_str().is_some_and(|t| !t.is_empty()) {
+                *s = json!("********");
+            }
+        }
+    }
+    v
+}
+
+fn sample_event() -> Value {
+    let now = chrono::Utc::now();
+    let ts = sluice_spec::time::format_timestamp(&now);
+    json!({
+        "type": "track",
+        "event": "Test Event",
+        "userId": "test-user",
+        "properties": {"sample": true},
+        "context": {"library": {"name": "sluice-event-tester", "version": env!("CARGO_PKG_VERSION")}},
+        "timestamp": ts,
+        "receivedAt": ts,
+        "sentAt": ts,
+        "originalTimestamp": ts,
+    })
+}

@@ -1,0 +1,393 @@
+//! The admin API of destinations (under `/admin/v1`, behind the admin token; documented
+//! in `docs/api.md`): configuration, Event Delivery reports, the Event Tester, dead
+//! letters and their replay, log-window replay, and one event's journey.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use sluice_destinations::{DestinationConfig, Router as Destinations};
+use sluice_store::{DeadLetter, DeadLetterFilter};
+
+use crate::error::ApiError;
+use crate::App;
+
+const MAX_LIMIT: usize = 1000;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/destinations", get(list))
+        .route("/destinations/{name}", get(show).put(put).delete(delete))
+        .route("/destinations/{name}/delivery", get(delivery))
+        .route("/destinations/{name}/test", post(test))
+        .route("/destinations/{name}/dead-letters", get(dead_letters))
+        .route(
+            "/destinations/{name}/dead-letters/replay",
+            post(replay_dead_letters),
+        )
+        .route("/destinations/{name}/replay", post(replay_window))
+        .route("/destinations/{name}/replays", get(replays))
+        .route("/events/{message_id}", get(journey))
+}
+
+fn router(app: &App) -> Result<&Arc<Destinations>, ApiError> {
+    app.destinations
+        .get()
+        .ok_or_else(|| ApiError::unavailable("routing is not running"))
+}
+
+/// A JSON body, with a precise error when it is not one.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("the body is not a valid {what}: {e}"),
+        )
+    })
+}
+
+async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "data": router(&app)?.list() })))
+}
+
+async fn show(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(router(&app)?.get(&name)?))
+}
+
+async fn put(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut raw: Value = json_body(&body, "JSON object")?;
+    let Some(obj) = raw.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    };
+    match obj.get("name") {
+        None => {
+            obj.insert("name".into(), json!(name));
+        }
+        Some(Value::String(n)) if *n == name => {}
+        Some(other) => {
+            return Err(ApiError {
+                field: Some("name".into()),
+                ..ApiError::bad_request(
+                    "name_mismatch",
+                    format!("the body names destination {other}, the URL {name:?}"),
+                )
+            })
+        }
+    }
+    let cfg: DestinationConfig = serde_json::from_value(raw).map_err(|e| {
+        ApiError::bad_request("invalid_destination", format!("invalid destination: {e}"))
+    })?;
+    let r = router(&app)?;
+    let created = r.put(cfg).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(r.get(&name)?)).into_response())
+}
+
+async fn delete(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    router(&app)?.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delivery(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(router(&app)?.delivery(&name).await?))
+}
+
+/// Body: empty (a sample track event), `{"event": {...}}`, or the event itself.
+async fn test(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let event = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: Value = json_body(&body, "JSON object")?;
+        match v.get("event") {
+            Some(e) if e.is_object() => Some(e.clone()),
+            _ => Some(v),
+        }
+    };
+    Ok(Json(router(&app)?.test(&name, event).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilterParams {
+    since: Option<String>,
+    until: Option<String>,
+    status: Option<String>,
+    user: Option<String>,
+    limit: Option<String>,
+}
+
+/// An ISO-8601 time or milliseconds since the epoch.
+fn time_param(value: &Option<String>, field: &'static str) -> Result<Option<i64>, ApiError> {
+    let Some(v) = value else { return Ok(None) };
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    sluice_spec::time::parse_timestamp(v)
+        .map(|t| Some(t.timestamp_millis()))
+        .ok_or_else(|| ApiError {
+            field: Some(field.into()),
+            ..ApiError::bad_request(
+                "invalid_time",
+                format!(
+                    "{field} must be an ISO-8601 time or milliseconds since the epoch, not {v:?}"
+                ),
+            )
+        })
+}
+
+fn filter_of(p: &FilterParams) -> Result<DeadLetterFilter, ApiError> {
+    let status = match &p.status {
+        None => None,
+        Some(s) => Some(
+            s.parse::<u16>()
+                .ok()
+                .filter(|s| (100..=599).contains(s))
+                .ok_or_else(|| ApiError {
+                    field: Some("status".into()),
+                    ..ApiError::bad_request(
+                        "invalid_status",
+                        format!("status must be an HTTP status code, not {s:?}"),
+                    )
+                })?,
+        ),
+    };
+    Ok(DeadLetterFilter {
+        since_ms: time_param(&p.since, "since")?,
+        until_ms: time_param(&p.until, "until")?,
+        status,
+        user_key: p.user.clone(),
+    })
+}
+
+fn limit_of(p: &FilterParams) -> Result<usize, ApiError> {
+    match &p.limit {
+        None => Ok(100),
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| ApiError {
+                field: Some("limit".into()),
+                ..ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be an integer from 1 to {MAX_LIMIT}, not {s:?}"),
+                )
+            }),
+    }
+}
+
+fn iso(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| sluice_spec::time::format_timestamp(&t))
+}
+
+fn raw_json(bytes: &[u8]) -> Value {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| RawValue::from_string(s.to_string()).ok())
+        .and_then(|raw| serde_json::to_value(raw).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn dead_letter_json(d: &DeadLetter) -> Value {
+    json!({
+        "id": d.id,
+        "messageId": d.message_id,
+        "userKey": d.user_key,
+        "offset": d.offset,
+        "receivedAt": iso(d.received_at_ms),
+        "failedAt": iso(d.failed_at_ms),
+        "reason": d.reason,
+        "status": d.status,
+        "attempts": d.attempts.iter().map(|a| json!({
+            "at": iso(a.at_ms),
+            "url": a.url,
+            "status": a.status,
+            "error": a.error,
+            "response": a.response,
+            "duration_ms": a.duration_ms,
+        })).collect::<Vec<_>>(),
+        "event": raw_json(&d.payload),
+    })
+}
+
+async fn dead_letters(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    Query(p): Query<FilterParams>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = filter_of(&p)?;
+    let letters = router(&app)?
+        .dead_letters(&name, &filter, limit_of(&p)?)
+        .await?;
+    Ok(Json(
+        json!({ "data": letters.iter().map(dead_letter_json).collect::<Vec<_>>() }),
+    ))
+}
+
+/// Body (all optional): `{"since", "until", "status", "user"}`.
+async fn replay_dead_letters(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        since: Option<Value>,
+        until: Option<Value>,
+        status: Option<Value>,
+        user: Option<String>,
+    }
+    let b: Body = if body.iter().all(u8::is_ascii_whitespace) {
+        Body::default()
+    } else {
+        json_body(
+            &body,
+            "replay filter ({\"since\", \"until\", \"status\", \"user\"})",
+        )?
+    };
+    let text = |v: Option<Value>| {
+        v.map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string())
+        })
+    };
+    let params = FilterParams {
+        since: text(b.since),
+        until: text(b.until),
+        status: text(b.status),
+        user: b.user,
+        limit: None,
+    };
+    let n = router(&app)?
+        .replay_dead_letters(&name, &filter_of(&params)?)
+        .await?;
+    Ok(Json(json!({ "replayed": n })))
+}
+
+/// Body: `{"from": time, "to": time}` (ISO-8601 or epoch milliseconds).
+async fn replay_window(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        from: Value,
+        to: Option<Value>,
+    }
+    let b: Body = json_body(&body, "replay window ({\"from\", \"to\"})")?;
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let from = time_param(&Some(text(&b.from)), "from")?.unwrap_or_default();
+    let to = match &b.to {
+        Some(v) => time_param(&Some(text(v)), "to")?.unwrap_or_default(),
+        None => chrono::Utc::now().timestamp_millis(),
+    };
+    let job = router(&app)?.replay_window(&name, from, to).await?;
+    Ok((StatusCode::ACCEPTED, Json(job_json(&job))).into_response())
+}
+
+fn job_json(j: &sluice_destinations::ReplayJob) -> Value {
+    json!({
+        "id": j.id,
+        "destination": j.destination,
+        "from": iso(j.from_ms),
+        "to": iso(j.to_ms),
+        "start_offset": j.start_offset,
+        "end_offset": j.end_offset,
+        "status": j.status,
+        "created_at": iso(j.created_at_ms),
+    })
+}
+
+async fn replays(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let r = router(&app)?;
+    r.get(&name)?;
+    let jobs = r.replay_jobs(Some(&name)).await?;
+    Ok(Json(
+        json!({ "data": jobs.iter().map(job_json).collect::<Vec<_>>() }),
+    ))
+}
+
+/// One event's journey: every destination's record of it, and the event itself.
+async fn journey(
+    State(app): State<Arc<App>>,
+    Path(message_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let records = router(&app)?.journey(&message_id).await?;
+    let mut event = Value::Null;
+    if let Some(first) = records.first() {
+        if let Ok(found) = app.log.read(first.offset, 1).await {
+            if let Some(e) = found.into_iter().find(|e| e.offset == first.offset) {
+                event = json!({
+                    "source": e.source,
+                    "offset": e.offset,
+                    "receivedAt": iso(e.received_at_ms),
+                    "event": raw_json(&e.payload),
+                });
+            }
+        }
+    }
+    if records.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no destination has a record of messageId {message_id:?}"
+        )));
+    }
+    let deliveries: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            json!({
+                "destination": r.destination,
+                "outcome": r.outcome,
+                "attempts": r.attempts,
+                "updatedAt": iso(r.updated_at_ms),
+                "latency_ms": r.latency_ms,
+                "status": r.status,
+                "detail": r.detail,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "messageId": message_id, "stored": event, "deliveries": deliveries }),
+    ))
+}

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Drives Segment's official Python and Node libraries against a running Sluice.
 # Needs SLUICE_URL, SLUICE_WRITE_KEY, SLUICE_ADMIN_TOKEN (and SLUICE_SOURCE, default "web").
+# With SLUICE_HOOKS_WRITE_KEY and SLUICE_HOOKS_SECRET (and SLUICE_HOOKS_PORT, default 18099)
+# it also checks delivery through a webhook destination (python_webhook.py).
 # Installs the libraries from PyPI and npm on first use (into $CLIENTS_CACHE).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,4 +14,7 @@ fi
 "$cache/venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 (cd "$here" && npm ci --no-audit --no-fund --silent)
 "$cache/venv/bin/python" "$here/python_client.py"
+if [ -n "${SLUICE_HOOKS_WRITE_KEY:-}" ]; then
+  "$cache/venv/bin/python" "$here/python_webhook.py"
+fi
 node "$here/node_client.mjs"

@@ -1,7 +1,8 @@
-//! The `sluice` binary: `serve`, `check`, `bench`.
+//! The `sluice` binary: `serve`, `check`, `replay`, `bench`.
 
 mod bench;
 mod config;
+mod replay;
 mod serve;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
         #[arg(long, short, default_value = "sluice.toml", env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
+    /// Re-deliver to one destination: its dead letters, or a window of the event log.
+    Replay(replay::ReplayArgs),
     /// Benchmarks against a running server.
     Bench {
         #[command(subcommand)]
@@ -52,13 +55,17 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Check { config } => config::load(&config).map(|cfg| {
+            let plural = |n: usize| if n == 1 { "" } else { "s" };
             println!(
-                "{}: ok ({} source{})",
+                "{}: ok ({} source{}, {} destination{})",
                 config.display(),
                 cfg.sources.len(),
-                if cfg.sources.len() == 1 { "" } else { "s" }
+                plural(cfg.sources.len()),
+                cfg.destinations.len(),
+                plural(cfg.destinations.len()),
             );
         }),
+        Command::Replay(args) => replay::run(args),
         Command::Bench { which } => bench::run(which),
         Command::BenchBaseline { listen } => bench::baseline(listen),
     };

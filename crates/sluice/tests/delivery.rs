@@ -243,8 +243,20 @@ fn a_permanent_error_is_dead_lettered_at_once_and_replays_after_a_fix() {
         Receiver::delivered_ids(&got),
         HashSet::from(["d1".to_string(), "d3".to_string()])
     );
-    let r = s.admin_call("POST", "/destinations/hooks/dead-letters/replay", None);
-    assert_eq!(r.body["replayed"], 1);
+    // The rest with `sluice replay`, the operator's command.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["replay", "hooks", "--dead-letters", "--url", &s.url, "--token", &s.admin_token])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 dead letter(s)"), "{stdout}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["replay", "nope", "--url", &s.url, "--token", &s.admin_token])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no destination named \"nope\""));
     rx.wait_until("the third", WAIT, |l| Receiver::delivered_ids(l).len() == 3);
     s.admin_until(
         "/destinations/hooks/dead-letters",

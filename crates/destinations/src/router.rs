@@ -257,9 +257,17 @@ impl Router {
         Ok(report)
     }
 
-    /// Every destination's record of one event.
-    pub async fn journey(&self, message_id: &str) -> Result<Vec<DeliveryRecord>, RouterError> {
-        self.store.deliveries_of(message_id).await.map_err(storage)
+    /// Every destination's record of one event received at or after `since_ms`.
+    pub async fn journey(
+        &self,
+        message_id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<DeliveryRecord>, RouterError> {
+        let from = self.log.offset_at(since_ms).await.map_err(storage)?;
+        self.store
+            .deliveries_of(message_id, from)
+            .await
+            .map_err(storage)
     }
 
     /// The Event Tester: sends `event` (or a sample) now, and reports each request and

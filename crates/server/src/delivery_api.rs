@@ -349,12 +349,22 @@ async fn replays(
     ))
 }
 
-/// One event's journey: every destination's record of it, and the event itself.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JourneyParams {
+    since: Option<String>,
+}
+
+/// One event's journey: every destination's record of it, and the event itself. Searches
+/// events received in the last 24 hours unless `?since=` reaches further back.
 async fn journey(
     State(app): State<Arc<App>>,
     Path(message_id): Path<String>,
+    Query(p): Query<JourneyParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let records = router(&app)?.journey(&message_id).await?;
+    let since = time_param(&p.since, "since")?
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis() - 24 * 3600 * 1000);
+    let records = router(&app)?.journey(&message_id, since).await?;
     let mut event = Value::Null;
     if let Some(first) = records.first() {
         if let Ok(found) = app.log.read(first.offset, 1).await {
@@ -370,7 +380,8 @@ async fn journey(
     }
     if records.is_empty() {
         return Err(ApiError::not_found(format!(
-            "no destination has a record of messageId {message_id:?}"
+            "no destination has a record of messageId {message_id:?} (searched events received since {}; use ?since= to search further back)",
+            iso(since).unwrap_or_default()
         )));
     }
     let deliveries: Vec<Value> = records

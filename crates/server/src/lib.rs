@@ -228,8 +228,16 @@ async fn retention_loop(app: Arc<App>) {
         if let Err(e) = app.store.prune_rejected(before).await {
             tracing::warn!(error = %e, "pruning rejected records failed");
         }
+        // Delivery records go with their events; dead letters keep their own clock.
         let before = now - app.settings.delivery_retention.as_millis() as i64;
-        if let Err(e) = app.store.prune_deliveries(before).await {
+        let oldest_kept = match app.log.offset_at(before).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find the retention offset");
+                continue;
+            }
+        };
+        if let Err(e) = app.store.prune_deliveries(oldest_kept, before).await {
             tracing::warn!(error = %e, "pruning delivery records failed");
         }
     }

@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 pub enum BenchCommand {
     /// Load the Tracking API of a running server.
     Ingest(IngestArgs),
+    /// Ingest → webhook delivery → a local receiver: end-to-end events/s and latency.
+    Deliver(crate::bench_deliver::DeliverArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -49,11 +51,13 @@ pub struct IngestArgs {
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Ingest(args) = cmd;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(ingest(args))
+    match cmd {
+        BenchCommand::Ingest(args) => runtime.block_on(ingest(args)),
+        BenchCommand::Deliver(args) => runtime.block_on(crate::bench_deliver::deliver(args)),
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -146,7 +150,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     Ok(())
 }
 
-fn round3(v: f64) -> f64 {
+pub(crate) fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
@@ -162,7 +166,7 @@ fn report(name: &str, m: &Measured) {
     );
 }
 
-fn parse_url(url: &str) -> Result<SocketAddr> {
+pub(crate) fn parse_url(url: &str) -> Result<SocketAddr> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("--url must start with http:// (got {url:?})"))?;
@@ -216,7 +220,7 @@ pub fn baseline(listen: SocketAddr) -> Result<()> {
     })
 }
 
-async fn sample_rss(addr: SocketAddr, peak: Arc<AtomicU64>, running: Arc<AtomicBool>) {
+pub(crate) async fn sample_rss(addr: SocketAddr, peak: Arc<AtomicU64>, running: Arc<AtomicBool>) {
     while running.load(Ordering::SeqCst) {
         if let Ok(Some(v)) = scrape_rss(addr).await {
             peak.fetch_max(v, Ordering::SeqCst);
@@ -228,7 +232,7 @@ async fn sample_rss(addr: SocketAddr, peak: Arc<AtomicU64>, running: Arc<AtomicB
     }
 }
 
-async fn scrape_rss(addr: SocketAddr) -> Result<Option<u64>> {
+pub(crate) async fn scrape_rss(addr: SocketAddr) -> Result<Option<u64>> {
     let mut conn = Conn::connect(addr).await?;
     let (_, body) = conn.request("GET", "/metrics", None, &[]).await?;
     let text = String::from_utf8_lossy(&body);
@@ -337,7 +341,7 @@ async fn load(addr: SocketAddr, args: &IngestArgs, run_id: &str) -> Result<Measu
 
 /// Realistic events: identify calls and e-commerce tracks of 600-1,000 bytes, each with a
 /// unique messageId.
-struct Generator {
+pub(crate) struct Generator {
     prefix: String,
     seq: u64,
 }
@@ -365,14 +369,14 @@ const PRODUCTS: [(&str, &str, &str, f64); 4] = [
 ];
 
 impl Generator {
-    fn new(nonce: &str, conn: usize) -> Generator {
+    pub(crate) fn new(nonce: &str, conn: usize) -> Generator {
         Generator {
             prefix: format!("bench-{nonce}-{conn}"),
             seq: 0,
         }
     }
 
-    fn event(&mut self) -> String {
+    pub(crate) fn event(&mut self) -> String {
         self.seq += 1;
         let n = self.seq;
         let user = format!(
@@ -430,14 +434,14 @@ impl Generator {
 }
 
 /// A minimal HTTP/1.1 keep-alive client: the generator must cost as little as possible.
-struct Conn {
+pub(crate) struct Conn {
     stream: TcpStream,
     addr: SocketAddr,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    async fn connect(addr: SocketAddr) -> Result<Conn> {
+    pub(crate) async fn connect(addr: SocketAddr) -> Result<Conn> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("cannot connect to {addr}"))?;
@@ -449,7 +453,7 @@ impl Conn {
         })
     }
 
-    async fn request(
+    pub(crate) async fn request(
         &mut self,
         method: &str,
         path: &str,
@@ -487,6 +491,9 @@ impl Conn {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow!("bad status line"))?;
+        if status == 204 || status == 304 {
+            return Ok((status, Vec::new()));
+        }
         let mut length = None;
         let mut chunked = false;
         for line in head.lines() {
@@ -547,7 +554,7 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
-fn base64_encode(input: &[u8]) -> String {
+pub(crate) fn base64_encode(input: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(input)
 }

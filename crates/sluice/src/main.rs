@@ -1,6 +1,7 @@
 //! The `sluice` binary: `serve`, `check`, `replay`, `bench`.
 
 mod bench;
+mod bench_deliver;
 mod config;
 mod replay;
 mod serve;

@@ -51,7 +51,11 @@ pub fn run(args: ReplayArgs) -> Result<()> {
         }
         None => {
             let mut b = json!({});
-            for (k, v) in [("since", &args.since), ("until", &args.until), ("user", &args.user)] {
+            for (k, v) in [
+                ("since", &args.since),
+                ("until", &args.until),
+                ("user", &args.user),
+            ] {
                 if let Some(v) = v {
                     b[k] = json!(v);
                 }
@@ -59,7 +63,10 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             if let Some(s) = args.status {
                 b["status"] = json!(s);
             }
-            (format!("/admin/v1/destinations/{dest}/dead-letters/replay"), b)
+            (
+                format!("/admin/v1/destinations/{dest}/dead-letters/replay"),
+                b,
+            )
         }
     };
     let url = format!("{base}{path}");

@@ -245,11 +245,23 @@ fn a_permanent_error_is_dead_lettered_at_once_and_replays_after_a_fix() {
     );
     // The rest with `sluice replay`, the operator's command.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["replay", "hooks", "--dead-letters", "--url", &s.url, "--token", &s.admin_token])
+        .args([
+            "replay",
+            "hooks",
+            "--dead-letters",
+            "--url",
+            &s.url,
+            "--token",
+            &s.admin_token,
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("1 dead letter(s)"), "{stdout}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["replay", "nope", "--url", &s.url, "--token", &s.admin_token])

@@ -333,23 +333,23 @@ pub(crate) fn replay_dead_letters(
 pub(crate) fn deliveries_of(
     c: &mut Connection,
     message_id: &str,
+    from_offset: u64,
 ) -> rusqlite::Result<Vec<DeliveryRecord>> {
     let mut stmt = c.prepare_cached(
-        "SELECT destination, log_offset, message_id, outcome, attempts, updated_at, latency_ms,
-                status, detail
-         FROM deliveries WHERE message_id = ?1 ORDER BY destination, log_offset",
+        "SELECT destination, log_offset, outcome, attempts, updated_at, latency_ms, status, detail
+         FROM deliveries WHERE log_offset >= ?2 AND message_id = ?1 ORDER BY destination, log_offset",
     )?;
-    let rows = stmt.query_map([message_id], |r| {
+    let rows = stmt.query_map(params![message_id, from_offset as i64], |r| {
         Ok(DeliveryRecord {
             destination: r.get(0)?,
             offset: r.get::<_, i64>(1)? as u64,
-            message_id: r.get(2)?,
-            outcome: r.get(3)?,
-            attempts: r.get(4)?,
-            updated_at_ms: r.get(5)?,
-            latency_ms: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-            status: r.get(7)?,
-            detail: r.get(8)?,
+            message_id: message_id.to_string(),
+            outcome: r.get(2)?,
+            attempts: r.get(3)?,
+            updated_at_ms: r.get(4)?,
+            latency_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+            status: r.get(6)?,
+            detail: r.get(7)?,
         })
     })?;
     rows.collect()

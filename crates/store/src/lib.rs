@@ -97,10 +97,18 @@ pub trait Store: Send + Sync + 'static {
         filter: &DeadLetterFilter,
         now_ms: i64,
     ) -> Result<u64, StoreError>;
-    /// Every destination's record of one event.
-    async fn deliveries_of(&self, message_id: &str) -> Result<Vec<DeliveryRecord>, StoreError>;
-    /// Deletes delivery records and dead letters last touched before `before_ms`.
-    async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Every destination's record of one event, searching the records of events at log
+    /// offsets from `from_offset` on (records are kept in log order without a messageId
+    /// index, which would cost a random B-tree insert per delivered event).
+    async fn deliveries_of(
+        &self,
+        message_id: &str,
+        from_offset: u64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// Deletes the delivery records of events before log offset `before_offset` (those
+    /// the log's retention removed) and dead letters that failed before `before_ms`.
+    async fn prune_deliveries(&self, before_offset: u64, before_ms: i64)
+        -> Result<u64, StoreError>;
 
     /// Log-replay jobs, as JSON documents keyed by id.
     async fn put_replay_job(&self, id: &str, job_json: &str) -> Result<(), StoreError>;
@@ -173,10 +181,8 @@ impl SqliteStore {
                  latency_ms INTEGER,
                  status INTEGER,
                  detail TEXT,
-                 PRIMARY KEY (destination, log_offset)
+                 PRIMARY KEY (log_offset, destination)
              ) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS deliveries_by_message ON deliveries(message_id);
-             CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries(updated_at);
              CREATE TABLE IF NOT EXISTS replay_jobs (id TEXT PRIMARY KEY, job TEXT NOT NULL) WITHOUT ROWID;",
         )
         .map_err(storage)?;
@@ -406,16 +412,27 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn deliveries_of(&self, message_id: &str) -> Result<Vec<DeliveryRecord>, StoreError> {
+    async fn deliveries_of(
+        &self,
+        message_id: &str,
+        from_offset: u64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let message_id = message_id.to_string();
-        self.with(move |c| delivery::deliveries_of(c, &message_id))
+        self.with(move |c| delivery::deliveries_of(c, &message_id, from_offset))
             .await
     }
 
-    async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError> {
+    async fn prune_deliveries(
+        &self,
+        before_offset: u64,
+        before_ms: i64,
+    ) -> Result<u64, StoreError> {
         self.with(move |c| {
             let tx = c.transaction()?;
-            let a = tx.execute("DELETE FROM deliveries WHERE updated_at < ?1", [before_ms])?;
+            let a = tx.execute(
+                "DELETE FROM deliveries WHERE log_offset < ?1",
+                [before_offset as i64],
+            )?;
             let b = tx.execute("DELETE FROM dead_letters WHERE failed_at < ?1", [before_ms])?;
             tx.commit()?;
             Ok((a + b) as u64)

@@ -164,4 +164,18 @@ mod tests {
             }
         }
     }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_names_of_private_addresses() {
+        use std::str::FromStr;
+        let name = Name::from_str("localhost").unwrap();
+        let err = match GuardedResolver.resolve(name).await {
+            Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("non-public") || err.contains("no addresses"),
+            "{err}"
+        );
+    }
 }

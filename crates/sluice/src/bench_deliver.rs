@@ -140,7 +140,11 @@ fn body(gen: &mut Generator, batch: usize) -> (&'static str, Vec<u8>, u64) {
     let t = now_us();
     if batch == 0 {
         let e = stamped(gen, t);
-        let path = if e.contains("\"type\":\"identify\"") { "/v1/identify" } else { "/v1/track" };
+        let path = if e.contains("\"type\":\"identify\"") {
+            "/v1/identify"
+        } else {
+            "/v1/track"
+        };
         return (path, e.into_bytes(), 1);
     }
     let mut out = String::with_capacity(batch * 950 + 64);
@@ -203,13 +207,19 @@ pub async fn deliver(args: DeliverArgs) -> Result<()> {
         "settings": {"sharedSecret": "bench-secret", "hooks": [{"hook": hook}]},
     });
     let path = format!("/admin/v1/destinations/{name}");
+    // Memory mode: first the same ingest with no destination (the baseline: what ingest
+    // alone grows, e.g. the dedupe window), then with the dead destination.
+    let baseline = match args.dead_events {
+        Some(n) => Some(ingest_sampling(&args, server, n, "without a destination").await?),
+        None => None,
+    };
     let (status, reply) = admin(server, &args.admin_token, "PUT", &path, Some(&dest)).await?;
     if status != 201 {
         bail!("cannot create the benchmark destination (HTTP {status}): {reply}");
     }
-    let result = match args.dead_events {
-        Some(n) => dead(&args, server, &name, n).await,
-        None => live(&args, server, receiver, seen).await,
+    let result = match (args.dead_events, baseline) {
+        (Some(n), Some(base)) => dead(&args, server, &name, n, base).await,
+        _ => live(&args, server, receiver, seen).await,
     };
     let (status, _) = admin(server, &args.admin_token, "DELETE", &path, None).await?;
     if status != 204 {
@@ -433,9 +443,15 @@ async fn direct(args: &DeliverArgs, receiver: SocketAddr, seen: &Arc<Seen>) -> R
     Ok((d1 - d0) as f64 / secs)
 }
 
-/// Memory while a dead destination's backlog grows to `n` events.
-async fn dead(args: &DeliverArgs, server: SocketAddr, name: &str, n: u64) -> Result<()> {
-    println!("bench deliver --dead-events {n}: destination {name} points at a closed port");
+/// RSS samples while ingesting `n` events as fast as possible: (events, MB) at every
+/// tenth of the way, and the seconds it took.
+async fn ingest_sampling(
+    args: &DeliverArgs,
+    server: SocketAddr,
+    n: u64,
+    label: &str,
+) -> Result<(Vec<(u64, f64)>, f64)> {
+    println!("  ingesting {n} events {label}");
     let auth = format!(
         "Basic {}",
         base64_encode(format!("{}:", args.write_key).as_bytes())
@@ -459,7 +475,6 @@ async fn dead(args: &DeliverArgs, server: SocketAddr, name: &str, n: u64) -> Res
             Ok::<_, anyhow::Error>(())
         }));
     }
-    // RSS at every tenth of the way.
     let mut samples: Vec<(u64, f64)> = Vec::new();
     let mut next_mark = n / 10;
     let started = Instant::now();
@@ -467,7 +482,7 @@ async fn dead(args: &DeliverArgs, server: SocketAddr, name: &str, n: u64) -> Res
         let done = sent.load(Ordering::SeqCst).min(n);
         if done >= next_mark {
             let rss = scrape_rss(server).await?.unwrap_or(0) as f64 / (1024.0 * 1024.0);
-            println!("  {done:>9} events in the backlog: server RSS {rss:.1} MB");
+            println!("  {done:>9} events: server RSS {rss:.1} MB");
             samples.push((done, rss));
             if done >= n {
                 break;
@@ -482,7 +497,31 @@ async fn dead(args: &DeliverArgs, server: SocketAddr, name: &str, n: u64) -> Res
     for t in tasks {
         t.await??;
     }
-    let secs = started.elapsed().as_secs_f64();
+    Ok((samples, started.elapsed().as_secs_f64()))
+}
+
+fn growth(samples: &[(u64, f64)]) -> (f64, f64, f64) {
+    let first = samples
+        .get(1)
+        .or(samples.first())
+        .map(|s| s.1)
+        .unwrap_or(0.0);
+    let last = samples.last().map(|s| s.1).unwrap_or(0.0);
+    let max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+    (first, last, max)
+}
+
+/// Memory while a dead destination's backlog grows to `n` events, next to the same
+/// ingest without a destination.
+async fn dead(
+    args: &DeliverArgs,
+    server: SocketAddr,
+    name: &str,
+    n: u64,
+    base: (Vec<(u64, f64)>, f64),
+) -> Result<()> {
+    println!("bench deliver --dead-events {n}: destination {name} points at a closed port");
+    let (samples, secs) = ingest_sampling(args, server, n, "with the dead destination").await?;
     let (status, report) = admin(
         server,
         &args.admin_token,
@@ -495,15 +534,14 @@ async fn dead(args: &DeliverArgs, server: SocketAddr, name: &str, n: u64) -> Res
         bail!("delivery report failed: HTTP {status}");
     }
     let backlog = &report["backlog"];
-    let first = samples
-        .get(1)
-        .or(samples.first())
-        .map(|s| s.1)
-        .unwrap_or(0.0);
-    let last = samples.last().map(|s| s.1).unwrap_or(0.0);
-    let max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+    let (b_first, b_last, _) = growth(&base.0);
+    let (first, last, max) = growth(&samples);
     println!(
-        "  ingested {n} events in {secs:.1} s; backlog {} log events, retry queue {}, paused {}; RSS {first:.1} MB at 20% → {last:.1} MB at 100% (max {max:.1} MB)",
+        "  without a destination: {n} events in {:.1} s, RSS {b_first:.1} MB at 20% → {b_last:.1} MB at 100%",
+        base.1
+    );
+    println!(
+        "  with the dead one:     {n} events in {secs:.1} s, RSS {first:.1} MB at 20% → {last:.1} MB at 100% (max {max:.1}); backlog {} log events, retry queue {}, paused {}",
         backlog["log_events"], backlog["retry_queue"], backlog["paused"]
     );
     if args.json {
@@ -518,7 +556,9 @@ async fn dead(args: &DeliverArgs, server: SocketAddr, name: &str, n: u64) -> Res
                 "rss_mb_at_100pct": round3(last),
                 "rss_mb_max": round3(max),
                 "rss_growth_mb": round3(last - first),
+                "baseline_rss_growth_mb": round3(b_last - b_first),
                 "samples": samples.iter().map(|(e, r)| json!([e, round3(*r)])).collect::<Vec<_>>(),
+                "baseline_samples": base.0.iter().map(|(e, r)| json!([e, round3(*r)])).collect::<Vec<_>>(),
             })
         );
     }

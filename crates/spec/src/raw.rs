@@ -222,9 +222,17 @@ mod tests {
         assert_eq!(unrepresentable_number(r#"{"event":"Order 4e"}"#), None);
         // Long digit runs at every alignment: 300 digits is a valid f64, 310 is not.
         for pad in 0..9 {
-            let ok = format!("{{\"a\":\"{}\",\"n\":{}}}", "x".repeat(pad), "1".repeat(300));
+            let ok = format!(
+                "{{\"a\":\"{}\",\"n\":{}}}",
+                "x".repeat(pad),
+                "1".repeat(300)
+            );
             assert_eq!(unrepresentable_number(&ok), None, "pad {pad}");
-            let big = format!("{{\"a\":\"{}\",\"n\":{}}}", "x".repeat(pad), "1".repeat(310));
+            let big = format!(
+                "{{\"a\":\"{}\",\"n\":{}}}",
+                "x".repeat(pad),
+                "1".repeat(310)
+            );
             assert!(unrepresentable_number(&big).is_some(), "pad {pad}");
         }
     }

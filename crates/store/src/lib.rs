@@ -508,4 +508,167 @@ mod tests {
         assert_eq!(s.prune_rejected(2).await.unwrap(), 1);
         assert_eq!(s.rejected("web", 10).await.unwrap().len(), 1);
     }
+
+    fn attempt(at: i64, status: u16) -> Attempt {
+        Attempt {
+            at_ms: at,
+            url: "http://h/in".into(),
+            status: Some(status),
+            error: None,
+            response: Some("{\"error\":1}".into()),
+            duration_ms: 3,
+        }
+    }
+
+    fn pending(offset: u64, user: &str, next: i64) -> PendingDelivery {
+        PendingDelivery {
+            destination: "hooks".into(),
+            offset,
+            message_id: format!("m{offset}"),
+            user_key: user.into(),
+            received_at_ms: 1,
+            payload: format!("{{\"messageId\":\"m{offset}\"}}").into_bytes(),
+            attempts: vec![attempt(10, 503)],
+            first_attempt_ms: 10,
+            next_at_ms: next,
+        }
+    }
+
+    fn dead(offset: u64, user: &str, status: u16, at: i64) -> DeadLetter {
+        DeadLetter {
+            id: 0,
+            destination: "hooks".into(),
+            offset,
+            message_id: format!("m{offset}"),
+            user_key: user.into(),
+            received_at_ms: 1,
+            payload: b"{}".to_vec(),
+            attempts: vec![attempt(at, status)],
+            reason: "permanent failure".into(),
+            status: Some(status),
+            failed_at_ms: at,
+        }
+    }
+
+    fn record(offset: u64, outcome: &str) -> DeliveryRecord {
+        DeliveryRecord {
+            destination: "hooks".into(),
+            offset,
+            message_id: format!("m{offset}"),
+            outcome: outcome.into(),
+            attempts: 1,
+            updated_at_ms: 5,
+            latency_ms: Some(7),
+            status: Some(200),
+            detail: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_queue_dead_letters_and_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("state.sqlite")).unwrap();
+        s.apply_deliveries(DeliveryBatch {
+            upsert_pending: vec![
+                pending(1, "a", 100),
+                pending(2, "b", 300),
+                pending(3, "a", 200),
+            ],
+            records: vec![record(1, "retrying"), record(4, "delivered")],
+            dead_letters: vec![
+                dead(5, "a", 400, 1_000),
+                dead(6, "b", 410, 2_000),
+                dead(7, "a", 400, 3_000),
+            ],
+            ..DeliveryBatch::default()
+        })
+        .await
+        .unwrap();
+        // Due entries, earliest first; the rest wait.
+        let due = s.due_pending("hooks", 250, 10).await.unwrap();
+        assert_eq!(due.iter().map(|p| p.offset).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(due[0].attempts, vec![attempt(10, 503)]);
+        assert!(s.due_pending("other", 1_000, 10).await.unwrap().is_empty());
+        // An upsert of the same (destination, offset) replaces; a removal removes.
+        let mut again = pending(1, "a", 500);
+        again.attempts.push(attempt(100, 500));
+        s.apply_deliveries(DeliveryBatch {
+            upsert_pending: vec![again],
+            remove_pending: vec![("hooks".into(), 3)],
+            records: vec![record(1, "delivered")],
+            ..DeliveryBatch::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.pending_count("hooks").await.unwrap(), 2);
+        assert_eq!(s.reschedule_pending("hooks", 50).await.unwrap(), 2);
+        let due = s.due_pending("hooks", 50, 10).await.unwrap();
+        assert_eq!(due.len(), 2);
+        assert_eq!(
+            due.iter().find(|p| p.offset == 1).unwrap().attempts.len(),
+            2
+        );
+        // Records: latest state per (offset, destination), found from an offset on.
+        let r = s.deliveries_of("m1", 0).await.unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].outcome, "delivered");
+        assert!(s.deliveries_of("m1", 2).await.unwrap().is_empty());
+        // Dead-letter filters: user, status, time range.
+        let by = |f: DeadLetterFilter| {
+            let s = &s;
+            async move {
+                s.dead_letters("hooks", &f, 100)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.offset)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(by(DeadLetterFilter::default()).await, [7, 6, 5]);
+        let user_a = DeadLetterFilter {
+            user_key: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(by(user_a.clone()).await, [7, 5]);
+        assert_eq!(
+            by(DeadLetterFilter {
+                status: Some(410),
+                ..Default::default()
+            })
+            .await,
+            [6]
+        );
+        let range = DeadLetterFilter {
+            since_ms: Some(1_500),
+            until_ms: Some(3_000),
+            ..Default::default()
+        };
+        assert_eq!(by(range).await, [6]);
+        // Replay moves the matching ones into the retry queue, due now, history kept.
+        assert_eq!(
+            s.replay_dead_letters("hooks", &user_a, 9_000)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(by(DeadLetterFilter::default()).await, [6]);
+        let due = s.due_pending("hooks", 9_000, 10).await.unwrap();
+        let replayed = due.iter().find(|p| p.offset == 5).unwrap();
+        assert_eq!(
+            (replayed.first_attempt_ms, replayed.next_at_ms),
+            (9_000, 9_000)
+        );
+        assert_eq!(replayed.attempts, vec![attempt(1_000, 400)]);
+        assert_eq!(s.dead_letter_count("hooks").await.unwrap(), 1);
+        // Pruning: records below an offset, dead letters by time.
+        assert_eq!(s.prune_deliveries(2, 2_500).await.unwrap(), 2);
+        assert!(s.deliveries_of("m1", 0).await.unwrap().is_empty());
+        assert_eq!(s.dead_letter_count("hooks").await.unwrap(), 0);
+        // Deleting a destination clears its retry queue.
+        s.put_destination("hooks", "{}").await.unwrap();
+        assert!(s.delete_destination("hooks").await.unwrap());
+        assert_eq!(s.pending_count("hooks").await.unwrap(), 0);
+        assert!(!s.delete_destination("hooks").await.unwrap());
+    }
 }

@@ -112,7 +112,7 @@ impl Router {
                 }
             }
         }
-        router.resume_replays().await;
+        router.resume_replays(None).await;
         Ok(router)
     }
 
@@ -213,7 +213,10 @@ impl Router {
             .await
             .map_err(storage)?;
         let created = existing.is_none();
+        let name = cfg.name.clone();
         self.launch(cfg, false).await?;
+        // Replays of the old configuration stopped with it; they go on with the new one.
+        self.resume_replays(Some(&name)).await;
         Ok(created)
     }
 
@@ -452,8 +455,8 @@ impl Router {
         Ok(jobs)
     }
 
-    async fn resume_replays(&self) {
-        let Ok(jobs) = self.replay_jobs(None).await else {
+    async fn resume_replays(&self, destination: Option<&str>) {
+        let Ok(jobs) = self.replay_jobs(destination).await else {
             return;
         };
         for job in jobs.into_iter().filter(|j| j.status == "running") {

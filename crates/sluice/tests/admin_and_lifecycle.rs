@@ -217,5 +217,5 @@ fn bad_config_fails_at_start_with_file_line_and_field() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 source)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 source, 0 destinations)"));
 }

@@ -1,0 +1,1252 @@
+//! The mapping kit: Segment's directives (`@path`, `@if`, `@template`, …) compiled once per
+//! configuration into a [`Mapping`] and evaluated per event without re-parsing.
+//!
+//! A mapping is a raw JSON value or a directive: an object whose only keys are one
+//! `@name` key (plus optional `_metadata`). Objects and arrays are resolved recursively;
+//! scalars are returned unchanged. A value that resolves to *undefined* (a missing path,
+//! an `@if` with no branch taken, …) removes its key; `null` is kept. Semantics and edge
+//! cases follow segment-compat 3.6 (actions-core 3.170), including JavaScript's
+//! truthiness where the reference says so. `@liquid` is not supported (refused at compile
+//! time with a clear error).
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Number, Value};
+
+/// A compile error: where in the mapping (a JSON path like `data.email.@if.then`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid mapping at `{at}`: {message}")]
+pub struct MappingError {
+    pub at: String,
+    pub message: String,
+}
+
+/// A parsed event path (`$.properties.products[0].sku`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path(Vec<String>);
+
+impl Path {
+    /// Segment's `get` path syntax: a leading `$.` is removed once; `""` or `"."` is the
+    /// whole value; keys split on `.` and on `[n]`, `['k']`, `["k"]` (quotes stripped).
+    pub fn parse(text: &str) -> Path {
+        let t = text.replacen("$.", "", 1);
+        if t.is_empty() || t == "." || t == "$" {
+            return Path(Vec::new());
+        }
+        let mut keys = Vec::new();
+        let mut cur = String::new();
+        let chars: Vec<char> = t.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            match chars[i] {
+                '.' => {
+                    keys.push(std::mem::take(&mut cur));
+                    i += 1;
+                }
+                '[' => {
+                    // `[n]`, `['k']`, `["k"]`; anything else is a literal character.
+                    let close = chars[i..].iter().position(|c| *c == ']').map(|p| p + i);
+                    let inner: Option<String> = close.map(|c| chars[i + 1..c].iter().collect());
+                    match (close, inner) {
+                        (Some(c), Some(inner))
+                            if !inner.is_empty()
+                                && (inner.chars().all(|ch| ch.is_ascii_digit())
+                                    || ((inner.starts_with('\'') && inner.ends_with('\''))
+                                        || (inner.starts_with('"') && inner.ends_with('"')))
+                                        && inner.len() >= 2) =>
+                        {
+                            if !cur.is_empty() {
+                                keys.push(std::mem::take(&mut cur));
+                            }
+                            let key = if inner.chars().all(|ch| ch.is_ascii_digit()) {
+                                inner
+                            } else {
+                                inner[1..inner.len() - 1].to_string()
+                            };
+                            keys.push(key);
+                            i = c + 1;
+                            if chars.get(i) == Some(&'.') {
+                                i += 1;
+                            }
+                        }
+                        _ => {
+                            cur.push('[');
+                            i += 1;
+                        }
+                    }
+                }
+                c => {
+                    cur.push(c);
+                    i += 1;
+                }
+            }
+        }
+        if !cur.is_empty() || keys.is_empty() {
+            keys.push(cur);
+        }
+        Path(keys)
+    }
+
+    /// The value at the path, with JavaScript's `prev && prev[key]` walk: a falsy
+    /// intermediate (`null`, `false`, `0`, `""`) is the result; a missing key is undefined.
+    pub fn get(&self, root: &Value) -> Option<Value> {
+        self.get_ref(root).map(Cow::into_owned)
+    }
+
+    /// [`Path::get`] without copying (only a character of a string is a new value).
+    pub fn get_ref<'a>(&self, root: &'a Value) -> Option<Cow<'a, Value>> {
+        let mut cur = root;
+        for key in &self.0 {
+            if falsy(cur) {
+                return Some(Cow::Borrowed(cur));
+            }
+            cur = match cur {
+                Value::Object(m) => m.get(key)?,
+                Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
+                Value::String(s) => {
+                    let idx = key.parse::<usize>().ok()?;
+                    let ch = s.chars().nth(idx)?;
+                    return Some(Cow::Owned(Value::String(ch.to_string())));
+                }
+                _ => return None,
+            };
+        }
+        Some(Cow::Borrowed(cur))
+    }
+}
+
+fn falsy(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// A compiled mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapping {
+    Raw(Value),
+    Object(Vec<(String, Mapping)>),
+    Array(Vec<Mapping>),
+    Path(PathArg),
+    Template(Vec<Piece>),
+    Literal(Box<Mapping>),
+    If {
+        blank: bool,
+        operand: Box<Mapping>,
+        then: Option<Box<Mapping>>,
+        otherwise: Option<Box<Mapping>>,
+        /// `then` is the operand itself (the "coalesce" pattern): reuse its value.
+        then_is_operand: bool,
+    },
+    Case {
+        upper: bool,
+        value: Box<Mapping>,
+    },
+    Replace {
+        value: Box<Mapping>,
+        rules: Vec<(String, String)>,
+        global: bool,
+        ignore_case: bool,
+    },
+    ArrayPath {
+        path: PathArg,
+        shape: Option<Box<Mapping>>,
+    },
+    Merge {
+        objects: Vec<Mapping>,
+        right: bool,
+    },
+    Transform {
+        apply: Box<Mapping>,
+        mapping: Box<Mapping>,
+    },
+    Flatten {
+        value: Box<Mapping>,
+        separator: String,
+        omit_arrays: bool,
+    },
+    Json {
+        encode: bool,
+        value: Box<Mapping>,
+    },
+    ExcludeWhenNull(Box<Mapping>),
+}
+
+/// A path known at compile time, or a mapping that resolves to one per event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathArg {
+    Fixed(Path),
+    Dynamic(Box<Mapping>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Text(String),
+    Path(Path),
+}
+
+const DIRECTIVES: &[&str] = &[
+    "@path",
+    "@template",
+    "@literal",
+    "@if",
+    "@case",
+    "@replace",
+    "@arrayPath",
+    "@merge",
+    "@transform",
+    "@flatten",
+    "@json",
+    "@excludeWhenNull",
+];
+
+impl Mapping {
+    pub fn compile(v: &Value) -> Result<Mapping, MappingError> {
+        compile(v, "")
+    }
+
+    /// Resolves against an event. `None`: undefined (the key is removed by the caller).
+    pub fn eval(&self, event: &Value) -> Option<Value> {
+        eval(self, event)
+    }
+}
+
+fn join(at: &str, key: &str) -> String {
+    if at.is_empty() {
+        key.to_string()
+    } else {
+        format!("{at}.{key}")
+    }
+}
+
+fn err(at: &str, message: impl Into<String>) -> MappingError {
+    MappingError {
+        at: if at.is_empty() {
+            "(root)".into()
+        } else {
+            at.to_string()
+        },
+        message: message.into(),
+    }
+}
+
+fn compile(v: &Value, at: &str) -> Result<Mapping, MappingError> {
+    match v {
+        Value::Array(items) => Ok(Mapping::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| compile(item, &format!("{at}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        )),
+        Value::Object(m) => {
+            let at_keys: Vec<&String> = m.keys().filter(|k| k.starts_with('@')).collect();
+            if at_keys.is_empty() {
+                let mut fields = Vec::with_capacity(m.len());
+                for (k, val) in m {
+                    fields.push((k.clone(), compile(val, &join(at, k))?));
+                }
+                return Ok(Mapping::Object(fields));
+            }
+            if at_keys.len() > 1 {
+                return Err(err(
+                    at,
+                    format!(
+                        "a directive object has exactly one @-key, not {}",
+                        at_keys.len()
+                    ),
+                ));
+            }
+            let name = at_keys[0].as_str();
+            if let Some(other) = m.keys().find(|k| !k.starts_with('@') && *k != "_metadata") {
+                return Err(err(
+                    at,
+                    format!("{name} cannot be mixed with the plain key {other:?}"),
+                ));
+            }
+            directive(name, &m[name], &join(at, name))
+        }
+        scalar => Ok(Mapping::Raw(scalar.clone())),
+    }
+}
+
+fn obj<'a>(
+    v: &'a Value,
+    at: &str,
+    name: &str,
+    shape: &str,
+) -> Result<&'a Map<String, Value>, MappingError> {
+    v.as_object()
+        .ok_or_else(|| err(at, format!("{name} takes an object {shape}")))
+}
+
+fn path_arg(v: &Value, at: &str, name: &str) -> Result<PathArg, MappingError> {
+    match v {
+        Value::String(s) => Ok(PathArg::Fixed(Path::parse(s))),
+        Value::Object(_) => Ok(PathArg::Dynamic(Box::new(compile(v, at)?))),
+        _ => Err(err(
+            at,
+            format!("{name} takes a path string like \"$.properties.total\""),
+        )),
+    }
+}
+
+fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, MappingError> {
+    match name {
+        "@path" => Ok(Mapping::Path(path_arg(arg, at, "@path")?)),
+        "@template" => {
+            let Value::String(t) = arg else {
+                return Err(err(
+                    at,
+                    "@template takes a string like \"Hi {{traits.name}}\"",
+                ));
+            };
+            Ok(Mapping::Template(template(t)))
+        }
+        "@literal" => Ok(Mapping::Literal(Box::new(compile(arg, at)?))),
+        "@if" => {
+            let m = obj(arg, at, "@if", "{exists|blank, then?, else?}")?;
+            for k in m.keys() {
+                if !matches!(k.as_str(), "exists" | "blank" | "then" | "else") {
+                    return Err(err(
+                        &join(at, k),
+                        "is not an @if key (exists, blank, then, else)",
+                    ));
+                }
+            }
+            let (blank, operand) = match (m.get("exists"), m.get("blank")) {
+                (Some(x), None) => (false, x),
+                (None, Some(x)) => (true, x),
+                _ => return Err(err(at, "@if needs exactly one of `exists` or `blank`")),
+            };
+            let operand = compile(operand, &join(at, if blank { "blank" } else { "exists" }))?;
+            let then = m
+                .get("then")
+                .map(|t| compile(t, &join(at, "then")))
+                .transpose()?;
+            Ok(Mapping::If {
+                blank,
+                then_is_operand: then.as_ref() == Some(&operand),
+                operand: Box::new(operand),
+                then: then.map(Box::new),
+                otherwise: m
+                    .get("else")
+                    .map(|t| compile(t, &join(at, "else")))
+                    .transpose()?
+                    .map(Box::new),
+            })
+        }
+        "@case" => {
+            let m = obj(arg, at, "@case", "{operator: \"lower\"|\"upper\", value}")?;
+            let upper = match m.get("operator").and_then(Value::as_str) {
+                Some("lower") => false,
+                Some("upper") => true,
+                other => {
+                    return Err(err(
+                        &join(at, "operator"),
+                        format!("must be \"lower\" or \"upper\", not {other:?}"),
+                    ))
+                }
+            };
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@case needs a `value`"))?;
+            Ok(Mapping::Case {
+                upper,
+                value: Box::new(compile(value, &join(at, "value"))?),
+            })
+        }
+        "@replace" => {
+            let m = obj(
+                arg,
+                at,
+                "@replace",
+                "{value, pattern, replacement?, global?, ignorecase?, pattern2?, replacement2?}",
+            )?;
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@replace needs a `value`"))?;
+            let mut rules = Vec::new();
+            for (p, r) in [("pattern", "replacement"), ("pattern2", "replacement2")] {
+                let Some(pat) = m.get(p) else {
+                    if p == "pattern" {
+                        return Err(err(at, "@replace needs a `pattern`"));
+                    }
+                    continue;
+                };
+                let pat = pat
+                    .as_str()
+                    .ok_or_else(|| err(&join(at, p), "must be a string"))?;
+                if pat.is_empty() || pat.chars().count() > 10 {
+                    return Err(err(&join(at, p), "must be 1 to 10 characters"));
+                }
+                let rep = match m.get(r) {
+                    None => "",
+                    Some(v) => v
+                        .as_str()
+                        .ok_or_else(|| err(&join(at, r), "must be a string"))?,
+                };
+                if rep.chars().count() > 10 {
+                    return Err(err(&join(at, r), "must be at most 10 characters"));
+                }
+                rules.push((pat.to_string(), rep.to_string()));
+            }
+            let flag = |k: &str, default: bool| -> Result<bool, MappingError> {
+                match m.get(k) {
+                    None => Ok(default),
+                    Some(Value::Bool(b)) => Ok(*b),
+                    Some(_) => Err(err(&join(at, k), "must be true or false")),
+                }
+            };
+            Ok(Mapping::Replace {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                rules,
+                global: flag("global", true)?,
+                ignore_case: flag("ignorecase", false)?,
+            })
+        }
+        "@arrayPath" => {
+            let Value::Array(items) = arg else {
+                return Err(err(at, "@arrayPath takes [path, shape?]"));
+            };
+            if items.is_empty() || items.len() > 2 {
+                return Err(err(at, "@arrayPath takes [path, shape?]"));
+            }
+            let path = path_arg(&items[0], &format!("{at}[0]"), "@arrayPath")?;
+            let shape = match items.get(1) {
+                Some(s) => Some(Box::new(compile(s, &format!("{at}[1]"))?)),
+                None => None,
+            };
+            Ok(Mapping::ArrayPath { path, shape })
+        }
+        "@merge" => {
+            let m = obj(
+                arg,
+                at,
+                "@merge",
+                "{objects: [...], direction: \"left\"|\"right\"}",
+            )?;
+            let right = match m.get("direction").and_then(Value::as_str) {
+                Some("right") => true,
+                Some("left") => false,
+                other => {
+                    return Err(err(
+                        &join(at, "direction"),
+                        format!("must be \"left\" or \"right\", not {other:?}"),
+                    ))
+                }
+            };
+            let Some(Value::Array(objects)) = m.get("objects") else {
+                return Err(err(&join(at, "objects"), "must be a list"));
+            };
+            Ok(Mapping::Merge {
+                objects: objects
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| compile(o, &format!("{at}.objects[{i}]")))
+                    .collect::<Result<_, _>>()?,
+                right,
+            })
+        }
+        "@transform" => {
+            let m = obj(arg, at, "@transform", "{apply, mapping}")?;
+            let apply = m
+                .get("apply")
+                .ok_or_else(|| err(at, "@transform needs `apply`"))?;
+            let mapping = m
+                .get("mapping")
+                .ok_or_else(|| err(at, "@transform needs `mapping`"))?;
+            Ok(Mapping::Transform {
+                apply: Box::new(compile(apply, &join(at, "apply"))?),
+                mapping: Box::new(compile(mapping, &join(at, "mapping"))?),
+            })
+        }
+        "@flatten" => {
+            let m = obj(arg, at, "@flatten", "{value, separator, omitArrays?}")?;
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@flatten needs a `value`"))?;
+            let separator = m
+                .get("separator")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err(&join(at, "separator"), "must be a string"))?;
+            let omit_arrays = match m.get("omitArrays") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(err(&join(at, "omitArrays"), "must be true or false")),
+            };
+            Ok(Mapping::Flatten {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                separator: separator.to_string(),
+                omit_arrays,
+            })
+        }
+        "@json" => {
+            let m = obj(arg, at, "@json", "{mode: \"encode\"|\"decode\", value}")?;
+            let encode = match m.get("mode").and_then(Value::as_str) {
+                Some("encode") => true,
+                Some("decode") => false,
+                other => {
+                    return Err(err(
+                        &join(at, "mode"),
+                        format!("must be \"encode\" or \"decode\", not {other:?}"),
+                    ))
+                }
+            };
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@json needs a `value`"))?;
+            Ok(Mapping::Json {
+                encode,
+                value: Box::new(compile(value, &join(at, "value"))?),
+            })
+        }
+        "@excludeWhenNull" => Ok(Mapping::ExcludeWhenNull(Box::new(compile(arg, at)?))),
+        "@liquid" => Err(err(
+            at,
+            "@liquid is not supported by Sluice; use @template, @if and @case",
+        )),
+        other => Err(err(
+            at,
+            format!(
+                "unknown directive {other} (known: {})",
+                DIRECTIVES.join(", ")
+            ),
+        )),
+    }
+}
+
+fn template(t: &str) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(start) = rest.find("{{") {
+        let triple = rest[start..].starts_with("{{{");
+        let open = if triple { 3 } else { 2 };
+        let close_pat = if triple { "}}}" } else { "}}" };
+        let Some(end) = rest[start + open..].find(close_pat) else {
+            break;
+        };
+        if start > 0 {
+            out.push(Piece::Text(rest[..start].to_string()));
+        }
+        let inner = rest[start + open..start + open + end].trim();
+        // Template paths are looked up without `$.` stripping (reference 3.6).
+        out.push(Piece::Path(Path(if inner.is_empty() {
+            Vec::new()
+        } else {
+            split_plain(inner)
+        })));
+        rest = &rest[start + open + end + close_pat.len()..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest.to_string()));
+    }
+    out
+}
+
+fn split_plain(p: &str) -> Vec<String> {
+    Path::parse(&format!("$.{p}")).0
+}
+
+/// JavaScript's `String(v)` for template and replace coercions.
+fn js_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => js_number(n),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                if x.is_null() {
+                    String::new()
+                } else {
+                    js_string(x)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Object(_) => "[object Object]".into(),
+    }
+}
+
+fn js_number(n: &Number) -> String {
+    match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => i.to_string(),
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() < 1e21 => format!("{f:.0}"),
+        (None, Some(f)) => f.to_string(),
+        _ => n.to_string(),
+    }
+}
+
+fn eval(m: &Mapping, event: &Value) -> Option<Value> {
+    match m {
+        Mapping::Raw(v) => Some(v.clone()),
+        Mapping::Object(fields) => {
+            let mut out = Map::with_capacity(fields.len());
+            for (k, f) in fields {
+                if let Some(v) = eval(f, event) {
+                    out.insert(k.clone(), v);
+                }
+            }
+            Some(Value::Object(out))
+        }
+        Mapping::Array(items) => Some(Value::Array(
+            items
+                .iter()
+                .map(|i| eval(i, event).unwrap_or(Value::Null))
+                .collect(),
+        )),
+        Mapping::Path(p) => resolve_path(p, event)?.get(event),
+        Mapping::Template(pieces) => {
+            let mut s = String::new();
+            for p in pieces {
+                match p {
+                    Piece::Text(t) => s.push_str(t),
+                    Piece::Path(path) => match path.get_ref(event).as_deref() {
+                        None | Some(Value::Null) => {}
+                        Some(v) => s.push_str(&js_string(v)),
+                    },
+                }
+            }
+            Some(Value::String(s))
+        }
+        Mapping::Literal(inner) => eval(inner, event),
+        Mapping::If {
+            blank,
+            operand,
+            then,
+            otherwise,
+            then_is_operand,
+        } => {
+            let x = eval(operand, event);
+            let ok = match (&x, blank) {
+                (None, _) | (Some(Value::Null), _) => false,
+                (Some(_), false) => true,
+                // Loose `!= ""`: 0, false and [] count as blank too.
+                (Some(v), true) => !loose_eq_empty_string(v),
+            };
+            if ok && *then_is_operand {
+                x
+            } else if ok {
+                then.as_ref().and_then(|t| eval(t, event))
+            } else {
+                otherwise
+                    .as_ref()
+                    .and_then(|e| eval(e, event))
+                    .filter(|v| !falsy(v))
+            }
+        }
+        Mapping::Case { upper, value } => {
+            let v = eval(value, event)?;
+            if falsy(&v) {
+                return None;
+            }
+            Some(match v {
+                Value::String(s) => Value::String(if *upper {
+                    s.to_uppercase()
+                } else {
+                    s.to_lowercase()
+                }),
+                other => other,
+            })
+        }
+        Mapping::Replace {
+            value,
+            rules,
+            global,
+            ignore_case,
+        } => {
+            let v = eval(value, event)?;
+            let mut s = match &v {
+                Value::String(s) => s.clone(),
+                Value::Number(_) | Value::Bool(_) => js_string(&v),
+                _ => String::new(),
+            };
+            for (pat, rep) in rules {
+                s = replace(&s, pat, rep, *global, *ignore_case);
+            }
+            Some(Value::String(s))
+        }
+        Mapping::ArrayPath { path, shape } => {
+            let path = resolve_path(path, event)?;
+            let data = path.get_ref(event)?;
+            match (shape.as_deref(), data.as_ref()) {
+                (Some(shape @ Mapping::Object(fields)), Value::Array(items))
+                    if !fields.is_empty() =>
+                {
+                    Some(Value::Array(
+                        items
+                            .iter()
+                            .map(|item| eval(shape, item).unwrap_or(Value::Null))
+                            .collect(),
+                    ))
+                }
+                (Some(shape @ Mapping::Object(fields)), one @ Value::Object(_))
+                    if !fields.is_empty() =>
+                {
+                    Some(Value::Array(vec![eval(shape, one).unwrap_or(Value::Null)]))
+                }
+                _ => Some(data.into_owned()),
+            }
+        }
+        Mapping::Merge { objects, right } => {
+            let mut out = Map::new();
+            let resolved: Vec<Value> = objects.iter().filter_map(|o| eval(o, event)).collect();
+            let ordered: Box<dyn Iterator<Item = &Value>> = if *right {
+                Box::new(resolved.iter())
+            } else {
+                Box::new(resolved.iter().rev())
+            };
+            for o in ordered {
+                if let Value::Object(m) = o {
+                    for (k, v) in m {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Some(Value::Object(out))
+        }
+        Mapping::Transform { apply, mapping } => {
+            let applied = eval(apply, event).unwrap_or(Value::Object(Map::new()));
+            eval(mapping, &applied)
+        }
+        Mapping::Flatten {
+            value,
+            separator,
+            omit_arrays,
+        } => {
+            let v = eval(value, event)?;
+            let mut out = Map::new();
+            flatten(&v, "", separator, *omit_arrays, &mut out);
+            Some(Value::Object(out))
+        }
+        Mapping::Json { encode, value } => {
+            let v = eval(value, event)?;
+            if *encode {
+                Some(Value::String(serde_json::to_string(&v).unwrap_or_default()))
+            } else {
+                match &v {
+                    Value::String(s) => Some(serde_json::from_str(s).unwrap_or(v)),
+                    _ => Some(v),
+                }
+            }
+        }
+        Mapping::ExcludeWhenNull(inner) => match eval(inner, event)? {
+            Value::Null => None,
+            Value::Object(m) => Some(Value::Object(drop_nulls(m))),
+            other => Some(other),
+        },
+    }
+}
+
+fn drop_nulls(m: Map<String, Value>) -> Map<String, Value> {
+    m.into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            Value::Object(inner) => (k, Value::Object(drop_nulls(inner))),
+            other => (k, other),
+        })
+        .collect()
+}
+
+fn resolve_path<'a>(p: &'a PathArg, event: &Value) -> Option<Cow<'a, Path>> {
+    match p {
+        PathArg::Fixed(path) => Some(Cow::Borrowed(path)),
+        PathArg::Dynamic(m) => match eval(m, event)? {
+            Value::String(s) => Some(Cow::Owned(Path::parse(&s))),
+            _ => None,
+        },
+    }
+}
+
+/// JavaScript's `v == ""`.
+fn loose_eq_empty_string(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.is_empty(),
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::Bool(b) => !b,
+        Value::Array(a) => {
+            a.is_empty() || (a.len() == 1 && loose_eq_empty_string(&a[0]) && !a[0].is_array())
+        }
+        _ => false,
+    }
+}
+
+fn replace(s: &str, pat: &str, rep: &str, global: bool, ignore_case: bool) -> String {
+    if !ignore_case {
+        return if global {
+            s.replace(pat, rep)
+        } else {
+            s.replacen(pat, rep, 1)
+        };
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    while let Some((start, end)) = find_ignoring_case(s, last, pat) {
+        out.push_str(&s[last..start]);
+        out.push_str(rep);
+        last = end;
+        if !global {
+            break;
+        }
+    }
+    out.push_str(&s[last..]);
+    out
+}
+
+/// The first match of `pat` in `hay[from..]`, comparing characters case-insensitively one
+/// to one; byte positions always fall on character boundaries of `hay`.
+fn find_ignoring_case(hay: &str, from: usize, pat: &str) -> Option<(usize, usize)> {
+    for (i, _) in hay[from..].char_indices() {
+        let start = from + i;
+        let mut rest = hay[start..].chars();
+        let mut end = start;
+        let mut matched = true;
+        for pc in pat.chars() {
+            match rest.next() {
+                Some(hc) if hc == pc || hc.to_lowercase().eq(pc.to_lowercase()) => {
+                    end += hc.len_utf8();
+                }
+                _ => {
+                    matched = false;
+                    break;
+                }
+            }
+        }
+        if matched {
+            return Some((start, end));
+        }
+    }
+    None
+}
+
+fn flatten(v: &Value, prefix: &str, sep: &str, omit_arrays: bool, out: &mut Map<String, Value>) {
+    let key = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}{sep}{k}")
+        }
+    };
+    match v {
+        Value::Object(m) => {
+            for (k, val) in m {
+                flatten(val, &key(k), sep, omit_arrays, out);
+            }
+        }
+        Value::Array(a) if !omit_arrays => {
+            for (i, val) in a.iter().enumerate() {
+                flatten(val, &key(&i.to_string()), sep, omit_arrays, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(mapping: Value, event: Value) -> Option<Value> {
+        Mapping::compile(&mapping)
+            .unwrap_or_else(|e| panic!("{mapping}: {e}"))
+            .eval(&event)
+    }
+
+    #[test]
+    fn the_reference_worked_example() {
+        let mapping = json!({"id": {"@path": "$.userId"}, "nm": {"@template": "{{traits.first}} {{traits.last}}"},
+            "plan": {"@case": {"operator": "upper", "value": {"@path": "$.traits.plan"}}},
+            "skus": {"@arrayPath": ["$.properties.products", {"s": {"@path": "$.sku"}}]},
+            "gone": {"@path": "$.nope"}});
+        let event = json!({"userId": "u1", "traits": {"first": "A", "plan": "pro"},
+            "properties": {"products": [{"sku": "x"}, {"sku": "y"}]}});
+        assert_eq!(
+            run(mapping, event),
+            Some(json!({"id": "u1", "nm": "A ", "plan": "PRO", "skus": [{"s": "x"}, {"s": "y"}]}))
+        );
+    }
+
+    #[test]
+    fn paths() {
+        let e = json!({"a": {"b": [10, {"c": "d"}], "x": null, "z": 0, "k.y": 1}, "s": "hey"});
+        for (p, want) in [
+            ("$.a.b[0]", Some(json!(10))),
+            ("$.a.b[1].c", Some(json!("d"))),
+            ("a.b.1.c", Some(json!("d"))),
+            ("$.a['k.y']", Some(json!(1))),
+            ("$.a[\"k.y\"]", Some(json!(1))),
+            ("$.a.x.y", Some(json!(null))),
+            ("$.a.z.y", Some(json!(0))),
+            ("$.a.missing.y", None),
+            ("$.s.1", Some(json!("e"))),
+            ("", Some(e.clone())),
+            (".", Some(e.clone())),
+        ] {
+            assert_eq!(Path::parse(p).get(&e), want, "{p}");
+        }
+        assert_eq!(
+            run(json!({"@path": "$."}), json!({"a": 1})),
+            Some(json!({"a": 1}))
+        );
+    }
+
+    #[test]
+    fn undefined_removes_keys_and_null_stays() {
+        let e = json!({"traits": {"email": null}});
+        assert_eq!(
+            run(
+                json!({"email": {"@path": "$.traits.email"}, "name": {"@path": "$.traits.name"}, "n": null}),
+                e
+            ),
+            Some(json!({"email": null, "n": null}))
+        );
+    }
+
+    #[test]
+    fn if_exists_blank_and_else_truthiness() {
+        let e = json!({"traits": {"email": "a@x", "empty": "", "zero": 0}, "context": {"traits": {"email": "c@x"}}});
+        let coalesce = |p: &str| json!({"@if": {"exists": {"@path": p}, "then": {"@path": p}, "else": {"@path": "$.context.traits.email"}}});
+        assert_eq!(
+            run(coalesce("$.traits.email"), e.clone()),
+            Some(json!("a@x"))
+        );
+        assert_eq!(
+            run(coalesce("$.traits.none"), e.clone()),
+            Some(json!("c@x"))
+        );
+        assert_eq!(
+            run(
+                json!({"@if": {"exists": {"@path": "$.traits.empty"}, "then": "yes"}}),
+                e.clone()
+            ),
+            Some(json!("yes"))
+        );
+        assert_eq!(
+            run(
+                json!({"@if": {"blank": {"@path": "$.traits.empty"}, "then": "yes", "else": "no"}}),
+                e.clone()
+            ),
+            Some(json!("no"))
+        );
+        assert_eq!(
+            run(
+                json!({"@if": {"blank": {"@path": "$.traits.zero"}, "then": "yes", "else": "no"}}),
+                e.clone()
+            ),
+            Some(json!("no"))
+        );
+        assert_eq!(
+            run(
+                json!({"@if": {"blank": {"@path": "$.traits.email"}, "then": "yes"}}),
+                e.clone()
+            ),
+            Some(json!("yes"))
+        );
+        // else with a falsy value omits the key; no branch omits it.
+        assert_eq!(
+            run(
+                json!({"@if": {"exists": {"@path": "$.nope"}, "then": 1, "else": false}}),
+                e.clone()
+            ),
+            None
+        );
+        assert_eq!(
+            run(
+                json!({"@if": {"exists": {"@path": "$.nope"}, "then": 1}}),
+                e.clone()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn template_coercions() {
+        let e = json!({"n": 0, "f": 1.5, "o": {"a": 1}, "l": ["a", "b"], "nul": null, "t": true, "big": 3.0});
+        assert_eq!(
+            run(
+                json!({"@template": "{{n}}|{{f}}|{{o}}|{{l}}|{{nul}}|{{missing}}|{{{t}}}|{{big}}"}),
+                e
+            ),
+            Some(json!("0|1.5|[object Object]|a,b|||true|3"))
+        );
+    }
+
+    #[test]
+    fn literal_case_replace_json() {
+        let e = json!({"p": "Pro Plan", "n": 12345, "s": "{\"a\":1}", "bad": "{nope"});
+        assert_eq!(
+            run(json!({"@literal": {"x": {"@path": "$.p"}}}), e.clone()),
+            Some(json!({"x": "Pro Plan"}))
+        );
+        assert_eq!(
+            run(
+                json!({"@case": {"operator": "lower", "value": {"@path": "$.p"}}}),
+                e.clone()
+            ),
+            Some(json!("pro plan"))
+        );
+        assert_eq!(
+            run(
+                json!({"@case": {"operator": "lower", "value": {"@path": "$.n"}}}),
+                e.clone()
+            ),
+            Some(json!(12345))
+        );
+        assert_eq!(
+            run(
+                json!({"@replace": {"value": {"@path": "$.p"}, "pattern": " ", "replacement": "_"}}),
+                e.clone()
+            ),
+            Some(json!("Pro_Plan"))
+        );
+        assert_eq!(
+            run(
+                json!({"@replace": {"value": {"@path": "$.p"}, "pattern": "p", "replacement": "b", "ignorecase": true, "global": false}}),
+                e.clone()
+            ),
+            Some(json!("bro Plan"))
+        );
+        assert_eq!(
+            run(
+                json!({"@replace": {"value": {"@path": "$.n"}, "pattern": "23", "pattern2": "5", "replacement2": "!"}}),
+                e.clone()
+            ),
+            Some(json!("14!"))
+        );
+        assert_eq!(
+            run(
+                json!({"@replace": {"value": {"@path": "$.missing"}, "pattern": "x"}}),
+                e.clone()
+            ),
+            None
+        );
+        assert_eq!(
+            run(
+                json!({"@json": {"mode": "decode", "value": {"@path": "$.s"}}}),
+                e.clone()
+            ),
+            Some(json!({"a": 1}))
+        );
+        assert_eq!(
+            run(
+                json!({"@json": {"mode": "decode", "value": {"@path": "$.bad"}}}),
+                e.clone()
+            ),
+            Some(json!("{nope"))
+        );
+        assert_eq!(
+            run(
+                json!({"@json": {"mode": "encode", "value": {"a": [1, "x"]}}}),
+                e.clone()
+            ),
+            Some(json!("{\"a\":[1,\"x\"]}"))
+        );
+        assert_eq!(
+            run(
+                json!({"@json": {"mode": "encode", "value": {"@path": "$.missing"}}}),
+                e
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn array_path_merge_transform_flatten_exclude() {
+        let e = json!({"properties": {"products": [{"sku": "a", "q": 1}, {"sku": "b"}], "one": {"sku": "c"}},
+            "traits": {"a": 1, "b": null, "n": {"x": null, "y": 2}}, "context": {"traits": {"a": 9, "c": 3}}});
+        assert_eq!(
+            run(
+                json!({"@arrayPath": ["$.properties.one", {"s": {"@path": "$.sku"}}]}),
+                e.clone()
+            ),
+            Some(json!([{"s": "c"}])),
+            "a single object becomes a one-element array"
+        );
+        assert_eq!(
+            run(json!({"@arrayPath": ["$.properties.products"]}), e.clone()),
+            Some(json!([{"sku": "a", "q": 1}, {"sku": "b"}]))
+        );
+        assert_eq!(
+            run(
+                json!({"@arrayPath": ["$.missing", {"s": {"@path": "$.sku"}}]}),
+                e.clone()
+            ),
+            None
+        );
+        assert_eq!(
+            run(
+                json!({"@merge": {"objects": [{"@path": "$.traits"}, {"@path": "$.context.traits"}], "direction": "right"}}),
+                e.clone()
+            ),
+            Some(json!({"a": 9, "b": null, "n": {"x": null, "y": 2}, "c": 3}))
+        );
+        assert_eq!(
+            run(
+                json!({"@merge": {"objects": [{"@path": "$.traits"}, {"@path": "$.context.traits"}, {"@path": "$.nope"}], "direction": "left"}}),
+                e.clone()
+            ),
+            Some(json!({"a": 1, "c": 3, "b": null, "n": {"x": null, "y": 2}}))
+        );
+        assert_eq!(
+            run(
+                json!({"@transform": {"apply": {"x": {"@path": "$.traits.n"}}, "mapping": {"y": {"@path": "$.x.y"}}}}),
+                e.clone()
+            ),
+            Some(json!({"y": 2}))
+        );
+        assert_eq!(
+            run(
+                json!({"@flatten": {"value": {"@path": "$.properties"}, "separator": "."}}),
+                e.clone()
+            ),
+            Some(
+                json!({"products.0.sku": "a", "products.0.q": 1, "products.1.sku": "b", "one.sku": "c"})
+            )
+        );
+        assert_eq!(
+            run(
+                json!({"@flatten": {"value": {"@path": "$.properties"}, "separator": "_", "omitArrays": true}}),
+                e.clone()
+            ),
+            Some(json!({"products": [{"sku": "a", "q": 1}, {"sku": "b"}], "one_sku": "c"}))
+        );
+        assert_eq!(
+            run(
+                json!({"@flatten": {"value": 5, "separator": "."}}),
+                e.clone()
+            ),
+            Some(json!({"": 5}))
+        );
+        assert_eq!(
+            run(
+                json!({"@excludeWhenNull": {"@path": "$.traits.b"}}),
+                e.clone()
+            ),
+            None
+        );
+        assert_eq!(
+            run(json!({"@excludeWhenNull": {"@path": "$.traits"}}), e),
+            Some(json!({"a": 1, "n": {"y": 2}}))
+        );
+    }
+
+    #[test]
+    fn case_insensitive_replace_is_per_character() {
+        assert_eq!(replace("ẞaȺbẞ", "ȺB", "-", true, true), "ẞa-ẞ");
+        assert_eq!(replace("ÄÖü", "ö", "o", true, true), "Äoü");
+        assert_eq!(replace("aAa", "A", "b", false, true), "bAa");
+        assert_eq!(replace("aAa", "A", "b", true, false), "aba");
+    }
+
+    #[test]
+    fn compile_errors_name_the_place() {
+        for (m, at, msg) in [
+            (
+                json!({"a": {"@path": "$.x", "@template": "y"}}),
+                "a",
+                "exactly one",
+            ),
+            (json!({"a": {"@path": "$.x", "other": 1}}), "a", "mixed"),
+            (
+                json!({"a": {"b": {"@nope": 1}}}),
+                "a.b.@nope",
+                "unknown directive",
+            ),
+            (
+                json!({"a": {"@liquid": "{{x}}"}}),
+                "a.@liquid",
+                "not supported",
+            ),
+            (json!({"a": {"@if": {"then": 1}}}), "a.@if", "exists"),
+            (
+                json!({"a": {"@case": {"operator": "title", "value": 1}}}),
+                "a.@case.operator",
+                "lower",
+            ),
+            (
+                json!({"a": {"@replace": {"value": 1, "pattern": "01234567890"}}}),
+                "a.@replace.pattern",
+                "1 to 10",
+            ),
+            (
+                json!({"a": {"@merge": {"objects": []}}}),
+                "a.@merge.direction",
+                "left",
+            ),
+            (json!({"a": {"@path": 5}}), "a.@path", "path string"),
+            (
+                json!({"a": [{"@json": {"mode": "x", "value": 1}}]}),
+                "a[0].@json.mode",
+                "encode",
+            ),
+        ] {
+            let e = Mapping::compile(&m).unwrap_err();
+            assert_eq!(e.at, at, "{m}: {e}");
+            assert!(e.message.contains(msg), "{m}: {e}");
+        }
+        // `_metadata` beside a directive is allowed.
+        assert!(Mapping::compile(&json!({"@path": "$.x", "_metadata": {"label": "X"}})).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(Value::from),
+            "[@$.a-z\\[\\]{}' ]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("@path".to_string()),
+                        Just("@if".to_string()),
+                        Just("@template".to_string()),
+                        Just("@arrayPath".to_string()),
+                        Just("@merge".to_string()),
+                        Just("exists".to_string()),
+                        Just("then".to_string()),
+                        Just("else".to_string()),
+                        "[a-z]{1,3}",
+                    ],
+                    inner,
+                    0..3
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn compiling_and_evaluating_never_panic(mapping in json(), event in json()) {
+            if let Ok(m) = Mapping::compile(&mapping) {
+                let _ = m.eval(&event);
+            }
+        }
+
+        #[test]
+        fn raw_values_without_directives_come_back_unchanged(v in json()) {
+            let has_directive = v.to_string().contains("\"@");
+            if !has_directive {
+                prop_assert_eq!(Mapping::compile(&v).unwrap().eval(&serde_json::json!({})), Some(v));
+            }
+        }
+    }
+}

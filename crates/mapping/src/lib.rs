@@ -1,0 +1,17 @@
+//! Subscription filters and the mapping kit of Segment's Actions destinations. Pure: no
+//! I/O, most of the logic of catalog destinations, most of their tests.
+//!
+//! Module map:
+//! - [`fql`]: the subscription (trigger) language — parse once, evaluate per event.
+//! - [`kit`]: the mapping kit — `@path`, `@if`, `@template`, … compiled once per
+//!   configuration, evaluated per event.
+//! - [`fields`]: action fields' types; cleaning, coercion and required-field checks of a
+//!   mapped payload before it is sent.
+
+pub mod fields;
+pub mod fql;
+pub mod kit;
+
+pub use fields::{prepare, FieldSpec, FieldType, ValidationError};
+pub use fql::{FqlError, Subscription};
+pub use kit::{Mapping, MappingError, Path};

@@ -36,7 +36,8 @@ pub struct DestinationConfig {
     /// Unique name: letters, digits, `-` and `_`. Also the key of the `integrations`
     /// object that turns this destination on or off per event.
     pub name: String,
-    /// Destination type: `webhook` (Segment's classic Webhooks).
+    /// Destination type: `webhook` (Segment's classic Webhooks) or a catalog id
+    /// (`actions_webhook`, `http`, `segment`, …).
     #[serde(rename = "type")]
     pub kind: String,
     /// Sources whose events it receives.
@@ -64,6 +65,10 @@ pub struct DestinationConfig {
     /// Type-specific settings, keyed as Segment keys them.
     #[serde(default)]
     pub settings: Map<String, Value>,
+    /// Catalog destinations: the enabled actions with their subscriptions and field
+    /// overrides. None listed: the catalog's presets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<crate::actions::ActionConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +171,7 @@ pub struct Destination {
 #[derive(Debug, Clone)]
 pub enum Kind {
     Webhook(WebhookSettings),
+    Actions(crate::actions::ActionsKind),
 }
 
 impl Kind {
@@ -173,6 +179,7 @@ impl Kind {
     pub fn display_name(&self) -> &'static str {
         match self {
             Kind::Webhook(_) => "Webhooks",
+            Kind::Actions(a) => a.entry.name.as_str(),
         }
     }
 }
@@ -254,7 +261,13 @@ impl DestinationConfig {
                 ),
             ));
         }
-        let timeout = self.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(5));
+        let catalog_entry = crate::catalog::builtin().get(&self.kind);
+        // Classic webhooks answer within 5 s (Segment's rule); Actions requests get 10 s.
+        let default_timeout = if catalog_entry.is_some() { 10 } else { 5 };
+        let timeout = self
+            .timeout
+            .map(|t| t.0)
+            .unwrap_or(Duration::from_secs(default_timeout));
         if timeout.is_zero() || timeout > Duration::from_secs(300) {
             return Err(err("timeout", "must be more than 0 and at most 5m".into()));
         }
@@ -268,18 +281,35 @@ impl DestinationConfig {
                 "must be at least retry.min_backoff".into(),
             ));
         }
-        let kind = match self.kind.as_str() {
-            "webhook" => Kind::Webhook(webhook_settings(
-                &self.settings,
-                self.allow_private_networks,
-                &err,
-            )?),
-            other => {
-                return Err(err(
-                    "type",
-                    format!("is {other:?}, which is not a known destination type (known: webhook)"),
-                ))
+        if self.kind != "webhook" && catalog_entry.is_none() {
+            let known: Vec<&str> = std::iter::once("webhook")
+                .chain(crate::catalog::builtin().keys().map(String::as_str))
+                .collect();
+            return Err(err(
+                "type",
+                format!(
+                    "is {:?}, which is not a known destination type (known: {})",
+                    self.kind,
+                    known.join(", ")
+                ),
+            ));
+        }
+        let kind = match catalog_entry {
+            None => {
+                if !self.actions.is_empty() {
+                    return Err(err(
+                        "actions",
+                        "only catalog destinations have actions; the classic webhook has none"
+                            .into(),
+                    ));
+                }
+                Kind::Webhook(webhook_settings(
+                    &self.settings,
+                    self.allow_private_networks,
+                    &err,
+                )?)
             }
+            Some(entry) => Kind::Actions(self.actions_kind(entry, &err)?),
         };
         Ok(Destination {
             name: self.name.clone(),
@@ -296,6 +326,79 @@ impl DestinationConfig {
                 window: r.window.0,
             },
             kind,
+        })
+    }
+}
+
+impl DestinationConfig {
+    fn actions_kind(
+        &self,
+        entry: &'static crate::catalog::Entry,
+        err: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<crate::actions::ActionsKind, ConfigError> {
+        use crate::actions::{ActionsKind, Enabled};
+        if self.batch_size > 1 {
+            return Err(err(
+                "batch_size",
+                "is not supported for catalog destinations yet (one request per event and action)"
+                    .into(),
+            ));
+        }
+        let (settings, endpoint_override) = crate::actions::settings(entry, &self.settings)
+            .map_err(|(k, m)| err(&format!("settings.{k}"), m))?;
+        if let (Some(u), false) = (&endpoint_override, self.allow_private_networks) {
+            ssrf::check_url(u)
+                .map_err(|why| err("settings.endpoint_override", format!("refused: {why}")))?;
+        }
+        let mut actions = Vec::new();
+        if self.actions.is_empty() {
+            if entry.presets.is_empty() {
+                return Err(err(
+                    "actions",
+                    format!(
+                        "is empty and {} has no presets: add [[destinations.actions]] (actions: {})",
+                        entry.id,
+                        entry.actions.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            for (slug, sub, text) in &entry.presets {
+                let action = &entry.actions[slug];
+                let cfg = crate::actions::ActionConfig {
+                    action: slug.clone(),
+                    subscription: Some(text.clone()),
+                    mapping: Map::new(),
+                    enabled: true,
+                };
+                let mut e = Enabled::new(action, &cfg)
+                    .map_err(|(f, m)| err(&format!("presets.{slug}.{f}"), m))?;
+                e.subscription = sub.clone();
+                actions.push(e);
+            }
+        }
+        for (i, a) in self.actions.iter().enumerate() {
+            let Some(action) = entry.actions.get(&a.action) else {
+                return Err(err(
+                    &format!("actions[{i}].action"),
+                    format!(
+                        "names {:?}, which is not an action of {} (actions: {})",
+                        a.action,
+                        entry.id,
+                        entry.actions.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            };
+            let enabled =
+                Enabled::new(action, a).map_err(|(f, m)| err(&format!("actions[{i}].{f}"), m))?;
+            if a.enabled {
+                actions.push(enabled);
+            }
+        }
+        Ok(ActionsKind {
+            entry,
+            settings,
+            endpoint_override,
+            actions,
         })
     }
 }
@@ -463,7 +566,9 @@ hooks = [{ hook = "http://127.0.0.1:9000/in" }]
 "#,
         );
         let d = cfg.validate(&["web"]).unwrap();
-        let Kind::Webhook(w) = &d.kind;
+        let Kind::Webhook(w) = &d.kind else {
+            panic!("not a webhook")
+        };
         assert_eq!(w.shared_secret.as_deref(), Some("s3cret"));
         assert_eq!(w.hooks[0].url.as_str(), "http://127.0.0.1:9000/in");
         assert_eq!(d.timeout, Duration::from_secs(5));
@@ -542,7 +647,9 @@ hooks = [{ hook = "http://127.0.0.1:9000/in" }]
         }))
         .unwrap();
         let d = cfg.validate(&["web"]).unwrap();
-        let Kind::Webhook(w) = &d.kind;
+        let Kind::Webhook(w) = &d.kind else {
+            panic!("not a webhook")
+        };
         assert_eq!(w.hooks[0].headers[0].0.as_str(), "authorization");
         assert!(w.shared_secret.is_none());
         assert!(d.events.allows("track", Some("Order Completed")));

@@ -3,6 +3,8 @@
 //!
 //! Module map:
 //! - [`config`]: a destination's configuration (TOML and JSON) and its validation.
+//! - [`catalog`]: the destination catalog as data (`catalog/*.json`, built in).
+//! - [`actions`]: catalog destinations at run time: subscriptions, mappings, requests.
 //! - [`router`]: the set of running destinations and the admin operations (create,
 //!   delivery report, event tester, dead letters, replay).
 //! - [`worker`]: one destination's consumer — read, route, send through lanes, record,
@@ -15,6 +17,8 @@
 //! - [`stats`]: delivery counts, latency histograms and Prometheus metrics.
 //! - [`duration`]: `"5s"`-style durations in configuration.
 
+pub mod actions;
+pub mod catalog;
 pub mod config;
 pub mod duration;
 pub mod http;

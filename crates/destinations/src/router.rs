@@ -288,7 +288,7 @@ impl Router {
         }
         let body = serde_json::to_vec(&event).map_err(storage)?;
         let route = crate::routing::route(&ctx.dest, &body);
-        let (reqs, answers, verdict) = ctx.send(&[&body]).await;
+        let (reqs, answers, sent) = ctx.send(&[&body]).await;
         let calls: Vec<Value> = reqs
             .iter()
             .zip(&answers)
@@ -317,7 +317,16 @@ impl Router {
             .collect();
         Ok(json!({
             "destination": name,
-            "result": verdict_name(verdict),
+            "result": match &sent {
+                worker::Sent::Answered(v) => json!(verdict_name(*v)),
+                worker::Sent::NoMatch => json!("no_matching_action"),
+                worker::Sent::Invalid(_) => json!("invalid_payload"),
+            },
+            "reason": match &sent {
+                worker::Sent::Invalid(why) => json!(why),
+                worker::Sent::NoMatch => json!("You may not have any subscriptions that match this event"),
+                worker::Sent::Answered(_) => Value::Null,
+            },
             "would_route": match route {
                 crate::routing::Route::Send => json!({"send": true}),
                 crate::routing::Route::Filtered(why) | crate::routing::Route::DroppedByIntegrations(why) =>
@@ -325,6 +334,63 @@ impl Router {
             },
             "calls": calls,
         }))
+    }
+
+    /// What `event` would become, per enabled action, without sending anything:
+    /// `{"actions": [{"action", "matched", "requests": [...], "skipped_reason"}]}`.
+    pub fn preview(&self, name: &str, event: &Value) -> Result<Value, RouterError> {
+        let ctx = self.ctx(name)?;
+        let body = serde_json::to_vec(event).map_err(storage)?;
+        let request_json = |r: &crate::http::Prepared| {
+            let headers: serde_json::Map<String, Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+                .collect();
+            let body = serde_json::from_slice::<Value>(&r.body)
+                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&r.body)));
+            json!({"method": r.method.as_str(), "url": r.url.as_str(), "headers": headers, "body": body})
+        };
+        let route = crate::routing::route(&ctx.dest, &body);
+        let actions: Vec<Value> = match &ctx.dest.kind {
+            crate::config::Kind::Webhook(s) => {
+                let reqs = crate::webhook::requests(s, &[&body], ctx.dest.batch_size > 1);
+                vec![json!({
+                    "action": "webhook",
+                    "matched": route == crate::routing::Route::Send,
+                    "requests": if route == crate::routing::Route::Send {
+                        reqs.iter().map(request_json).collect::<Vec<_>>()
+                    } else {
+                        Vec::new()
+                    },
+                    "skipped_reason": match &route {
+                        crate::routing::Route::Send => Value::Null,
+                        crate::routing::Route::Filtered(w) | crate::routing::Route::DroppedByIntegrations(w) => json!(w),
+                    },
+                })]
+            }
+            crate::config::Kind::Actions(a) => a
+                .preview(event, ctx.dest.allow_private_networks)
+                .into_iter()
+                .map(|p| {
+                    let blocked = match &route {
+                        crate::routing::Route::Send => None,
+                        crate::routing::Route::Filtered(w)
+                        | crate::routing::Route::DroppedByIntegrations(w) => Some(w.clone()),
+                    };
+                    json!({
+                        "action": p.action,
+                        "matched": p.matched && blocked.is_none(),
+                        "requests": match (&p.request, &blocked) {
+                            (Some(r), None) => vec![request_json(r)],
+                            _ => Vec::new(),
+                        },
+                        "skipped_reason": blocked.or(p.skipped_reason),
+                    })
+                })
+                .collect(),
+        };
+        Ok(json!({ "destination": name, "actions": actions }))
     }
 
     pub async fn dead_letters(
@@ -511,14 +577,23 @@ fn describe(r: &Running) -> Value {
         if let Some(e) = &r.error {
             obj.insert("error".into(), json!(e));
         }
-        // Never echo the shared secret.
-        if let Some(s) = obj
-            .get_mut("settings")
-            .and_then(Value::as_object_mut)
-            .and_then(|s| s.get_mut("sharedSecret"))
-        {
-            if s.as_str().is_some_and(|t| !t.is_empty()) {
-                *s = json!("********");
+        // Never echo secrets: the classic shared secret, and settings the catalog marks secret.
+        let secret_keys: Vec<String> = match crate::catalog::builtin().get(&r.config.kind) {
+            Some(entry) => entry
+                .settings
+                .iter()
+                .filter(|(_, s)| s.secret)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            None => vec!["sharedSecret".to_string()],
+        };
+        if let Some(settings) = obj.get_mut("settings").and_then(Value::as_object_mut) {
+            for key in &secret_keys {
+                if let Some(s) = settings.get_mut(key) {
+                    if s.as_str().is_some_and(|t| !t.is_empty()) {
+                        *s = json!("********");
+                    }
+                }
             }
         }
     }

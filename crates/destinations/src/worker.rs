@@ -75,16 +75,26 @@ impl Ctx {
         }
     }
 
-    /// The requests for a group of events, exactly as they will be sent.
-    pub fn requests(&self, payloads: &[&[u8]]) -> Vec<http::Prepared> {
-        match &self.dest.kind {
+    /// Builds and sends the requests for a group of events (concurrently). A catalog
+    /// destination's event may need no request (no action matched) or be refused (a
+    /// matched action cannot build its request).
+    pub async fn send(&self, payloads: &[&[u8]]) -> (Vec<http::Prepared>, Vec<Answer>, Sent) {
+        let reqs = match &self.dest.kind {
             Kind::Webhook(s) => webhook::requests(s, payloads, self.dest.batch_size > 1),
-        }
-    }
-
-    /// Sends them all (concurrently) and returns each answer with one verdict.
-    pub async fn send(&self, payloads: &[&[u8]]) -> (Vec<http::Prepared>, Vec<Answer>, Verdict) {
-        let reqs = self.requests(payloads);
+            Kind::Actions(a) => {
+                // Catalog destinations send one event per lane turn (batch_size is 1).
+                let payload = payloads.first().copied().unwrap_or(b"{}");
+                match a.plan(payload, self.dest.allow_private_networks) {
+                    crate::actions::Plan::Send(reqs) => reqs.into_iter().map(|(_, r)| r).collect(),
+                    crate::actions::Plan::NoMatch => {
+                        return (Vec::new(), Vec::new(), Sent::NoMatch)
+                    }
+                    crate::actions::Plan::Invalid(why) => {
+                        return (Vec::new(), Vec::new(), Sent::Invalid(why))
+                    }
+                }
+            }
+        };
         let answers =
             futures_util::future::join_all(reqs.iter().map(|r| http::send(&self.client, r))).await;
         let now = now_ms();
@@ -94,8 +104,44 @@ impl Ctx {
         }
         let verdict = match &self.dest.kind {
             Kind::Webhook(_) => webhook::combine(&answers),
+            Kind::Actions(_) => all_of(&answers),
         };
-        (reqs, answers, verdict)
+        (reqs, answers, Sent::Answered(verdict))
+    }
+}
+
+/// What a lane's turn came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    Answered(Verdict),
+    /// No action of a catalog destination matched: nothing to send.
+    NoMatch,
+    /// A matched action cannot build its request: never sent, never retried.
+    Invalid(String),
+}
+
+/// Every request of a catalog destination's event must succeed: delivered when all were;
+/// else retried when any failure is retryable (the event is sent again as a whole, so
+/// the actions that succeeded see it twice, same messageId); else permanent.
+fn all_of(answers: &[Answer]) -> Verdict {
+    let mut retry: Option<Option<std::time::Duration>> = None;
+    let mut permanent = false;
+    for a in answers {
+        match a.verdict {
+            Verdict::Delivered => {}
+            Verdict::Permanent => permanent = true,
+            Verdict::Retry { after } => {
+                retry = Some(match (retry.flatten(), after) {
+                    (Some(x), Some(y)) => Some(x.max(y)),
+                    (x, y) => x.or(y),
+                })
+            }
+        }
+    }
+    match (retry, permanent) {
+        (Some(after), _) => Verdict::Retry { after },
+        (None, true) => Verdict::Permanent,
+        (None, false) => Verdict::Delivered,
     }
 }
 
@@ -126,7 +172,7 @@ struct Done {
     started_ms: i64,
     urls: Vec<String>,
     answers: Vec<Answer>,
-    verdict: Verdict,
+    sent: Sent,
 }
 
 /// What a worker consumes.
@@ -161,14 +207,14 @@ async fn lane(
         }
         let started_ms = now_ms();
         let payloads: Vec<&[u8]> = items.iter().map(|w| &w.payload[..]).collect();
-        let (reqs, answers, verdict) = ctx.send(&payloads).await;
+        let (reqs, answers, sent) = ctx.send(&payloads).await;
         let urls = reqs.iter().map(|r| r.url.to_string()).collect();
         let msg = Done {
             items,
             started_ms,
             urls,
             answers,
-            verdict,
+            sent,
         };
         if done.send(msg).is_err() {
             break;
@@ -491,6 +537,13 @@ impl Coordinator {
     fn handle_done(&mut self, d: Done) {
         let now = now_ms();
         let name = self.ctx.dest.name.clone();
+        let verdict = match &d.sent {
+            Sent::Answered(v) => *v,
+            Sent::NoMatch | Sent::Invalid(_) => {
+                self.nothing_sent(d, now);
+                return;
+            }
+        };
         let new_attempts: Vec<Attempt> = d
             .answers
             .iter()
@@ -517,7 +570,7 @@ impl Coordinator {
                 .collect::<Vec<_>>()
                 .join("; ")
         };
-        match d.verdict {
+        match verdict {
             Verdict::Delivered => {
                 self.failures_in_a_row = 0;
                 if self.paused {
@@ -538,7 +591,7 @@ impl Coordinator {
             }
             Verdict::Permanent => {}
         }
-        if d.verdict != Verdict::Delivered {
+        if verdict != Verdict::Delivered {
             let first = d
                 .answers
                 .iter()
@@ -554,7 +607,7 @@ impl Coordinator {
                     status: a.status,
                     error: a.error.clone(),
                     response: (!a.body.is_empty()).then(|| a.body.clone()),
-                    outcome: if matches!(d.verdict, Verdict::Permanent) {
+                    outcome: if matches!(verdict, Verdict::Permanent) {
                         Outcome::Failed
                     } else {
                         Outcome::Retrying
@@ -603,7 +656,7 @@ impl Coordinator {
                 status: last_status,
                 failed_at_ms: now,
             };
-            let next = match d.verdict {
+            let next = match verdict {
                 Verdict::Retry { after } => self.ctx.dest.retry.next_attempt_ms(
                     first_attempt,
                     now,
@@ -613,7 +666,7 @@ impl Coordinator {
                 ),
                 _ => None,
             };
-            match (d.verdict, next) {
+            match (verdict, next) {
                 (Verdict::Delivered, _) => {
                     let latency = (now - w.received_at_ms).max(0) as u64;
                     self.ctx
@@ -663,6 +716,56 @@ impl Coordinator {
                     }
                 }
             }
+        }
+    }
+
+    /// A catalog destination's event that needed no request, or could not be built.
+    fn nothing_sent(&mut self, d: Done, now: i64) {
+        let name = self.ctx.dest.name.clone();
+        for w in d.items {
+            match w.origin {
+                Origin::Log => {
+                    self.outstanding.remove(&w.offset);
+                }
+                Origin::Retry => {
+                    self.retry_in_flight.remove(&w.offset);
+                    self.batch.remove_pending.push((name.clone(), w.offset));
+                }
+            }
+            let (outcome, detail) = match &d.sent {
+                Sent::Invalid(why) => (Outcome::Failed, format!("not sent: {why}")),
+                _ => (
+                    Outcome::Filtered,
+                    "no enabled action's subscription matches".to_string(),
+                ),
+            };
+            self.ctx.stats.outcome(now, outcome, None);
+            if outcome == Outcome::Failed {
+                self.batch.dead_letters.push(DeadLetter {
+                    id: 0,
+                    destination: name.clone(),
+                    offset: w.offset,
+                    message_id: w.message_id.clone(),
+                    user_key: w.user_key.clone(),
+                    received_at_ms: w.received_at_ms,
+                    payload: w.payload.to_vec(),
+                    attempts: w.attempts.clone(),
+                    reason: detail.clone(),
+                    status: None,
+                    failed_at_ms: now,
+                });
+            }
+            self.batch.records.push(DeliveryRecord {
+                destination: name.clone(),
+                offset: w.offset,
+                message_id: w.message_id,
+                outcome: outcome.as_str().into(),
+                attempts: count_tries(&w.attempts),
+                updated_at_ms: now,
+                latency_ms: None,
+                status: None,
+                detail: Some(detail),
+            });
         }
     }
 

@@ -27,6 +27,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/destinations/{name}", get(show).put(put).delete(delete))
         .route("/destinations/{name}/delivery", get(delivery))
         .route("/destinations/{name}/test", post(test))
+        .route("/destinations/{name}/preview", post(preview))
         .route("/destinations/{name}/dead-letters", get(dead_letters))
         .route(
             "/destinations/{name}/dead-letters/replay",
@@ -135,6 +136,26 @@ async fn test(
         }
     };
     Ok(Json(router(&app)?.test(&name, event).await?))
+}
+
+/// Body: the event (or `{"event": {...}}`). Nothing is sent.
+async fn preview(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let v: Value = json_body(&body, "JSON object (the event)")?;
+    let event = match v.get("event") {
+        Some(e) if e.is_object() => e.clone(),
+        _ => v,
+    };
+    if !event.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the event must be a JSON object",
+        ));
+    }
+    Ok(Json(router(&app)?.preview(&name, &event)?))
 }
 
 #[derive(Deserialize, Default)]

@@ -1,7 +1,8 @@
-//! The `sluice` binary: `serve`, `check`, `replay`, `bench`.
+//! The `sluice` binary: `serve`, `check`, `catalog`, `replay`, `bench`.
 
 mod bench;
 mod bench_deliver;
+mod catalog_cmd;
 mod config;
 mod replay;
 mod serve;
@@ -36,6 +37,11 @@ enum Command {
         #[arg(long, short, default_value = "sluice.toml", env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
+    /// The built-in destination types; `catalog show NAME` for one type's details.
+    Catalog {
+        #[command(subcommand)]
+        which: Option<catalog_cmd::CatalogCommand>,
+    },
     /// Re-deliver to one destination: its dead letters, or a window of the event log.
     Replay(replay::ReplayArgs),
     /// Benchmarks against a running server.
@@ -67,6 +73,7 @@ fn main() -> std::process::ExitCode {
             );
         }),
         Command::Replay(args) => replay::run(args),
+        Command::Catalog { which } => catalog_cmd::run(which),
         Command::Bench { which } => bench::run(which),
         Command::BenchBaseline { listen } => bench::baseline(listen),
     };

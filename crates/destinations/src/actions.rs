@@ -1,0 +1,524 @@
+//! Catalog destinations at run time: for one event, every enabled action whose
+//! subscription matches maps the event (field defaults overlaid by the configuration's
+//! overrides), cleans and coerces the payload to the fields' types, and becomes one HTTP
+//! request as its catalog entry describes.
+//!
+//! An event that no action's subscription matches sends nothing (recorded as filtered).
+//! When a matched action cannot build its request (a required field missing, a value that
+//! cannot be coerced, a bad URL or header), the event is not sent at all — not even by the
+//! other matched actions — and becomes a dead letter with the action and the field named:
+//! a permanent failure, never retried.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sluice_mapping::{prepare, Mapping, Subscription};
+
+use crate::catalog::{Action, Entry};
+use crate::http::Prepared;
+
+/// One `[[destinations.actions]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    /// The action's slug in the catalog (Segment's, e.g. `updateUserProfile`).
+    pub action: String,
+    /// FQL; default: the action's default subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<String>,
+    /// Field overrides: field key → mapping-kit value (replacing the field's default).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub mapping: Map<String, Value>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A catalog destination, validated.
+#[derive(Debug, Clone)]
+pub struct ActionsKind {
+    pub entry: &'static Entry,
+    /// Settings with the catalog's defaults filled in.
+    pub settings: Value,
+    pub endpoint_override: Option<url::Url>,
+    pub actions: Vec<Enabled>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Enabled {
+    pub action: &'static Action,
+    pub subscription: Subscription,
+    pub subscription_text: String,
+    pub mapping: Mapping,
+}
+
+/// What one event becomes.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// (action slug, request) for every matched action.
+    Send(Vec<(String, Prepared)>),
+    /// No enabled action's subscription matches.
+    NoMatch,
+    /// A matched action cannot build its request: the reason.
+    Invalid(String),
+}
+
+/// Per-action detail for previews.
+#[derive(Debug, Clone)]
+pub struct ActionPreview {
+    pub action: String,
+    pub matched: bool,
+    pub request: Option<Prepared>,
+    pub skipped_reason: Option<String>,
+}
+
+impl Enabled {
+    pub fn new(action: &'static Action, cfg: &ActionConfig) -> Result<Enabled, (String, String)> {
+        let text = cfg
+            .subscription
+            .clone()
+            .unwrap_or_else(|| action.default_subscription.clone());
+        let subscription =
+            Subscription::parse(&text).map_err(|e| ("subscription".to_string(), e.to_string()))?;
+        let mut fields = Map::new();
+        for (key, default) in &action.defaults {
+            fields.insert(key.clone(), default.clone());
+        }
+        for (key, value) in &cfg.mapping {
+            if !action.fields.iter().any(|(k, _)| k == key) {
+                let known: Vec<&str> = action.fields.iter().map(|(k, _)| k.as_str()).collect();
+                return Err((
+                    format!("mapping.{key}"),
+                    format!(
+                        "is not a field of action {} (fields: {})",
+                        action.slug,
+                        known.join(", ")
+                    ),
+                ));
+            }
+            Mapping::compile(value).map_err(|e| (format!("mapping.{key}"), e.to_string()))?;
+            fields.insert(key.clone(), value.clone());
+        }
+        let mapping = Mapping::compile(&Value::Object(fields))
+            .map_err(|e| ("mapping".to_string(), e.to_string()))?;
+        Ok(Enabled {
+            action,
+            subscription,
+            subscription_text: text,
+            mapping,
+        })
+    }
+}
+
+impl ActionsKind {
+    /// What an event becomes (requests, nothing, or a refusal).
+    pub fn plan(&self, payload: &[u8], allow_private: bool) -> Plan {
+        let Ok(event) = serde_json::from_slice::<Value>(payload) else {
+            return Plan::Invalid("the stored event is not JSON".into());
+        };
+        let mut out = Vec::new();
+        for p in self.preview(&event, allow_private) {
+            match (p.matched, p.request, p.skipped_reason) {
+                (false, _, _) => {}
+                (true, Some(req), _) => out.push((p.action, req)),
+                (true, None, reason) => {
+                    return Plan::Invalid(format!(
+                        "action {}: {}",
+                        p.action,
+                        reason.unwrap_or_default()
+                    ))
+                }
+            }
+        }
+        if out.is_empty() {
+            Plan::NoMatch
+        } else {
+            Plan::Send(out)
+        }
+    }
+
+    /// Every enabled action: whether it matched, and its request or why there is none.
+    pub fn preview(&self, event: &Value, allow_private: bool) -> Vec<ActionPreview> {
+        self.actions
+            .iter()
+            .map(|a| {
+                let slug = a.action.slug.clone();
+                if !a.subscription.matches(event) {
+                    return ActionPreview {
+                        action: slug,
+                        matched: false,
+                        request: None,
+                        skipped_reason: Some(format!(
+                            "the subscription `{}` does not match",
+                            a.subscription_text
+                        )),
+                    };
+                }
+                match self.request(a, event, allow_private) {
+                    Ok(req) => ActionPreview {
+                        action: slug,
+                        matched: true,
+                        request: Some(req),
+                        skipped_reason: None,
+                    },
+                    Err(why) => ActionPreview {
+                        action: slug,
+                        matched: true,
+                        request: None,
+                        skipped_reason: Some(why),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn request(&self, a: &Enabled, event: &Value, allow_private: bool) -> Result<Prepared, String> {
+        let mapped = match a.mapping.eval(event) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let payload = prepare(&a.action.fields, mapped).map_err(|e| e.to_string())?;
+        for (key, choices) in &a.action.choices {
+            if let Some(v) = payload.get(key) {
+                if !choices.contains(v) {
+                    return Err(format!(
+                        "field `{key}` must be one of {}, not {v}",
+                        Value::from(choices.clone())
+                    ));
+                }
+            }
+        }
+        let ctx = json!({"payload": payload, "settings": self.settings, "event": event});
+        let method = match a.action.method.eval(&ctx) {
+            Some(Value::String(m)) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("the method {m:?} is not an HTTP method"))?,
+            other => {
+                return Err(format!(
+                    "the request method resolved to {other:?}, not a string"
+                ))
+            }
+        };
+        let url_text = match a.action.url.eval(&ctx) {
+            Some(Value::String(u)) => u,
+            other => {
+                return Err(format!(
+                    "the request URL resolved to {other:?}, not a string"
+                ))
+            }
+        };
+        let mut url = url::Url::parse(&url_text)
+            .map_err(|e| format!("the URL {url_text:?} is invalid: {e}"))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("the URL {url_text:?} is not http or https"));
+        }
+        if let Some(o) = &self.endpoint_override {
+            override_endpoint(&mut url, o).map_err(|e| format!("endpoint_override: {e}"))?;
+        }
+        if !allow_private {
+            crate::ssrf::check_url(&url)
+                .map_err(|why| format!("refused by the SSRF guard: {why}"))?;
+        }
+        let mut headers = HeaderMap::new();
+        for (name, m) in &self.entry.headers {
+            add_header(&mut headers, name, m.eval(&ctx))?;
+        }
+        if let Some(h) = &a.action.headers {
+            match h.eval(&ctx) {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(map)) => {
+                    for (k, v) in map {
+                        add_header(&mut headers, &k, Some(v))?;
+                    }
+                }
+                Some(other) => return Err(format!("headers must be an object, not {other}")),
+            }
+        }
+        if let Some((user, pass)) = &a.action.basic_auth {
+            let text = |v: Option<Value>| match v {
+                Some(Value::String(s)) => s,
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            use base64::Engine;
+            let token = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                text(user.eval(&ctx)),
+                text(pass.eval(&ctx))
+            ));
+            let v = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| e.to_string())?;
+            headers.insert(AUTHORIZATION, v);
+        }
+        let body = match a.action.body.as_ref().and_then(|b| b.eval(&ctx)) {
+            None | Some(Value::Null) => Bytes::new(),
+            Some(v) => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+            }
+        };
+        if let Some((setting, header)) = &self.entry.signature {
+            if let Some(secret) = self
+                .settings
+                .get(setting)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                let sig = crate::webhook::signature(secret, &body);
+                add_header(&mut headers, header, Some(Value::String(sig)))?;
+            }
+        }
+        Ok(Prepared {
+            method,
+            url,
+            headers,
+            body,
+        })
+    }
+}
+
+fn add_header(headers: &mut HeaderMap, name: &str, value: Option<Value>) -> Result<(), String> {
+    let text = match value {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::String(s)) => s,
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+        Some(other) => return Err(format!("header {name:?} must be a string, not {other}")),
+    };
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid header name"))?;
+    let v = HeaderValue::from_str(&text)
+        .ok()
+        .filter(|_| text.is_ascii())
+        .ok_or_else(|| format!("header {name:?} has a value that is not visible ASCII"))?;
+    headers.insert(n, v);
+    Ok(())
+}
+
+/// Replaces the scheme, host and port of `url` with those of `with`.
+pub fn override_endpoint(url: &mut url::Url, with: &url::Url) -> Result<(), String> {
+    url.set_scheme(with.scheme())
+        .map_err(|_| "cannot change the scheme".to_string())?;
+    url.set_host(with.host_str()).map_err(|e| e.to_string())?;
+    url.set_port(with.port())
+        .map_err(|_| "cannot set the port".to_string())?;
+    Ok(())
+}
+
+/// Settings validated against the catalog: unknown keys refused, required ones present,
+/// types checked, defaults filled in. `endpoint_override` is accepted by every entry.
+pub fn settings(
+    entry: &Entry,
+    given: &Map<String, Value>,
+) -> Result<(Value, Option<url::Url>), (String, String)> {
+    let mut out = BTreeMap::new();
+    let mut endpoint = None;
+    for (k, v) in given {
+        if k == "endpoint_override" {
+            let text = v
+                .as_str()
+                .ok_or_else(|| (k.clone(), "must be a URL string".to_string()))?;
+            let u = url::Url::parse(text)
+                .map_err(|e| (k.clone(), format!("is not a valid URL ({e})")))?;
+            if u.scheme() != "http" && u.scheme() != "https" || u.host_str().is_none() {
+                return Err((k.clone(), "must be an http(s) URL with a host".into()));
+            }
+            endpoint = Some(u);
+            continue;
+        }
+        let Some(spec) = entry.settings.get(k) else {
+            let known: Vec<&str> = entry.settings.keys().map(String::as_str).collect();
+            return Err((
+                k.clone(),
+                format!(
+                    "is not a setting of {} (known: {}endpoint_override)",
+                    entry.id,
+                    known.iter().map(|k| format!("{k}, ")).collect::<String>()
+                ),
+            ));
+        };
+        let ok = match spec.ty {
+            sluice_mapping::FieldType::Boolean => v.is_boolean(),
+            sluice_mapping::FieldType::Number | sluice_mapping::FieldType::Integer => v.is_number(),
+            sluice_mapping::FieldType::Object => v.is_object(),
+            _ => v.is_string(),
+        };
+        if !ok {
+            return Err((
+                k.clone(),
+                format!("must be of type {:?}", spec.ty).to_lowercase(),
+            ));
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    for (k, spec) in &entry.settings {
+        if out.contains_key(k) {
+            continue;
+        }
+        match &spec.default {
+            Some(d) => {
+                out.insert(k.clone(), d.clone());
+            }
+            None if spec.required => return Err((k.clone(), "is required".into())),
+            None => {}
+        }
+    }
+    Ok((Value::Object(out.into_iter().collect()), endpoint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DestinationConfig, Kind};
+
+    fn kind(v: Value) -> Result<ActionsKind, crate::ConfigError> {
+        let cfg: DestinationConfig = serde_json::from_value(v).unwrap();
+        cfg.validate(&["web"]).map(|d| match d.kind {
+            Kind::Actions(a) => a,
+            Kind::Webhook(_) => panic!("not a catalog destination"),
+        })
+    }
+
+    fn track() -> Value {
+        json!({"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "m1",
+               "properties": {"total": 30}})
+    }
+
+    fn sent(plan: Plan) -> Vec<Prepared> {
+        match plan {
+            Plan::Send(reqs) => reqs.into_iter().map(|(_, r)| r).collect(),
+            other => panic!("expected requests, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn actions_webhook_maps_signs_and_overrides_the_endpoint() {
+        let k = kind(json!({"name": "w", "type": "actions_webhook", "sources": ["web"],
+            "settings": {"sharedSecret": "k", "endpoint_override": "http://stub.example.com:9000"},
+            "actions": [{"action": "send", "subscription": "type = \"track\"",
+                "mapping": {"url": "https://hooks.example.com/in?x=1", "headers": {"X-A": "b"},
+                            "data": {"id": {"@path": "$.userId"}, "total": {"@path": "$.properties.total"}}}}]}))
+        .unwrap();
+        let body = serde_json::to_vec(&track()).unwrap();
+        let reqs = sent(k.plan(&body, false));
+        assert_eq!(reqs.len(), 1);
+        let r = &reqs[0];
+        assert_eq!(r.method, Method::POST);
+        assert_eq!(r.url.as_str(), "http://stub.example.com:9000/in?x=1");
+        assert_eq!(&r.body[..], br#"{"id":"u1","total":30}"#);
+        assert_eq!(r.headers["x-a"], "b");
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(
+            r.headers["x-signature"].to_str().unwrap(),
+            crate::webhook::signature("k", &r.body)
+        );
+        // Not subscribed: nothing to send.
+        let identify = serde_json::to_vec(&json!({"type": "identify", "userId": "u1"})).unwrap();
+        assert!(matches!(k.plan(&identify, false), Plan::NoMatch));
+    }
+
+    #[test]
+    fn refusals_name_the_action_and_field() {
+        let k = kind(json!({"name": "w", "type": "http", "sources": ["web"],
+            "actions": [{"action": "send", "mapping": {"url": {"@path": "$.properties.hook"}}}]}))
+        .unwrap();
+        let body = serde_json::to_vec(&track()).unwrap();
+        match k.plan(&body, false) {
+            Plan::Invalid(why) => assert!(
+                why.contains("action send") && why.contains("`url` is required"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let with = |hook: &str, method: &str| {
+            let e = json!({"type": "track", "event": "x", "userId": "u", "properties": {"hook": hook, "m": method}});
+            serde_json::to_vec(&e).unwrap()
+        };
+        let k = kind(json!({"name": "w", "type": "http", "sources": ["web"],
+            "actions": [{"action": "send", "mapping": {"url": {"@path": "$.properties.hook"}, "method": {"@path": "$.properties.m"}}}]}))
+        .unwrap();
+        for (hook, method, want) in [
+            ("http://10.0.0.1/x", "POST", "SSRF"),
+            ("not a url", "POST", "invalid"),
+            ("https://api.example.com/x", "FETCH", "must be one of"),
+        ] {
+            match k.plan(&with(hook, method), false) {
+                Plan::Invalid(why) => assert!(why.contains(want), "{hook} {method}: {why}"),
+                other => panic!("{hook}: {other:?}"),
+            }
+        }
+        let get = sent(k.plan(&with("https://api.example.com/x", "GET"), false));
+        assert_eq!(get[0].method, Method::GET);
+    }
+
+    #[test]
+    fn segment_forwards_with_basic_auth_to_type_paths() {
+        let k = kind(json!({"name": "fwd", "type": "segment", "sources": ["web"],
+            "settings": {"write_key": "wk_other", "endpoint": "https://sluice.example.com"}}))
+        .unwrap();
+        let event = track();
+        let reqs = sent(k.plan(&serde_json::to_vec(&event).unwrap(), false));
+        assert_eq!(reqs[0].url.as_str(), "https://sluice.example.com/v1/track");
+        use base64::Engine;
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("wk_other:")
+        );
+        assert_eq!(reqs[0].headers["authorization"].to_str().unwrap(), want);
+        let back: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn configuration_errors_name_the_field() {
+        let base = json!({"name": "x", "type": "segment", "sources": ["web"], "settings": {"write_key": "k"}});
+        assert!(kind(base.clone()).is_ok());
+        for (patch, field) in [
+            (json!({"settings": {}}), "settings.write_key"),
+            (
+                json!({"settings": {"write_key": "k", "colour": "red"}}),
+                "settings.colour",
+            ),
+            (json!({"settings": {"write_key": 5}}), "settings.write_key"),
+            (
+                json!({"settings": {"write_key": "k", "endpoint_override": "ftp://x"}}),
+                "settings.endpoint_override",
+            ),
+            (
+                json!({"settings": {"write_key": "k", "endpoint_override": "http://127.0.0.1:9"}}),
+                "settings.endpoint_override",
+            ),
+            (
+                json!({"actions": [{"action": "nope"}]}),
+                "actions[0].action",
+            ),
+            (
+                json!({"actions": [{"action": "send", "subscription": "type ="}]}),
+                "actions[0].subscription",
+            ),
+            (
+                json!({"actions": [{"action": "send", "mapping": {"evnt": 1}}]}),
+                "actions[0].mapping.evnt",
+            ),
+            (
+                json!({"actions": [{"action": "send", "mapping": {"event": {"@nope": 1}}}]}),
+                "actions[0].mapping.event",
+            ),
+            (json!({"batch_size": 10}), "batch_size"),
+        ] {
+            let mut v = base.clone();
+            for (k, val) in patch.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            let e = kind(v).unwrap_err();
+            assert_eq!(e.field, field, "{patch}: {e}");
+        }
+        let e = kind(json!({"name": "x", "type": "http", "sources": ["web"]})).unwrap_err();
+        assert_eq!(e.field, "actions");
+        assert!(e.message.contains("no presets"), "{e}");
+    }
+}

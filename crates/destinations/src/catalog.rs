@@ -1,0 +1,336 @@
+//! The destination catalog as data: one JSON file per destination type in `catalog/`
+//! (built into the binary), loaded and validated once. A catalog entry names its settings
+//! (types, required, secret), its actions (fields with types and defaults written as
+//! mapping-kit values, a default subscription, and how the prepared payload becomes an HTTP
+//! request) and its presets (the actions enabled when a configuration lists none).
+//!
+//! A request is described by mapping-kit values evaluated against
+//! `{"payload": <the action's prepared fields>, "settings": <the destination's settings>,
+//! "event": <the event>}`: `method`, `url`, `headers` (an object of strings), `body`
+//! (any JSON), and optionally `basic_auth` (`{username, password}` → an
+//! `Authorization: Basic` header). Every catalog destination also takes the setting
+//! `endpoint_override`: it replaces the scheme, host and port of every request it sends.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+use sluice_mapping::{FieldSpec, FieldType, Mapping, Subscription};
+
+/// The catalog files, built in.
+const FILES: &[(&str, &str)] = &[
+    (
+        "actions_webhook",
+        include_str!("../../../catalog/actions_webhook.json"),
+    ),
+    ("http", include_str!("../../../catalog/http.json")),
+    ("segment", include_str!("../../../catalog/segment.json")),
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFile {
+    id: String,
+    name: String,
+    #[serde(default)]
+    segment_slug: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    settings: BTreeMap<String, SettingFile>,
+    /// Headers every request carries (mapping-kit values over the request context).
+    #[serde(default)]
+    headers: BTreeMap<String, Value>,
+    #[serde(default)]
+    signature: Option<SignatureFile>,
+    actions: BTreeMap<String, ActionFile>,
+    #[serde(default)]
+    presets: Vec<PresetFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingFile {
+    #[serde(rename = "type")]
+    pub ty: FieldType,
+    #[serde(default)]
+    pub required: bool,
+    /// Never shown back by the admin API.
+    #[serde(default)]
+    pub secret: bool,
+    #[serde(default)]
+    pub default: Option<Value>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignatureFile {
+    /// The setting holding the shared secret.
+    secret_setting: String,
+    header: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionFile {
+    title: String,
+    #[serde(default)]
+    description: String,
+    default_subscription: String,
+    fields: BTreeMap<String, FieldFile>,
+    request: RequestFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldFile {
+    #[serde(flatten)]
+    spec: FieldSpec,
+    #[serde(default)]
+    default: Option<Value>,
+    #[serde(default)]
+    choices: Option<Vec<Value>>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestFile {
+    method: Value,
+    url: Value,
+    #[serde(default)]
+    headers: Option<Value>,
+    #[serde(default)]
+    body: Option<Value>,
+    #[serde(default)]
+    basic_auth: Option<BasicAuthFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BasicAuthFile {
+    username: Value,
+    password: Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresetFile {
+    action: String,
+    #[serde(default)]
+    subscription: Option<String>,
+}
+
+/// A loaded, validated catalog entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub name: String,
+    pub segment_slug: Option<String>,
+    pub description: String,
+    pub settings: BTreeMap<String, SettingFile>,
+    pub headers: Vec<(String, Mapping)>,
+    pub signature: Option<(String, String)>,
+    pub actions: BTreeMap<String, Action>,
+    /// (action, subscription) enabled when a configuration lists no actions.
+    pub presets: Vec<(String, Subscription, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub slug: String,
+    pub title: String,
+    pub description: String,
+    pub default_subscription: String,
+    pub fields: Vec<(String, FieldSpec)>,
+    /// Defaults as written (mapping-kit JSON), for overrides and `sluice catalog show`.
+    pub defaults: BTreeMap<String, Value>,
+    pub choices: BTreeMap<String, Vec<Value>>,
+    pub field_descriptions: BTreeMap<String, String>,
+    pub method: Mapping,
+    pub url: Mapping,
+    pub headers: Option<Mapping>,
+    pub body: Option<Mapping>,
+    pub basic_auth: Option<(Mapping, Mapping)>,
+}
+
+/// A catalog file that does not load: which file, where, what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("catalog file {file}: {message}")]
+pub struct CatalogError {
+    pub file: String,
+    pub message: String,
+}
+
+/// Loads and validates every built-in catalog file.
+pub fn load() -> Result<BTreeMap<String, Entry>, CatalogError> {
+    let mut out = BTreeMap::new();
+    for (id, text) in FILES {
+        let entry = parse(id, text)?;
+        out.insert(entry.id.clone(), entry);
+    }
+    Ok(out)
+}
+
+/// The built-in catalog (validated by a unit test; loading cannot fail at run time).
+pub fn builtin() -> &'static BTreeMap<String, Entry> {
+    static CATALOG: std::sync::OnceLock<BTreeMap<String, Entry>> = std::sync::OnceLock::new();
+    CATALOG.get_or_init(|| load().unwrap_or_default())
+}
+
+pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
+    let file = format!("catalog/{file_id}.json");
+    let err = |message: String| CatalogError {
+        file: file.clone(),
+        message,
+    };
+    let f: EntryFile = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
+    if f.id != file_id {
+        return Err(err(format!("id {:?} does not match the file name", f.id)));
+    }
+    let compile = |v: &Value, at: &str| Mapping::compile(v).map_err(|e| err(format!("{at}: {e}")));
+    let mut headers = Vec::new();
+    for (k, v) in &f.headers {
+        headers.push((k.clone(), compile(v, &format!("headers.{k}"))?));
+    }
+    if let Some(sig) = &f.signature {
+        if !f.settings.contains_key(&sig.secret_setting) {
+            return Err(err(format!(
+                "signature.secret_setting names {:?}, which is not a setting",
+                sig.secret_setting
+            )));
+        }
+    }
+    let mut actions = BTreeMap::new();
+    for (slug, a) in &f.actions {
+        let at = format!("actions.{slug}");
+        Subscription::parse(&a.default_subscription)
+            .map_err(|e| err(format!("{at}.default_subscription: {e}")))?;
+        let mut fields = Vec::new();
+        let mut defaults = BTreeMap::new();
+        let mut choices = BTreeMap::new();
+        let mut field_descriptions = BTreeMap::new();
+        for (key, field) in &a.fields {
+            if let Some(d) = &field.default {
+                compile(d, &format!("{at}.fields.{key}.default"))?;
+                defaults.insert(key.clone(), d.clone());
+            }
+            if let Some(c) = &field.choices {
+                choices.insert(key.clone(), c.clone());
+            }
+            field_descriptions.insert(key.clone(), field.description.clone());
+            fields.push((key.clone(), field.spec.clone()));
+        }
+        let r = &a.request;
+        actions.insert(
+            slug.clone(),
+            Action {
+                slug: slug.clone(),
+                title: a.title.clone(),
+                description: a.description.clone(),
+                default_subscription: a.default_subscription.clone(),
+                fields,
+                defaults,
+                choices,
+                field_descriptions,
+                method: compile(&r.method, &format!("{at}.request.method"))?,
+                url: compile(&r.url, &format!("{at}.request.url"))?,
+                headers: r
+                    .headers
+                    .as_ref()
+                    .map(|h| compile(h, &format!("{at}.request.headers")))
+                    .transpose()?,
+                body: r
+                    .body
+                    .as_ref()
+                    .map(|b| compile(b, &format!("{at}.request.body")))
+                    .transpose()?,
+                basic_auth: match &r.basic_auth {
+                    Some(b) => Some((
+                        compile(&b.username, &format!("{at}.request.basic_auth.username"))?,
+                        compile(&b.password, &format!("{at}.request.basic_auth.password"))?,
+                    )),
+                    None => None,
+                },
+            },
+        );
+    }
+    let mut presets = Vec::new();
+    for (i, p) in f.presets.iter().enumerate() {
+        let Some(action) = actions.get(&p.action) else {
+            return Err(err(format!(
+                "presets[{i}] names action {:?}, which is not defined",
+                p.action
+            )));
+        };
+        let text = p
+            .subscription
+            .clone()
+            .unwrap_or_else(|| action.default_subscription.clone());
+        let sub = Subscription::parse(&text)
+            .map_err(|e| err(format!("presets[{i}].subscription: {e}")))?;
+        presets.push((p.action.clone(), sub, text));
+    }
+    Ok(Entry {
+        id: f.id,
+        name: f.name,
+        segment_slug: f.segment_slug,
+        description: f.description,
+        settings: f.settings,
+        headers,
+        signature: f.signature.map(|s| (s.secret_setting, s.header)),
+        actions,
+        presets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_file_loads() {
+        let c = load().unwrap();
+        for id in ["actions_webhook", "http", "segment"] {
+            assert!(c.contains_key(id), "{id}");
+        }
+        let w = &c["actions_webhook"];
+        assert_eq!(w.segment_slug.as_deref(), Some("actions-webhook"));
+        assert!(w.actions["send"].defaults.contains_key("data"));
+        assert!(w.settings["sharedSecret"].secret);
+    }
+
+    #[test]
+    fn bad_files_name_the_place() {
+        let base = r#"{"id": "x", "name": "X", "actions": {"send": {"title": "Send",
+            "default_subscription": "type = \"track\"", "fields": {"url": {"type": "string", "required": true}},
+            "request": {"method": "POST", "url": {"@path": "$.payload.url"}}}}}"#;
+        assert!(parse("x", base).is_ok());
+        for (from, to, want) in [
+            (r#""id": "x""#, r#""id": "y""#, "does not match"),
+            (
+                r#"type = \"track\""#,
+                r#"type = "#,
+                "actions.send.default_subscription",
+            ),
+            (
+                r#"{"@path": "$.payload.url"}"#,
+                r#"{"@nope": 1}"#,
+                "actions.send.request.url",
+            ),
+            (r#""type": "string""#, r#""type": "str""#, "unknown variant"),
+            (
+                r#""name": "X""#,
+                r#""name": "X", "presets": [{"action": "nope"}]"#,
+                "presets[0]",
+            ),
+        ] {
+            let text = base.replace(from, to);
+            let e = parse("x", &text).unwrap_err();
+            assert!(e.to_string().contains(want), "{to}: {e}");
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Catalog destinations end to end with the real binary: Webhooks (Actions) through
+//! `endpoint_override` to a receiver started here (mapping, signature, retries, refusals,
+//! preview), and the `segment` destination forwarding to a second Sluice.
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::{Answer, Receiver};
+use common::Server;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn config(destinations: &str) -> String {
+    format!(
+        r#"
+admin_token = "test-admin-token"
+[[sources]]
+name = "web"
+write_key = "wk_web_123"
+{destinations}
+"#
+    )
+}
+
+#[test]
+fn webhooks_actions_maps_signs_retries_and_refuses() {
+    // The first two requests fail with 503, then 200.
+    let rx = Receiver::start(|n, _| {
+        if n < 2 {
+            Answer::Status(503)
+        } else {
+            Answer::Status(200)
+        }
+    });
+    let cfg = config(&format!(
+        r#"
+[[destinations]]
+name = "orders"
+type = "actions_webhook"
+sources = ["web"]
+allow_private_networks = true
+retry = {{ min_backoff = "20ms", max_backoff = "100ms" }}
+[destinations.settings]
+sharedSecret = "k3y"
+endpoint_override = "{url}"
+[[destinations.actions]]
+action = "send"
+subscription = 'type = "track" and event = "Order Completed"'
+mapping = {{ url = "https://hooks.example.com/orders", headers = {{ "X-Shop" = "acme" }}, data = {{ order = {{ "@path" = "$.properties.order_id" }}, total = {{ "@path" = "$.properties.total" }}, user = {{ "@path" = "$.userId" }} }} }}
+"#,
+        url = rx.url
+    ));
+    let s = Server::start(Some(&cfg));
+    let r = s.send(
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "track", "messageId": "o1", "userId": "u1", "event": "Order Completed", "properties": {"order_id": "A-1", "total": 30}},
+            {"type": "track", "messageId": "v1", "userId": "u1", "event": "Product Viewed"},
+            {"type": "identify", "messageId": "i1", "userId": "u1"},
+        ]}),
+    );
+    assert_eq!(r.status, 200);
+    let got = rx.wait_until("the order after two 503s", WAIT, |l| {
+        l.iter().any(|r| r.answered == Some(200))
+    });
+    assert_eq!(got.len(), 3, "two failures, one success, nothing else");
+    for r in &got {
+        assert_eq!(r.path, "/orders");
+        assert_eq!(r.json(), json!({"order": "A-1", "total": 30, "user": "u1"}));
+        assert_eq!(r.headers["x-shop"], "acme");
+        assert_eq!(r.headers["x-signature"], hmac_hex("k3y", &r.body));
+    }
+    let j = s.admin_until("/events/o1", "o1 delivered", WAIT, |b| {
+        b["deliveries"][0]["outcome"] == "delivered"
+    });
+    assert_eq!(j["deliveries"][0]["attempts"], 3);
+    let v = s.admin_until("/events/v1", "v1 recorded", WAIT, |b| {
+        b["deliveries"].is_array()
+    });
+    assert_eq!(v["deliveries"][0]["outcome"], "filtered");
+    assert!(v["deliveries"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("no enabled action"));
+
+    // Preview: what would be sent, without sending.
+    let before = rx.received().len();
+    let p = s.admin_call(
+        "POST",
+        "/destinations/orders/preview",
+        Some(&json!({"type": "track", "userId": "u9", "event": "Order Completed", "properties": {"order_id": "P-1"}})),
+    );
+    assert_eq!(p.status, 200, "{}", p.body);
+    let a = &p.body["actions"][0];
+    assert_eq!(
+        (a["action"].as_str(), a["matched"].as_bool()),
+        (Some("send"), Some(true))
+    );
+    assert_eq!(a["requests"][0]["method"], "POST");
+    assert_eq!(a["requests"][0]["url"], format!("{}/orders", rx.url));
+    assert_eq!(
+        a["requests"][0]["body"],
+        json!({"order": "P-1", "user": "u9"})
+    );
+    let p = s.admin_call(
+        "POST",
+        "/destinations/orders/preview",
+        Some(&json!({"type": "identify", "userId": "u9"})),
+    );
+    assert_eq!(p.body["actions"][0]["matched"], false);
+    assert!(p.body["actions"][0]["skipped_reason"]
+        .as_str()
+        .unwrap()
+        .contains("does not match"));
+    assert_eq!(rx.received().len(), before, "preview sends nothing");
+}
+
+#[test]
+fn a_payload_that_cannot_be_built_is_dead_lettered_without_a_request() {
+    let rx = Receiver::ok();
+    let cfg = config(&format!(
+        r#"
+[[destinations]]
+name = "api"
+type = "http"
+sources = ["web"]
+allow_private_networks = true
+[destinations.settings]
+endpoint_override = "{url}"
+[[destinations.actions]]
+action = "send"
+mapping = {{ url = {{ "@path" = "$.properties.callback" }} }}
+"#,
+        url = rx.url
+    ));
+    let s = Server::start(Some(&cfg));
+    let r = s.send(
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "track", "messageId": "no-url", "userId": "u1", "event": "E"},
+            {"type": "track", "messageId": "with-url", "userId": "u1", "event": "E", "properties": {"callback": "https://x.example.com/cb"}},
+        ]}),
+    );
+    assert_eq!(r.status, 200);
+    let got = rx.wait_until("the event with a url", WAIT, |l| !l.is_empty());
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].path, "/cb");
+    assert_eq!(got[0].json()["messageId"], "with-url");
+    let dl = s.admin_until(
+        "/destinations/api/dead-letters",
+        "one dead letter",
+        WAIT,
+        |b| b["data"].as_array().is_some_and(|a| a.len() == 1),
+    );
+    let d = &dl["data"][0];
+    assert_eq!(d["messageId"], "no-url");
+    assert!(
+        d["reason"].as_str().unwrap().contains("`url` is required"),
+        "{d}"
+    );
+    assert_eq!(
+        d["attempts"].as_array().unwrap().len(),
+        0,
+        "no request was made"
+    );
+}
+
+#[test]
+fn the_segment_destination_forwards_to_another_sluice() {
+    let downstream = Server::start(Some(
+        r#"
+admin_token = "down-admin-token"
+[[sources]]
+name = "upstream"
+write_key = "wk_down_1"
+"#,
+    ));
+    let cfg = config(&format!(
+        r#"
+[[destinations]]
+name = "fwd"
+type = "segment"
+sources = ["web"]
+allow_private_networks = true
+[destinations.settings]
+write_key = "wk_down_1"
+endpoint = "{url}"
+"#,
+        url = downstream.url
+    ));
+    let s = Server::start(Some(&cfg));
+    let listed = s.admin("/destinations/fwd").body;
+    assert_eq!(listed["settings"]["write_key"], "********");
+    let r = s.send(
+        "/v1/identify",
+        &json!({"messageId": "fwd-1", "userId": "u1", "traits": {"plan": "pro"}}),
+    );
+    assert_eq!(r.status, 200);
+    let r = s.send(
+        "/v1/track",
+        &json!({"messageId": "fwd-2", "userId": "u1", "event": "Signed Up"}),
+    );
+    assert_eq!(r.status, 200);
+    let events = downstream.admin_until(
+        "/sources/upstream/events?limit=10",
+        "two forwarded events",
+        WAIT,
+        |b| b["data"].as_array().is_some_and(|a| a.len() == 2),
+    );
+    let by_id = |id: &str| -> Value {
+        events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["messageId"] == id)
+            .unwrap_or_else(|| panic!("{id} not forwarded: {events}"))["event"]
+            .clone()
+    };
+    assert_eq!(by_id("fwd-1")["traits"]["plan"], "pro");
+    assert_eq!(by_id("fwd-1")["type"], "identify");
+    assert_eq!(by_id("fwd-2")["event"], "Signed Up");
+}
+
+#[test]
+fn sluice_catalog_lists_and_shows_types() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, list, _) = run(&["catalog"]);
+    assert!(ok);
+    for id in ["webhook", "actions_webhook", "http", "segment"] {
+        assert!(
+            list.lines().any(|l| l.starts_with(id)),
+            "{id} missing from:\n{list}"
+        );
+    }
+    let (ok, show, _) = run(&["catalog", "show", "actions_webhook"]);
+    assert!(ok);
+    assert!(
+        show.contains("sharedSecret") && show.contains("action send"),
+        "{show}"
+    );
+    assert!(show.contains("url") && show.contains("required"), "{show}");
+    let (ok, _, err) = run(&["catalog", "show", "carrier-pigeon"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no catalog destination \"carrier-pigeon\""),
+        "{err}"
+    );
+    // A bad catalog destination fails `sluice check` with the destination and the field.
+    let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(
+        f.path(),
+        config(
+            r#"
+[[destinations]]
+name = "api"
+type = "http"
+sources = ["web"]
+[[destinations.actions]]
+action = "send"
+subscription = 'type = "track" and'
+"#,
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["check", "--config", f.path().to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("destination \"api\"") && err.contains("actions[0].subscription"),
+        "{err}"
+    );
+    assert!(err.contains("position"), "{err}");
+}

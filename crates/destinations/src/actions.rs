@@ -124,7 +124,7 @@ impl ActionsKind {
             return Plan::Invalid("the stored event is not JSON".into());
         };
         let mut out = Vec::new();
-        for p in self.preview(&event, allow_private) {
+        for p in self.preview_raw(&event, Some(payload), allow_private) {
             match (p.matched, p.request, p.skipped_reason) {
                 (false, _, _) => {}
                 (true, Some(req), _) => out.push((p.action, req)),
@@ -146,6 +146,16 @@ impl ActionsKind {
 
     /// Every enabled action: whether it matched, and its request or why there is none.
     pub fn preview(&self, event: &Value, allow_private: bool) -> Vec<ActionPreview> {
+        self.preview_raw(event, None, allow_private)
+    }
+
+    /// [`ActionsKind::preview`] with the event's stored bytes, when there are any.
+    fn preview_raw(
+        &self,
+        event: &Value,
+        raw: Option<&[u8]>,
+        allow_private: bool,
+    ) -> Vec<ActionPreview> {
         self.actions
             .iter()
             .map(|a| {
@@ -161,7 +171,7 @@ impl ActionsKind {
                         )),
                     };
                 }
-                match self.request(a, event, allow_private) {
+                match self.request(a, event, raw, allow_private) {
                     Ok(req) => ActionPreview {
                         action: slug,
                         matched: true,
@@ -179,7 +189,13 @@ impl ActionsKind {
             .collect()
     }
 
-    fn request(&self, a: &Enabled, event: &Value, allow_private: bool) -> Result<Prepared, String> {
+    fn request(
+        &self,
+        a: &Enabled,
+        event: &Value,
+        raw: Option<&[u8]>,
+        allow_private: bool,
+    ) -> Result<Prepared, String> {
         let mapped = match a.mapping.eval(event) {
             Some(Value::Object(m)) => m,
             _ => Map::new(),
@@ -255,12 +271,12 @@ impl ActionsKind {
             let v = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| e.to_string())?;
             headers.insert(AUTHORIZATION, v);
         }
-        let body = match a.action.body.as_ref().and_then(|b| b.eval(&ctx)) {
-            None | Some(Value::Null) => Bytes::new(),
-            Some(v) => {
+        let body = match (a.action.body_is_event, raw) {
+            (true, Some(bytes)) => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+                Bytes::copy_from_slice(bytes)
             }
+            _ => self.body(a, &ctx, &mut headers)?,
         };
         if let Some((setting, header)) = &self.entry.signature {
             if let Some(secret) = self
@@ -278,6 +294,18 @@ impl ActionsKind {
             url,
             headers,
             body,
+        })
+    }
+}
+
+impl ActionsKind {
+    fn body(&self, a: &Enabled, ctx: &Value, headers: &mut HeaderMap) -> Result<Bytes, String> {
+        Ok(match a.action.body.as_ref().and_then(|b| b.eval(ctx)) {
+            None | Some(Value::Null) => Bytes::new(),
+            Some(v) => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+            }
         })
     }
 }
@@ -474,6 +502,31 @@ mod tests {
     }
 
     #[test]
+    fn product_fruits_gets_the_stored_bytes_signed() {
+        let k = kind(json!({"name": "pf", "type": "product_fruits", "sources": ["web"],
+            "settings": {"webhook_url": "https://hooks.productfruits.example/abc", "webhook_secret": "pfs"}}))
+        .unwrap();
+        // Field order and spacing as stored: sent unchanged, not re-serialised.
+        let stored = br#"{"userId":"u1","type":"identify","traits":{"email":"a@example.com"},"messageId":"m1"}"#;
+        let reqs = sent(k.plan(stored, false));
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(&reqs[0].body[..], &stored[..]);
+        assert_eq!(
+            reqs[0].url.as_str(),
+            "https://hooks.productfruits.example/abc"
+        );
+        assert_eq!(
+            reqs[0].headers["x-signature"].to_str().unwrap(),
+            crate::webhook::signature("pfs", stored)
+        );
+        let e = kind(
+            json!({"name": "pf", "type": "product_fruits", "sources": ["web"], "settings": {}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "settings.webhook_url");
+    }
+
+    #[test]
     fn configuration_errors_name_the_field() {
         let base = json!({"name": "x", "type": "segment", "sources": ["web"], "settings": {"write_key": "k"}});
         assert!(kind(base.clone()).is_ok());
@@ -517,6 +570,11 @@ mod tests {
             let e = kind(v).unwrap_err();
             assert_eq!(e.field, field, "{patch}: {e}");
         }
+        let e = kind(json!({"name": "x", "type": "http", "sources": ["web"],
+            "actions": [{"action": "send", "mapping": {"url": {"@nope": 1}}}]}))
+        .unwrap_err();
+        assert_eq!(e.field, "actions[0].mapping.url");
+        assert!(e.message.contains("unknown directive"), "{e}");
         let e = kind(json!({"name": "x", "type": "http", "sources": ["web"]})).unwrap_err();
         assert_eq!(e.field, "actions");
         assert!(e.message.contains("no presets"), "{e}");

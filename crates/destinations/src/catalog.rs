@@ -24,6 +24,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../catalog/actions_webhook.json"),
     ),
     ("http", include_str!("../../../catalog/http.json")),
+    (
+        "product_fruits",
+        include_str!("../../../catalog/product_fruits.json"),
+    ),
     ("segment", include_str!("../../../catalog/segment.json")),
 ];
 
@@ -154,6 +158,9 @@ pub struct Action {
     pub url: Mapping,
     pub headers: Option<Mapping>,
     pub body: Option<Mapping>,
+    /// The body is the event itself (`{"@path": "$.event"}`): the stored bytes are sent
+    /// unchanged (field order and all), not a re-serialisation.
+    pub body_is_event: bool,
     pub basic_auth: Option<(Mapping, Mapping)>,
 }
 
@@ -248,6 +255,7 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
                     .as_ref()
                     .map(|b| compile(b, &format!("{at}.request.body")))
                     .transpose()?,
+                body_is_event: r.body == Some(serde_json::json!({"@path": "$.event"})),
                 basic_auth: match &r.basic_auth {
                     Some(b) => Some((
                         compile(&b.username, &format!("{at}.request.basic_auth.username"))?,
@@ -294,7 +302,7 @@ mod tests {
     #[test]
     fn every_builtin_file_loads() {
         let c = load().unwrap();
-        for id in ["actions_webhook", "http", "segment"] {
+        for id in ["actions_webhook", "http", "product_fruits", "segment"] {
             assert!(c.contains_key(id), "{id}");
         }
         let w = &c["actions_webhook"];

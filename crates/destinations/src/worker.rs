@@ -167,6 +167,31 @@ struct Work {
     first_attempt_ms: Option<i64>,
 }
 
+impl Work {
+    fn dead_letter(
+        &self,
+        destination: &str,
+        reason: String,
+        attempts: Vec<Attempt>,
+        status: Option<u16>,
+        now: i64,
+    ) -> DeadLetter {
+        DeadLetter {
+            id: 0,
+            destination: destination.to_string(),
+            offset: self.offset,
+            message_id: self.message_id.clone(),
+            user_key: self.user_key.clone(),
+            received_at_ms: self.received_at_ms,
+            payload: self.payload.to_vec(),
+            attempts,
+            reason,
+            status,
+            failed_at_ms: now,
+        }
+    }
+}
+
 struct Done {
     items: Vec<Work>,
     started_ms: i64,
@@ -615,7 +640,7 @@ impl Coordinator {
                 });
             }
         }
-        for w in d.items {
+        for mut w in d.items {
             match w.origin {
                 Origin::Log => {
                     self.outstanding.remove(&w.offset);
@@ -624,7 +649,7 @@ impl Coordinator {
                     self.retry_in_flight.remove(&w.offset);
                 }
             }
-            let mut attempts = w.attempts;
+            let mut attempts = std::mem::take(&mut w.attempts);
             attempts.extend(new_attempts.iter().cloned());
             if attempts.len() > MAX_ATTEMPTS_KEPT {
                 attempts.drain(..attempts.len() - MAX_ATTEMPTS_KEPT);
@@ -643,18 +668,8 @@ impl Coordinator {
                     status: last_status,
                     detail,
                 };
-            let dead = |reason: String, attempts: Vec<Attempt>| DeadLetter {
-                id: 0,
-                destination: name.clone(),
-                offset: w.offset,
-                message_id: w.message_id.clone(),
-                user_key: w.user_key.clone(),
-                received_at_ms: w.received_at_ms,
-                payload: w.payload.to_vec(),
-                attempts,
-                reason,
-                status: last_status,
-                failed_at_ms: now,
+            let dead = |reason: String, attempts: Vec<Attempt>| {
+                w.dead_letter(&name, reason, attempts, last_status, now)
             };
             let next = match verdict {
                 Verdict::Retry { after } => self.ctx.dest.retry.next_attempt_ms(
@@ -741,19 +756,8 @@ impl Coordinator {
             };
             self.ctx.stats.outcome(now, outcome, None);
             if outcome == Outcome::Failed {
-                self.batch.dead_letters.push(DeadLetter {
-                    id: 0,
-                    destination: name.clone(),
-                    offset: w.offset,
-                    message_id: w.message_id.clone(),
-                    user_key: w.user_key.clone(),
-                    received_at_ms: w.received_at_ms,
-                    payload: w.payload.to_vec(),
-                    attempts: w.attempts.clone(),
-                    reason: detail.clone(),
-                    status: None,
-                    failed_at_ms: now,
-                });
+                let letter = w.dead_letter(&name, detail.clone(), w.attempts.clone(), None, now);
+                self.batch.dead_letters.push(letter);
             }
             self.batch.records.push(DeliveryRecord {
                 destination: name.clone(),

@@ -7,21 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::receiver::{Answer, Receiver};
-use common::Server;
-use hmac::{Hmac, Mac};
+use common::{hmac_hex, Server};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn config(destinations: &str) -> String {
     format!(

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::receiver::{Answer, Receiver};
-use common::Server;
-use hmac::{Hmac, Mac};
+use common::{hmac_hex, Server};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -50,16 +49,6 @@ hooks = [{{ hook = "{url}/in" }}]
 }
 
 const FAST_RETRY: &str = r#"retry = { min_backoff = "20ms", max_backoff = "200ms" }"#;
-
-fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn track(id: &str, user: &str, event: &str) -> Value {
     json!({"messageId": id, "userId": user, "event": event, "properties": {"n": id}})

@@ -247,3 +247,15 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     enc.write_all(data).unwrap();
     enc.finish().unwrap()
 }
+
+/// Lowercase hex HMAC-SHA1, as Segment's webhooks sign (`X-Signature`).
+pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

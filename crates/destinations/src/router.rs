@@ -340,57 +340,7 @@ impl Router {
     /// `{"actions": [{"action", "matched", "requests": [...], "skipped_reason"}]}`.
     pub fn preview(&self, name: &str, event: &Value) -> Result<Value, RouterError> {
         let ctx = self.ctx(name)?;
-        let body = serde_json::to_vec(event).map_err(storage)?;
-        let request_json = |r: &crate::http::Prepared| {
-            let headers: serde_json::Map<String, Value> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
-                .collect();
-            let body = serde_json::from_slice::<Value>(&r.body)
-                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&r.body)));
-            json!({"method": r.method.as_str(), "url": r.url.as_str(), "headers": headers, "body": body})
-        };
-        let route = crate::routing::route(&ctx.dest, &body);
-        let actions: Vec<Value> = match &ctx.dest.kind {
-            crate::config::Kind::Webhook(s) => {
-                let reqs = crate::webhook::requests(s, &[&body], ctx.dest.batch_size > 1);
-                vec![json!({
-                    "action": "webhook",
-                    "matched": route == crate::routing::Route::Send,
-                    "requests": if route == crate::routing::Route::Send {
-                        reqs.iter().map(request_json).collect::<Vec<_>>()
-                    } else {
-                        Vec::new()
-                    },
-                    "skipped_reason": match &route {
-                        crate::routing::Route::Send => Value::Null,
-                        crate::routing::Route::Filtered(w) | crate::routing::Route::DroppedByIntegrations(w) => json!(w),
-                    },
-                })]
-            }
-            crate::config::Kind::Actions(a) => a
-                .preview(event, ctx.dest.allow_private_networks)
-                .into_iter()
-                .map(|p| {
-                    let blocked = match &route {
-                        crate::routing::Route::Send => None,
-                        crate::routing::Route::Filtered(w)
-                        | crate::routing::Route::DroppedByIntegrations(w) => Some(w.clone()),
-                    };
-                    json!({
-                        "action": p.action,
-                        "matched": p.matched && blocked.is_none(),
-                        "requests": match (&p.request, &blocked) {
-                            (Some(r), None) => vec![request_json(r)],
-                            _ => Vec::new(),
-                        },
-                        "skipped_reason": blocked.or(p.skipped_reason),
-                    })
-                })
-                .collect(),
-        };
-        Ok(json!({ "destination": name, "actions": actions }))
+        Ok(preview_destination(&ctx.dest, event))
     }
 
     pub async fn dead_letters(
@@ -549,6 +499,63 @@ impl Router {
             let _ = t.await;
         }
     }
+}
+
+/// What `event` would become at a destination, per enabled action, without sending:
+/// `{"destination", "actions": [{"action", "matched", "requests", "skipped_reason"}]}`.
+pub fn preview_destination(dest: &crate::config::Destination, event: &Value) -> Value {
+    let name = &dest.name;
+    let body = serde_json::to_vec(event).unwrap_or_default();
+    let request_json = |r: &crate::http::Prepared| {
+        let headers: serde_json::Map<String, Value> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+            .collect();
+        let body = serde_json::from_slice::<Value>(&r.body)
+            .unwrap_or_else(|_| json!(String::from_utf8_lossy(&r.body)));
+        json!({"method": r.method.as_str(), "url": r.url.as_str(), "headers": headers, "body": body})
+    };
+    let route = crate::routing::route(dest, &body);
+    let actions: Vec<Value> = match &dest.kind {
+        crate::config::Kind::Webhook(s) => {
+            let reqs = crate::webhook::requests(s, &[&body], dest.batch_size > 1);
+            vec![json!({
+                "action": "webhook",
+                "matched": route == crate::routing::Route::Send,
+                "requests": if route == crate::routing::Route::Send {
+                    reqs.iter().map(request_json).collect::<Vec<_>>()
+                } else {
+                    Vec::new()
+                },
+                "skipped_reason": match &route {
+                    crate::routing::Route::Send => Value::Null,
+                    crate::routing::Route::Filtered(w) | crate::routing::Route::DroppedByIntegrations(w) => json!(w),
+                },
+            })]
+        }
+        crate::config::Kind::Actions(a) => a
+            .preview(event, dest.allow_private_networks)
+            .into_iter()
+            .map(|p| {
+                let blocked = match &route {
+                    crate::routing::Route::Send => None,
+                    crate::routing::Route::Filtered(w)
+                    | crate::routing::Route::DroppedByIntegrations(w) => Some(w.clone()),
+                };
+                json!({
+                    "action": p.action,
+                    "matched": p.matched && blocked.is_none(),
+                    "requests": match (&p.request, &blocked) {
+                        (Some(r), None) => vec![request_json(r)],
+                        _ => Vec::new(),
+                    },
+                    "skipped_reason": blocked.or(p.skipped_reason),
+                })
+            })
+            .collect(),
+    };
+    json!({ "destination": name, "actions": actions })
 }
 
 fn verdict_name(v: crate::retry::Verdict) -> &'static str {

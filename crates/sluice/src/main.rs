@@ -1,9 +1,10 @@
-//! The `sluice` binary: `serve`, `check`, `catalog`, `replay`, `bench`.
+//! The `sluice` binary: `serve`, `check`, `catalog`, `preview`, `replay`, `bench`.
 
 mod bench;
 mod bench_deliver;
 mod catalog_cmd;
 mod config;
+mod preview;
 mod replay;
 mod serve;
 
@@ -42,6 +43,8 @@ enum Command {
         #[command(subcommand)]
         which: Option<catalog_cmd::CatalogCommand>,
     },
+    /// What an event would become at a destination of a config file (offline, sends nothing).
+    Preview(preview::PreviewArgs),
     /// Re-deliver to one destination: its dead letters, or a window of the event log.
     Replay(replay::ReplayArgs),
     /// Benchmarks against a running server.
@@ -74,6 +77,7 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Replay(args) => replay::run(args),
         Command::Catalog { which } => catalog_cmd::run(which),
+        Command::Preview(args) => preview::run(args),
         Command::Bench { which } => bench::run(which),
         Command::BenchBaseline { listen } => bench::baseline(listen),
     };

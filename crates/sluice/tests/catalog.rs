@@ -257,6 +257,62 @@ fn sluice_catalog_lists_and_shows_types() {
         err.contains("no catalog destination \"carrier-pigeon\""),
         "{err}"
     );
+    // `sluice preview`: offline, from the file.
+    let cfg_file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(
+        cfg_file.path(),
+        config(
+            r#"
+[[destinations]]
+name = "orders"
+type = "actions_webhook"
+sources = ["web"]
+[destinations.settings]
+sharedSecret = "k"
+[[destinations.actions]]
+action = "send"
+subscription = 'type = "track"'
+mapping = { url = "https://hooks.example.com/o", data = { id = { "@path" = "$.userId" } } }
+"#,
+        ),
+    )
+    .unwrap();
+    let ev = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ev.path(), r#"{"type":"track","event":"E","userId":"u7"}"#).unwrap();
+    let cfg_path = cfg_file.path().to_str().unwrap();
+    let ev_path = ev.path().to_str().unwrap();
+    let (ok, out, err) = run(&[
+        "preview",
+        "--config",
+        cfg_path,
+        "--destination",
+        "orders",
+        "--event",
+        ev_path,
+    ]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let req = &report["actions"][0]["requests"][0];
+    assert_eq!(req["url"], "https://hooks.example.com/o");
+    assert_eq!(req["body"], json!({"id": "u7"}));
+    assert_eq!(
+        req["headers"]["x-signature"],
+        hmac_hex("k", br#"{"id":"u7"}"#)
+    );
+    let (ok, _, err) = run(&[
+        "preview",
+        "--config",
+        cfg_path,
+        "--destination",
+        "nope",
+        "--event",
+        ev_path,
+    ]);
+    assert!(
+        !ok && err.contains("no destination named \"nope\""),
+        "{err}"
+    );
+
     // A bad catalog destination fails `sluice check` with the destination and the field.
     let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::write(

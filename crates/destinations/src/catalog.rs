@@ -28,6 +28,7 @@ const FILES: &[(&str, &str)] = &[
         "product_fruits",
         include_str!("../../../catalog/product_fruits.json"),
     ),
+    ("pushwoosh", include_str!("../../../catalog/pushwoosh.json")),
     ("segment", include_str!("../../../catalog/segment.json")),
 ];
 
@@ -302,7 +303,13 @@ mod tests {
     #[test]
     fn every_builtin_file_loads() {
         let c = load().unwrap();
-        for id in ["actions_webhook", "http", "product_fruits", "segment"] {
+        for id in [
+            "actions_webhook",
+            "http",
+            "product_fruits",
+            "pushwoosh",
+            "segment",
+        ] {
             assert!(c.contains_key(id), "{id}");
         }
         let w = &c["actions_webhook"];

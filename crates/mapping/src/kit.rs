@@ -7,7 +7,8 @@
 //! an `@if` with no branch taken, …) removes its key; `null` is kept. Semantics and edge
 //! cases follow segment-compat 3.6 (actions-core 3.170), including JavaScript's
 //! truthiness where the reference says so. `@liquid` is not supported (refused at compile
-//! time with a clear error).
+//! time with a clear error). One extension of Sluice's own, for catalog presets:
+//! `@omit {value, keys}` — the object without the listed keys.
 
 use std::borrow::Cow;
 
@@ -174,6 +175,11 @@ pub enum Mapping {
         value: Box<Mapping>,
     },
     ExcludeWhenNull(Box<Mapping>),
+    /// Sluice's extension: an object without the listed keys.
+    Omit {
+        value: Box<Mapping>,
+        keys: Vec<String>,
+    },
 }
 
 /// A path known at compile time, or a mapping that resolves to one per event.
@@ -202,6 +208,7 @@ const DIRECTIVES: &[&str] = &[
     "@flatten",
     "@json",
     "@excludeWhenNull",
+    "@omit",
 ];
 
 impl Mapping {
@@ -506,6 +513,24 @@ fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, MappingError>
             })
         }
         "@excludeWhenNull" => Ok(Mapping::ExcludeWhenNull(Box::new(compile(arg, at)?))),
+        "@omit" => {
+            let m = obj(arg, at, "@omit", "{value, keys: [...]}")?;
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@omit needs a `value`"))?;
+            let keys = match m.get("keys") {
+                Some(Value::Array(k)) if k.iter().all(Value::is_string) => k
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+                _ => return Err(err(&join(at, "keys"), "must be a list of key names")),
+            };
+            Ok(Mapping::Omit {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                keys,
+            })
+        }
         "@liquid" => Err(err(
             at,
             "@liquid is not supported by Sluice; use @template, @if and @case",
@@ -736,6 +761,15 @@ fn eval(m: &Mapping, event: &Value) -> Option<Value> {
                 }
             }
         }
+        Mapping::Omit { value, keys } => match eval(value, event)? {
+            Value::Object(mut m) => {
+                for k in keys {
+                    m.remove(k);
+                }
+                Some(Value::Object(m))
+            }
+            other => Some(other),
+        },
         Mapping::ExcludeWhenNull(inner) => match eval(inner, event)? {
             Value::Null => None,
             Value::Object(m) => Some(Value::Object(drop_nulls(m))),
@@ -1137,6 +1171,27 @@ mod tests {
             run(json!({"@excludeWhenNull": {"@path": "$.traits"}}), e),
             Some(json!({"a": 1, "n": {"y": 2}}))
         );
+    }
+
+    #[test]
+    fn omit_drops_listed_keys() {
+        let e = json!({"traits": {"email": "a@x", "city": "Oslo", "plan": "pro"}});
+        assert_eq!(
+            run(
+                json!({"@omit": {"value": {"@path": "$.traits"}, "keys": ["email", "city"]}}),
+                e.clone()
+            ),
+            Some(json!({"plan": "pro"}))
+        );
+        assert_eq!(
+            run(
+                json!({"@omit": {"value": {"@path": "$.nope"}, "keys": ["a"]}}),
+                e
+            ),
+            None
+        );
+        let bad = Mapping::compile(&json!({"@omit": {"value": 1, "keys": "a"}})).unwrap_err();
+        assert_eq!(bad.at, "@omit.keys");
     }
 
     #[test]

@@ -338,3 +338,103 @@ subscription = 'type = "track" and'
     );
     assert!(err.contains("position"), "{err}");
 }
+
+#[test]
+fn pushwoosh_through_endpoint_override_retries_5xx_and_dead_letters_4xx() {
+    // Post-events answers 500 once, then 200; an event named "Rejected" gets 400.
+    let failed_once = std::sync::atomic::AtomicBool::new(false);
+    let rx = Receiver::start(move |_, r| {
+        let body = String::from_utf8_lossy(&r.body);
+        if body.contains("\"Rejected\"") {
+            Answer::WithBody(400, "{\"status\":\"bad event\"}")
+        } else if body.contains("Order Completed")
+            && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            Answer::Status(500)
+        } else {
+            Answer::Status(200)
+        }
+    });
+    let cfg = config(&format!(
+        r#"
+[[destinations]]
+name = "pw"
+type = "pushwoosh"
+sources = ["web"]
+allow_private_networks = true
+retry = {{ min_backoff = "20ms", max_backoff = "100ms" }}
+[destinations.settings]
+pushwooshAPIKey = "pw_key"
+pushwooshAppCode = "ABCDE-12345"
+endpoint_override = "{url}"
+"#,
+        url = rx.url
+    ));
+    let s = Server::start(Some(&cfg));
+    let r = s.send(
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "track", "messageId": "pw-1", "userId": "u1", "event": "Order Completed", "properties": {"total": 5}},
+            {"type": "identify", "messageId": "pw-2", "userId": "u2", "traits": {"email": "b@example.com", "plan": "pro"}},
+            {"type": "track", "messageId": "pw-3", "userId": "u3", "event": "Rejected"},
+        ]}),
+    );
+    assert_eq!(r.status, 200);
+    let got = rx.wait_until(
+        "the order delivered after a 500, the profile, the rejected one",
+        WAIT,
+        |l| {
+            let ok = |id: &str| {
+                l.iter().any(|r| {
+                    r.answered == Some(200) && String::from_utf8_lossy(&r.body).contains(id)
+                })
+            };
+            ok("Order Completed")
+                && ok("b@example.com")
+                && l.iter().any(|r| r.answered == Some(400))
+        },
+    );
+    for r in &got {
+        assert_eq!(r.headers["authorization"], "Token pw_key");
+        assert_eq!(r.headers["x-pw-appcode"], "ABCDE-12345");
+    }
+    let order = got
+        .iter()
+        .find(|r| r.answered == Some(200) && r.path.ends_with("/post-events"))
+        .unwrap();
+    assert_eq!(order.path, "/integration-segment/v1/post-events");
+    let e = &order.json()["events"][0];
+    assert_eq!(
+        (
+            e["user_id"].as_str(),
+            e["name"].as_str(),
+            e["app_code"].as_str()
+        ),
+        (Some("u1"), Some("Order Completed"), Some("ABCDE-12345"))
+    );
+    let profile = got
+        .iter()
+        .find(|r| r.path.ends_with("/track-user"))
+        .unwrap();
+    assert_eq!(
+        profile.json(),
+        json!({"user_id": "u2", "email": "b@example.com", "attributes": {"plan": "pro"}})
+    );
+    let dl = s.admin_until(
+        "/destinations/pw/dead-letters",
+        "the 400 dead-lettered",
+        WAIT,
+        |b| b["data"].as_array().is_some_and(|a| a.len() == 1),
+    );
+    assert_eq!(dl["data"][0]["messageId"], "pw-3");
+    assert_eq!(dl["data"][0]["status"], 400);
+    assert_eq!(
+        dl["data"][0]["attempts"].as_array().unwrap().len(),
+        1,
+        "a 400 is not retried"
+    );
+    let j = s.admin_until("/events/pw-1", "pw-1 delivered", WAIT, |b| {
+        b["deliveries"][0]["outcome"] == "delivered"
+    });
+    assert_eq!(j["deliveries"][0]["attempts"], 2);
+}

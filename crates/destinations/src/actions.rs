@@ -21,6 +21,9 @@ use sluice_mapping::{prepare, Mapping, Subscription};
 use crate::catalog::{Action, Entry};
 use crate::http::Prepared;
 
+/// Prefix of a preview's `skipped_reason` when a field asked to skip the action.
+const SKIP: &str = "skipped: ";
+
 /// One `[[destinations.actions]]` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +131,7 @@ impl ActionsKind {
             match (p.matched, p.request, p.skipped_reason) {
                 (false, _, _) => {}
                 (true, Some(req), _) => out.push((p.action, req)),
+                (true, None, Some(reason)) if reason.starts_with(SKIP) => {}
                 (true, None, reason) => {
                     return Plan::Invalid(format!(
                         "action {}: {}",
@@ -200,7 +204,11 @@ impl ActionsKind {
             Some(Value::Object(m)) => m,
             _ => Map::new(),
         };
-        let payload = prepare(&a.action.fields, mapped).map_err(|e| e.to_string())?;
+        let payload = match prepare(&a.action.fields, mapped) {
+            Ok(p) => p,
+            Err(e) if e.skip => return Err(format!("{SKIP}{e}")),
+            Err(e) => return Err(e.to_string()),
+        };
         for (key, choices) in &a.action.choices {
             if let Some(v) = payload.get(key) {
                 if !choices.contains(v) {

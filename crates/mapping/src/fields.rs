@@ -35,6 +35,11 @@ pub struct FieldSpec {
     pub multiple: bool,
     #[serde(default)]
     pub allow_null: bool,
+    /// With `required`: when the value is missing (or an empty list), the action is
+    /// skipped — nothing sent, not a failure (for partner rules like "skipped when the
+    /// product has no id").
+    #[serde(default)]
+    pub skip_when_missing: bool,
     /// Object fields: the known properties (then other keys are dropped unless
     /// `additional_properties`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +59,7 @@ impl FieldSpec {
             required: false,
             multiple: false,
             allow_null: false,
+            skip_when_missing: false,
             properties: None,
             additional_properties: true,
         }
@@ -65,12 +71,15 @@ impl FieldSpec {
 pub struct ValidationError {
     pub field: String,
     pub message: String,
+    /// The field asks for the action to be skipped rather than failed.
+    pub skip: bool,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ValidationError {
     ValidationError {
         field: field.to_string(),
         message: message.into(),
+        skip: false,
     }
 }
 
@@ -91,12 +100,18 @@ pub fn prepare(
             Some(Value::String(s)) if s.is_empty() => None,
             Some(v) => Some(coerce(spec, v).map_err(|e| e.under(key))?),
         };
+        // A required list that came out empty counts as missing.
+        let value = value.filter(|v| {
+            !(spec.required && spec.multiple && v.as_array().is_some_and(Vec::is_empty))
+        });
         match value {
             Some(v) => {
                 out.insert(key.clone(), v);
             }
             None if spec.required => {
-                return Err(invalid(key, "is required but the mapping gave no value"));
+                let mut e = invalid(key, "is required but the mapping gave no value");
+                e.skip = spec.skip_when_missing;
+                return Err(e);
             }
             None => {}
         }

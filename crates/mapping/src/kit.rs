@@ -7,8 +7,11 @@
 //! an `@if` with no branch taken, …) removes its key; `null` is kept. Semantics and edge
 //! cases follow segment-compat 3.6 (actions-core 3.170), including JavaScript's
 //! truthiness where the reference says so. `@liquid` is not supported (refused at compile
-//! time with a clear error). One extension of Sluice's own, for catalog presets:
-//! `@omit {value, keys}` — the object without the listed keys.
+//! time with a clear error). Sluice's own extensions, for catalog presets:
+//! `@omit {value, keys}` (the object without those keys), `@lookup {value, table,
+//! default?}` (a table entry by the value's string form), `@map {value, each}` (`each`
+//! resolved against every element; undefined results dropped), `@truncateIp` (IPv4 with
+//! the last octet 0, else undefined), `@nonEmpty` (undefined for `{}`, `[]`, `""`).
 
 use std::borrow::Cow;
 
@@ -180,6 +183,21 @@ pub enum Mapping {
         value: Box<Mapping>,
         keys: Vec<String>,
     },
+    /// Sluice's extension: the table's entry for the value's string form.
+    Lookup {
+        value: Box<Mapping>,
+        table: Vec<(String, Mapping)>,
+        default: Option<Box<Mapping>>,
+    },
+    /// Sluice's extension: `each` resolved against every element (undefined dropped).
+    Each {
+        value: Box<Mapping>,
+        each: Box<Mapping>,
+    },
+    /// Sluice's extension: an IPv4 address with its last octet set to 0 (else undefined).
+    TruncateIp(Box<Mapping>),
+    /// Sluice's extension: undefined when the value is an empty object, list or string.
+    NonEmpty(Box<Mapping>),
 }
 
 /// A path known at compile time, or a mapping that resolves to one per event.
@@ -209,6 +227,10 @@ const DIRECTIVES: &[&str] = &[
     "@json",
     "@excludeWhenNull",
     "@omit",
+    "@lookup",
+    "@map",
+    "@truncateIp",
+    "@nonEmpty",
 ];
 
 impl Mapping {
@@ -513,6 +535,41 @@ fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, MappingError>
             })
         }
         "@excludeWhenNull" => Ok(Mapping::ExcludeWhenNull(Box::new(compile(arg, at)?))),
+        "@lookup" => {
+            let m = obj(arg, at, "@lookup", "{value, table: {...}, default?}")?;
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@lookup needs a `value`"))?;
+            let Some(Value::Object(t)) = m.get("table") else {
+                return Err(err(&join(at, "table"), "must be an object of key → value"));
+            };
+            let mut table = Vec::with_capacity(t.len());
+            for (k, v) in t {
+                table.push((k.clone(), compile(v, &format!("{at}.table.{k}"))?));
+            }
+            Ok(Mapping::Lookup {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                table,
+                default: m
+                    .get("default")
+                    .map(|d| compile(d, &join(at, "default")))
+                    .transpose()?
+                    .map(Box::new),
+            })
+        }
+        "@map" => {
+            let m = obj(arg, at, "@map", "{value, each}")?;
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@map needs a `value`"))?;
+            let each = m.get("each").ok_or_else(|| err(at, "@map needs `each`"))?;
+            Ok(Mapping::Each {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                each: Box::new(compile(each, &join(at, "each"))?),
+            })
+        }
+        "@truncateIp" => Ok(Mapping::TruncateIp(Box::new(compile(arg, at)?))),
+        "@nonEmpty" => Ok(Mapping::NonEmpty(Box::new(compile(arg, at)?))),
         "@omit" => {
             let m = obj(arg, at, "@omit", "{value, keys: [...]}")?;
             let value = m
@@ -761,6 +818,44 @@ fn eval(m: &Mapping, event: &Value) -> Option<Value> {
                 }
             }
         }
+        Mapping::Lookup {
+            value,
+            table,
+            default,
+        } => {
+            let key = match eval(value, event) {
+                Some(Value::String(s)) => Some(s),
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => Some(js_string(&v)),
+                _ => None,
+            };
+            match key.and_then(|k| table.iter().find(|(t, _)| *t == k)) {
+                Some((_, m)) => eval(m, event),
+                None => default.as_ref().and_then(|d| eval(d, event)),
+            }
+        }
+        Mapping::Each { value, each } => {
+            let items = match eval(value, event)? {
+                Value::Array(a) => a,
+                Value::Null => return None,
+                one => vec![one],
+            };
+            Some(Value::Array(
+                items.iter().filter_map(|item| eval(each, item)).collect(),
+            ))
+        }
+        Mapping::TruncateIp(inner) => match eval(inner, event)? {
+            Value::String(s) => s.parse::<std::net::Ipv4Addr>().ok().map(|ip| {
+                let o = ip.octets();
+                Value::String(format!("{}.{}.{}.0", o[0], o[1], o[2]))
+            }),
+            _ => None,
+        },
+        Mapping::NonEmpty(inner) => match eval(inner, event)? {
+            Value::Object(m) if m.is_empty() => None,
+            Value::Array(a) if a.is_empty() => None,
+            Value::String(s) if s.is_empty() => None,
+            other => Some(other),
+        },
         Mapping::Omit { value, keys } => match eval(value, event)? {
             Value::Object(mut m) => {
                 for k in keys {
@@ -1171,6 +1266,63 @@ mod tests {
             run(json!({"@excludeWhenNull": {"@path": "$.traits"}}), e),
             Some(json!({"a": 1, "n": {"y": 2}}))
         );
+    }
+
+    #[test]
+    fn sluice_extensions() {
+        let e = json!({"event": "Hit Search", "n": 2, "context": {"ip": "203.0.113.77", "ip6": "2001:db8::1"},
+            "products": [{"product_id": "p1", "quantity": 2}, {"sku": "x"}, {"product_id": 3}]});
+        let lookup = |v: Value| json!({"@lookup": {"value": v, "table": {"Hit Search": "search", "2": "two"}, "default": "custom"}});
+        assert_eq!(
+            run(lookup(json!({"@path": "$.event"})), e.clone()),
+            Some(json!("search"))
+        );
+        assert_eq!(
+            run(lookup(json!({"@path": "$.n"})), e.clone()),
+            Some(json!("two"))
+        );
+        assert_eq!(
+            run(lookup(json!("Other")), e.clone()),
+            Some(json!("custom"))
+        );
+        assert_eq!(
+            run(
+                json!({"@lookup": {"value": {"@path": "$.nope"}, "table": {"a": 1}}}),
+                e.clone()
+            ),
+            None
+        );
+        assert_eq!(
+            run(
+                json!({"@map": {"value": {"@path": "$.products"}, "each": {"@path": "$.product_id"}}}),
+                e.clone()
+            ),
+            Some(json!(["p1", 3]))
+        );
+        let qty = json!({"@map": {"value": {"@path": "$.products"}, "each": {"@if": {"exists": {"@path": "$.product_id"},
+            "then": {"@if": {"exists": {"@path": "$.quantity"}, "then": {"@path": "$.quantity"}, "else": 1}}}}}});
+        assert_eq!(run(qty, e.clone()), Some(json!([2, 1])));
+        assert_eq!(
+            run(json!({"@truncateIp": {"@path": "$.context.ip"}}), e.clone()),
+            Some(json!("203.0.113.0"))
+        );
+        assert_eq!(
+            run(
+                json!({"@truncateIp": {"@path": "$.context.ip6"}}),
+                e.clone()
+            ),
+            None
+        );
+        assert_eq!(
+            run(json!({"@nonEmpty": {"a": {"@path": "$.nope"}}}), e.clone()),
+            None
+        );
+        assert_eq!(
+            run(json!({"@nonEmpty": {"a": {"@path": "$.n"}}}), e.clone()),
+            Some(json!({"a": 2}))
+        );
+        let bad = Mapping::compile(&json!({"@lookup": {"value": 1, "table": [1]}})).unwrap_err();
+        assert_eq!(bad.at, "@lookup.table");
     }
 
     #[test]

@@ -67,8 +67,9 @@ pub struct Enabled {
 pub enum Plan {
     /// (action slug, request) for every matched action.
     Send(Vec<(String, Prepared)>),
-    /// No enabled action's subscription matches.
-    NoMatch,
+    /// Nothing to send: no enabled action's subscription matches, or every matched
+    /// action was skipped by a field (the reason says which).
+    NoMatch(String),
     /// A matched action cannot build its request: the reason.
     Invalid(String),
 }
@@ -127,11 +128,14 @@ impl ActionsKind {
             return Plan::Invalid("the stored event is not JSON".into());
         };
         let mut out = Vec::new();
+        let mut skipped = Vec::new();
         for p in self.preview_raw(&event, Some(payload), allow_private) {
             match (p.matched, p.request, p.skipped_reason) {
                 (false, _, _) => {}
                 (true, Some(req), _) => out.push((p.action, req)),
-                (true, None, Some(reason)) if reason.starts_with(SKIP) => {}
+                (true, None, Some(reason)) if reason.starts_with(SKIP) => {
+                    skipped.push(format!("action {} {reason}", p.action));
+                }
                 (true, None, reason) => {
                     return Plan::Invalid(format!(
                         "action {}: {}",
@@ -141,10 +145,12 @@ impl ActionsKind {
                 }
             }
         }
-        if out.is_empty() {
-            Plan::NoMatch
-        } else {
+        if !out.is_empty() {
             Plan::Send(out)
+        } else if skipped.is_empty() {
+            Plan::NoMatch("no enabled action's subscription matches".into())
+        } else {
+            Plan::NoMatch(skipped.join("; "))
         }
     }
 
@@ -454,7 +460,7 @@ mod tests {
         );
         // Not subscribed: nothing to send.
         let identify = serde_json::to_vec(&json!({"type": "identify", "userId": "u1"})).unwrap();
-        assert!(matches!(k.plan(&identify, false), Plan::NoMatch));
+        assert!(matches!(k.plan(&identify, false), Plan::NoMatch(_)));
     }
 
     #[test]

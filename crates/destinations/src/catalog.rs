@@ -24,6 +24,7 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../catalog/actions_webhook.json"),
     ),
     ("http", include_str!("../../../catalog/http.json")),
+    ("miso", include_str!("../../../catalog/miso.json")),
     (
         "product_fruits",
         include_str!("../../../catalog/product_fruits.json"),
@@ -306,6 +307,7 @@ mod tests {
         for id in [
             "actions_webhook",
             "http",
+            "miso",
             "product_fruits",
             "pushwoosh",
             "segment",

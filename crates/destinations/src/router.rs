@@ -319,12 +319,12 @@ impl Router {
             "destination": name,
             "result": match &sent {
                 worker::Sent::Answered(v) => json!(verdict_name(*v)),
-                worker::Sent::NoMatch => json!("no_matching_action"),
+                worker::Sent::NoMatch(_) => json!("no_matching_action"),
                 worker::Sent::Invalid(_) => json!("invalid_payload"),
             },
             "reason": match &sent {
                 worker::Sent::Invalid(why) => json!(why),
-                worker::Sent::NoMatch => json!("You may not have any subscriptions that match this event"),
+                worker::Sent::NoMatch(why) => json!(format!("You may not have any subscriptions that match this event ({why})")),
                 worker::Sent::Answered(_) => Value::Null,
             },
             "would_route": match route {

@@ -86,8 +86,8 @@ impl Ctx {
                 let payload = payloads.first().copied().unwrap_or(b"{}");
                 match a.plan(payload, self.dest.allow_private_networks) {
                     crate::actions::Plan::Send(reqs) => reqs.into_iter().map(|(_, r)| r).collect(),
-                    crate::actions::Plan::NoMatch => {
-                        return (Vec::new(), Vec::new(), Sent::NoMatch)
+                    crate::actions::Plan::NoMatch(why) => {
+                        return (Vec::new(), Vec::new(), Sent::NoMatch(why))
                     }
                     crate::actions::Plan::Invalid(why) => {
                         return (Vec::new(), Vec::new(), Sent::Invalid(why))
@@ -114,8 +114,8 @@ impl Ctx {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
     Answered(Verdict),
-    /// No action of a catalog destination matched: nothing to send.
-    NoMatch,
+    /// No action of a catalog destination matched (or all were skipped): the reason.
+    NoMatch(String),
     /// A matched action cannot build its request: never sent, never retried.
     Invalid(String),
 }
@@ -564,7 +564,7 @@ impl Coordinator {
         let name = self.ctx.dest.name.clone();
         let verdict = match &d.sent {
             Sent::Answered(v) => *v,
-            Sent::NoMatch | Sent::Invalid(_) => {
+            Sent::NoMatch(_) | Sent::Invalid(_) => {
                 self.nothing_sent(d, now);
                 return;
             }
@@ -749,10 +749,8 @@ impl Coordinator {
             }
             let (outcome, detail) = match &d.sent {
                 Sent::Invalid(why) => (Outcome::Failed, format!("not sent: {why}")),
-                _ => (
-                    Outcome::Filtered,
-                    "no enabled action's subscription matches".to_string(),
-                ),
+                Sent::NoMatch(why) => (Outcome::Filtered, why.clone()),
+                Sent::Answered(_) => continue,
             };
             self.ctx.stats.outcome(now, outcome, None);
             if outcome == Outcome::Failed {

@@ -438,3 +438,82 @@ endpoint_override = "{url}"
     });
     assert_eq!(j["deliveries"][0]["attempts"], 2);
 }
+
+#[test]
+fn miso_through_endpoint_override_retries_5xx_and_dead_letters_422() {
+    let failed_once = std::sync::atomic::AtomicBool::new(false);
+    let rx = Receiver::start(move |_, r| {
+        let body = String::from_utf8_lossy(&r.body);
+        if body.contains("\"bad-id\"") {
+            Answer::WithBody(
+                422,
+                "{\"errors\":true,\"data\":[\"data.0.product_ids.0 is invalid\"]}",
+            )
+        } else if !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Answer::Status(503)
+        } else {
+            Answer::WithBody(200, "{\"message\":\"success\"}")
+        }
+    });
+    let cfg = config(&format!(
+        r#"
+[[destinations]]
+name = "miso"
+type = "miso"
+sources = ["web"]
+allow_private_networks = true
+retry = {{ min_backoff = "20ms", max_backoff = "100ms" }}
+[destinations.settings]
+api_key = "miso_secret_1"
+endpoint_override = "{url}"
+"#,
+        url = rx.url
+    ));
+    let s = Server::start(Some(&cfg));
+    let r = s.send(
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "track", "messageId": "ms-1", "userId": "u1", "event": "Product Viewed", "properties": {"product_id": "p1"}},
+            {"type": "track", "messageId": "ms-2", "userId": "u2", "event": "Product Added", "properties": {"product_id": "bad-id"}},
+            {"type": "track", "messageId": "ms-3", "userId": "u3", "event": "Video Played"},
+        ]}),
+    );
+    assert_eq!(r.status, 200);
+    let got = rx.wait_until("the view delivered after a 503, the 422", WAIT, |l| {
+        l.iter().any(|r| r.answered == Some(200)) && l.iter().any(|r| r.answered == Some(422))
+    });
+    for r in &got {
+        assert_eq!(r.path, "/v1/interactions");
+        assert_eq!(r.headers["x-api-key"], "miso_secret_1");
+    }
+    let ok = got.iter().find(|r| r.answered == Some(200)).unwrap();
+    let mut interaction = ok.json()["data"][0].clone();
+    // The server's timestamp (the event had none), verbatim.
+    assert!(
+        interaction["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{interaction}"
+    );
+    interaction.as_object_mut().unwrap().remove("timestamp");
+    assert_eq!(
+        interaction,
+        json!({"type": "product_detail_page_view", "user_id": "u1", "product_ids": ["p1"]})
+    );
+    let dl = s.admin_until(
+        "/destinations/miso/dead-letters",
+        "the 422 dead-lettered",
+        WAIT,
+        |b| b["data"].as_array().is_some_and(|a| a.len() == 1),
+    );
+    assert_eq!(dl["data"][0]["messageId"], "ms-2");
+    assert_eq!(dl["data"][0]["status"], 422);
+    assert!(dl["data"][0]["attempts"][0]["response"]
+        .as_str()
+        .unwrap()
+        .contains("is invalid"));
+    let v = s.admin_until("/events/ms-3", "ms-3 recorded", WAIT, |b| {
+        b["deliveries"].is_array()
+    });
+    assert_eq!(v["deliveries"][0]["outcome"], "filtered");
+}

@@ -24,6 +24,7 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../catalog/actions_webhook.json"),
     ),
     ("http", include_str!("../../../catalog/http.json")),
+    ("insider", include_str!("../../../catalog/insider.json")),
     ("miso", include_str!("../../../catalog/miso.json")),
     (
         "product_fruits",
@@ -307,6 +308,7 @@ mod tests {
         for id in [
             "actions_webhook",
             "http",
+            "insider",
             "miso",
             "product_fruits",
             "pushwoosh",

@@ -212,6 +212,10 @@ fn coerce_one(spec: &FieldSpec, v: Value) -> Result<Value, ValidationError> {
             if let Value::Number(_) = v {
                 return Ok(v);
             }
+            // As JavaScript prints it: "34" becomes 34, not 34.0.
+            if n.fract() == 0.0 && n.abs() <= 9.007_199_254_740_991e15 {
+                return Ok(Value::Number(Number::from(n as i64)));
+            }
             Ok(Number::from_f64(n)
                 .map(Value::Number)
                 .unwrap_or(Value::Null))

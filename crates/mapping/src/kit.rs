@@ -10,8 +10,10 @@
 //! time with a clear error). Sluice's own extensions, for catalog presets:
 //! `@omit {value, keys}` (the object without those keys), `@lookup {value, table,
 //! default?}` (a table entry by the value's string form), `@map {value, each}` (`each`
-//! resolved against every element; undefined results dropped), `@truncateIp` (IPv4 with
-//! the last octet 0, else undefined), `@nonEmpty` (undefined for `{}`, `[]`, `""`).
+//! resolved against every element; undefined results dropped; `with`: merged on top of
+//! each object result), `@truncateIp` (IPv4 with the last octet 0, else undefined),
+//! `@nonEmpty` (undefined for `{}`, `[]`, `""`), `@when {true, then, else}` (JavaScript
+//! truthiness), `@not` (negated truthiness), `@trim`.
 
 use std::borrow::Cow;
 
@@ -189,11 +191,24 @@ pub enum Mapping {
         table: Vec<(String, Mapping)>,
         default: Option<Box<Mapping>>,
     },
-    /// Sluice's extension: `each` resolved against every element (undefined dropped).
+    /// Sluice's extension: `each` resolved against every element (undefined dropped);
+    /// with `with`, object results are merged with it (resolved against the outer value,
+    /// its keys win).
     Each {
         value: Box<Mapping>,
         each: Box<Mapping>,
+        with: Option<Box<Mapping>>,
     },
+    /// Sluice's extension: `then` when the operand is truthy (JavaScript's rules), else `else`.
+    When {
+        test: Box<Mapping>,
+        then: Option<Box<Mapping>>,
+        otherwise: Option<Box<Mapping>>,
+    },
+    /// Sluice's extension: the boolean negation of the operand's truthiness.
+    Not(Box<Mapping>),
+    /// Sluice's extension: a string without leading and trailing whitespace.
+    Trim(Box<Mapping>),
     /// Sluice's extension: an IPv4 address with its last octet set to 0 (else undefined).
     TruncateIp(Box<Mapping>),
     /// Sluice's extension: undefined when the value is an empty object, list or string.
@@ -231,6 +246,9 @@ const DIRECTIVES: &[&str] = &[
     "@map",
     "@truncateIp",
     "@nonEmpty",
+    "@when",
+    "@not",
+    "@trim",
 ];
 
 impl Mapping {
@@ -566,8 +584,35 @@ fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, MappingError>
             Ok(Mapping::Each {
                 value: Box::new(compile(value, &join(at, "value"))?),
                 each: Box::new(compile(each, &join(at, "each"))?),
+                with: m
+                    .get("with")
+                    .map(|w| compile(w, &join(at, "with")))
+                    .transpose()?
+                    .map(Box::new),
             })
         }
+        "@when" => {
+            let m = obj(arg, at, "@when", "{true, then?, else?}")?;
+            for k in m.keys() {
+                if !matches!(k.as_str(), "true" | "then" | "else") {
+                    return Err(err(&join(at, k), "is not a @when key (true, then, else)"));
+                }
+            }
+            let test = m.get("true").ok_or_else(|| err(at, "@when needs `true`"))?;
+            let branch = |k: &str| -> Result<Option<Box<Mapping>>, MappingError> {
+                m.get(k)
+                    .map(|v| compile(v, &join(at, k)))
+                    .transpose()
+                    .map(|o| o.map(Box::new))
+            };
+            Ok(Mapping::When {
+                test: Box::new(compile(test, &join(at, "true"))?),
+                then: branch("then")?,
+                otherwise: branch("else")?,
+            })
+        }
+        "@not" => Ok(Mapping::Not(Box::new(compile(arg, at)?))),
+        "@trim" => Ok(Mapping::Trim(Box::new(compile(arg, at)?))),
         "@truncateIp" => Ok(Mapping::TruncateIp(Box::new(compile(arg, at)?))),
         "@nonEmpty" => Ok(Mapping::NonEmpty(Box::new(compile(arg, at)?))),
         "@omit" => {
@@ -833,16 +878,43 @@ fn eval(m: &Mapping, event: &Value) -> Option<Value> {
                 None => default.as_ref().and_then(|d| eval(d, event)),
             }
         }
-        Mapping::Each { value, each } => {
+        Mapping::Each { value, each, with } => {
             let items = match eval(value, event)? {
                 Value::Array(a) => a,
                 Value::Null => return None,
                 one => vec![one],
             };
+            let on_top = with.as_ref().and_then(|w| eval(w, event));
             Some(Value::Array(
-                items.iter().filter_map(|item| eval(each, item)).collect(),
+                items
+                    .iter()
+                    .filter_map(|item| eval(each, item))
+                    .map(|v| match (v, &on_top) {
+                        (Value::Object(mut m), Some(Value::Object(top))) => {
+                            for (k, x) in top {
+                                m.insert(k.clone(), x.clone());
+                            }
+                            Value::Object(m)
+                        }
+                        (v, _) => v,
+                    })
+                    .collect(),
             ))
         }
+        Mapping::When {
+            test,
+            then,
+            otherwise,
+        } => {
+            let truthy = eval(test, event).is_some_and(|v| !falsy(&v));
+            let branch = if truthy { then } else { otherwise };
+            branch.as_ref().and_then(|b| eval(b, event))
+        }
+        Mapping::Not(inner) => Some(Value::Bool(eval(inner, event).is_none_or(|v| falsy(&v)))),
+        Mapping::Trim(inner) => match eval(inner, event)? {
+            Value::String(s) => Some(Value::String(s.trim().to_string())),
+            other => Some(other),
+        },
         Mapping::TruncateIp(inner) => match eval(inner, event)? {
             Value::String(s) => s.parse::<std::net::Ipv4Addr>().ok().map(|ip| {
                 let o = ip.octets();
@@ -1323,6 +1395,51 @@ mod tests {
         );
         let bad = Mapping::compile(&json!({"@lookup": {"value": 1, "table": [1]}})).unwrap_err();
         assert_eq!(bad.at, "@lookup.table");
+    }
+
+    #[test]
+    fn when_not_trim_and_map_with() {
+        let e = json!({"flag": true, "off": false, "s": "  Video Played ", "p": [{"a": 1, "url": "x"}, {"a": 2}], "url": "page"});
+        assert_eq!(
+            run(
+                json!({"@when": {"true": {"@path": "$.flag"}, "then": "y", "else": "n"}}),
+                e.clone()
+            ),
+            Some(json!("y"))
+        );
+        assert_eq!(
+            run(
+                json!({"@when": {"true": {"@path": "$.off"}, "then": "y", "else": "n"}}),
+                e.clone()
+            ),
+            Some(json!("n"))
+        );
+        assert_eq!(
+            run(
+                json!({"@when": {"true": {"@path": "$.nope"}, "then": "y"}}),
+                e.clone()
+            ),
+            None
+        );
+        assert_eq!(
+            run(json!({"@not": {"@path": "$.off"}}), e.clone()),
+            Some(json!(true))
+        );
+        assert_eq!(
+            run(json!({"@not": {"@path": "$.flag"}}), e.clone()),
+            Some(json!(false))
+        );
+        assert_eq!(
+            run(json!({"@trim": {"@path": "$.s"}}), e.clone()),
+            Some(json!("Video Played"))
+        );
+        assert_eq!(
+            run(
+                json!({"@map": {"value": {"@path": "$.p"}, "each": {"a": {"@path": "$.a"}, "url": {"@path": "$.url"}}, "with": {"url": {"@path": "$.url"}}}}),
+                e
+            ),
+            Some(json!([{"a": 1, "url": "page"}, {"a": 2, "url": "page"}]))
+        );
     }
 
     #[test]

@@ -517,3 +517,74 @@ endpoint_override = "{url}"
     });
     assert_eq!(v["deliveries"][0]["outcome"], "filtered");
 }
+
+#[test]
+fn insider_as_the_issue_configures_it_through_endpoint_override() {
+    let failed_once = std::sync::atomic::AtomicBool::new(false);
+    let rx = Receiver::start(move |_, r| {
+        let body = String::from_utf8_lossy(&r.body);
+        if body.contains("blocked@example.com") {
+            Answer::WithBody(400, "{\"error\":\"Partner is invalid.\"}")
+        } else if !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Answer::Status(502)
+        } else {
+            Answer::Status(200)
+        }
+    });
+    // The issue's minimal configuration, plus endpoint_override and fast retries.
+    let cfg = config(&format!(
+        r#"
+[[destinations]]
+name = "insider"
+type = "insider"
+sources = ["web"]
+allow_private_networks = true
+retry = {{ min_backoff = "20ms", max_backoff = "100ms" }}
+[destinations.settings]
+account_name = "examplebrand"
+ucd_key = "ucd_123"
+endpoint_override = "{url}"
+[[destinations.actions]]
+action = "updateUserProfile"
+subscription = 'type = "identify"'
+mapping = {{ email_as_identifier = true }}
+"#,
+        url = rx.url
+    ));
+    let s = Server::start(Some(&cfg));
+    let r = s.send(
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "identify", "messageId": "in-1", "userId": "u1", "traits": {"email": "ann@example.com", "first_name": "Ann"}},
+            {"type": "identify", "messageId": "in-2", "userId": "u2", "traits": {"email": "blocked@example.com"}},
+            {"type": "track", "messageId": "in-3", "userId": "u1", "event": "Order Completed"},
+        ]}),
+    );
+    assert_eq!(r.status, 200);
+    let got = rx.wait_until("u1 upserted after a 502, u2 refused", WAIT, |l| {
+        l.iter().any(|r| r.answered == Some(200)) && l.iter().any(|r| r.answered == Some(400))
+    });
+    for r in &got {
+        assert_eq!(r.path, "/api/user/v1/upsert");
+        assert_eq!(r.headers["x-partner-name"], "examplebrand");
+        assert_eq!(r.headers["x-request-token"], "ucd_123");
+        assert_eq!(r.headers["x-platform-name"], "segment");
+    }
+    let ok = got.iter().find(|r| r.answered == Some(200)).unwrap();
+    assert_eq!(
+        ok.json(),
+        json!({"users": [{"identifiers": {"uuid": "u1", "email": "ann@example.com", "custom": {}},
+            "attributes": {"email": "ann@example.com", "name": "Ann"}, "not_append": true}], "platform": "segment"})
+    );
+    let dl = s.admin_until(
+        "/destinations/insider/dead-letters",
+        "u2 dead-lettered",
+        WAIT,
+        |b| b["data"].as_array().is_some_and(|a| a.len() == 1),
+    );
+    assert_eq!(dl["data"][0]["messageId"], "in-2");
+    let t = s.admin_until("/events/in-3", "in-3 recorded", WAIT, |b| {
+        b["deliveries"].is_array()
+    });
+    assert_eq!(t["deliveries"][0]["outcome"], "filtered");
+}

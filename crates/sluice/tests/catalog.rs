@@ -588,3 +588,67 @@ mapping = {{ email_as_identifier = true }}
     });
     assert_eq!(t["deliveries"][0]["outcome"], "filtered");
 }
+
+#[test]
+fn product_fruits_gets_every_event_signed_through_endpoint_override() {
+    let failed_once = std::sync::atomic::AtomicBool::new(false);
+    let rx = Receiver::start(move |_, r| {
+        let body = String::from_utf8_lossy(&r.body);
+        if body.contains("\"pf-bad\"") {
+            Answer::Status(410)
+        } else if !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Answer::Status(500)
+        } else {
+            Answer::Status(200)
+        }
+    });
+    let cfg = config(&format!(
+        r#"
+[[destinations]]
+name = "pf"
+type = "product_fruits"
+sources = ["web"]
+allow_private_networks = true
+retry = {{ min_backoff = "20ms", max_backoff = "100ms" }}
+[destinations.settings]
+webhook_url = "https://hooks.productfruits.example/segment/abc"
+webhook_secret = "pf-secret"
+endpoint_override = "{url}"
+"#,
+        url = rx.url
+    ));
+    let s = Server::start(Some(&cfg));
+    let r = s.send(
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "identify", "messageId": "pf-1", "userId": "u1", "traits": {"email": "ann@example.com"}},
+            {"type": "track", "messageId": "pf-2", "userId": "u1", "event": "Tour Finished"},
+            {"type": "track", "messageId": "pf-bad", "userId": "u2", "event": "X"},
+        ]}),
+    );
+    assert_eq!(r.status, 200);
+    let got = rx.wait_until("pf-1 and pf-2 delivered, pf-bad refused", WAIT, |l| {
+        let ids = Receiver::delivered_ids(l);
+        ids.contains("pf-1") && ids.contains("pf-2") && l.iter().any(|r| r.answered == Some(410))
+    });
+    // The stored events, byte for byte as the admin API shows them, signed.
+    let stored = s.events("web", 10);
+    for r in &got {
+        assert_eq!(r.path, "/segment/abc");
+        assert_eq!(r.headers["x-signature"], hmac_hex("pf-secret", &r.body));
+        let sent = r.json();
+        let original = stored
+            .iter()
+            .find(|e| e["messageId"] == sent["messageId"])
+            .unwrap();
+        assert_eq!(&sent, original);
+    }
+    let dl = s.admin_until(
+        "/destinations/pf/dead-letters",
+        "pf-bad dead-lettered",
+        WAIT,
+        |b| b["data"].as_array().is_some_and(|a| a.len() == 1),
+    );
+    assert_eq!(dl["data"][0]["messageId"], "pf-bad");
+    assert_eq!(dl["data"][0]["status"], 410);
+}

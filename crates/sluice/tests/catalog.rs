@@ -24,6 +24,49 @@ write_key = "wk_web_123"
     )
 }
 
+/// A partner's stub: requests whose body contains `refused_marker` get `refused` (a
+/// permanent error, with a body when given); the first request whose body contains
+/// `fail_marker` gets `fail_status` once (a retryable error); everything else 200.
+fn partner_stub(
+    refused_marker: &'static str,
+    refused: (u16, &'static str),
+    fail_marker: &'static str,
+    fail_status: u16,
+) -> Receiver {
+    let failed_once = std::sync::atomic::AtomicBool::new(false);
+    Receiver::start(move |_, r| {
+        let body = String::from_utf8_lossy(&r.body);
+        if body.contains(refused_marker) {
+            Answer::WithBody(refused.0, refused.1)
+        } else if body.contains(fail_marker)
+            && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            Answer::Status(fail_status)
+        } else {
+            Answer::Status(200)
+        }
+    })
+}
+
+/// A catalog destination sent to `url` through `endpoint_override`, with fast retries;
+/// `settings` and `rest` are TOML lines (settings, then e.g. `[[destinations.actions]]`).
+fn partner_config(name: &str, kind: &str, settings: &str, url: &str, rest: &str) -> String {
+    config(&format!(
+        r#"
+[[destinations]]
+name = "{name}"
+type = "{kind}"
+sources = ["web"]
+allow_private_networks = true
+retry = {{ min_backoff = "20ms", max_backoff = "100ms" }}
+[destinations.settings]
+{settings}
+endpoint_override = "{url}"
+{rest}
+"#
+    ))
+}
+
 #[test]
 fn webhooks_actions_maps_signs_retries_and_refuses() {
     // The first two requests fail with 503, then 200.
@@ -342,34 +385,14 @@ subscription = 'type = "track" and'
 #[test]
 fn pushwoosh_through_endpoint_override_retries_5xx_and_dead_letters_4xx() {
     // Post-events answers 500 once, then 200; an event named "Rejected" gets 400.
-    let failed_once = std::sync::atomic::AtomicBool::new(false);
-    let rx = Receiver::start(move |_, r| {
-        let body = String::from_utf8_lossy(&r.body);
-        if body.contains("\"Rejected\"") {
-            Answer::WithBody(400, "{\"status\":\"bad event\"}")
-        } else if body.contains("Order Completed")
-            && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            Answer::Status(500)
-        } else {
-            Answer::Status(200)
-        }
-    });
-    let cfg = config(&format!(
-        r#"
-[[destinations]]
-name = "pw"
-type = "pushwoosh"
-sources = ["web"]
-allow_private_networks = true
-retry = {{ min_backoff = "20ms", max_backoff = "100ms" }}
-[destinations.settings]
-pushwooshAPIKey = "pw_key"
-pushwooshAppCode = "ABCDE-12345"
-endpoint_override = "{url}"
-"#,
-        url = rx.url
-    ));
+    let rx = partner_stub(
+        "\"Rejected\"",
+        (400, "{\"status\":\"bad event\"}"),
+        "Order Completed",
+        500,
+    );
+    let settings = "pushwooshAPIKey = \"pw_key\"\npushwooshAppCode = \"ABCDE-12345\"";
+    let cfg = partner_config("pw", "pushwoosh", settings, &rx.url, "");
     let s = Server::start(Some(&cfg));
     let r = s.send(
         "/v1/batch",
@@ -441,34 +464,16 @@ endpoint_override = "{url}"
 
 #[test]
 fn miso_through_endpoint_override_retries_5xx_and_dead_letters_422() {
-    let failed_once = std::sync::atomic::AtomicBool::new(false);
-    let rx = Receiver::start(move |_, r| {
-        let body = String::from_utf8_lossy(&r.body);
-        if body.contains("\"bad-id\"") {
-            Answer::WithBody(
-                422,
-                "{\"errors\":true,\"data\":[\"data.0.product_ids.0 is invalid\"]}",
-            )
-        } else if !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Answer::Status(503)
-        } else {
-            Answer::WithBody(200, "{\"message\":\"success\"}")
-        }
-    });
-    let cfg = config(&format!(
-        r#"
-[[destinations]]
-name = "miso"
-type = "miso"
-sources = ["web"]
-allow_private_networks = true
-retry = {{ min_backoff = "20ms", max_backoff = "100ms" }}
-[destinations.settings]
-api_key = "miso_secret_1"
-endpoint_override = "{url}"
-"#,
-        url = rx.url
-    ));
+    let rx = partner_stub(
+        "\"bad-id\"",
+        (
+            422,
+            "{\"errors\":true,\"data\":[\"data.0.product_ids.0 is invalid\"]}",
+        ),
+        "",
+        503,
+    );
+    let cfg = partner_config("miso", "miso", "api_key = \"miso_secret_1\"", &rx.url, "");
     let s = Server::start(Some(&cfg));
     let r = s.send(
         "/v1/batch",
@@ -520,37 +525,20 @@ endpoint_override = "{url}"
 
 #[test]
 fn insider_as_the_issue_configures_it_through_endpoint_override() {
-    let failed_once = std::sync::atomic::AtomicBool::new(false);
-    let rx = Receiver::start(move |_, r| {
-        let body = String::from_utf8_lossy(&r.body);
-        if body.contains("blocked@example.com") {
-            Answer::WithBody(400, "{\"error\":\"Partner is invalid.\"}")
-        } else if !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Answer::Status(502)
-        } else {
-            Answer::Status(200)
-        }
-    });
+    let rx = partner_stub(
+        "blocked@example.com",
+        (400, "{\"error\":\"Partner is invalid.\"}"),
+        "",
+        502,
+    );
     // The issue's minimal configuration, plus endpoint_override and fast retries.
-    let cfg = config(&format!(
-        r#"
-[[destinations]]
-name = "insider"
-type = "insider"
-sources = ["web"]
-allow_private_networks = true
-retry = {{ min_backoff = "20ms", max_backoff = "100ms" }}
-[destinations.settings]
-account_name = "examplebrand"
-ucd_key = "ucd_123"
-endpoint_override = "{url}"
-[[destinations.actions]]
-action = "updateUserProfile"
-subscription = 'type = "identify"'
-mapping = {{ email_as_identifier = true }}
-"#,
-        url = rx.url
-    ));
+    let cfg = partner_config(
+        "insider",
+        "insider",
+        "account_name = \"examplebrand\"\nucd_key = \"ucd_123\"",
+        &rx.url,
+        "[[destinations.actions]]\naction = \"updateUserProfile\"\nsubscription = 'type = \"identify\"'\nmapping = { email_as_identifier = true }",
+    );
     let s = Server::start(Some(&cfg));
     let r = s.send(
         "/v1/batch",
@@ -591,32 +579,9 @@ mapping = {{ email_as_identifier = true }}
 
 #[test]
 fn product_fruits_gets_every_event_signed_through_endpoint_override() {
-    let failed_once = std::sync::atomic::AtomicBool::new(false);
-    let rx = Receiver::start(move |_, r| {
-        let body = String::from_utf8_lossy(&r.body);
-        if body.contains("\"pf-bad\"") {
-            Answer::Status(410)
-        } else if !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Answer::Status(500)
-        } else {
-            Answer::Status(200)
-        }
-    });
-    let cfg = config(&format!(
-        r#"
-[[destinations]]
-name = "pf"
-type = "product_fruits"
-sources = ["web"]
-allow_private_networks = true
-retry = {{ min_backoff = "20ms", max_backoff = "100ms" }}
-[destinations.settings]
-webhook_url = "https://hooks.productfruits.example/segment/abc"
-webhook_secret = "pf-secret"
-endpoint_override = "{url}"
-"#,
-        url = rx.url
-    ));
+    let rx = partner_stub("\"pf-bad\"", (410, ""), "", 500);
+    let settings = "webhook_url = \"https://hooks.productfruits.example/segment/abc\"\nwebhook_secret = \"pf-secret\"";
+    let cfg = partner_config("pf", "product_fruits", settings, &rx.url, "");
     let s = Server::start(Some(&cfg));
     let r = s.send(
         "/v1/batch",

@@ -5,31 +5,12 @@
 # the same machine. DEAD_EVENTS (default 1,000,000) sizes the dead-destination run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-10}
 DEAD_EVENTS=${DEAD_EVENTS:-1000000}
-cargo build --release -q -p sluice
-sluice="$CARGO_TARGET_DIR/release/sluice"
-work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 port=18191
-cat > "$work/sluice.toml" <<TOML
-listen = "127.0.0.1:$port"
-admin_token = "bench-admin-token"
-[[sources]]
-name = "bench"
-write_key = "wk_bench"
-TOML
-pid=
-start() {
-  "$sluice" serve --config "$work/sluice.toml" --data-dir "$work/data" >"$work/out" 2>"$work/err" &
-  pid=$!
-  for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return; sleep 0.05; done
-  echo "server did not start"; cat "$work/err"; exit 1
-}
-stop() { kill -TERM "$pid"; wait "$pid" || true; }
-fresh() { if [ -n "$pid" ]; then stop; fi; rm -rf "$work/data"; start; }
-trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 bench() { "$sluice" bench deliver --url "http://127.0.0.1:$port" --write-key wk_bench --source bench \
   --admin-token bench-admin-token --duration "$DURATION" --json "$@"; }
 

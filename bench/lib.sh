@@ -1,0 +1,25 @@
+# Shared by bench/run.sh and bench/deliver.sh: builds the release binary, writes a config
+# with one source ("bench", write key wk_bench) listening on $port, and defines
+# start / stop / fresh (a server on an empty data directory) and the cleanup trap.
+# Needs: port set by the caller.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
+cargo build --release -q -p sluice
+sluice="$CARGO_TARGET_DIR/release/sluice"
+work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+cat > "$work/sluice.toml" <<TOML
+listen = "127.0.0.1:$port"
+admin_token = "bench-admin-token"
+[[sources]]
+name = "bench"
+write_key = "wk_bench"
+TOML
+pid=
+start() {
+  "$sluice" serve --config "$work/sluice.toml" --data-dir "$work/data" >"$work/out" 2>"$work/err" &
+  pid=$!
+  for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return; sleep 0.05; done
+  echo "server did not start"; cat "$work/err"; exit 1
+}
+stop() { kill -TERM "$pid"; wait "$pid" || true; }
+fresh() { if [ -n "$pid" ]; then stop; fi; rm -rf "$work/data"; start; }
+trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT

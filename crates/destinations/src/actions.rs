@@ -81,6 +81,8 @@ pub struct ActionPreview {
     pub matched: bool,
     pub request: Option<Prepared>,
     pub skipped_reason: Option<String>,
+    /// The event's element of a batch request (actions that batch).
+    pub batch_item: Option<Value>,
 }
 
 impl Enabled {
@@ -175,6 +177,7 @@ impl ActionsKind {
                         action: slug,
                         matched: false,
                         request: None,
+                        batch_item: None,
                         skipped_reason: Some(format!(
                             "the subscription `{}` does not match",
                             a.subscription_text
@@ -182,17 +185,19 @@ impl ActionsKind {
                     };
                 }
                 match self.request(a, event, raw, allow_private) {
-                    Ok(req) => ActionPreview {
+                    Ok((req, item)) => ActionPreview {
                         action: slug,
                         matched: true,
                         request: Some(req),
                         skipped_reason: None,
+                        batch_item: item,
                     },
                     Err(why) => ActionPreview {
                         action: slug,
                         matched: true,
                         request: None,
                         skipped_reason: Some(why),
+                        batch_item: None,
                     },
                 }
             })
@@ -205,7 +210,7 @@ impl ActionsKind {
         event: &Value,
         raw: Option<&[u8]>,
         allow_private: bool,
-    ) -> Result<Prepared, String> {
+    ) -> Result<(Prepared, Option<Value>), String> {
         let mapped = match a.mapping.eval(event) {
             Some(Value::Object(m)) => m,
             _ => Map::new(),
@@ -303,12 +308,140 @@ impl ActionsKind {
                 add_header(&mut headers, header, Some(Value::String(sig)))?;
             }
         }
-        Ok(Prepared {
-            method,
-            url,
-            headers,
-            body,
-        })
+        let item = a
+            .action
+            .batch
+            .as_ref()
+            .map(|(item, _)| item.eval(&ctx).unwrap_or(Value::Null));
+        Ok((
+            Prepared {
+                method,
+                url,
+                headers,
+                body,
+            },
+            item,
+        ))
+    }
+
+    /// Plans a group of events for batching: per event, what it becomes (`Err`: nothing
+    /// to send, with the plan saying why), and the batch requests with the indices of
+    /// the events each carries. Actions without a batch form send one request per event.
+    pub fn plan_batch(
+        &self,
+        payloads: &[&[u8]],
+        allow_private: bool,
+    ) -> (Vec<Option<Plan>>, Vec<(Prepared, Vec<usize>)>) {
+        let mut refused: Vec<Option<Plan>> = vec![None; payloads.len()];
+        // (action, method, url, headers without the signature) → (first request, items, indices)
+        type Group = (Prepared, Vec<Value>, Vec<usize>);
+        let mut groups: Vec<(String, Group)> = Vec::new();
+        let mut singles: Vec<(Prepared, Vec<usize>)> = Vec::new();
+        let sig_header = self
+            .entry
+            .signature
+            .as_ref()
+            .map(|(_, h)| h.to_ascii_lowercase());
+        for (i, payload) in payloads.iter().enumerate() {
+            let Ok(event) = serde_json::from_slice::<Value>(payload) else {
+                refused[i] = Some(Plan::Invalid("the stored event is not JSON".into()));
+                continue;
+            };
+            let previews = self.preview_raw(&event, Some(payload), allow_private);
+            let mut planned = Vec::new();
+            let mut skipped = Vec::new();
+            for p in previews {
+                match (p.matched, p.request, p.skipped_reason) {
+                    (false, _, _) => {}
+                    (true, Some(req), _) => planned.push((p.action, req, p.batch_item)),
+                    (true, None, Some(r)) if r.starts_with(SKIP) => {
+                        skipped.push(format!("action {} {r}", p.action))
+                    }
+                    (true, None, r) => {
+                        refused[i] = Some(Plan::Invalid(format!(
+                            "action {}: {}",
+                            p.action,
+                            r.unwrap_or_default()
+                        )));
+                        planned.clear();
+                        break;
+                    }
+                }
+            }
+            if refused[i].is_some() {
+                continue;
+            }
+            if planned.is_empty() {
+                refused[i] = Some(Plan::NoMatch(if skipped.is_empty() {
+                    "no enabled action's subscription matches".into()
+                } else {
+                    skipped.join("; ")
+                }));
+                continue;
+            }
+            for (action, req, item) in planned {
+                let Some(item) = item else {
+                    singles.push((req, vec![i]));
+                    continue;
+                };
+                let mut headers: Vec<String> = req
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| Some(k.as_str()) != sig_header.as_deref())
+                    .map(|(k, v)| format!("{k}:{}", String::from_utf8_lossy(v.as_bytes())))
+                    .collect();
+                headers.sort();
+                let key = format!(
+                    "{action}\n{}\n{}\n{}",
+                    req.method,
+                    req.url,
+                    headers.join("\n")
+                );
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, (_, items, idx))) => {
+                        items.push(item);
+                        idx.push(i);
+                    }
+                    None => groups.push((key, (req, vec![item], vec![i]))),
+                }
+            }
+        }
+        let mut out = singles;
+        for (key, (first, items, idx)) in groups {
+            let action = key.split('\n').next().unwrap_or_default();
+            let Some(a) = self.actions.iter().find(|a| a.action.slug == action) else {
+                continue;
+            };
+            let Some((_, body_map)) = &a.action.batch else {
+                continue;
+            };
+            let ctx = json!({"items": items, "settings": self.settings});
+            let body = body_map.eval(&ctx).unwrap_or(Value::Null);
+            let mut req = first;
+            req.body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+            req.headers
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let (Some((setting, header)), Some(first_item)) =
+                (&self.entry.signature, items.first())
+            {
+                if let Some(secret) = self
+                    .settings
+                    .get(setting)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                {
+                    // As Segment's Actions webhook: the signature covers the first item only.
+                    let bytes = serde_json::to_vec(first_item).unwrap_or_default();
+                    let _ = add_header(
+                        &mut req.headers,
+                        header,
+                        Some(Value::String(crate::webhook::signature(secret, &bytes))),
+                    );
+                }
+            }
+            out.push((req, idx));
+        }
+        (refused, out)
     }
 }
 
@@ -592,5 +725,98 @@ mod tests {
         let e = kind(json!({"name": "x", "type": "http", "sources": ["web"]})).unwrap_err();
         assert_eq!(e.field, "actions");
         assert!(e.message.contains("no presets"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use crate::config::{DestinationConfig, Kind};
+
+    fn kind(v: Value) -> ActionsKind {
+        let cfg: DestinationConfig = serde_json::from_value(v).unwrap();
+        match cfg.validate(&["web"]).unwrap().kind {
+            Kind::Actions(a) => a,
+            Kind::Webhook(_) => panic!("not a catalog destination"),
+        }
+    }
+
+    fn bytes(v: &[Value]) -> Vec<Vec<u8>> {
+        v.iter().map(|e| serde_json::to_vec(e).unwrap()).collect()
+    }
+
+    #[test]
+    fn actions_webhook_batches_data_signed_over_the_first_item() {
+        let k = kind(
+            json!({"name": "w", "type": "actions_webhook", "sources": ["web"], "batch_size": 10,
+            "settings": {"sharedSecret": "k"},
+            "actions": [{"action": "send", "subscription": "type = \"track\"",
+                "mapping": {"url": "https://hooks.example.com/in", "data": {"id": {"@path": "$.messageId"}}}}]}),
+        );
+        let events = bytes(&[
+            json!({"type": "track", "event": "A", "messageId": "m1"}),
+            json!({"type": "identify", "messageId": "m2"}),
+            json!({"type": "track", "event": "B", "messageId": "m3"}),
+        ]);
+        let refs: Vec<&[u8]> = events.iter().map(|e| &e[..]).collect();
+        let (refused, reqs) = k.plan_batch(&refs, false);
+        assert!(refused[0].is_none() && refused[2].is_none());
+        assert!(matches!(refused[1], Some(Plan::NoMatch(_))));
+        assert_eq!(reqs.len(), 1);
+        let (req, idx) = &reqs[0];
+        assert_eq!(idx, &vec![0, 2]);
+        assert_eq!(&req.body[..], br#"[{"id":"m1"},{"id":"m3"}]"#);
+        assert_eq!(
+            req.headers["x-signature"].to_str().unwrap(),
+            crate::webhook::signature("k", br#"{"id":"m1"}"#)
+        );
+    }
+
+    #[test]
+    fn pushwoosh_batches_events_with_app_id_and_keeps_profiles_single() {
+        let k = kind(
+            json!({"name": "pw", "type": "pushwoosh", "sources": ["web"], "batch_size": 100,
+            "settings": {"pushwooshAPIKey": "k", "pushwooshAppCode": "APP-1"}}),
+        );
+        let t = "2026-11-23T10:00:00.000Z";
+        let events = bytes(&[
+            json!({"type": "track", "event": "A", "userId": "u1", "timestamp": t}),
+            json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}),
+            json!({"type": "screen", "name": "Home", "userId": "u2", "timestamp": t}),
+            json!({"type": "track", "event": "B", "anonymousId": "a", "timestamp": t}),
+        ]);
+        let refs: Vec<&[u8]> = events.iter().map(|e| &e[..]).collect();
+        let (refused, reqs) = k.plan_batch(&refs, false);
+        assert!(matches!(&refused[3], Some(Plan::Invalid(why)) if why.contains("external_id")));
+        assert_eq!(reqs.len(), 2);
+        let single = reqs
+            .iter()
+            .find(|(r, _)| r.url.path().ends_with("/track-user"))
+            .unwrap();
+        assert_eq!(single.1, vec![1]);
+        let batch = reqs
+            .iter()
+            .find(|(r, _)| r.url.path().ends_with("/post-events"))
+            .unwrap();
+        assert_eq!(batch.1, vec![0, 2]);
+        let body: Value = serde_json::from_slice(&batch.0.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"events": [
+                {"user_id": "u1", "app_id": "APP-1", "name": "A", "timestamp": t},
+                {"user_id": "u2", "app_id": "APP-1", "name": "Home", "timestamp": t}
+            ]})
+        );
+    }
+
+    #[test]
+    fn batch_size_needs_an_action_that_batches() {
+        let cfg: DestinationConfig =
+            serde_json::from_value(json!({"name": "x", "type": "insider", "sources": ["web"],
+            "batch_size": 10, "settings": {"account_name": "a", "ucd_key": "k"}}))
+            .unwrap();
+        let e = cfg.validate(&["web"]).unwrap_err();
+        assert_eq!(e.field, "batch_size");
+        assert!(e.message.contains("none of the enabled actions"), "{e}");
     }
 }

@@ -114,6 +114,19 @@ struct RequestFile {
     body: Option<Value>,
     #[serde(default)]
     basic_auth: Option<BasicAuthFile>,
+    /// When the destination's `batch_size` > 1: each event's `item` (over the same
+    /// context) and the batch request's `body` (over `{"items": [...], "settings"}`);
+    /// method, URL and headers come from the first event. Events are batched together
+    /// only when their method, URL and headers are the same.
+    #[serde(default)]
+    batch: Option<BatchFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchFile {
+    item: Value,
+    body: Value,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +178,8 @@ pub struct Action {
     /// unchanged (field order and all), not a re-serialisation.
     pub body_is_event: bool,
     pub basic_auth: Option<(Mapping, Mapping)>,
+    /// (item, body) mappings when the action can send batches.
+    pub batch: Option<(Mapping, Mapping)>,
 }
 
 /// A catalog file that does not load: which file, where, what.
@@ -259,6 +274,13 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
                     .map(|b| compile(b, &format!("{at}.request.body")))
                     .transpose()?,
                 body_is_event: r.body == Some(serde_json::json!({"@path": "$.event"})),
+                batch: match &r.batch {
+                    Some(b) => Some((
+                        compile(&b.item, &format!("{at}.request.batch.item"))?,
+                        compile(&b.body, &format!("{at}.request.batch.body"))?,
+                    )),
+                    None => None,
+                },
                 basic_auth: match &r.basic_auth {
                     Some(b) => Some((
                         compile(&b.username, &format!("{at}.request.basic_auth.username"))?,

@@ -337,13 +337,6 @@ impl DestinationConfig {
         err: &dyn Fn(&str, String) -> ConfigError,
     ) -> Result<crate::actions::ActionsKind, ConfigError> {
         use crate::actions::{ActionsKind, Enabled};
-        if self.batch_size > 1 {
-            return Err(err(
-                "batch_size",
-                "is not supported for catalog destinations yet (one request per event and action)"
-                    .into(),
-            ));
-        }
         let (settings, endpoint_override) = crate::actions::settings(entry, &self.settings)
             .map_err(|(k, m)| err(&format!("settings.{k}"), m))?;
         if let (Some(u), false) = (&endpoint_override, self.allow_private_networks) {
@@ -393,6 +386,15 @@ impl DestinationConfig {
             if a.enabled {
                 actions.push(enabled);
             }
+        }
+        if self.batch_size > 1 && !actions.iter().any(|a| a.action.batch.is_some()) {
+            return Err(err(
+                "batch_size",
+                format!(
+                    "is {}, but none of the enabled actions of {} sends batches",
+                    self.batch_size, entry.id
+                ),
+            ));
         }
         Ok(ActionsKind {
             entry,

@@ -110,6 +110,62 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// A catalog destination's group of events with batching on: events refused or
+    /// unmatched get their own result; the others go out in batch requests (one per
+    /// action and endpoint), and each event's verdict is that of the requests carrying it.
+    async fn send_catalog_batch(
+        &self,
+        a: &crate::actions::ActionsKind,
+        items: Vec<Work>,
+        started_ms: i64,
+    ) -> Vec<Done> {
+        let payloads: Vec<&[u8]> = items.iter().map(|w| &w.payload[..]).collect();
+        let (refused, reqs) = a.plan_batch(&payloads, self.dest.allow_private_networks);
+        let answers: Vec<Answer> =
+            futures_util::future::join_all(reqs.iter().map(|(r, _)| http::send(&self.client, r)))
+                .await;
+        let now = now_ms();
+        for ans in &answers {
+            self.stats
+                .attempt(now, ans.duration.as_secs_f64() * 1000.0, ans.verdict);
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, (w, refusal)) in items.into_iter().zip(refused).enumerate() {
+            let sent = match refusal {
+                Some(crate::actions::Plan::Invalid(why)) => Sent::Invalid(why),
+                Some(crate::actions::Plan::NoMatch(why)) => Sent::NoMatch(why),
+                Some(crate::actions::Plan::Send(_)) | None => {
+                    let mine: Vec<usize> = reqs
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (_, idx))| idx.contains(&i))
+                        .map(|(n, _)| n)
+                        .collect();
+                    let my_answers: Vec<Answer> =
+                        mine.iter().map(|n| answers[*n].clone()).collect();
+                    out.push(Done {
+                        items: vec![w],
+                        started_ms,
+                        urls: mine.iter().map(|n| reqs[*n].0.url.to_string()).collect(),
+                        sent: Sent::Answered(all_of(&my_answers)),
+                        answers: my_answers,
+                    });
+                    continue;
+                }
+            };
+            out.push(Done {
+                items: vec![w],
+                started_ms,
+                urls: Vec::new(),
+                answers: Vec::new(),
+                sent,
+            });
+        }
+        out
+    }
+}
+
 /// What a lane's turn came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
@@ -231,6 +287,14 @@ async fn lane(
             }
         }
         let started_ms = now_ms();
+        if let (Kind::Actions(a), true) = (&ctx.dest.kind, batch_size > 1) {
+            for msg in ctx.send_catalog_batch(a, items, started_ms).await {
+                if done.send(msg).is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
         let payloads: Vec<&[u8]> = items.iter().map(|w| &w.payload[..]).collect();
         let (reqs, answers, sent) = ctx.send(&payloads).await;
         let urls = reqs.iter().map(|r| r.url.to_string()).collect();

@@ -617,3 +617,49 @@ fn product_fruits_gets_every_event_signed_through_endpoint_override() {
     assert_eq!(dl["data"][0]["messageId"], "pf-bad");
     assert_eq!(dl["data"][0]["status"], 410);
 }
+
+#[test]
+fn miso_batches_interactions_and_refuses_per_event() {
+    let rx = Receiver::ok();
+    let cfg = partner_config("miso", "miso", "api_key = \"miso_secret_1\"", &rx.url, "").replace(
+        "sources = [\"web\"]",
+        "sources = [\"web\"]\nbatch_size = 100",
+    );
+    let s = Server::start(Some(&cfg));
+    let mut batch: Vec<Value> = (0..5)
+        .map(|i| json!({"type": "track", "messageId": format!("mb-{i}"), "userId": "u1", "event": "Product Viewed", "properties": {"product_id": format!("p{i}")}}))
+        .collect();
+    // One the batch must not carry: no product id (skipped), and one no action takes.
+    batch.push(
+        json!({"type": "track", "messageId": "mb-skip", "userId": "u1", "event": "Product Viewed"}),
+    );
+    batch.push(json!({"type": "identify", "messageId": "mb-id", "userId": "u1"}));
+    let r = s.send("/v1/batch", &json!({ "batch": batch }));
+    assert_eq!(r.status, 200);
+    let got = rx.wait_until("five interactions", WAIT, |l| {
+        l.iter()
+            .map(|r| r.json()["data"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+            >= 5
+    });
+    let mut products: Vec<String> = got
+        .iter()
+        .flat_map(|r| r.json()["data"].as_array().cloned().unwrap_or_default())
+        .map(|i| i["product_ids"][0].as_str().unwrap().to_string())
+        .collect();
+    products.sort();
+    assert_eq!(products, ["p0", "p1", "p2", "p3", "p4"]);
+    assert!(got.len() <= 5);
+    let skipped = s.admin_until("/events/mb-skip", "mb-skip recorded", WAIT, |b| {
+        b["deliveries"].is_array()
+    });
+    assert_eq!(skipped["deliveries"][0]["outcome"], "filtered");
+    assert!(skipped["deliveries"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("product_id"));
+    let d = s.admin_until("/destinations/miso/delivery", "five delivered", WAIT, |b| {
+        b["windows"]["5m"]["counts"]["delivered"] == 5
+    });
+    assert_eq!(d["windows"]["5m"]["counts"]["filtered"], 2, "{d}");
+}

@@ -74,6 +74,9 @@ pub enum Plan {
     Invalid(String),
 }
 
+/// A batch request and the indices of the events it carries.
+pub type BatchRequest = (Prepared, Vec<usize>);
+
 /// Per-action detail for previews.
 #[derive(Debug, Clone)]
 pub struct ActionPreview {
@@ -331,12 +334,12 @@ impl ActionsKind {
         &self,
         payloads: &[&[u8]],
         allow_private: bool,
-    ) -> (Vec<Option<Plan>>, Vec<(Prepared, Vec<usize>)>) {
+    ) -> (Vec<Option<Plan>>, Vec<BatchRequest>) {
         let mut refused: Vec<Option<Plan>> = vec![None; payloads.len()];
         // (action, method, url, headers without the signature) → (first request, items, indices)
         type Group = (Prepared, Vec<Value>, Vec<usize>);
         let mut groups: Vec<(String, Group)> = Vec::new();
-        let mut singles: Vec<(Prepared, Vec<usize>)> = Vec::new();
+        let mut singles: Vec<BatchRequest> = Vec::new();
         let sig_header = self
             .entry
             .signature

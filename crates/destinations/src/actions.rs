@@ -74,6 +74,92 @@ pub enum Plan {
     Invalid(String),
 }
 
+impl ActionsKind {
+    /// The deletion hook's request for a `{"type": "delete", "userId", "anonymousId", …}`
+    /// message: `Ok(None)` when the type has no hook or the hook has nothing to delete.
+    pub fn deletion(
+        &self,
+        message: &Value,
+        allow_private: bool,
+    ) -> Result<Option<Prepared>, String> {
+        let Some(hook) = &self.entry.delete else {
+            return Ok(None);
+        };
+        let mut ctx = Map::new();
+        for key in ["userId", "anonymousId"] {
+            if let Some(v) = message.get(key).filter(|v| !v.is_null()) {
+                ctx.insert(key.into(), v.clone());
+            }
+        }
+        ctx.insert("settings".into(), self.settings.clone());
+        ctx.insert("event".into(), message.clone());
+        let ctx = Value::Object(ctx);
+        let url_text = match hook.url.eval(&ctx) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(u)) => u,
+            Some(other) => {
+                return Err(format!(
+                    "the deletion URL resolved to {other}, not a string"
+                ))
+            }
+        };
+        let method = match hook.method.eval(&ctx) {
+            Some(Value::String(m)) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("the method {m:?} is not an HTTP method"))?,
+            other => {
+                return Err(format!(
+                    "the deletion method resolved to {other:?}, not a string"
+                ))
+            }
+        };
+        let mut url = url::Url::parse(&url_text)
+            .map_err(|e| format!("the URL {url_text:?} is invalid: {e}"))?;
+        if let Some(o) = &self.endpoint_override {
+            override_endpoint(&mut url, o).map_err(|e| format!("endpoint_override: {e}"))?;
+        }
+        if !allow_private {
+            crate::ssrf::check_url(&url)
+                .map_err(|why| format!("refused by the SSRF guard: {why}"))?;
+        }
+        let mut headers = HeaderMap::new();
+        for (name, m) in &self.entry.headers {
+            add_header(&mut headers, name, m.eval(&ctx))?;
+        }
+        if let Some(Value::Object(map)) = hook.headers.as_ref().and_then(|h| h.eval(&ctx)) {
+            for (k, v) in map {
+                add_header(&mut headers, &k, Some(v))?;
+            }
+        }
+        let body = match hook.body.as_ref().and_then(|b| b.eval(&ctx)) {
+            None | Some(Value::Null) => Bytes::new(),
+            Some(v) => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+            }
+        };
+        if let Some((setting, header)) = &self.entry.signature {
+            if let Some(secret) = self
+                .settings
+                .get(setting)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                add_header(
+                    &mut headers,
+                    header,
+                    Some(Value::String(crate::webhook::signature(secret, &body))),
+                )?;
+            }
+        }
+        Ok(Some(Prepared {
+            method,
+            url,
+            headers,
+            body,
+        }))
+    }
+}
+
 /// A batch request and the indices of the events it carries.
 pub type BatchRequest = (Prepared, Vec<usize>);
 

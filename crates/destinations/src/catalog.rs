@@ -53,6 +53,31 @@ struct EntryFile {
     actions: BTreeMap<String, ActionFile>,
     #[serde(default)]
     presets: Vec<PresetFile>,
+    /// The deletion hook: a request (mapping-kit values over `{"userId", "anonymousId",
+    /// "settings", "event"}`, `event` being the `{"type": "delete", …}` message) sent when
+    /// a user is deleted. A URL that resolves to nothing means "nothing to delete".
+    #[serde(default)]
+    delete: Option<DeleteFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteFile {
+    method: Value,
+    url: Value,
+    #[serde(default)]
+    headers: Option<Value>,
+    #[serde(default)]
+    body: Option<Value>,
+}
+
+/// A compiled deletion hook.
+#[derive(Debug, Clone)]
+pub struct DeleteHook {
+    pub method: Mapping,
+    pub url: Mapping,
+    pub headers: Option<Mapping>,
+    pub body: Option<Mapping>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +182,7 @@ pub struct Entry {
     pub actions: BTreeMap<String, Action>,
     /// (action, subscription) enabled when a configuration lists no actions.
     pub presets: Vec<(String, Subscription, String)>,
+    pub delete: Option<DeleteHook>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,7 +333,25 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
             .map_err(|e| err(format!("presets[{i}].subscription: {e}")))?;
         presets.push((p.action.clone(), sub, text));
     }
+    let delete = match &f.delete {
+        Some(d) => Some(DeleteHook {
+            method: compile(&d.method, "delete.method")?,
+            url: compile(&d.url, "delete.url")?,
+            headers: d
+                .headers
+                .as_ref()
+                .map(|h| compile(h, "delete.headers"))
+                .transpose()?,
+            body: d
+                .body
+                .as_ref()
+                .map(|b| compile(b, "delete.body"))
+                .transpose()?,
+        }),
+        None => None,
+    };
     Ok(Entry {
+        delete,
         id: f.id,
         name: f.name,
         segment_slug: f.segment_slug,

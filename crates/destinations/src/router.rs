@@ -534,6 +534,22 @@ pub fn preview_destination(dest: &crate::config::Destination, event: &Value) -> 
                 },
             })]
         }
+        crate::config::Kind::Actions(a) if event.get("type") == Some(&json!("delete")) => {
+            let (requests, reason) = match a.deletion(event, dest.allow_private_networks) {
+                Ok(Some(r)) => (vec![request_json(&r)], Value::Null),
+                Ok(None) => (
+                    Vec::new(),
+                    json!(format!(
+                        "{} has no deletion hook, or nothing to delete for this subject",
+                        a.entry.id
+                    )),
+                ),
+                Err(why) => (Vec::new(), json!(why)),
+            };
+            vec![
+                json!({"action": "delete", "matched": !requests.is_empty(), "requests": requests, "skipped_reason": reason}),
+            ]
+        }
         crate::config::Kind::Actions(a) => a
             .preview(event, dest.allow_private_networks)
             .into_iter()

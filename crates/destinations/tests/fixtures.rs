@@ -38,6 +38,14 @@ fn check(path: &Path) -> Result<(), String> {
         None => serde_json::to_vec(&case["event"]).map_err(|e| e.to_string())?,
     };
     let expect = &case["expect"];
+    // A deletion message goes to the type's deletion hook.
+    if case["event"]["type"] == "delete" {
+        return match (actions.deletion(&case["event"], false), expect) {
+            (Ok(Some(r)), e) if e["requests"].is_array() => compare(&[("delete".into(), r)], e),
+            (Ok(None), e) if e["nothing"].as_str() == Some("no_deletion") => Ok(()),
+            (other, e) => Err(format!("deletion gave {other:?}, expected {e}")),
+        };
+    }
     let outcome = match route(&dest, &raw) {
         Route::Send => actions.plan(&raw, false),
         Route::Filtered(why) | Route::DroppedByIntegrations(why) => {
@@ -50,62 +58,7 @@ fn check(path: &Path) -> Result<(), String> {
         }
     };
     match (outcome, expect) {
-        (Plan::Send(reqs), e) if e["requests"].is_array() => {
-            let want = e["requests"].as_array().unwrap();
-            if want.len() != reqs.len() {
-                return Err(format!(
-                    "{} requests, expected {}: {reqs:?}",
-                    reqs.len(),
-                    want.len()
-                ));
-            }
-            for (i, ((action, r), w)) in reqs.iter().zip(want).enumerate() {
-                let got_body: Value = if r.body.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&r.body).map_err(|e| format!("request {i} body: {e}"))?
-                };
-                if let Some(a) = w["action"].as_str() {
-                    if a != action {
-                        return Err(format!("request {i} from action {action}, expected {a}"));
-                    }
-                }
-                if w["method"] != json!(r.method.as_str()) || w["url"] != json!(r.url.as_str()) {
-                    return Err(format!(
-                        "request {i}: {} {}, expected {} {}",
-                        r.method, r.url, w["method"], w["url"]
-                    ));
-                }
-                if w["body"] != got_body {
-                    return Err(format!(
-                        "request {i} body:\n  got      {got_body}\n  expected {}",
-                        w["body"]
-                    ));
-                }
-                if let Some(raw_body) = w["body_bytes"].as_str() {
-                    if raw_body.as_bytes() != &r.body[..] {
-                        return Err(format!(
-                            "request {i} bytes differ: {:?}",
-                            String::from_utf8_lossy(&r.body)
-                        ));
-                    }
-                }
-                for (k, v) in w["headers"].as_object().into_iter().flatten() {
-                    let got = r.headers.get(k.as_str()).and_then(|h| h.to_str().ok());
-                    match v {
-                        Value::Null if got.is_some() => {
-                            return Err(format!("request {i}: header {k} must be absent"))
-                        }
-                        Value::Null => {}
-                        _ if got != v.as_str() => {
-                            return Err(format!("request {i}: header {k} = {got:?}, expected {v}"))
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            Ok(())
-        }
+        (Plan::Send(reqs), e) if e["requests"].is_array() => compare(&reqs, e),
         (Plan::NoMatch(why), e)
             if e["nothing"].as_str() == Some("no_match")
                 || e["nothing"].as_str().is_some_and(|g| why.contains(g)) =>
@@ -115,6 +68,67 @@ fn check(path: &Path) -> Result<(), String> {
         (Plan::Invalid(why), e) if e["invalid"].as_str().is_some_and(|g| why.contains(g)) => Ok(()),
         (other, e) => Err(format!("got {other:?}, expected {e}")),
     }
+}
+
+/// The requests against the fixture's expectation.
+fn compare(
+    reqs: &[(String, sluice_destinations::http::Prepared)],
+    e: &Value,
+) -> Result<(), String> {
+    let want = e["requests"].as_array().unwrap();
+    if want.len() != reqs.len() {
+        return Err(format!(
+            "{} requests, expected {}: {reqs:?}",
+            reqs.len(),
+            want.len()
+        ));
+    }
+    for (i, ((action, r), w)) in reqs.iter().zip(want).enumerate() {
+        let got_body: Value = if r.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&r.body).map_err(|e| format!("request {i} body: {e}"))?
+        };
+        if let Some(a) = w["action"].as_str() {
+            if a != action {
+                return Err(format!("request {i} from action {action}, expected {a}"));
+            }
+        }
+        if w["method"] != json!(r.method.as_str()) || w["url"] != json!(r.url.as_str()) {
+            return Err(format!(
+                "request {i}: {} {}, expected {} {}",
+                r.method, r.url, w["method"], w["url"]
+            ));
+        }
+        if w["body"] != got_body {
+            return Err(format!(
+                "request {i} body:\n  got      {got_body}\n  expected {}",
+                w["body"]
+            ));
+        }
+        if let Some(raw_body) = w["body_bytes"].as_str() {
+            if raw_body.as_bytes() != &r.body[..] {
+                return Err(format!(
+                    "request {i} bytes differ: {:?}",
+                    String::from_utf8_lossy(&r.body)
+                ));
+            }
+        }
+        for (k, v) in w["headers"].as_object().into_iter().flatten() {
+            let got = r.headers.get(k.as_str()).and_then(|h| h.to_str().ok());
+            match v {
+                Value::Null if got.is_some() => {
+                    return Err(format!("request {i}: header {k} must be absent"))
+                }
+                Value::Null => {}
+                _ if got != v.as_str() => {
+                    return Err(format!("request {i}: header {k} = {got:?}, expected {v}"))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 #[test]

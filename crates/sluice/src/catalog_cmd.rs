@@ -84,6 +84,14 @@ pub fn run(cmd: Option<CatalogCommand>) -> Result<()> {
                     );
                 }
             }
+            println!(
+                "\ndeletion hook: {}",
+                if e.delete.is_some() {
+                    "yes (a user deletion sends a request)"
+                } else {
+                    "none"
+                }
+            );
             println!("\npresets (enabled when a configuration lists no actions):");
             if e.presets.is_empty() {
                 println!("  none: list [[destinations.actions]]");

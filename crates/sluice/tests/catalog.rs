@@ -450,6 +450,19 @@ fn pushwoosh_through_endpoint_override_retries_5xx_and_dead_letters_4xx() {
         |b| b["data"].as_array().is_some_and(|a| a.len() == 1),
     );
     assert_eq!(dl["data"][0]["messageId"], "pw-3");
+    // A deletion previews the type's deletion hook.
+    let p = s.admin_call(
+        "POST",
+        "/destinations/pw/preview",
+        Some(&json!({"type": "delete", "userId": "u9"})),
+    );
+    let req = &p.body["actions"][0]["requests"][0];
+    assert_eq!(p.body["actions"][0]["action"], "delete");
+    assert_eq!(
+        req["url"],
+        format!("{}/integration-segment/v1/delete-user", rx.url)
+    );
+    assert_eq!(req["body"], json!({"external_id": "u9"}));
     assert_eq!(dl["data"][0]["status"], 400);
     assert_eq!(
         dl["data"][0]["attempts"].as_array().unwrap().len(),

@@ -160,8 +160,17 @@ impl ActionsKind {
     }
 }
 
-/// A batch request and the indices of the events it carries.
-pub type BatchRequest = (Prepared, Vec<usize>);
+/// A request of a batch plan and the events it carries.
+#[derive(Debug, Clone)]
+pub struct BatchRequest {
+    pub request: Prepared,
+    /// Indices of the events it carries.
+    pub events: Vec<usize>,
+    /// Each event's own request, in `events` order (for splitting a refused batch).
+    pub singles: Vec<Prepared>,
+    /// Statuses on which the batch is re-sent one event per request.
+    pub split_on: Vec<u16>,
+}
 
 /// Per-action detail for previews.
 #[derive(Debug, Clone)]
@@ -401,7 +410,7 @@ impl ActionsKind {
             .action
             .batch
             .as_ref()
-            .map(|(item, _)| item.eval(&ctx).unwrap_or(Value::Null));
+            .map(|(item, _, _)| item.eval(&ctx).unwrap_or(Value::Null));
         Ok((
             Prepared {
                 method,
@@ -422,8 +431,8 @@ impl ActionsKind {
         allow_private: bool,
     ) -> (Vec<Option<Plan>>, Vec<BatchRequest>) {
         let mut refused: Vec<Option<Plan>> = vec![None; payloads.len()];
-        // (action, method, url, headers without the signature) → (first request, items, indices)
-        type Group = (Prepared, Vec<Value>, Vec<usize>);
+        // (action, method, url, headers without the signature) → (each event's request, items, indices)
+        type Group = (Vec<Prepared>, Vec<Value>, Vec<usize>);
         let mut groups: Vec<(String, Group)> = Vec::new();
         let mut singles: Vec<BatchRequest> = Vec::new();
         let sig_header = self
@@ -470,7 +479,12 @@ impl ActionsKind {
             }
             for (action, req, item) in planned {
                 let Some(item) = item else {
-                    singles.push((req, vec![i]));
+                    singles.push(BatchRequest {
+                        request: req.clone(),
+                        events: vec![i],
+                        singles: vec![req],
+                        split_on: Vec::new(),
+                    });
                     continue;
                 };
                 let mut headers: Vec<String> = req
@@ -487,26 +501,29 @@ impl ActionsKind {
                     headers.join("\n")
                 );
                 match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, (_, items, idx))) => {
+                    Some((_, (reqs, items, idx))) => {
+                        reqs.push(req);
                         items.push(item);
                         idx.push(i);
                     }
-                    None => groups.push((key, (req, vec![item], vec![i]))),
+                    None => groups.push((key, (vec![req], vec![item], vec![i]))),
                 }
             }
         }
         let mut out = singles;
-        for (key, (first, items, idx)) in groups {
+        for (key, (each, items, idx)) in groups {
             let action = key.split('\n').next().unwrap_or_default();
             let Some(a) = self.actions.iter().find(|a| a.action.slug == action) else {
                 continue;
             };
-            let Some((_, body_map)) = &a.action.batch else {
+            let Some((_, body_map, split_on)) = &a.action.batch else {
                 continue;
             };
             let ctx = json!({"items": items, "settings": self.settings});
             let body = body_map.eval(&ctx).unwrap_or(Value::Null);
-            let mut req = first;
+            let Some(mut req) = each.first().cloned() else {
+                continue;
+            };
             req.body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
             req.headers
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -528,7 +545,12 @@ impl ActionsKind {
                     );
                 }
             }
-            out.push((req, idx));
+            out.push(BatchRequest {
+                request: req,
+                events: idx,
+                singles: each,
+                split_on: split_on.clone(),
+            });
         }
         (refused, out)
     }
@@ -852,7 +874,7 @@ mod batch_tests {
         assert!(refused[0].is_none() && refused[2].is_none());
         assert!(matches!(refused[1], Some(Plan::NoMatch(_))));
         assert_eq!(reqs.len(), 1);
-        let (req, idx) = &reqs[0];
+        let (req, idx) = (&reqs[0].request, &reqs[0].events);
         assert_eq!(idx, &vec![0, 2]);
         assert_eq!(&req.body[..], br#"[{"id":"m1"},{"id":"m3"}]"#);
         assert_eq!(
@@ -880,15 +902,16 @@ mod batch_tests {
         assert_eq!(reqs.len(), 2);
         let single = reqs
             .iter()
-            .find(|(r, _)| r.url.path().ends_with("/track-user"))
+            .find(|b| b.request.url.path().ends_with("/track-user"))
             .unwrap();
-        assert_eq!(single.1, vec![1]);
+        assert_eq!(single.events, vec![1]);
         let batch = reqs
             .iter()
-            .find(|(r, _)| r.url.path().ends_with("/post-events"))
+            .find(|b| b.request.url.path().ends_with("/post-events"))
             .unwrap();
-        assert_eq!(batch.1, vec![0, 2]);
-        let body: Value = serde_json::from_slice(&batch.0.body).unwrap();
+        assert_eq!(batch.events, vec![0, 2]);
+        assert_eq!(batch.singles.len(), 2);
+        let body: Value = serde_json::from_slice(&batch.request.body).unwrap();
         assert_eq!(
             body,
             json!({"events": [

@@ -152,6 +152,10 @@ struct RequestFile {
 struct BatchFile {
     item: Value,
     body: Value,
+    /// Statuses that mean "some item of the batch is invalid": the batch is then sent
+    /// again one event per request, so the valid ones get through (Miso's 422).
+    #[serde(default)]
+    split_on: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,8 +208,8 @@ pub struct Action {
     /// unchanged (field order and all), not a re-serialisation.
     pub body_is_event: bool,
     pub basic_auth: Option<(Mapping, Mapping)>,
-    /// (item, body) mappings when the action can send batches.
-    pub batch: Option<(Mapping, Mapping)>,
+    /// (item, body, split_on) when the action can send batches.
+    pub batch: Option<(Mapping, Mapping, Vec<u16>)>,
 }
 
 /// A catalog file that does not load: which file, where, what.
@@ -304,6 +308,7 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
                     Some(b) => Some((
                         compile(&b.item, &format!("{at}.request.batch.item"))?,
                         compile(&b.body, &format!("{at}.request.batch.body"))?,
+                        b.split_on.clone(),
                     )),
                     None => None,
                 },

@@ -122,11 +122,26 @@ impl Ctx {
     ) -> Vec<Done> {
         let payloads: Vec<&[u8]> = items.iter().map(|w| &w.payload[..]).collect();
         let (refused, reqs) = a.plan_batch(&payloads, self.dest.allow_private_networks);
-        let answers: Vec<Answer> =
-            futures_util::future::join_all(reqs.iter().map(|(r, _)| http::send(&self.client, r)))
-                .await;
+        let answers: Vec<Answer> = futures_util::future::join_all(
+            reqs.iter().map(|b| http::send(&self.client, &b.request)),
+        )
+        .await;
+        // A batch refused with a "some item is invalid" status goes again, one event per
+        // request, so the valid events get through and only the invalid ones fail.
+        let mut split: Vec<Option<Vec<Answer>>> = vec![None; reqs.len()];
+        for (n, b) in reqs.iter().enumerate() {
+            let refused_batch = answers[n].status.is_some_and(|st| b.split_on.contains(&st));
+            if b.events.len() > 1 && refused_batch {
+                split[n] = Some(
+                    futures_util::future::join_all(
+                        b.singles.iter().map(|r| http::send(&self.client, r)),
+                    )
+                    .await,
+                );
+            }
+        }
         let now = now_ms();
-        for ans in &answers {
+        for ans in answers.iter().chain(split.iter().flatten().flatten()) {
             self.stats
                 .attempt(now, ans.duration.as_secs_f64() * 1000.0, ans.verdict);
         }
@@ -136,20 +151,29 @@ impl Ctx {
                 Some(crate::actions::Plan::Invalid(why)) => Sent::Invalid(why),
                 Some(crate::actions::Plan::NoMatch(why)) => Sent::NoMatch(why),
                 Some(crate::actions::Plan::Send(_)) | None => {
-                    let mine: Vec<usize> = reqs
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, (_, idx))| idx.contains(&i))
-                        .map(|(n, _)| n)
-                        .collect();
-                    let my_answers: Vec<Answer> =
-                        mine.iter().map(|n| answers[*n].clone()).collect();
+                    let mut urls = Vec::new();
+                    let mut mine = Vec::new();
+                    for (n, b) in reqs.iter().enumerate() {
+                        let Some(pos) = b.events.iter().position(|e| *e == i) else {
+                            continue;
+                        };
+                        match &split[n] {
+                            Some(singles) => {
+                                urls.push(b.singles[pos].url.to_string());
+                                mine.push(singles[pos].clone());
+                            }
+                            None => {
+                                urls.push(b.request.url.to_string());
+                                mine.push(answers[n].clone());
+                            }
+                        }
+                    }
                     out.push(Done {
                         items: vec![w],
                         started_ms,
-                        urls: mine.iter().map(|n| reqs[*n].0.url.to_string()).collect(),
-                        sent: Sent::Answered(all_of(&my_answers)),
-                        answers: my_answers,
+                        urls,
+                        sent: Sent::Answered(all_of(&mine)),
+                        answers: mine,
                     });
                     continue;
                 }

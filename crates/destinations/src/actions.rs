@@ -103,54 +103,11 @@ impl ActionsKind {
                 ))
             }
         };
-        let method = match hook.method.eval(&ctx) {
-            Some(Value::String(m)) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                .map_err(|_| format!("the method {m:?} is not an HTTP method"))?,
-            other => {
-                return Err(format!(
-                    "the deletion method resolved to {other:?}, not a string"
-                ))
-            }
-        };
-        let mut url = url::Url::parse(&url_text)
-            .map_err(|e| format!("the URL {url_text:?} is invalid: {e}"))?;
-        if let Some(o) = &self.endpoint_override {
-            override_endpoint(&mut url, o).map_err(|e| format!("endpoint_override: {e}"))?;
-        }
-        if !allow_private {
-            crate::ssrf::check_url(&url)
-                .map_err(|why| format!("refused by the SSRF guard: {why}"))?;
-        }
-        let mut headers = HeaderMap::new();
-        for (name, m) in &self.entry.headers {
-            add_header(&mut headers, name, m.eval(&ctx))?;
-        }
-        if let Some(Value::Object(map)) = hook.headers.as_ref().and_then(|h| h.eval(&ctx)) {
-            for (k, v) in map {
-                add_header(&mut headers, &k, Some(v))?;
-            }
-        }
-        let body = match hook.body.as_ref().and_then(|b| b.eval(&ctx)) {
-            None | Some(Value::Null) => Bytes::new(),
-            Some(v) => {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
-            }
-        };
-        if let Some((setting, header)) = &self.entry.signature {
-            if let Some(secret) = self
-                .settings
-                .get(setting)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-            {
-                add_header(
-                    &mut headers,
-                    header,
-                    Some(Value::String(crate::webhook::signature(secret, &body))),
-                )?;
-            }
-        }
+        let method = method_of(&hook.method, &ctx, "deletion")?;
+        let url = self.target(&url_text, allow_private)?;
+        let mut headers = self.headers(&ctx, hook.headers.as_ref())?;
+        let body = json_body(hook.body.as_ref(), &ctx, &mut headers)?;
+        self.sign(&mut headers, &body)?;
         Ok(Some(Prepared {
             method,
             url,
@@ -224,33 +181,49 @@ impl Enabled {
 impl ActionsKind {
     /// What an event becomes (requests, nothing, or a refusal).
     pub fn plan(&self, payload: &[u8], allow_private: bool) -> Plan {
+        match self.planned(payload, allow_private) {
+            Ok(reqs) => Plan::Send(reqs.into_iter().map(|(a, r, _)| (a, r)).collect()),
+            Err(plan) => plan,
+        }
+    }
+
+    /// One stored event's requests — (action, request, batch item) per matched action — or
+    /// the plan saying why there are none (nothing matched, skipped, or refused).
+    #[allow(clippy::type_complexity)]
+    fn planned(
+        &self,
+        payload: &[u8],
+        allow_private: bool,
+    ) -> Result<Vec<(String, Prepared, Option<Value>)>, Plan> {
         let Ok(event) = serde_json::from_slice::<Value>(payload) else {
-            return Plan::Invalid("the stored event is not JSON".into());
+            return Err(Plan::Invalid("the stored event is not JSON".into()));
         };
         let mut out = Vec::new();
         let mut skipped = Vec::new();
         for p in self.preview_raw(&event, Some(payload), allow_private) {
             match (p.matched, p.request, p.skipped_reason) {
                 (false, _, _) => {}
-                (true, Some(req), _) => out.push((p.action, req)),
+                (true, Some(req), _) => out.push((p.action, req, p.batch_item)),
                 (true, None, Some(reason)) if reason.starts_with(SKIP) => {
                     skipped.push(format!("action {} {reason}", p.action));
                 }
                 (true, None, reason) => {
-                    return Plan::Invalid(format!(
+                    return Err(Plan::Invalid(format!(
                         "action {}: {}",
                         p.action,
                         reason.unwrap_or_default()
-                    ))
+                    )))
                 }
             }
         }
         if !out.is_empty() {
-            Plan::Send(out)
+            Ok(out)
         } else if skipped.is_empty() {
-            Plan::NoMatch("no enabled action's subscription matches".into())
+            Err(Plan::NoMatch(
+                "no enabled action's subscription matches".into(),
+            ))
         } else {
-            Plan::NoMatch(skipped.join("; "))
+            Err(Plan::NoMatch(skipped.join("; ")))
         }
     }
 
@@ -329,15 +302,7 @@ impl ActionsKind {
             }
         }
         let ctx = json!({"payload": payload, "settings": self.settings, "event": event});
-        let method = match a.action.method.eval(&ctx) {
-            Some(Value::String(m)) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                .map_err(|_| format!("the method {m:?} is not an HTTP method"))?,
-            other => {
-                return Err(format!(
-                    "the request method resolved to {other:?}, not a string"
-                ))
-            }
-        };
+        let method = method_of(&a.action.method, &ctx, "request")?;
         let url_text = match a.action.url.eval(&ctx) {
             Some(Value::String(u)) => u,
             other => {
@@ -346,33 +311,8 @@ impl ActionsKind {
                 ))
             }
         };
-        let mut url = url::Url::parse(&url_text)
-            .map_err(|e| format!("the URL {url_text:?} is invalid: {e}"))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(format!("the URL {url_text:?} is not http or https"));
-        }
-        if let Some(o) = &self.endpoint_override {
-            override_endpoint(&mut url, o).map_err(|e| format!("endpoint_override: {e}"))?;
-        }
-        if !allow_private {
-            crate::ssrf::check_url(&url)
-                .map_err(|why| format!("refused by the SSRF guard: {why}"))?;
-        }
-        let mut headers = HeaderMap::new();
-        for (name, m) in &self.entry.headers {
-            add_header(&mut headers, name, m.eval(&ctx))?;
-        }
-        if let Some(h) = &a.action.headers {
-            match h.eval(&ctx) {
-                None | Some(Value::Null) => {}
-                Some(Value::Object(map)) => {
-                    for (k, v) in map {
-                        add_header(&mut headers, &k, Some(v))?;
-                    }
-                }
-                Some(other) => return Err(format!("headers must be an object, not {other}")),
-            }
-        }
+        let url = self.target(&url_text, allow_private)?;
+        let mut headers = self.headers(&ctx, a.action.headers.as_ref())?;
         if let Some((user, pass)) = &a.action.basic_auth {
             let text = |v: Option<Value>| match v {
                 Some(Value::String(s)) => s,
@@ -393,19 +333,9 @@ impl ActionsKind {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Bytes::copy_from_slice(bytes)
             }
-            _ => self.body(a, &ctx, &mut headers)?,
+            _ => json_body(a.action.body.as_ref(), &ctx, &mut headers)?,
         };
-        if let Some((setting, header)) = &self.entry.signature {
-            if let Some(secret) = self
-                .settings
-                .get(setting)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-            {
-                let sig = crate::webhook::signature(secret, &body);
-                add_header(&mut headers, header, Some(Value::String(sig)))?;
-            }
-        }
+        self.sign(&mut headers, &body)?;
         let item = a
             .action
             .batch
@@ -441,42 +371,13 @@ impl ActionsKind {
             .as_ref()
             .map(|(_, h)| h.to_ascii_lowercase());
         for (i, payload) in payloads.iter().enumerate() {
-            let Ok(event) = serde_json::from_slice::<Value>(payload) else {
-                refused[i] = Some(Plan::Invalid("the stored event is not JSON".into()));
-                continue;
-            };
-            let previews = self.preview_raw(&event, Some(payload), allow_private);
-            let mut planned = Vec::new();
-            let mut skipped = Vec::new();
-            for p in previews {
-                match (p.matched, p.request, p.skipped_reason) {
-                    (false, _, _) => {}
-                    (true, Some(req), _) => planned.push((p.action, req, p.batch_item)),
-                    (true, None, Some(r)) if r.starts_with(SKIP) => {
-                        skipped.push(format!("action {} {r}", p.action))
-                    }
-                    (true, None, r) => {
-                        refused[i] = Some(Plan::Invalid(format!(
-                            "action {}: {}",
-                            p.action,
-                            r.unwrap_or_default()
-                        )));
-                        planned.clear();
-                        break;
-                    }
+            let planned = match self.planned(payload, allow_private) {
+                Ok(planned) => planned,
+                Err(plan) => {
+                    refused[i] = Some(plan);
+                    continue;
                 }
-            }
-            if refused[i].is_some() {
-                continue;
-            }
-            if planned.is_empty() {
-                refused[i] = Some(Plan::NoMatch(if skipped.is_empty() {
-                    "no enabled action's subscription matches".into()
-                } else {
-                    skipped.join("; ")
-                }));
-                continue;
-            }
+            };
             for (action, req, item) in planned {
                 let Some(item) = item else {
                     singles.push(BatchRequest {
@@ -527,23 +428,10 @@ impl ActionsKind {
             req.body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
             req.headers
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            if let (Some((setting, header)), Some(first_item)) =
-                (&self.entry.signature, items.first())
-            {
-                if let Some(secret) = self
-                    .settings
-                    .get(setting)
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                {
-                    // As Segment's Actions webhook: the signature covers the first item only.
-                    let bytes = serde_json::to_vec(first_item).unwrap_or_default();
-                    let _ = add_header(
-                        &mut req.headers,
-                        header,
-                        Some(Value::String(crate::webhook::signature(secret, &bytes))),
-                    );
-                }
+            // As Segment's Actions webhook: the signature covers the first item only.
+            if let Some(first_item) = items.first() {
+                let bytes = serde_json::to_vec(first_item).unwrap_or_default();
+                let _ = self.sign(&mut req.headers, &bytes);
             }
             out.push(BatchRequest {
                 request: req,
@@ -557,15 +445,75 @@ impl ActionsKind {
 }
 
 impl ActionsKind {
-    fn body(&self, a: &Enabled, ctx: &Value, headers: &mut HeaderMap) -> Result<Bytes, String> {
-        Ok(match a.action.body.as_ref().and_then(|b| b.eval(ctx)) {
-            None | Some(Value::Null) => Bytes::new(),
-            Some(v) => {
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
-            }
-        })
+    /// A request URL: http(s) only, `endpoint_override` applied, then the SSRF guard.
+    fn target(&self, text: &str, allow_private: bool) -> Result<url::Url, String> {
+        let mut url =
+            url::Url::parse(text).map_err(|e| format!("the URL {text:?} is invalid: {e}"))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("the URL {text:?} is not http or https"));
+        }
+        if let Some(o) = &self.endpoint_override {
+            override_endpoint(&mut url, o).map_err(|e| format!("endpoint_override: {e}"))?;
+        }
+        if !allow_private {
+            crate::ssrf::check_url(&url)
+                .map_err(|why| format!("refused by the SSRF guard: {why}"))?;
+        }
+        Ok(url)
     }
+
+    /// The catalog entry's shared headers, then the request's own (an object of strings).
+    fn headers(&self, ctx: &Value, own: Option<&Mapping>) -> Result<HeaderMap, String> {
+        let mut headers = HeaderMap::new();
+        for (name, m) in &self.entry.headers {
+            add_header(&mut headers, name, m.eval(ctx))?;
+        }
+        match own.and_then(|h| h.eval(ctx)) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (k, v) in map {
+                    add_header(&mut headers, &k, Some(v))?;
+                }
+            }
+            Some(other) => return Err(format!("headers must be an object, not {other}")),
+        }
+        Ok(headers)
+    }
+
+    /// `X-Signature` (or the entry's header) over `signed`, when the secret is set.
+    fn sign(&self, headers: &mut HeaderMap, signed: &[u8]) -> Result<(), String> {
+        let Some((setting, header)) = &self.entry.signature else {
+            return Ok(());
+        };
+        match self.settings.get(setting).and_then(Value::as_str) {
+            Some(secret) if !secret.is_empty() => {
+                let sig = crate::webhook::signature(secret, signed);
+                add_header(headers, header, Some(Value::String(sig)))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn method_of(m: &Mapping, ctx: &Value, what: &str) -> Result<Method, String> {
+    match m.eval(ctx) {
+        Some(Value::String(m)) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("the method {m:?} is not an HTTP method")),
+        other => Err(format!(
+            "the {what} method resolved to {other:?}, not a string"
+        )),
+    }
+}
+
+/// A JSON body (with its Content-Type), or none when the mapping gives nothing.
+fn json_body(m: Option<&Mapping>, ctx: &Value, headers: &mut HeaderMap) -> Result<Bytes, String> {
+    Ok(match m.and_then(|b| b.eval(ctx)) {
+        None | Some(Value::Null) => Bytes::new(),
+        Some(v) => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+        }
+    })
 }
 
 fn add_header(headers: &mut HeaderMap, name: &str, value: Option<Value>) -> Result<(), String> {

@@ -5,10 +5,12 @@
 //!
 //! Module map: this file holds the [`Store`] trait and the SQLite implementation
 //! ([`SqliteStore`], a second file beside the event log, `state.sqlite`); [`delivery`]
-//! holds the router's record types. Later issues add profiles here, and a PostgreSQL
-//! implementation behind the same trait.
+//! holds the router's record types; [`profiles`] the identity graph, traits and event
+//! references of profiles; regulations and suppressions live in this file. A PostgreSQL
+//! implementation comes behind the same trait.
 
 pub mod delivery;
+pub mod profiles;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,19 @@ use thiserror::Error;
 pub use delivery::{
     Attempt, DeadLetter, DeadLetterFilter, DeliveryBatch, DeliveryRecord, PendingDelivery,
 };
+pub use profiles::{
+    ErasedProfiles, EventQuery, ProfileEvent, ProfileEventRef, ProfileStepStats, StoredProfile,
+};
+use sluice_identity::traits::TraitValue;
+use sluice_identity::Rules;
+
+/// What erasing a subject removed outside the profile tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ErasedState {
+    pub pending: u64,
+    pub dead_letters: u64,
+    pub rejected: u64,
+}
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -113,6 +128,57 @@ pub trait Store: Send + Sync + 'static {
     /// Log-replay jobs, as JSON documents keyed by id.
     async fn put_replay_job(&self, id: &str, job_json: &str) -> Result<(), StoreError>;
     async fn replay_jobs(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Files a batch of events' identifiers, traits, event references and links, and
+    /// re-resolves the profiles they touch, in one transaction.
+    async fn apply_profiles(
+        &self,
+        events: Vec<ProfileEvent>,
+        rules: std::sync::Arc<Rules>,
+    ) -> Result<ProfileStepStats, StoreError>;
+    /// The profile holding an identifier key (`u|user_id:u1`), or with this id
+    /// (`u|segment_id:use_…`).
+    async fn profile(&self, key: &str) -> Result<Option<StoredProfile>, StoreError>;
+    /// Trait rows filed under these identifiers (every one; merge last-write-wins).
+    async fn profile_traits(
+        &self,
+        idents: Vec<String>,
+    ) -> Result<Vec<(String, TraitValue)>, StoreError>;
+    /// Event references filed under these identifiers.
+    async fn profile_events(
+        &self,
+        idents: Vec<String>,
+        query: EventQuery,
+    ) -> Result<Vec<ProfileEventRef>, StoreError>;
+    /// Anchors linked to these identifiers (accounts of users, users of accounts).
+    async fn profile_links(&self, idents: Vec<String>) -> Result<Vec<String>, StoreError>;
+    /// Removes the identifiers' profile data (see `profiles::erase`).
+    async fn erase_profiles(
+        &self,
+        idents: Vec<String>,
+        rules: std::sync::Arc<Rules>,
+    ) -> Result<ErasedProfiles, StoreError>;
+    /// Removes retry-queue entries and dead letters of these user keys and refused items
+    /// whose text holds any of `needles` (JSON-quoted ids), then truncates the write-ahead
+    /// log so that no old page image keeps them.
+    async fn erase_state(
+        &self,
+        user_keys: Vec<String>,
+        needles: Vec<String>,
+    ) -> Result<ErasedState, StoreError>;
+
+    /// Regulations, as JSON documents keyed by id.
+    async fn put_regulation(&self, id: &str, doc_json: &str) -> Result<(), StoreError>;
+    async fn regulation(&self, id: &str) -> Result<Option<String>, StoreError>;
+    async fn regulations(&self) -> Result<Vec<String>, StoreError>;
+    /// Suppressed subjects (`user_id:u1`, `anonymous_id:a1`): set (`Some(regulation)`)
+    /// or lifted (`None`).
+    async fn set_suppressed(
+        &self,
+        subjects: Vec<String>,
+        regulation: Option<String>,
+    ) -> Result<(), StoreError>;
+    async fn suppressed(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// The embedded state store.
@@ -126,6 +192,10 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(storage)?;
         conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(storage)?;
+        // Deleted rows (regulations' erasures, retention) are overwritten, not left in
+        // free pages.
+        conn.pragma_update(None, "secure_delete", "ON")
             .map_err(storage)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(storage)?;
@@ -183,9 +253,16 @@ impl SqliteStore {
                  detail TEXT,
                  PRIMARY KEY (log_offset, destination)
              ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS replay_jobs (id TEXT PRIMARY KEY, job TEXT NOT NULL) WITHOUT ROWID;",
+             CREATE TABLE IF NOT EXISTS replay_jobs (id TEXT PRIMARY KEY, job TEXT NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS regulations (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 id TEXT NOT NULL UNIQUE,
+                 doc TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS suppressions (subject TEXT PRIMARY KEY, regulation TEXT NOT NULL) WITHOUT ROWID;",
         )
         .map_err(storage)?;
+        conn.execute_batch(profiles::SCHEMA).map_err(storage)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -456,6 +533,139 @@ impl Store for SqliteStore {
     async fn replay_jobs(&self) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached("SELECT job FROM replay_jobs ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn apply_profiles(
+        &self,
+        events: Vec<ProfileEvent>,
+        rules: std::sync::Arc<Rules>,
+    ) -> Result<ProfileStepStats, StoreError> {
+        if events.is_empty() {
+            return Ok(ProfileStepStats::default());
+        }
+        self.with(move |c| profiles::apply(c, &events, &rules)).await
+    }
+
+    async fn profile(&self, key: &str) -> Result<Option<StoredProfile>, StoreError> {
+        let key = key.to_string();
+        self.with(move |c| profiles::find(c, &key)).await
+    }
+
+    async fn profile_traits(
+        &self,
+        idents: Vec<String>,
+    ) -> Result<Vec<(String, TraitValue)>, StoreError> {
+        self.with(move |c| profiles::traits_of(c, &idents)).await
+    }
+
+    async fn profile_events(
+        &self,
+        idents: Vec<String>,
+        query: EventQuery,
+    ) -> Result<Vec<ProfileEventRef>, StoreError> {
+        self.with(move |c| profiles::events_of(c, &idents, &query))
+            .await
+    }
+
+    async fn profile_links(&self, idents: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.with(move |c| profiles::links_of(c, &idents)).await
+    }
+
+    async fn erase_profiles(
+        &self,
+        idents: Vec<String>,
+        rules: std::sync::Arc<Rules>,
+    ) -> Result<ErasedProfiles, StoreError> {
+        self.with(move |c| profiles::erase(c, &idents, &rules))
+            .await
+    }
+
+    async fn erase_state(
+        &self,
+        user_keys: Vec<String>,
+        needles: Vec<String>,
+    ) -> Result<ErasedState, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut out = ErasedState::default();
+            for k in &user_keys {
+                out.pending += tx.execute("DELETE FROM pending WHERE user_key = ?1", [k])? as u64;
+                out.dead_letters +=
+                    tx.execute("DELETE FROM dead_letters WHERE user_key = ?1", [k])? as u64;
+            }
+            for n in &needles {
+                out.rejected +=
+                    tx.execute("DELETE FROM rejected WHERE instr(raw, ?1) > 0", [n])? as u64;
+            }
+            tx.commit()?;
+            // secure_delete zeroed the freed cells; the write-ahead log still holds the old
+            // page images until it is checkpointed and truncated.
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_regulation(&self, id: &str, doc_json: &str) -> Result<(), StoreError> {
+        let (id, doc) = (id.to_string(), doc_json.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO regulations (id, doc) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                params![id, doc],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn regulation(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.query_row("SELECT doc FROM regulations WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn regulations(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT doc FROM regulations ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn set_suppressed(
+        &self,
+        subjects: Vec<String>,
+        regulation: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            for s in &subjects {
+                match &regulation {
+                    Some(r) => tx.execute(
+                        "INSERT INTO suppressions (subject, regulation) VALUES (?1, ?2)
+                         ON CONFLICT (subject) DO UPDATE SET regulation = excluded.regulation",
+                        params![s, r],
+                    )?,
+                    None => tx.execute("DELETE FROM suppressions WHERE subject = ?1", [s])?,
+                };
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn suppressed(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached("SELECT subject FROM suppressions ORDER BY subject")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect()
         })

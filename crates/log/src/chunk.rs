@@ -34,12 +34,35 @@ pub fn push(blob: &mut Vec<u8>, e: &NewEvent) {
     }
 }
 
-/// The events of a chunk, in offset order. Payloads are returned as stored.
+/// An erased event keeps its place (offsets are positions) as a tombstone: this time
+/// and three empty parts.
+const TOMBSTONE: i64 = i64::MIN;
+
+/// Appends the tombstone of an erased event.
+pub fn push_tombstone(blob: &mut Vec<u8>) {
+    blob.extend_from_slice(&TOMBSTONE.to_le_bytes());
+    blob.extend_from_slice(&[0u8; 12]);
+}
+
+/// The events of a chunk, in offset order, without erased ones. Payloads are returned
+/// as stored.
 pub fn decode(
     first_offset: u64,
     source: &str,
     blob: &[u8],
 ) -> Result<Vec<StoredEvent>, CorruptChunk> {
+    Ok(decode_slots(first_offset, source, blob)?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// Every position of a chunk: an event, or `None` where one was erased.
+pub fn decode_slots(
+    first_offset: u64,
+    source: &str,
+    blob: &[u8],
+) -> Result<Vec<Option<StoredEvent>>, CorruptChunk> {
     let corrupt = |what| CorruptChunk { first_offset, what };
     let mut out = Vec::new();
     let mut rest = blob;
@@ -50,7 +73,13 @@ pub fn decode(
         let (message_id, r) = take_part(r).ok_or_else(|| corrupt("truncated messageId"))?;
         let (user_key, r) = take_part(r).ok_or_else(|| corrupt("truncated user key"))?;
         let (payload, r) = take_part(r).ok_or_else(|| corrupt("truncated payload"))?;
-        out.push(StoredEvent {
+        if received_at_ms == TOMBSTONE {
+            out.push(None);
+            offset += 1;
+            rest = r;
+            continue;
+        }
+        out.push(Some(StoredEvent {
             offset,
             source: source.to_string(),
             message_id: String::from_utf8(message_id.to_vec())
@@ -59,7 +88,7 @@ pub fn decode(
                 .map_err(|_| corrupt("user key is not UTF-8"))?,
             received_at_ms,
             payload: payload.to_vec(),
-        });
+        }));
         offset += 1;
         rest = r;
     }
@@ -114,5 +143,19 @@ mod tests {
             let boundary = [0usize, 29, 58].contains(&cut);
             assert_eq!(r.is_ok(), boundary, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn tombstones_keep_the_offsets_of_the_others() {
+        let mut blob = Vec::new();
+        push(&mut blob, &ev("a", b"{}"));
+        push_tombstone(&mut blob);
+        push(&mut blob, &ev("ccc", b"{}"));
+        let back = decode(10, "web", &blob).unwrap();
+        assert_eq!(
+            back.iter().map(|e| (e.offset, e.message_id.as_str())).collect::<Vec<_>>(),
+            [(10, "a"), (12, "ccc")]
+        );
+        assert_eq!(decode_slots(10, "web", &blob).unwrap()[1], None);
     }
 }

@@ -326,6 +326,54 @@ pub async fn closed_log_refuses_appends<H: LogHarness>(h: H) {
     assert!(log.append(vec![event("web", "y", "u", T0)]).await.is_err());
 }
 
+/// Erasing a subject removes its events from reads (also after a restart), keeps every
+/// other offset, and spares another user's events that carry the same anonymousId.
+pub async fn erase_removes_only_the_subjects_events<H: LogHarness>(h: H) {
+    let log = h.open(LogOptions::default()).await;
+    let start = log.end_offset().await.unwrap();
+    let anon = |id: &str, anon: &str, user: Option<&str>| NewEvent {
+        source: "web".into(),
+        message_id: id.into(),
+        user_key: user.unwrap_or(anon).into(),
+        received_at_ms: T0,
+        payload: match user {
+            Some(u) => format!(r#"{{"userId":"{u}","anonymousId":"{anon}","traits":{{"email":"secret-{u}@x.test"}}}}"#),
+            None => format!(r#"{{"anonymousId":"{anon}","properties":{{"padding":"{}"}}}}"#, "x".repeat(300)),
+        }
+        .into_bytes(),
+    };
+    log.append(vec![
+        anon("1", "kiosk", None),
+        anon("2", "kiosk", Some("u1")),
+        anon("3", "kiosk", Some("u2")),
+        event("web", "4", "u3", T0),
+        anon("5", "phone", Some("u1")),
+    ])
+    .await
+    .unwrap();
+    let filter = crate::EraseFilter {
+        user_ids: ["u1".to_string()].into(),
+        anonymous_ids: ["kiosk".to_string()].into(),
+    };
+    assert_eq!(log.erase(filter.clone()).await.unwrap(), 3);
+    let left = |events: Vec<crate::StoredEvent>| {
+        events
+            .into_iter()
+            .map(|e| (e.offset - start, e.message_id))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![(2, "3".to_string()), (3, "4".to_string())];
+    assert_eq!(left(log.read(start, 100).await.unwrap()), expected);
+    assert_eq!(log.recent("web", 10).await.unwrap().len(), 2);
+    // Nothing left to erase; the next offset is unchanged.
+    assert_eq!(log.erase(filter).await.unwrap(), 0);
+    assert_eq!(log.end_offset().await.unwrap(), start + 5);
+    log.close().await;
+    let log = h.open(LogOptions::default()).await;
+    assert_eq!(left(log.read(start, 100).await.unwrap()), expected);
+    log.close().await;
+}
+
 /// Expands to one `#[tokio::test]` per contract property. `$harness` is an expression
 /// building a fresh [`LogHarness`] (each test gets its own storage).
 #[macro_export]
@@ -335,7 +383,7 @@ macro_rules! log_contract_tests {
             append_then_read, payloads_round_trip_exactly, read_respects_cursor_and_max, cursors_survive_restart, offset_at_finds_every_later_event,
             duplicates_are_dropped_within_window, retention_deletes_old_events_only,
             concurrent_appends_keep_per_key_order, recent_is_newest_first_per_source,
-            closed_log_refuses_appends);
+            closed_log_refuses_appends, erase_removes_only_the_subjects_events);
     };
     (@each $harness:expr; $($name:ident),*) => {
         $(

@@ -49,6 +49,39 @@ pub struct StoredEvent {
     pub payload: Vec<u8>,
 }
 
+/// Which events [`EventLog::erase`] removes: those whose userId is one of `user_ids`,
+/// and those without a userId whose anonymousId is one of `anonymous_ids`. An event of
+/// another user that carries one of the anonymous ids (a shared device) is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EraseFilter {
+    pub user_ids: std::collections::HashSet<String>,
+    pub anonymous_ids: std::collections::HashSet<String>,
+}
+
+impl EraseFilter {
+    /// Whether an event (its user key and JSON payload) is one of the subject's. The user
+    /// key is the userId when there is one, else the anonymousId, so the payload is only
+    /// read to tell the two apart.
+    pub fn matches(&self, user_key: &str, payload: &[u8]) -> bool {
+        let as_user = self.user_ids.contains(user_key);
+        let as_anonymous = self.anonymous_ids.contains(user_key);
+        if !as_user && !as_anonymous {
+            return false;
+        }
+        #[derive(serde::Deserialize)]
+        struct Ids {
+            #[serde(rename = "userId")]
+            user_id: Option<serde::de::IgnoredAny>,
+        }
+        let has_user_id = match serde_json::from_slice::<Ids>(payload) {
+            Ok(ids) => ids.user_id.is_some(),
+            // Not JSON: only the user key can tell; erase rather than keep.
+            Err(_) => return true,
+        };
+        (as_user && has_user_id) || (as_anonymous && !has_user_id)
+    }
+}
+
 /// What became of one appended event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -128,6 +161,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// relative to `now_ms`, in small steps that let appends through in between. Returns
     /// the number of events deleted.
     async fn enforce_retention(&self, now_ms: i64) -> Result<u64, LogError>;
+
+    /// Erases the events matching `filter` everywhere the log keeps them (their offsets
+    /// stay unused; readers skip them), for deletion regulations. Returns how many.
+    async fn erase(&self, filter: EraseFilter) -> Result<u64, LogError>;
 
     /// Finishes pending appends and stops. Later calls fail with [`LogError::Closed`].
     async fn close(&self);

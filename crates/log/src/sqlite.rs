@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::chunk;
 use crate::dedupe::{self, Dedupe, Loaded};
-use crate::{Appended, EventLog, LogError, LogOptions, NewEvent, StoredEvent};
+use crate::{Appended, EraseFilter, EventLog, LogError, LogOptions, NewEvent, StoredEvent};
 
 /// Rows one retention step deletes before letting appends through again.
 const RETENTION_CHUNK: i64 = 5_000;
@@ -35,6 +35,7 @@ enum Command {
     Append(Vec<NewEvent>, Reply<Vec<Appended>>),
     Commit(String, u64, Reply<()>),
     Retain(i64, Reply<u64>),
+    Erase(EraseFilter, Vec<u64>, Reply<u64>),
 }
 
 /// The SQLite event log. Cheap to share behind an `Arc`.
@@ -145,6 +146,10 @@ fn open_connection(path: &Path, writer: bool) -> Result<Connection, LogError> {
         .map_err(storage)?;
     if writer {
         conn.pragma_update(None, "cache_size", -8_000)
+            .map_err(storage)?;
+        // Deleted and rewritten content (retention, erasure) is overwritten with zeros,
+        // not left in free pages: an erased event is gone from the file.
+        conn.pragma_update(None, "secure_delete", "ON")
             .map_err(storage)?;
         // Checkpoints run on their own thread (see `checkpointer`), not inside the
         // writer's commits, where they took a third of the writer's time.
@@ -281,6 +286,10 @@ impl Writer {
                         tracing::debug!(expired, "dedupe entries expired");
                         retains.push((now, 0, reply))
                     }
+                    Command::Erase(filter, chunks, reply) => {
+                        // Between groups, like retention: appends wait for one rewrite.
+                        let _ = reply.send(self.erase(&filter, &chunks));
+                    }
                     other => work.push(other),
                 }
             }
@@ -361,13 +370,88 @@ impl Writer {
                         Command::Commit(_, _, reply) => {
                             let _ = reply.send(Err(e.clone()));
                         }
-                        Command::Retain(_, reply) => {
+                        Command::Retain(_, reply) | Command::Erase(_, _, reply) => {
                             let _ = reply.send(Err(e.clone()));
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Rewrites the given chunks with the events matching `filter` replaced by
+    /// tombstones, then truncates the WAL so that no old page image keeps them (freed
+    /// space is zeroed: the writer runs with `secure_delete`).
+    fn erase(&mut self, filter: &EraseFilter, chunks: &[u64]) -> Result<u64, LogError> {
+        let tx = self.conn.transaction().map_err(storage)?;
+        let mut erased = 0;
+        {
+            let mut get = tx
+                .prepare_cached("SELECT first_offset, source, events FROM chunks WHERE first_offset = ?1")
+                .map_err(storage)?;
+            let mut put = tx
+                .prepare_cached("UPDATE chunks SET events = ?2 WHERE first_offset = ?1")
+                .map_err(storage)?;
+            for &first in chunks {
+                let slots = match get
+                    .query_row([first as i64], |r| {
+                        let source = r.get_ref(1)?.as_str()?.to_string();
+                        let blob = r.get_ref(2)?.as_blob()?.to_vec();
+                        Ok((source, blob))
+                    })
+                    .optional()
+                {
+                    Ok(Some((source, blob))) => chunk::decode_slots(first, &source, &blob)
+                        .map_err(|e| LogError::Storage(e.to_string()))?,
+                    Ok(None) => continue, // retention removed it meanwhile
+                    Err(e) => return Err(storage(e)),
+                };
+                let mut blob = Vec::new();
+                let mut hit = 0;
+                for slot in slots {
+                    let Some(e) = slot else {
+                        chunk::push_tombstone(&mut blob);
+                        continue;
+                    };
+                    let payload = decode_payload(&e.payload).map_err(|err| {
+                        LogError::Storage(format!("chunk at offset {first}: {err}"))
+                    })?;
+                    if filter.matches(&e.user_key, &payload) {
+                        chunk::push_tombstone(&mut blob);
+                        hit += 1;
+                    } else {
+                        chunk::push(
+                            &mut blob,
+                            &NewEvent {
+                                source: String::new(),
+                                message_id: e.message_id,
+                                user_key: e.user_key,
+                                received_at_ms: e.received_at_ms,
+                                payload: e.payload,
+                            },
+                        );
+                    }
+                }
+                if hit > 0 {
+                    put.execute(params![first as i64, blob]).map_err(storage)?;
+                    erased += hit;
+                }
+            }
+        }
+        tx.commit().map_err(storage)?;
+        // Readers may hold an old snapshot for a moment; retry the truncation briefly.
+        for _ in 0..50 {
+            let busy: i64 = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(storage)?;
+            if busy == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.since_checkpoint = 0;
+        Ok(erased)
     }
 
     /// Runs a group in one transaction. On error the transaction is rolled back: nothing
@@ -443,7 +527,7 @@ impl Writer {
                             .map_err(storage)?;
                         results.push(GroupResult::Done);
                     }
-                    Command::Retain(..) => results.push(GroupResult::Done),
+                    Command::Retain(..) | Command::Erase(..) => results.push(GroupResult::Done),
                 }
             }
             open.flush(&mut insert)?;
@@ -734,6 +818,31 @@ impl EventLog for SqliteLog {
 
     async fn enforce_retention(&self, now_ms: i64) -> Result<u64, LogError> {
         self.send(|reply| Command::Retain(now_ms, reply)).await
+    }
+
+    async fn erase(&self, filter: EraseFilter) -> Result<u64, LogError> {
+        // Find the chunks holding matches on a reader (a full scan must not stall
+        // appends); the writer then rewrites only those.
+        let scan = filter.clone();
+        let chunks: Vec<u64> = self
+            .with_reader(move |c| {
+                let mut stmt = c.prepare_cached("SELECT first_offset, source, events FROM chunks")?;
+                let mut rows = stmt.query([])?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let first = row.get::<_, i64>(0)? as u64;
+                    let events = decode_row_payloads(row)?;
+                    if events.iter().any(|e| scan.matches(&e.user_key, &e.payload)) {
+                        out.push(first);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        if chunks.is_empty() {
+            return Ok(0);
+        }
+        self.send(|reply| Command::Erase(filter, chunks, reply)).await
     }
 
     async fn close(&self) {

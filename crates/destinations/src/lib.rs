@@ -31,4 +31,4 @@ pub mod webhook;
 pub mod worker;
 
 pub use config::{ConfigError, Destination, DestinationConfig};
-pub use router::{ReplayJob, Router, RouterError};
+pub use router::{DeletionOutcome, ReplayJob, Router, RouterError};

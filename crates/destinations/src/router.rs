@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_log::EventLog;
@@ -49,6 +50,25 @@ pub struct ReplayJob {
     /// `running`, `done`, `cancelled` (its destination was changed or removed).
     pub status: String,
     pub created_at_ms: i64,
+}
+
+/// What became of a deletion sent to one destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionOutcome {
+    pub destination: String,
+    /// `FINISHED`, `FAILED` or `SKIPPED`.
+    pub status: String,
+    pub detail: String,
+}
+
+impl DeletionOutcome {
+    fn failed(name: &str, detail: String) -> DeletionOutcome {
+        DeletionOutcome {
+            destination: name.to_string(),
+            status: "FAILED".into(),
+            detail,
+        }
+    }
 }
 
 struct Running {
@@ -484,6 +504,130 @@ impl Router {
 
     /// Stops every consumer: completed results are written and cursors committed;
     /// requests still in flight are sent again after the restart.
+    /// Whether every running destination has committed its cursor past `offset`: all its
+    /// results for earlier events (retry-queue entries, dead letters) are in the store.
+    pub async fn caught_up(&self, offset: u64) -> bool {
+        let names: Vec<String> = match self.running.lock() {
+            Ok(m) => m
+                .iter()
+                .filter(|(_, r)| r.config.enabled && r.ctx.is_some())
+                .map(|(n, _)| n.clone())
+                .collect(),
+            Err(_) => return false,
+        };
+        for name in names {
+            match self.log.cursor(&worker::consumer_name(&name)).await {
+                Ok(Some(c)) if c >= offset => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Sends a deletion for one subject to every destination that supports it: classic
+    /// webhooks get Segment's `{"type": "delete", "userId", …}` event (signed like any
+    /// other), catalog types with a deletion hook get its request. Each destination is
+    /// tried up to three times on a retryable answer. Destinations without deletion
+    /// support are not listed. Disabled destinations are skipped (listed as such).
+    pub async fn forward_deletion(&self, message: &Value) -> Vec<DeletionOutcome> {
+        // Destination name, whether enabled, its context or why it is not running.
+        type Target = (String, bool, Result<Arc<Ctx>, String>);
+        let ctxs: Vec<Target> = match self.running.lock() {
+            Ok(m) => m
+                .iter()
+                .map(|(n, r)| {
+                    let ctx = r
+                        .ctx
+                        .clone()
+                        .ok_or_else(|| r.error.clone().unwrap_or_default());
+                    (n.clone(), r.config.enabled, ctx)
+                })
+                .collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut out = Vec::new();
+        let body = Bytes::from(message.to_string());
+        for (name, enabled, ctx) in ctxs {
+            let ctx = match ctx {
+                Ok(ctx) => ctx,
+                Err(error) => {
+                    out.push(DeletionOutcome::failed(
+                        &name,
+                        format!("destination is not running: {error}"),
+                    ));
+                    continue;
+                }
+            };
+            let reqs = match &ctx.dest.kind {
+                crate::config::Kind::Webhook(s) => crate::webhook::requests(s, &[&body[..]], false),
+                crate::config::Kind::Actions(a) => {
+                    match a.deletion(message, ctx.dest.allow_private_networks) {
+                        Ok(Some(r)) => vec![r],
+                        Ok(None) => continue,
+                        Err(why) => {
+                            out.push(DeletionOutcome::failed(&name, why));
+                            continue;
+                        }
+                    }
+                }
+            };
+            if !enabled {
+                out.push(DeletionOutcome {
+                    destination: name,
+                    status: "SKIPPED".into(),
+                    detail: "destination is disabled".into(),
+                });
+                continue;
+            }
+            let mut last = String::new();
+            let mut done = false;
+            for attempt in 0..3u32 {
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
+                }
+                let answers = futures_util::future::join_all(
+                    reqs.iter().map(|r| crate::http::send(&ctx.client, r)),
+                )
+                .await;
+                // Webhooks: any hook accepting is success (as for events); catalog: all.
+                let ok = match &ctx.dest.kind {
+                    crate::config::Kind::Webhook(_) => answers
+                        .iter()
+                        .any(|a| a.verdict == crate::retry::Verdict::Delivered),
+                    crate::config::Kind::Actions(_) => answers
+                        .iter()
+                        .all(|a| a.verdict == crate::retry::Verdict::Delivered),
+                };
+                last = answers
+                    .iter()
+                    .map(|a| match (a.status, &a.error) {
+                        (Some(st), _) => format!("HTTP {st}"),
+                        (None, Some(e)) => e.clone(),
+                        (None, None) => "no answer".into(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if ok {
+                    done = true;
+                    break;
+                }
+                if !answers
+                    .iter()
+                    .any(|a| matches!(a.verdict, crate::retry::Verdict::Retry { .. }))
+                {
+                    break;
+                }
+            }
+            out.push(DeletionOutcome {
+                destination: name,
+                status: if done { "FINISHED" } else { "FAILED" }.into(),
+                detail: last,
+            });
+        }
+        out.sort_by(|a, b| a.destination.cmp(&b.destination));
+        out
+    }
+
     pub async fn shutdown(&self) {
         let tasks: Vec<JoinHandle<()>> = match self.running.lock() {
             Ok(mut map) => map

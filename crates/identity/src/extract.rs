@@ -172,7 +172,12 @@ pub fn extract(event: &Value, rules: &Rules) -> Extracted {
     };
     let users = Collection::Users;
     add(&mut out, users, "user_id", text(event.get("userId")));
-    add(&mut out, users, "anonymous_id", text(event.get("anonymousId")));
+    add(
+        &mut out,
+        users,
+        "anonymous_id",
+        text(event.get("anonymousId")),
+    );
     let trait_sources: Vec<&Map<String, Value>> = if ty == "group" {
         context_traits.into_iter().collect()
     } else {
@@ -181,7 +186,10 @@ pub fn extract(event: &Value, rules: &Rules) -> Extracted {
     for t in &trait_sources {
         add(&mut out, users, "email", text(t.get("email")));
     }
-    if let Some(device) = context.and_then(|c| c.get("device")).and_then(Value::as_object) {
+    if let Some(device) = context
+        .and_then(|c| c.get("device"))
+        .and_then(Value::as_object)
+    {
         let os = device
             .get("type")
             .and_then(Value::as_str)
@@ -210,7 +218,8 @@ pub fn extract(event: &Value, rules: &Rules) -> Extracted {
                 .and_then(|g| g.get("clientId")),
         )
     };
-    let ga_id = ga(event.get("integrations")).or_else(|| ga(context.and_then(|c| c.get("integrations"))));
+    let ga_id =
+        ga(event.get("integrations")).or_else(|| ga(context.and_then(|c| c.get("integrations"))));
     add(&mut out, users, "ga_client_id", ga_id);
     for (key, id_type) in &rules.custom_traits {
         for t in &trait_sources {
@@ -227,7 +236,9 @@ pub fn extract(event: &Value, rules: &Rules) -> Extracted {
             let (Some(id), Some(t), Some(coll), Some(_)) = (
                 text(e.get("id")),
                 e.get("type").and_then(Value::as_str),
-                e.get("collection").and_then(Value::as_str).and_then(Collection::from_name),
+                e.get("collection")
+                    .and_then(Value::as_str)
+                    .and_then(Collection::from_name),
                 e.get("encoding").and_then(Value::as_str),
             ) else {
                 continue;
@@ -239,7 +250,12 @@ pub fn extract(event: &Value, rules: &Rules) -> Extracted {
         }
     }
     if ty == "group" {
-        add(&mut out, Collection::Accounts, "group_id", text(event.get("groupId")));
+        add(
+            &mut out,
+            Collection::Accounts,
+            "group_id",
+            text(event.get("groupId")),
+        );
     }
     let keep = |m: Option<&Map<String, Value>>, out: &mut Extracted| {
         let m = m?;

@@ -69,7 +69,8 @@ pub fn key_type(key: &str) -> &str {
 
 /// The anchor of a set of identifiers: the one an event is filed under.
 pub fn anchor<'a>(keys: &'a [String], rules: &Rules) -> Option<&'a String> {
-    keys.iter().min_by(|a, b| rank(a, rules).cmp(&rank(b, rules)))
+    keys.iter()
+        .min_by(|a, b| rank(a, rules).cmp(&rank(b, rules)))
 }
 
 fn rank<'a>(key: &'a str, rules: &Rules) -> (u32, &'a str, &'a str) {
@@ -188,7 +189,11 @@ fn apply(
         }
         if matched.is_empty() {
             let first = ids[0];
-            let prefix = if first.starts_with("a|") { "acc_" } else { "use_" };
+            let prefix = if first.starts_with("a|") {
+                "acc_"
+            } else {
+                "use_"
+            };
             let mut s = State {
                 id: profile_id(prefix, &obs.message_id, first),
                 created: (obs.ts, obs.message_id.clone()),
@@ -346,8 +351,10 @@ mod tests {
 
     #[test]
     fn merge_cap_stops_merging() {
-        let mut rules = Rules::default();
-        rules.max_merges = 1;
+        let mut rules = Rules {
+            max_merges: 1,
+            ..Rules::default()
+        };
         rules.types.insert(
             "anonymous_id".into(),
             crate::rules::TypeRule {

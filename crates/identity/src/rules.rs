@@ -149,7 +149,17 @@ mod tests {
         assert_eq!(r.limit("anonymous_id"), 5);
         assert!(r.priority("user_id") < r.priority("email"));
         assert!(r.priority("email") < r.priority("anonymous_id"));
-        for v in ["", " ", "0", "000", "-1", "null", "NULL", "anonymous", "abc123"] {
+        for v in [
+            "",
+            " ",
+            "0",
+            "000",
+            "-1",
+            "null",
+            "NULL",
+            "anonymous",
+            "abc123",
+        ] {
             assert!(r.is_blocked("user_id", v), "{v:?} should be blocked");
         }
         assert!(!r.is_blocked("user_id", "u-100"));
@@ -167,12 +177,13 @@ mod tests {
         assert!(r.is_blocked("email", "X@example.com"));
         assert!(!r.is_blocked("user_id", "x@example.com"));
         let bad: Rules =
-            serde_json::from_value(serde_json::json!({"types": {"Email": {"limit": 1}}}))
-                .unwrap();
+            serde_json::from_value(serde_json::json!({"types": {"Email": {"limit": 1}}})).unwrap();
         assert!(bad.validate().unwrap_err().contains("identity.types.Email"));
         let bad: Rules =
-            serde_json::from_value(serde_json::json!({"types": {"email": {"limit": 0}}}))
-                .unwrap();
-        assert!(bad.validate().unwrap_err().contains("limit must be at least 1"));
+            serde_json::from_value(serde_json::json!({"types": {"email": {"limit": 0}}})).unwrap();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .contains("limit must be at least 1"));
     }
 }

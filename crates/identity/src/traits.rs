@@ -22,9 +22,7 @@ impl TraitValue {
 }
 
 /// Merges values of the same keys (e.g. from a profile's several identifiers).
-pub fn merge(
-    rows: impl IntoIterator<Item = (String, TraitValue)>,
-) -> BTreeMap<String, TraitValue> {
+pub fn merge(rows: impl IntoIterator<Item = (String, TraitValue)>) -> BTreeMap<String, TraitValue> {
     let mut out: BTreeMap<String, TraitValue> = BTreeMap::new();
     for (k, v) in rows {
         match out.get(&k) {

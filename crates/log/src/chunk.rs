@@ -153,7 +153,9 @@ mod tests {
         push(&mut blob, &ev("ccc", b"{}"));
         let back = decode(10, "web", &blob).unwrap();
         assert_eq!(
-            back.iter().map(|e| (e.offset, e.message_id.as_str())).collect::<Vec<_>>(),
+            back.iter()
+                .map(|e| (e.offset, e.message_id.as_str()))
+                .collect::<Vec<_>>(),
             [(10, "a"), (12, "ccc")]
         );
         assert_eq!(decode_slots(10, "web", &blob).unwrap()[1], None);

@@ -331,7 +331,8 @@ pub async fn closed_log_refuses_appends<H: LogHarness>(h: H) {
 pub async fn erase_removes_only_the_subjects_events<H: LogHarness>(h: H) {
     let log = h.open(LogOptions::default()).await;
     let start = log.end_offset().await.unwrap();
-    let anon = |id: &str, anon: &str, user: Option<&str>| NewEvent {
+    let anon = |id: &str, anon: &str, user: Option<&str>| {
+        NewEvent {
         source: "web".into(),
         message_id: id.into(),
         user_key: user.unwrap_or(anon).into(),
@@ -341,6 +342,7 @@ pub async fn erase_removes_only_the_subjects_events<H: LogHarness>(h: H) {
             None => format!(r#"{{"anonymousId":"{anon}","properties":{{"padding":"{}"}}}}"#, "x".repeat(300)),
         }
         .into_bytes(),
+    }
     };
     log.append(vec![
         anon("1", "kiosk", None),

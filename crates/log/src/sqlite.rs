@@ -387,7 +387,9 @@ impl Writer {
         let mut erased = 0;
         {
             let mut get = tx
-                .prepare_cached("SELECT first_offset, source, events FROM chunks WHERE first_offset = ?1")
+                .prepare_cached(
+                    "SELECT first_offset, source, events FROM chunks WHERE first_offset = ?1",
+                )
                 .map_err(storage)?;
             let mut put = tx
                 .prepare_cached("UPDATE chunks SET events = ?2 WHERE first_offset = ?1")
@@ -826,7 +828,8 @@ impl EventLog for SqliteLog {
         let scan = filter.clone();
         let chunks: Vec<u64> = self
             .with_reader(move |c| {
-                let mut stmt = c.prepare_cached("SELECT first_offset, source, events FROM chunks")?;
+                let mut stmt =
+                    c.prepare_cached("SELECT first_offset, source, events FROM chunks")?;
                 let mut rows = stmt.query([])?;
                 let mut out = Vec::new();
                 while let Some(row) = rows.next()? {
@@ -842,7 +845,8 @@ impl EventLog for SqliteLog {
         if chunks.is_empty() {
             return Ok(0);
         }
-        self.send(|reply| Command::Erase(filter, chunks, reply)).await
+        self.send(|reply| Command::Erase(filter, chunks, reply))
+            .await
     }
 
     async fn close(&self) {

@@ -30,6 +30,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/sources/{name}/rejected", get(source_rejected))
         .route("/sources/{name}/live", get(source_live))
         .merge(crate::delivery_api::routes())
+        .merge(crate::privacy::routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint") })
         .layer(axum::middleware::from_fn_with_state(app, require_token))
 }
@@ -72,7 +73,7 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

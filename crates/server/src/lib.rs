@@ -16,6 +16,9 @@
 pub mod admin;
 pub mod delivery_api;
 pub mod error;
+pub mod privacy;
+pub mod profile_api;
+pub mod profiles;
 pub mod ratelimit;
 pub mod telemetry;
 pub mod tracking;
@@ -66,6 +69,8 @@ pub struct Settings {
     pub retention_interval: Duration,
     /// How long delivery records and dead letters are kept.
     pub delivery_retention: Duration,
+    /// Profiles, identity rules and the Profile API.
+    pub profiles: profiles::ProfileSettings,
 }
 
 pub(crate) struct Source {
@@ -116,6 +121,12 @@ pub struct App {
     pub log_end: watch::Sender<u64>,
     /// The destinations (set once at start; absent in servers without routing).
     pub destinations: std::sync::OnceLock<Arc<Destinations>>,
+    /// The profile consumer's cursor: every event before it is filed.
+    pub profiles_done: watch::Sender<u64>,
+    /// Subjects whose events are dropped at ingest.
+    pub suppressions: profiles::Suppressions,
+    /// Regulations being carried out (ids), so each runs once.
+    pub(crate) regulations_running: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl App {
@@ -143,6 +154,9 @@ impl App {
             shutdown,
             shutdown_tx,
             ready: AtomicBool::new(true),
+            profiles_done: watch::channel(0).0,
+            suppressions: profiles::Suppressions::default(),
+            regulations_running: Default::default(),
             log_end: watch::channel(0).0,
             destinations: std::sync::OnceLock::new(),
         })
@@ -163,6 +177,7 @@ impl App {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(tracking::routes())
+        .merge(profile_api::routes())
         .nest("/admin/v1", admin::routes(app.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -192,6 +207,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let retention = tokio::spawn(retention_loop(app.clone()));
+    let profile_consumer = app
+        .settings
+        .profiles
+        .enabled
+        .then(|| tokio::spawn(profiles::run(app.clone())));
+    privacy::resume(&app).await;
     let stopping = app.clone();
     let graceful = async move {
         shutdown.await;
@@ -208,6 +229,11 @@ pub async fn serve(
     if let Some(d) = app.destinations.get() {
         d.shutdown().await;
         tracing::info!("destination consumers stopped");
+    }
+    if let Some(task) = profile_consumer {
+        // It stops after its current batch (begin_shutdown signalled it).
+        let _ = task.await;
+        tracing::info!("profile consumer stopped");
     }
     app.log.close().await;
     tracing::info!("event log closed");

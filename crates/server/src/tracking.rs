@@ -81,8 +81,15 @@ struct IngestReply {
     success: bool,
     accepted: usize,
     duplicates: usize,
+    /// Events of suppressed users: acknowledged, not stored.
+    #[serde(skip_serializing_if = "is_zero")]
+    suppressed: usize,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rejected: Vec<RejectedItem>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -236,8 +243,20 @@ async fn store_outcome(
     }
 
     let live = app.live.receiver_count() > 0;
-    let events: Vec<NewEvent> = outcome
-        .accepted
+    let mut accepted_events = outcome.accepted;
+    let mut suppressed = 0;
+    if !app.suppressions.is_empty() {
+        accepted_events.retain(|e| {
+            let drop = app.suppressions.matches(&e.user_key, &e.json);
+            suppressed += drop as usize;
+            !drop
+        });
+        if suppressed > 0 {
+            metrics::counter!("sluice_events_suppressed_total", "source" => name.clone())
+                .increment(suppressed as u64);
+        }
+    }
+    let events: Vec<NewEvent> = accepted_events
         .into_iter()
         .map(|e| NewEvent {
             payload: e.json,
@@ -302,6 +321,7 @@ async fn store_outcome(
         success: true,
         accepted,
         duplicates,
+        suppressed,
         rejected,
     }))
 }

@@ -29,6 +29,28 @@ pub struct FileConfig {
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub destinations: Vec<sluice_destinations::DestinationConfig>,
+    #[serde(default)]
+    pub identity: sluice_identity::Rules,
+    #[serde(default)]
+    pub profiles: ProfilesConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesConfig {
+    pub enabled: bool,
+    pub space: String,
+    pub access_tokens: Vec<String>,
+}
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        ProfilesConfig {
+            enabled: true,
+            space: "default".into(),
+            access_tokens: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +192,9 @@ fn expand_env(cfg: &mut FileConfig, origin: &str) -> Result<()> {
     for (i, s) in cfg.sources.iter_mut().enumerate() {
         expand(&mut s.write_key, &format!("sources[{i}].write_key"), origin)?;
     }
+    for (i, t) in cfg.profiles.access_tokens.iter_mut().enumerate() {
+        expand(t, &format!("profiles.access_tokens[{i}]"), origin)?;
+    }
     // Any string in a destination's settings (shared secrets, header values, API keys).
     fn expand_value(v: &mut serde_json::Value, field: &str, origin: &str) -> Result<()> {
         match v {
@@ -213,6 +238,24 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
         if t.len() < 8 {
             return Err(err(
                 "admin_token",
+                "must be at least 8 characters long".into(),
+            ));
+        }
+    }
+    cfg.identity
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid config file {origin}: {e}"))?;
+    let space = &cfg.profiles.space;
+    if space.is_empty() || space.contains('/') {
+        return Err(err(
+            "profiles.space",
+            format!("must be a non-empty id without '/', not {space:?}"),
+        ));
+    }
+    for (i, t) in cfg.profiles.access_tokens.iter().enumerate() {
+        if t.len() < 8 {
+            return Err(err(
+                &format!("profiles.access_tokens[{i}]"),
                 "must be at least 8 characters long".into(),
             ));
         }

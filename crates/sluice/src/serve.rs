@@ -96,6 +96,12 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         rejected_retention: cfg.rejected.retention.0,
         retention_interval: cfg.log.retention_interval.0,
         delivery_retention: cfg.log.retention.0,
+        profiles: sluice_server::profiles::ProfileSettings {
+            enabled: cfg.profiles.enabled,
+            space: cfg.profiles.space.clone(),
+            access_tokens: cfg.profiles.access_tokens.clone(),
+            rules: Arc::new(cfg.identity.clone()),
+        },
     };
     let listen = match args.listen {
         Some(l) => l,

@@ -547,7 +547,8 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(ProfileStepStats::default());
         }
-        self.with(move |c| profiles::apply(c, &events, &rules)).await
+        self.with(move |c| profiles::apply(c, &events, &rules))
+            .await
     }
 
     async fn profile(&self, key: &str) -> Result<Option<StoredProfile>, StoreError> {
@@ -626,8 +627,10 @@ impl Store for SqliteStore {
     async fn regulation(&self, id: &str) -> Result<Option<String>, StoreError> {
         let id = id.to_string();
         self.with(move |c| {
-            c.query_row("SELECT doc FROM regulations WHERE id = ?1", [id], |r| r.get(0))
-                .optional()
+            c.query_row("SELECT doc FROM regulations WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
         })
         .await
     }

@@ -167,8 +167,8 @@ fn observe(
                 "INSERT INTO id_obs (hash, idents, ts, message_id, source) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![hash, idents.join("\n"), ts, message_id, source])?;
-            let mut ins =
-                tx.prepare_cached("INSERT OR IGNORE INTO obs_idents (ident, hash) VALUES (?1, ?2)")?;
+            let mut ins = tx
+                .prepare_cached("INSERT OR IGNORE INTO obs_idents (ident, hash) VALUES (?1, ?2)")?;
             for i in idents {
                 ins.execute(params![i, hash])?;
             }
@@ -192,7 +192,14 @@ fn put_traits(
             OR (excluded.ts = traits.ts AND excluded.message_id > traits.message_id)",
     )?;
     for (k, v) in traits {
-        up.execute(params![ident, k, v.to_string(), e.ts, e.message_id, e.source])?;
+        up.execute(params![
+            ident,
+            k,
+            v.to_string(),
+            e.ts,
+            e.message_id,
+            e.source
+        ])?;
     }
     Ok(())
 }
@@ -225,7 +232,11 @@ pub(crate) fn apply(
                     "INSERT OR IGNORE INTO profile_events (ident, ts, log_offset, message_id) VALUES (?1, ?2, ?3, ?4)",
                 )?
                 .execute(params![a, e.ts, e.log_offset as i64, e.message_id])?;
-                let traits = if slot == 0 { &e.user_traits } else { &e.account_traits };
+                let traits = if slot == 0 {
+                    &e.user_traits
+                } else {
+                    &e.account_traits
+                };
                 if let Some(t) = traits {
                     put_traits(&tx, a, t, e)?;
                 }
@@ -405,9 +416,8 @@ pub(crate) fn traits_of(
     c: &Connection,
     idents: &[String],
 ) -> rusqlite::Result<Vec<(String, TraitValue)>> {
-    let mut q = c.prepare_cached(
-        "SELECT key, value, ts, message_id, source FROM traits WHERE ident = ?1",
-    )?;
+    let mut q =
+        c.prepare_cached("SELECT key, value, ts, message_id, source FROM traits WHERE ident = ?1")?;
     let mut out = Vec::new();
     for i in idents {
         let rows = q.query_map([i], |r| {
@@ -444,11 +454,14 @@ pub(crate) fn events_of(
          WHERE ident = ?1 AND ts >= ?2 AND ts < ?3 AND (ts, log_offset) > (?4, ?5)
          ORDER BY ts, log_offset LIMIT ?6"
     };
-    let (after_ts, after_off) = q.after.map(|(t, o)| (t, o as i64)).unwrap_or(if q.descending {
-        (i64::MAX, i64::MAX)
-    } else {
-        (i64::MIN, i64::MIN)
-    });
+    let (after_ts, after_off) = q
+        .after
+        .map(|(t, o)| (t, o as i64))
+        .unwrap_or(if q.descending {
+            (i64::MAX, i64::MAX)
+        } else {
+            (i64::MIN, i64::MIN)
+        });
     let mut stmt = c.prepare_cached(sql)?;
     let mut out = Vec::new();
     for i in idents {
@@ -486,11 +499,14 @@ pub(crate) fn events_of(
 /// anchors, for account identifiers their users' anchors.
 pub(crate) fn links_of(c: &Connection, idents: &[String]) -> rusqlite::Result<Vec<String>> {
     let mut users = c.prepare_cached("SELECT account_ident FROM links WHERE user_ident = ?1")?;
-    let mut accounts =
-        c.prepare_cached("SELECT user_ident FROM links WHERE account_ident = ?1")?;
+    let mut accounts = c.prepare_cached("SELECT user_ident FROM links WHERE account_ident = ?1")?;
     let mut out = BTreeSet::new();
     for i in idents {
-        let stmt = if i.starts_with("a|") { &mut accounts } else { &mut users };
+        let stmt = if i.starts_with("a|") {
+            &mut accounts
+        } else {
+            &mut users
+        };
         for r in stmt.query_map([i], |r| r.get::<_, String>(0))? {
             out.insert(r?);
         }
@@ -511,8 +527,8 @@ pub(crate) fn erase(
     let mut touched: HashMap<i64, (Vec<String>, i64, String, String)> = HashMap::new();
     {
         let mut by_ident = tx.prepare_cached("SELECT hash FROM obs_idents WHERE ident = ?1")?;
-        let mut load = tx
-            .prepare_cached("SELECT idents, ts, message_id, source FROM id_obs WHERE hash = ?1")?;
+        let mut load =
+            tx.prepare_cached("SELECT idents, ts, message_id, source FROM id_obs WHERE hash = ?1")?;
         for i in idents {
             let hashes: Vec<i64> = by_ident
                 .query_map([i], |r| r.get(0))?
@@ -549,7 +565,11 @@ pub(crate) fn erase(
     }
     for i in idents {
         let old: Option<String> = tx
-            .query_row("SELECT profile FROM identities WHERE ident = ?1", [i], |r| r.get(0))
+            .query_row(
+                "SELECT profile FROM identities WHERE ident = ?1",
+                [i],
+                |r| r.get(0),
+            )
             .optional()?;
         if let Some(p) = old {
             tx.execute("DELETE FROM profiles WHERE id = ?1", [p])?;

@@ -72,13 +72,22 @@ async fn anonymous_browsing_then_sign_up() {
         &[
             ev(1, "page", None, Some("a1"), json!(null)),
             ev(2, "track", None, Some("a1"), json!(null)),
-            ev(3, "identify", Some("u1"), Some("a1"), json!({"email": "Ann@X.test", "plan": "free"})),
+            ev(
+                3,
+                "identify",
+                Some("u1"),
+                Some("a1"),
+                json!({"email": "Ann@X.test", "plan": "free"}),
+            ),
         ],
         &rules,
     )
     .await;
     let (id, keys) = members(&s, "u|user_id:u1").await.unwrap();
-    assert_eq!(keys, ["u|anonymous_id:a1", "u|email:ann@x.test", "u|user_id:u1"]);
+    assert_eq!(
+        keys,
+        ["u|anonymous_id:a1", "u|email:ann@x.test", "u|user_id:u1"]
+    );
     assert_eq!(members(&s, "u|anonymous_id:a1").await.unwrap().0, id);
     assert_eq!(
         members(&s, &format!("u|segment_id:{id}")).await.unwrap().0,
@@ -89,7 +98,13 @@ async fn anonymous_browsing_then_sign_up() {
     let evs = s
         .profile_events(
             p.members.iter().map(|m| m.key.clone()).collect(),
-            EventQuery { start_ms: None, end_ms: None, descending: true, after: None, limit: 10 },
+            EventQuery {
+                start_ms: None,
+                end_ms: None,
+                descending: true,
+                after: None,
+                limit: 10,
+            },
         )
         .await
         .unwrap();
@@ -104,8 +119,20 @@ async fn one_device_shared_by_two_users() {
     feed(
         &s,
         &[
-            ev(1, "identify", Some("u1"), Some("kiosk"), json!({"name": "One"})),
-            ev(2, "identify", Some("u2"), Some("kiosk"), json!({"name": "Two"})),
+            ev(
+                1,
+                "identify",
+                Some("u1"),
+                Some("kiosk"),
+                json!({"name": "One"}),
+            ),
+            ev(
+                2,
+                "identify",
+                Some("u2"),
+                Some("kiosk"),
+                json!({"name": "Two"}),
+            ),
             ev(3, "page", None, Some("kiosk"), json!(null)),
         ],
         &rules,
@@ -127,8 +154,20 @@ async fn one_user_on_two_devices_and_an_email_change() {
     feed(
         &s,
         &[
-            ev(1, "identify", Some("u1"), Some("phone"), json!({"email": "old@x.test"})),
-            ev(2, "identify", Some("u1"), Some("laptop"), json!({"email": "new@x.test"})),
+            ev(
+                1,
+                "identify",
+                Some("u1"),
+                Some("phone"),
+                json!({"email": "old@x.test"}),
+            ),
+            ev(
+                2,
+                "identify",
+                Some("u1"),
+                Some("laptop"),
+                json!({"email": "new@x.test"}),
+            ),
         ],
         &rules,
     )
@@ -148,10 +187,28 @@ async fn blocked_values_and_limits() {
     feed(
         &s,
         &[
-            ev(1, "identify", Some("null"), Some("a1"), json!({"email": "anonymous"})),
-            ev(2, "identify", Some("u1"), None, json!({"email": "team@x.test"})),
+            ev(
+                1,
+                "identify",
+                Some("null"),
+                Some("a1"),
+                json!({"email": "anonymous"}),
+            ),
+            ev(
+                2,
+                "identify",
+                Some("u1"),
+                None,
+                json!({"email": "team@x.test"}),
+            ),
             // A new user_id with a known email: the email is dropped from matching.
-            ev(3, "identify", Some("u2"), None, json!({"email": "team@x.test"})),
+            ev(
+                3,
+                "identify",
+                Some("u2"),
+                None,
+                json!({"email": "team@x.test"}),
+            ),
         ],
         &rules,
     )
@@ -166,7 +223,10 @@ async fn blocked_values_and_limits() {
         members(&s, "u|email:team@x.test").await.unwrap().1,
         ["u|email:team@x.test", "u|user_id:u1"]
     );
-    assert_eq!(members(&s, "u|user_id:u2").await.unwrap().1, ["u|user_id:u2"]);
+    assert_eq!(
+        members(&s, "u|user_id:u2").await.unwrap().1,
+        ["u|user_id:u2"]
+    );
 }
 
 #[tokio::test]
@@ -187,13 +247,15 @@ async fn accounts_are_profiles_linked_to_their_users() {
     assert!(acc.starts_with("acc_"));
     assert_eq!(keys, ["a|group_id:acme"]);
     assert_eq!(trait_map(&s, "a|group_id:acme").await["plan"], "enterprise");
-    assert!(trait_map(&s, "u|user_id:u1").await.get("plan").is_none());
+    assert!(!trait_map(&s, "u|user_id:u1").await.contains_key("plan"));
     assert_eq!(
         s.profile_links(vec!["u|user_id:u1".into()]).await.unwrap(),
         ["a|group_id:acme"]
     );
     assert_eq!(
-        s.profile_links(vec!["a|group_id:acme".into()]).await.unwrap(),
+        s.profile_links(vec!["a|group_id:acme".into()])
+            .await
+            .unwrap(),
         ["u|user_id:u1"]
     );
 }
@@ -205,8 +267,20 @@ async fn erasing_a_profile_keeps_everyone_else() {
     feed(
         &s,
         &[
-            ev(1, "identify", Some("u1"), Some("kiosk"), json!({"email": "one@x.test"})),
-            ev(2, "identify", Some("u2"), Some("kiosk"), json!({"email": "two@x.test"})),
+            ev(
+                1,
+                "identify",
+                Some("u1"),
+                Some("kiosk"),
+                json!({"email": "one@x.test"}),
+            ),
+            ev(
+                2,
+                "identify",
+                Some("u2"),
+                Some("kiosk"),
+                json!({"email": "two@x.test"}),
+            ),
         ],
         &rules,
     )
@@ -229,11 +303,22 @@ async fn erasing_a_profile_keeps_everyone_else() {
 
 /// A snapshot of everything resolution decides: each identifier's profile id and
 /// members, and the merged traits.
-async fn snapshot(s: &SqliteStore, keys: &[String]) -> Vec<(String, Option<(String, Vec<String>)>, BTreeMap<String, Value>)> {
+async fn snapshot(
+    s: &SqliteStore,
+    keys: &[String],
+) -> Vec<(
+    String,
+    Option<(String, Vec<String>)>,
+    BTreeMap<String, Value>,
+)> {
     let mut out = Vec::new();
     for k in keys {
         let m = members(s, k).await;
-        let t = if m.is_some() { trait_map(s, k).await } else { BTreeMap::new() };
+        let t = if m.is_some() {
+            trait_map(s, k).await
+        } else {
+            BTreeMap::new()
+        };
         out.push((k.clone(), m, t));
     }
     out

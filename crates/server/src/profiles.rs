@@ -1,0 +1,303 @@
+//! The profile consumer (one more consumer of the log: identifiers, traits, event
+//! references and links into the state store, see `sluice_store::profiles`) and the
+//! suppression list the Tracking API checks.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sluice_identity::{extract, Rules};
+use sluice_log::StoredEvent;
+use sluice_store::ProfileEvent;
+
+use crate::App;
+
+/// The consumer's cursor name in the log.
+pub const CONSUMER: &str = "profiles";
+const READ_MAX: usize = 2_000;
+
+/// `[profiles]` and `[identity]` of sluice.toml.
+#[derive(Debug, Clone)]
+pub struct ProfileSettings {
+    /// Run the profile consumer (the Profile API answers 503 without it).
+    pub enabled: bool,
+    /// The space id in Profile API URLs.
+    pub space: String,
+    /// Tokens accepted by the Profile API (HTTP Basic user name); the admin token always is.
+    pub access_tokens: Vec<String>,
+    pub rules: Arc<Rules>,
+}
+
+impl Default for ProfileSettings {
+    fn default() -> Self {
+        ProfileSettings {
+            enabled: true,
+            space: "default".into(),
+            access_tokens: Vec::new(),
+            rules: Arc::new(Rules::default()),
+        }
+    }
+}
+
+/// Suppressed subjects: their new events are acknowledged and dropped at ingest.
+#[derive(Default)]
+pub struct Suppressions {
+    /// Fast path: nothing is suppressed (the common case) costs one atomic load.
+    any: AtomicBool,
+    set: RwLock<Subjects>,
+}
+
+#[derive(Default)]
+struct Subjects {
+    user_ids: HashSet<String>,
+    anonymous_ids: HashSet<String>,
+}
+
+/// How a suppressed subject is stored: `user_id:<sha256 hex of "user_id:<value>">`. The
+/// list outlives a deletion, so it must not keep the ids themselves.
+pub fn subject_entry(ty: &str, value: &str) -> String {
+    format!("{ty}:{}", subject_hash(ty, value))
+}
+
+fn subject_hash(ty: &str, value: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{ty}:{value}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Suppressions {
+    /// Replaces the list with stored entries (see [`subject_entry`]).
+    pub fn load(&self, entries: &[String]) {
+        let mut s = Subjects::default();
+        for entry in entries {
+            match entry.split_once(':') {
+                Some(("user_id", h)) => {
+                    s.user_ids.insert(h.to_string());
+                }
+                Some(("anonymous_id", h)) => {
+                    s.anonymous_ids.insert(h.to_string());
+                }
+                _ => tracing::warn!(%entry, "unreadable suppression entry ignored"),
+            }
+        }
+        let any = !s.user_ids.is_empty() || !s.anonymous_ids.is_empty();
+        if let Ok(mut set) = self.set.write() {
+            *set = s;
+        }
+        self.any.store(any, Ordering::SeqCst);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::Relaxed)
+    }
+
+    /// Whether an accepted event (its user key and JSON) belongs to a suppressed subject.
+    pub fn matches(&self, user_key: &str, json: &[u8]) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let Ok(set) = self.set.read() else {
+            return false;
+        };
+        if (!set.user_ids.is_empty() && set.user_ids.contains(&subject_hash("user_id", user_key)))
+            || (!set.anonymous_ids.is_empty()
+                && set
+                    .anonymous_ids
+                    .contains(&subject_hash("anonymous_id", user_key)))
+        {
+            return true;
+        }
+        if set.anonymous_ids.is_empty() {
+            return false;
+        }
+        #[derive(serde::Deserialize)]
+        struct Ids<'a> {
+            #[serde(rename = "anonymousId", borrow)]
+            anonymous_id: Option<std::borrow::Cow<'a, str>>,
+        }
+        serde_json::from_slice::<Ids>(json)
+            .ok()
+            .and_then(|i| i.anonymous_id)
+            .is_some_and(|a| {
+                set.anonymous_ids
+                    .contains(&subject_hash("anonymous_id", &a))
+            })
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// One log event as the profile store sees it; `None` when it names nobody.
+pub fn profile_event(e: &StoredEvent, rules: &Rules) -> Option<ProfileEvent> {
+    let v: serde_json::Value = match serde_json::from_slice(&e.payload) {
+        Ok(v) => v,
+        Err(err) => {
+            // The log only holds what ingest validated; say which event if that breaks.
+            tracing::warn!(offset = e.offset, error = %err, "profile consumer: event is not JSON; skipped");
+            metrics::counter!("sluice_profile_events_skipped_total").increment(1);
+            return None;
+        }
+    };
+    let x = extract(&v, rules);
+    if x.too_many_traits {
+        metrics::counter!("sluice_profile_traits_refused_total").increment(1);
+    }
+    if x.users.is_empty() && x.accounts.is_empty() {
+        return None;
+    }
+    let ts = v
+        .get("timestamp")
+        .and_then(|t| t.as_str())
+        .and_then(sluice_spec::time::parse_timestamp)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(e.received_at_ms);
+    Some(ProfileEvent {
+        log_offset: e.offset,
+        ts,
+        message_id: e.message_id.clone(),
+        source: e.source.clone(),
+        users: x.users.iter().map(|i| i.key()).collect(),
+        accounts: x.accounts.iter().map(|i| i.key()).collect(),
+        user_traits: x.user_traits,
+        account_traits: x.account_traits,
+    })
+}
+
+/// Runs the profile consumer until the server shuts down: read from the cursor, file
+/// the batch in one store transaction, then commit the cursor (a crash re-files the
+/// batch, which changes nothing: filing is idempotent).
+pub async fn run(app: Arc<App>) {
+    let mut stop = app.shutdown.clone();
+    let mut log_end = app.log_end.subscribe();
+    let rules = app.settings.profiles.rules.clone();
+    let retry = Duration::from_secs(1);
+    let mut cursor = loop {
+        match app.log.cursor(CONSUMER).await {
+            Ok(c) => break c.unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, "profile consumer cannot read its cursor; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {},
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    app.profiles_done.send_replace(cursor);
+    let events_total = metrics::counter!("sluice_profile_events_total");
+    let lag = metrics::gauge!("sluice_profile_lag_events");
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        lag.set(log_end.borrow().saturating_sub(cursor) as f64);
+        let events = match read(&app, cursor).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "profile consumer cannot read the log; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {},
+                    _ = stop.changed() => {},
+                }
+                continue;
+            }
+        };
+        let last = match events.last() {
+            Some(e) => e.offset,
+            None => {
+                // Nothing after the cursor but erased events: skip them.
+                match app.log.end_offset().await {
+                    Ok(end) if end > cursor => {
+                        if read(&app, cursor).await.is_ok_and(|e| e.is_empty()) {
+                            cursor = end;
+                            app.profiles_done.send_replace(cursor);
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
+                app.profiles_done.send_replace(cursor);
+                tokio::select! {
+                    _ = log_end.wait_for(|e| *e > cursor) => {},
+                    _ = stop.changed() => {},
+                }
+                continue;
+            }
+        };
+        let batch: Vec<ProfileEvent> = events
+            .iter()
+            .filter_map(|e| profile_event(e, &rules))
+            .collect();
+        let n = events.len() as u64;
+        let started = now_ms();
+        match app.store.apply_profiles(batch, rules.clone()).await {
+            Ok(stats) => {
+                if stats.oversized_components > 0 {
+                    tracing::warn!(
+                        components = stats.oversized_components,
+                        "identity components larger than the re-resolution bound were resolved in part"
+                    );
+                }
+                metrics::histogram!("sluice_profile_batch_seconds")
+                    .record((now_ms() - started) as f64 / 1000.0);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "profile consumer cannot write profiles; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {},
+                    _ = stop.changed() => {},
+                }
+                continue;
+            }
+        }
+        if let Err(e) = app.log.commit(CONSUMER, last + 1).await {
+            tracing::warn!(error = %e, "profile consumer cannot commit its cursor");
+        }
+        cursor = last + 1;
+        events_total.increment(n);
+        app.profiles_done.send_replace(cursor);
+    }
+}
+
+async fn read(app: &App, cursor: u64) -> Result<Vec<StoredEvent>, sluice_log::LogError> {
+    app.log.read(cursor, READ_MAX).await
+}
+
+/// Waits until the profile consumer has filed every event before `offset` (or `limit`
+/// passes). Returns whether it did.
+pub async fn caught_up(app: &App, offset: u64, limit: Duration) -> bool {
+    if !app.settings.profiles.enabled {
+        return true;
+    }
+    let mut done = app.profiles_done.subscribe();
+    tokio::time::timeout(limit, done.wait_for(|d| *d >= offset))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suppression_matches_user_ids_and_anonymous_ids() {
+        let s = Suppressions::default();
+        assert!(!s.matches("u1", b"{}"));
+        s.load(&[
+            subject_entry("user_id", "u1"),
+            subject_entry("anonymous_id", "a9"),
+        ]);
+        assert!(!subject_entry("user_id", "u1").contains("u1"));
+        assert!(s.matches("u1", br#"{"userId":"u1"}"#));
+        assert!(s.matches("a9", br#"{"anonymousId":"a9"}"#));
+        // Identified events of a suppressed anonymous id are dropped too.
+        assert!(s.matches("u2", br#"{"userId":"u2","anonymousId":"a9"}"#));
+        assert!(!s.matches("u2", br#"{"userId":"u2","anonymousId":"a1"}"#));
+        s.load(&[]);
+        assert!(s.is_empty());
+        assert!(!s.matches("u1", b"{}"));
+    }
+}

@@ -2,7 +2,9 @@
 # Drives Segment's official Python and Node libraries against a running Sluice.
 # Needs SLUICE_URL, SLUICE_WRITE_KEY, SLUICE_ADMIN_TOKEN (and SLUICE_SOURCE, default "web").
 # With SLUICE_HOOKS_WRITE_KEY and SLUICE_HOOKS_SECRET (and SLUICE_HOOKS_PORT, default 18099)
-# it also checks delivery through a webhook destination (python_webhook.py).
+# it also checks delivery through a webhook destination (python_webhook.py) and that a
+# suppressed user's events are acknowledged but never stored or delivered
+# (python_suppression.py).
 # Installs the libraries from PyPI and npm on first use (into $CLIENTS_CACHE).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,5 +18,6 @@ fi
 "$cache/venv/bin/python" "$here/python_client.py"
 if [ -n "${SLUICE_HOOKS_WRITE_KEY:-}" ]; then
   "$cache/venv/bin/python" "$here/python_webhook.py"
+  "$cache/venv/bin/python" "$here/python_suppression.py"
 fi
 node "$here/node_client.mjs"

@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use sluice_identity::{extract, Rules};
 use sluice_log::StoredEvent;
-use sluice_store::ProfileEvent;
+use sluice_store::{ProfileEvent, ProfileStepStats, Store, StoreError};
 
 use crate::App;
 
 /// The consumer's cursor name in the log.
 pub const CONSUMER: &str = "profiles";
-const READ_MAX: usize = 2_000;
+/// Events per batch: one store transaction each (bigger batches share index pages and
+/// fsyncs).
+pub const READ_MAX: usize = 10_000;
 
 /// `[profiles]` and `[identity]` of sluice.toml.
 #[derive(Debug, Clone)]
@@ -126,10 +128,6 @@ impl Suppressions {
     }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// One log event as the profile store sees it; `None` when it names nobody.
 pub fn profile_event(e: &StoredEvent, rules: &Rules) -> Option<ProfileEvent> {
     let v: serde_json::Value = match serde_json::from_slice(&e.payload) {
@@ -166,15 +164,81 @@ pub fn profile_event(e: &StoredEvent, rules: &Rules) -> Option<ProfileEvent> {
     })
 }
 
+/// Files batches in order, one at a time in the store, while the caller reads and parses
+/// the next batch: on two cores, parsing and filing overlap.
+pub struct Pipeline {
+    store: Arc<dyn Store>,
+    rules: Arc<Rules>,
+    inflight: Option<(
+        tokio::task::JoinHandle<Result<ProfileStepStats, StoreError>>,
+        u64,
+        u64,
+    )>,
+}
+
+impl Pipeline {
+    pub fn new(store: Arc<dyn Store>, rules: Arc<Rules>) -> Pipeline {
+        Pipeline {
+            store,
+            rules,
+            inflight: None,
+        }
+    }
+
+    /// Reads and parses up to `max` events from `from`: the batch, how many events were
+    /// read and the offset after the last (None when nothing is there).
+    pub async fn prepare(
+        log: &dyn sluice_log::EventLog,
+        rules: &Rules,
+        from: u64,
+        max: usize,
+    ) -> Result<Option<(Vec<ProfileEvent>, u64, u64)>, sluice_log::LogError> {
+        let events = log.read(from, max).await?;
+        let Some(last) = events.last().map(|e| e.offset) else {
+            return Ok(None);
+        };
+        let batch = events
+            .iter()
+            .filter_map(|e| profile_event(e, rules))
+            .collect();
+        Ok(Some((batch, events.len() as u64, last + 1)))
+    }
+
+    /// Starts filing a batch (after the previous one finished: see [`Pipeline::finish`]).
+    pub fn submit(&mut self, batch: Vec<ProfileEvent>, events: u64, next: u64) {
+        let (store, rules) = (self.store.clone(), self.rules.clone());
+        let task = tokio::spawn(async move { store.apply_profiles(batch, rules).await });
+        self.inflight = Some((task, events, next));
+    }
+
+    /// Waits for the batch being filed: `Ok(Some((events, next offset)))` once it is in
+    /// the store, `Ok(None)` when none was.
+    pub async fn finish(&mut self) -> Result<Option<(u64, u64)>, StoreError> {
+        let Some((task, events, next)) = self.inflight.take() else {
+            return Ok(None);
+        };
+        let stats = task
+            .await
+            .map_err(|e| StoreError::Storage(format!("profile filing task failed: {e}")))??;
+        if stats.oversized_components > 0 {
+            tracing::warn!(
+                components = stats.oversized_components,
+                "identity components larger than the re-resolution bound were resolved in part"
+            );
+        }
+        Ok(Some((events, next)))
+    }
+}
+
 /// Runs the profile consumer until the server shuts down: read from the cursor, file
-/// the batch in one store transaction, then commit the cursor (a crash re-files the
-/// batch, which changes nothing: filing is idempotent).
+/// each batch in one store transaction, then commit the cursor past it (a crash re-files
+/// the batches after the committed cursor, which changes nothing: filing is idempotent).
 pub async fn run(app: Arc<App>) {
     let mut stop = app.shutdown.clone();
     let mut log_end = app.log_end.subscribe();
     let rules = app.settings.profiles.rules.clone();
     let retry = Duration::from_secs(1);
-    let mut cursor = loop {
+    let mut committed = loop {
         match app.log.cursor(CONSUMER).await {
             Ok(c) => break c.unwrap_or(0),
             Err(e) => {
@@ -186,84 +250,80 @@ pub async fn run(app: Arc<App>) {
             }
         }
     };
-    app.profiles_done.send_replace(cursor);
+    app.profiles_done.send_replace(committed);
     let events_total = metrics::counter!("sluice_profile_events_total");
     let lag = metrics::gauge!("sluice_profile_lag_events");
+    let mut pipeline = Pipeline::new(app.store.clone(), rules.clone());
+    // The next offset to read: ahead of `committed` by the batch being filed.
+    let mut cursor = committed;
     loop {
         if *stop.borrow() {
+            // Let the batch being filed finish, so its cursor can be committed.
+            if let Ok(Some((_, next))) = pipeline.finish().await {
+                let _ = app.log.commit(CONSUMER, next).await;
+            }
             return;
         }
-        lag.set(log_end.borrow().saturating_sub(cursor) as f64);
-        let events = match read(&app, cursor).await {
-            Ok(e) => e,
+        lag.set(log_end.borrow().saturating_sub(committed) as f64);
+        let prepared = Pipeline::prepare(app.log.as_ref(), &rules, cursor, READ_MAX).await;
+        // The previous batch must be in the store before its cursor is committed.
+        let finished = pipeline.finish().await;
+        match finished {
+            Ok(Some((events, next))) => {
+                if let Err(e) = app.log.commit(CONSUMER, next).await {
+                    tracing::warn!(error = %e, "profile consumer cannot commit its cursor");
+                }
+                committed = next;
+                events_total.increment(events);
+                app.profiles_done.send_replace(committed);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "profile consumer cannot write profiles; retrying");
+                cursor = committed;
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {},
+                    _ = stop.changed() => {},
+                }
+                continue;
+            }
+        }
+        match prepared {
+            Ok(Some((batch, events, next))) => {
+                pipeline.submit(batch, events, next);
+                cursor = next;
+            }
+            Ok(None) => {
+                // Nothing after the cursor but, perhaps, erased events: skip those.
+                if let Ok(end) = app.log.end_offset().await {
+                    if end > cursor {
+                        if Pipeline::prepare(app.log.as_ref(), &rules, cursor, 1)
+                            .await
+                            .is_ok_and(|p| p.is_none())
+                        {
+                            cursor = end;
+                            committed = end;
+                            let _ = app.log.commit(CONSUMER, end).await;
+                            app.profiles_done.send_replace(committed);
+                        }
+                        continue;
+                    }
+                }
+                app.profiles_done.send_replace(committed);
+                tokio::select! {
+                    _ = log_end.wait_for(|e| *e > cursor) => {},
+                    _ = stop.changed() => {},
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "profile consumer cannot read the log; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {},
                     _ = stop.changed() => {},
                 }
-                continue;
-            }
-        };
-        let last = match events.last() {
-            Some(e) => e.offset,
-            None => {
-                // Nothing after the cursor but erased events: skip them.
-                match app.log.end_offset().await {
-                    Ok(end) if end > cursor => {
-                        if read(&app, cursor).await.is_ok_and(|e| e.is_empty()) {
-                            cursor = end;
-                            app.profiles_done.send_replace(cursor);
-                        }
-                        continue;
-                    }
-                    _ => {}
-                }
-                app.profiles_done.send_replace(cursor);
-                tokio::select! {
-                    _ = log_end.wait_for(|e| *e > cursor) => {},
-                    _ = stop.changed() => {},
-                }
-                continue;
-            }
-        };
-        let batch: Vec<ProfileEvent> = events
-            .iter()
-            .filter_map(|e| profile_event(e, &rules))
-            .collect();
-        let n = events.len() as u64;
-        let started = now_ms();
-        match app.store.apply_profiles(batch, rules.clone()).await {
-            Ok(stats) => {
-                if stats.oversized_components > 0 {
-                    tracing::warn!(
-                        components = stats.oversized_components,
-                        "identity components larger than the re-resolution bound were resolved in part"
-                    );
-                }
-                metrics::histogram!("sluice_profile_batch_seconds")
-                    .record((now_ms() - started) as f64 / 1000.0);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "profile consumer cannot write profiles; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {},
-                    _ = stop.changed() => {},
-                }
-                continue;
             }
         }
-        if let Err(e) = app.log.commit(CONSUMER, last + 1).await {
-            tracing::warn!(error = %e, "profile consumer cannot commit its cursor");
-        }
-        cursor = last + 1;
-        events_total.increment(n);
-        app.profiles_done.send_replace(cursor);
     }
-}
-
-async fn read(app: &App, cursor: u64) -> Result<Vec<StoredEvent>, sluice_log::LogError> {
-    app.log.read(cursor, READ_MAX).await
 }
 
 /// Waits until the profile consumer has filed every event before `offset` (or `limit`

@@ -19,6 +19,9 @@ pub enum BenchCommand {
     Ingest(IngestArgs),
     /// Ingest → webhook delivery → a local receiver: end-to-end events/s and latency.
     Deliver(crate::bench_deliver::DeliverArgs),
+    /// The profile consumer's events/s and the Profile API's traits lookup latency, on
+    /// scratch stores (no running server needed).
+    Profiles(crate::bench_profiles::ProfilesArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -57,6 +60,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Ingest(args) => runtime.block_on(ingest(args)),
         BenchCommand::Deliver(args) => runtime.block_on(crate::bench_deliver::deliver(args)),
+        BenchCommand::Profiles(args) => runtime.block_on(crate::bench_profiles::profiles(args)),
     }
 }
 

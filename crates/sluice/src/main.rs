@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_deliver;
+mod bench_profiles;
 mod catalog_cmd;
 mod config;
 mod preview;

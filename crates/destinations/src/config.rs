@@ -57,6 +57,10 @@ pub struct DestinationConfig {
     /// 1: one request per event. More: arrays of up to this many events per request.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Add the resolved profile's traits (to `context.traits`, where the event has no
+    /// value) and identifiers (to `context.externalIds`) before mapping.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enrich_profile: bool,
     /// Per-request timeout (default 5 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
@@ -162,6 +166,7 @@ pub struct Destination {
     pub allow_private_networks: bool,
     pub concurrency: usize,
     pub batch_size: usize,
+    pub enrich_profile: bool,
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub kind: Kind,
@@ -319,6 +324,7 @@ impl DestinationConfig {
             allow_private_networks: self.allow_private_networks,
             concurrency: self.concurrency,
             batch_size: self.batch_size,
+            enrich_profile: self.enrich_profile,
             timeout,
             retry: RetryPolicy {
                 min_backoff: r.min_backoff.0,

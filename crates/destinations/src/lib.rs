@@ -21,6 +21,7 @@ pub mod actions;
 pub mod catalog;
 pub mod config;
 pub mod duration;
+pub mod enrich;
 pub mod http;
 pub mod retry;
 pub mod router;

@@ -306,8 +306,13 @@ impl Router {
         if !obj.contains_key("messageId") {
             obj.insert("messageId".into(), json!(format!("test-{}", now_ms())));
         }
-        let body = serde_json::to_vec(&event).map_err(storage)?;
+        let mut body = serde_json::to_vec(&event).map_err(storage)?;
         let route = crate::routing::route(&ctx.dest, &body);
+        if ctx.dest.enrich_profile {
+            if let Some(enriched) = crate::enrich::enrich(ctx.store.as_ref(), &body).await {
+                body = enriched;
+            }
+        }
         let (reqs, answers, sent) = ctx.send(&[&body]).await;
         let calls: Vec<Value> = reqs
             .iter()

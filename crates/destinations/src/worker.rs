@@ -310,6 +310,14 @@ async fn lane(
                 Err(_) => break,
             }
         }
+        if ctx.dest.enrich_profile {
+            // What is sent (and kept with a dead letter) is the enriched event.
+            for w in &mut items {
+                if let Some(p) = crate::enrich::enrich(ctx.store.as_ref(), &w.payload).await {
+                    w.payload = Bytes::from(p);
+                }
+            }
+        }
         let started_ms = now_ms();
         if let (Kind::Actions(a), true) = (&ctx.dest.kind, batch_size > 1) {
             for msg in ctx.send_catalog_batch(a, items, started_ms).await {

@@ -237,6 +237,9 @@ pub async fn serve(
     }
     app.log.close().await;
     tracing::info!("event log closed");
+    if let Err(e) = app.store.checkpoint().await {
+        tracing::warn!(error = %e, "state store checkpoint at shutdown failed");
+    }
     result
 }
 

@@ -321,6 +321,7 @@ async fn run(app: &Arc<App>, mut reg: Regulation) {
             reg.finished_at = Some(now_iso());
             forget_subjects(&mut reg);
             let _ = save(app, &reg).await;
+            let _ = app.store.checkpoint().await;
             return;
         }
     }
@@ -357,6 +358,10 @@ async fn run(app: &Arc<App>, mut reg: Regulation) {
     forget_subjects(&mut reg);
     if let Err(e) = save(app, &reg).await {
         tracing::error!(regulation = %reg.id, error = ?e.message, "cannot save regulation");
+    }
+    // The record held the ids in clear until now: leave no old page image of it.
+    if let Err(e) = app.store.checkpoint().await {
+        tracing::warn!(regulation = %reg.id, error = %e, "state store checkpoint failed");
     }
 }
 

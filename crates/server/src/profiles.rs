@@ -164,16 +164,15 @@ pub fn profile_event(e: &StoredEvent, rules: &Rules) -> Option<ProfileEvent> {
     })
 }
 
+type FilingTask = tokio::task::JoinHandle<Result<ProfileStepStats, StoreError>>;
+
 /// Files batches in order, one at a time in the store, while the caller reads and parses
 /// the next batch: on two cores, parsing and filing overlap.
 pub struct Pipeline {
     store: Arc<dyn Store>,
     rules: Arc<Rules>,
-    inflight: Option<(
-        tokio::task::JoinHandle<Result<ProfileStepStats, StoreError>>,
-        u64,
-        u64,
-    )>,
+    /// The batch being filed: its task, how many log events it covers, the offset after it.
+    inflight: Option<(FilingTask, u64, u64)>,
 }
 
 impl Pipeline {

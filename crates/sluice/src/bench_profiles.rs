@@ -44,6 +44,13 @@ pub struct ProfilesArgs {
     /// Concurrent lookup connections.
     #[arg(long, default_value_t = 2)]
     connections: usize,
+    /// Measured lookup runs (each `--lookups` lookups); the median of each figure is
+    /// reported.
+    #[arg(long, default_value_t = 3)]
+    lookup_runs: usize,
+    /// Keep the profiles filed by an earlier run in `--dir` (skips filing them again).
+    #[arg(long)]
+    reuse: bool,
     /// Scratch directory (default: a fresh temporary directory, removed afterwards).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -84,7 +91,7 @@ fn mixed_event(n: u64, visitors: u64, rng: &mut Rng) -> (String, String) {
     let mid = format!("bench-{n}");
     let roll = rng.below(100);
     let body = if roll < 70 || !signed_up {
-        if roll % 2 == 0 {
+        if roll.is_multiple_of(2) {
             format!(
                 r#"{{"type":"page","messageId":"{mid}","anonymousId":"{anon}","name":"Pricing","properties":{{"path":"/pricing","title":"Pricing"}},"timestamp":"{ts}","context":{CONTEXT}}}"#
             )
@@ -266,12 +273,15 @@ async fn lookups(
     rules: &Arc<Rules>,
 ) -> Result<serde_json::Value> {
     let data = dir.join("lookups");
-    let _ = std::fs::remove_dir_all(&data);
+    let reuse = args.reuse && data.join("state.sqlite").exists();
+    if !reuse {
+        let _ = std::fs::remove_dir_all(&data);
+    }
     std::fs::create_dir_all(&data)?;
     let store = Arc::new(SqliteStore::open(data.join("state.sqlite"))?);
     let started = Instant::now();
     let chunk = 5_000u64;
-    let mut i = 0;
+    let mut i = if reuse { args.profiles } else { 0 };
     while i < args.profiles {
         let end = (i + chunk).min(args.profiles);
         let batch: Vec<ProfileEvent> = (i..end)
@@ -309,12 +319,14 @@ async fn lookups(
         i = end;
     }
     let seed_s = started.elapsed().as_secs_f64();
-    eprintln!(
-        "filed {} profiles in {:.1} s ({:.0} profiles/s)",
-        args.profiles,
-        seed_s,
-        args.profiles as f64 / seed_s
-    );
+    if !reuse {
+        eprintln!(
+            "filed {} profiles in {:.1} s ({:.0} profiles/s)",
+            args.profiles,
+            seed_s,
+            args.profiles as f64 / seed_s
+        );
+    }
 
     let log: Arc<dyn EventLog> = Arc::new(SqliteLog::open(
         data.join("events.sqlite"),
@@ -380,26 +392,47 @@ async fn lookups(
         format!("/v1/spaces/default/collections/users/profiles/user_id:user-{n}/traits")
     });
     measure(traits_path.clone()).await?;
-    let started = Instant::now();
-    let lat = measure(traits_path).await?;
-    let lookup_rps = lat.len() as f64 / started.elapsed().as_secs_f64();
-    let base = measure(Arc::new(|_| "/healthz".to_string())).await?;
+    let (mut p50, mut p99, mut max, mut rps, mut b50, mut b99) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for run in 0..args.lookup_runs.max(1) {
+        let started = Instant::now();
+        let lat = measure(traits_path.clone()).await?;
+        rps.push(lat.len() as f64 / started.elapsed().as_secs_f64());
+        let base = measure(Arc::new(|_| "/healthz".to_string())).await?;
+        p50.push(percentile(&lat, 0.50));
+        p99.push(percentile(&lat, 0.99));
+        max.push(percentile(&lat, 1.0));
+        b50.push(percentile(&base, 0.50));
+        b99.push(percentile(&base, 0.99));
+        eprintln!(
+            "lookup run {}: traits p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; /healthz p50 {:.3} ms, p99 {:.3} ms",
+            run + 1,
+            p50[run],
+            p99[run],
+            max[run],
+            b50[run],
+            b99[run]
+        );
+    }
     let _ = stop_tx.send(());
     let _ = server.await;
+    let lookup_rps = median(rps);
     let result = json!({
         "profiles": args.profiles,
-        "lookups": lat.len(),
+        "lookups_per_run": args.lookups,
+        "runs": args.lookup_runs.max(1),
         "connections": args.connections,
-        "traits_p50_ms": round3(percentile(&lat, 0.50)),
-        "traits_p99_ms": round3(percentile(&lat, 0.99)),
-        "traits_max_ms": round3(percentile(&lat, 1.0)),
+        "traits_p50_ms": round3(median(p50)),
+        "traits_p99_ms": round3(median(p99.clone())),
+        "traits_p99_ms_runs": p99.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+        "traits_max_ms": round3(median(max)),
         "traits_per_s": lookup_rps.round(),
-        "baseline_healthz_p50_ms": round3(percentile(&base, 0.50)),
-        "baseline_healthz_p99_ms": round3(percentile(&base, 0.99)),
-        "seed_profiles_per_s": (args.profiles as f64 / seed_s).round(),
+        "baseline_healthz_p50_ms": round3(median(b50)),
+        "baseline_healthz_p99_ms": round3(median(b99)),
+        "seed_profiles_per_s": if reuse { None } else { Some((args.profiles as f64 / seed_s).round()) },
     });
     println!(
-        "traits lookup with {} profiles: p50 {} ms, p99 {} ms, max {} ms ({:.0}/s over {} connections); baseline /healthz p50 {} ms, p99 {} ms",
+        "traits lookup with {} profiles (medians of runs): p50 {} ms, p99 {} ms, max {} ms ({:.0}/s over {} connections); baseline /healthz p50 {} ms, p99 {} ms",
         args.profiles,
         result["traits_p50_ms"],
         result["traits_p99_ms"],

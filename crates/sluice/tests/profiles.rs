@@ -649,3 +649,87 @@ fn suppression_drops_new_events_and_unsuppress_lets_them_in() {
     let r = s.admin("/regulations/reg_nope");
     r.assert_error(404, "not_found");
 }
+
+#[test]
+fn enrichment_adds_the_profiles_traits_and_identifiers_before_sending() {
+    let rx = Receiver::ok();
+    let cfg = config(&format!(
+        r#"
+[[destinations]]
+name = "enriched"
+type = "webhook"
+sources = ["web"]
+allow_private_networks = true
+enrich_profile = true
+[destinations.settings]
+hooks = [{{ hook = "{url}/in" }}]
+
+[[destinations]]
+name = "plain"
+type = "webhook"
+sources = ["web"]
+allow_private_networks = true
+[destinations.settings]
+hooks = [{{ hook = "{url}/plain" }}]
+"#,
+        url = rx.url
+    ));
+    let s = Server::start(Some(&cfg));
+    batch(
+        &s,
+        json!([{"type": "identify", "messageId": "e-1", "userId": "eve", "anonymousId": "anon-eve",
+                "traits": {"email": "eve@example.com", "plan": "pro"}}]),
+    );
+    // Enrichment reads what the profile consumer has filed: wait for it, then track.
+    profile_until(
+        &s,
+        "users/profiles/user_id:eve/traits",
+        "eve's traits",
+        |b| b["traits"]["email"] == "eve@example.com",
+    );
+    batch(
+        &s,
+        json!([{"type": "track", "messageId": "e-2", "userId": "eve", "event": "Order Completed",
+                "context": {"traits": {"plan": "team"}}}]),
+    );
+    let got = rx.wait_until("the track at both hooks", WAIT, |log| {
+        log.iter()
+            .filter(|r| r.json()["messageId"] == "e-2")
+            .count()
+            == 2
+    });
+    let at = |path: &str| {
+        got.iter()
+            .find(|r| r.path == path && r.json()["messageId"] == "e-2")
+            .unwrap()
+            .json()
+    };
+    let enriched = at("/in");
+    let ctx = &enriched["context"];
+    assert_eq!(ctx["traits"]["email"], "eve@example.com", "{enriched}");
+    // The event's own value wins over the profile's.
+    assert_eq!(ctx["traits"]["plan"], "team");
+    let ids: Vec<(String, String)> = ctx["externalIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().into(),
+                e["id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        ids.contains(&("anonymous_id".into(), "anon-eve".into())),
+        "{ids:?}"
+    );
+    assert!(
+        ids.contains(&("email".into(), "eve@example.com".into())),
+        "{ids:?}"
+    );
+    assert!(ctx["profileId"].as_str().unwrap().starts_with("use_"));
+    let plain = at("/plain");
+    assert!(plain["context"]["traits"].get("email").is_none(), "{plain}");
+    assert!(plain["context"].get("externalIds").is_none());
+}

@@ -179,11 +179,20 @@ pub trait Store: Send + Sync + 'static {
         regulation: Option<String>,
     ) -> Result<(), StoreError>;
     async fn suppressed(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Makes the files hold only current data: closes idle readers, checkpoints and
+    /// truncates the write-ahead log (after a deletion, so no old page image of erased
+    /// data stays behind; at shutdown).
+    async fn checkpoint(&self) -> Result<(), StoreError>;
 }
 
 /// The embedded state store.
 pub struct SqliteStore {
+    path: std::path::PathBuf,
     conn: Arc<Mutex<Connection>>,
+    /// Read-only connections for the Profile API's lookups, so that they never wait for a
+    /// write transaction (a profile batch holds the writer for a while).
+    readers: Arc<Mutex<Vec<Connection>>>,
     /// Identifier sets known to be filed (see `profiles::ObsCache`).
     obs_cache: Arc<Mutex<profiles::ObsCache>>,
 }
@@ -276,9 +285,53 @@ impl SqliteStore {
         .map_err(storage)?;
         conn.execute_batch(profiles::SCHEMA).map_err(storage)?;
         Ok(SqliteStore {
+            path: path.as_ref().to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::default(),
             obs_cache: Arc::default(),
         })
+    }
+
+    /// Runs a read on a pooled read-only connection (WAL: it sees the last commit and
+    /// does not block the writer).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (pool, path) = (self.readers.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let pooled = pool.lock().ok().and_then(|mut p| p.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &path,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(storage)?;
+                    c.busy_timeout(std::time::Duration::from_secs(10))
+                        .map_err(storage)?;
+                    c.pragma_update(None, "cache_size", -16_000)
+                        .map_err(storage)?;
+                    c
+                }
+            };
+            // One snapshot for all the reads of `f`.
+            let out = conn
+                .execute_batch("BEGIN")
+                .and_then(|_| f(&conn))
+                .map_err(storage);
+            let _ = conn.execute_batch("COMMIT");
+            if let Ok(mut p) = pool.lock() {
+                if p.len() < 8 {
+                    p.push(conn);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(storage)?
     }
 
     async fn with<T: Send + 'static>(
@@ -570,14 +623,14 @@ impl Store for SqliteStore {
 
     async fn profile(&self, key: &str) -> Result<Option<StoredProfile>, StoreError> {
         let key = key.to_string();
-        self.with(move |c| profiles::find(c, &key)).await
+        self.read(move |c| profiles::find(c, &key)).await
     }
 
     async fn profile_traits(
         &self,
         idents: Vec<String>,
     ) -> Result<Vec<(String, TraitValue)>, StoreError> {
-        self.with(move |c| profiles::traits_of(c, &idents)).await
+        self.read(move |c| profiles::traits_of(c, &idents)).await
     }
 
     async fn profile_events(
@@ -585,12 +638,12 @@ impl Store for SqliteStore {
         idents: Vec<String>,
         query: EventQuery,
     ) -> Result<Vec<ProfileEventRef>, StoreError> {
-        self.with(move |c| profiles::events_of(c, &idents, &query))
+        self.read(move |c| profiles::events_of(c, &idents, &query))
             .await
     }
 
     async fn profile_links(&self, idents: Vec<String>) -> Result<Vec<String>, StoreError> {
-        self.with(move |c| profiles::links_of(c, &idents)).await
+        self.read(move |c| profiles::links_of(c, &idents)).await
     }
 
     async fn erase_profiles(
@@ -625,8 +678,15 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             // secure_delete zeroed the freed cells; the write-ahead log still holds the old
-            // page images until it is checkpointed and truncated.
-            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            // page images until it is checkpointed and truncated (a reader's snapshot can
+            // hold that up for a moment: retry briefly).
+            for _ in 0..100 {
+                let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if busy == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             Ok(out)
         })
         .await
@@ -683,6 +743,24 @@ impl Store for SqliteStore {
                 };
             }
             tx.commit()
+        })
+        .await
+    }
+
+    async fn checkpoint(&self) -> Result<(), StoreError> {
+        if let Ok(mut p) = self.readers.lock() {
+            p.clear();
+        }
+        self.with(|c| {
+            // A reader's snapshot can hold the truncation up for a moment: retry briefly.
+            for _ in 0..100 {
+                let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if busy == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(())
         })
         .await
     }

@@ -377,6 +377,30 @@ mod tests {
     }
 
     #[test]
+    fn identifier_cap_stops_new_identifiers_but_not_resolution() {
+        let rules = Rules {
+            max_identifiers: 3,
+            types: [(
+                "anonymous_id".to_string(),
+                crate::rules::TypeRule {
+                    limit: Some(100),
+                    priority: None,
+                    blocked: vec![],
+                },
+            )]
+            .into(),
+            ..Rules::default()
+        };
+        let mut o = vec![obs(0, &["u|user_id:u1"])];
+        for i in 1..=5 {
+            o.push(obs(i, &["u|user_id:u1", &format!("u|anonymous_id:a{i}")]));
+        }
+        let p = resolve(&o, &rules);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].members.len(), 3, "{:?}", p[0].members);
+    }
+
+    #[test]
     fn anchor_is_the_highest_priority_identifier() {
         let keys = vec![
             "u|anonymous_id:a".to_string(),

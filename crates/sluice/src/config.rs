@@ -417,6 +417,42 @@ write_key = "wk_web_123"
     }
 
     #[test]
+    fn identity_and_profiles_sections_are_checked() {
+        let ok = parse(
+            "[identity]\nblocked_values = [\"guest\"]\ncustom_traits = { member_number = \"member\" }\n[identity.types.email]\nlimit = 2\n[profiles]\nspace = \"sp1\"\naccess_tokens = [\"pat_12345678\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.identity.limit("email"), 2);
+        assert_eq!(ok.profiles.space, "sp1");
+        for (text, needle) in [
+            (
+                "[identity.types.Email]\nlimit = 1\n",
+                "identity.types.Email",
+            ),
+            (
+                "[identity.types.email]\nlimit = 0\n",
+                "limit must be at least 1",
+            ),
+            ("[identity.types.email]\nlimt = 1\n", "limt"),
+            (
+                "[identity]\ncustom_traits = { plan = \"Has Space\" }\n",
+                "identity.custom_traits.plan",
+            ),
+            ("[identity]\nmax_merges = 0\n", "max_merges"),
+            (
+                "[profiles]\naccess_tokens = [\"short\"]\n",
+                "profiles.access_tokens[0]",
+            ),
+            ("[profiles]\nspace = \"a/b\"\n", "profiles.space"),
+            ("[profiles]\nspaces = \"x\"\n", "spaces"),
+        ] {
+            let e = parse(text, "q.toml").unwrap_err().to_string();
+            assert!(e.contains("q.toml") && e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn secrets_from_environment() {
         std::env::set_var("SLUICE_TEST_WK", "from-env");
         let cfg = parse(

@@ -733,3 +733,60 @@ hooks = [{{ hook = "{url}/plain" }}]
     assert!(plain["context"]["traits"].get("email").is_none(), "{plain}");
     assert!(plain["context"].get("externalIds").is_none());
 }
+
+#[test]
+fn a_destination_refusing_the_deletion_makes_a_partial_success() {
+    // The webhook takes events but refuses deletions (400: not retried).
+    let rx = Receiver::start(|_, r| {
+        if String::from_utf8_lossy(&r.body).contains(r#""type":"delete""#) {
+            common::receiver::Answer::Status(400)
+        } else {
+            common::receiver::Answer::Status(200)
+        }
+    });
+    let cfg = config(&format!(
+        r#"
+[[destinations]]
+name = "hooks"
+type = "webhook"
+sources = ["web"]
+allow_private_networks = true
+[destinations.settings]
+hooks = [{{ hook = "{}/in" }}]
+"#,
+        rx.url
+    ));
+    let s = Server::start(Some(&cfg));
+    batch(
+        &s,
+        json!([{"type": "identify", "messageId": "x1", "userId": "gone", "traits": {"plan": "pro"}}]),
+    );
+    rx.wait_until("the identify", WAIT, |log| !log.is_empty());
+    let r = s.admin_call(
+        "POST",
+        "/regulations",
+        Some(&json!({"regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID", "subjectIds": ["gone"]})),
+    );
+    let id = r.body["data"]["regulateId"].as_str().unwrap().to_string();
+    let done = s.admin_until(&format!("/regulations/{id}"), "the deletion", WAIT, |b| {
+        let st = b["data"]["regulation"]["overallStatus"]
+            .as_str()
+            .unwrap_or("");
+        st != "INITIALIZED" && st != "RUNNING"
+    });
+    let reg = &done["data"]["regulation"];
+    assert_eq!(reg["overallStatus"], "PARTIAL_SUCCESS", "{reg}");
+    assert_eq!(reg["destinationStatuses"][0]["destination"], "hooks");
+    assert_eq!(reg["destinationStatuses"][0]["status"], "FAILED");
+    assert!(
+        reg["destinationStatuses"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("400"),
+        "{reg}"
+    );
+    // Sluice's own erasure happened regardless, and the subject stays suppressed.
+    assert_eq!(reg["erased"]["events"], 1, "{reg}");
+    let r = s.send("/v1/track", &json!({"userId": "gone", "event": "Back"}));
+    assert_eq!(r.body["suppressed"], 1, "{}", r.body);
+}

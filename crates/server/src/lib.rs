@@ -269,5 +269,9 @@ async fn retention_loop(app: Arc<App>) {
         if let Err(e) = app.store.prune_deliveries(oldest_kept, before).await {
             tracing::warn!(error = %e, "pruning delivery records failed");
         }
+        // Profiles keep their identifiers and traits; event references go with the events.
+        if let Err(e) = app.store.prune_profile_events(oldest_kept).await {
+            tracing::warn!(error = %e, "pruning profile event references failed");
+        }
     }
 }

@@ -152,6 +152,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ProfileEventRef>, StoreError>;
     /// Anchors linked to these identifiers (accounts of users, users of accounts).
     async fn profile_links(&self, idents: Vec<String>) -> Result<Vec<String>, StoreError>;
+    /// Deletes profile event references of events before log offset `before_offset`
+    /// (their bodies are gone with the log's retention). Returns how many.
+    async fn prune_profile_events(&self, before_offset: u64) -> Result<u64, StoreError>;
     /// Removes the identifiers' profile data (see `profiles::erase`).
     async fn erase_profiles(
         &self,
@@ -644,6 +647,16 @@ impl Store for SqliteStore {
 
     async fn profile_links(&self, idents: Vec<String>) -> Result<Vec<String>, StoreError> {
         self.read(move |c| profiles::links_of(c, &idents)).await
+    }
+
+    async fn prune_profile_events(&self, before_offset: u64) -> Result<u64, StoreError> {
+        // Row ids are `offset * 2 + slot`: a range delete on the table's own order.
+        let below = (before_offset as i64).saturating_mul(2);
+        self.with(move |c| {
+            c.execute("DELETE FROM profile_events WHERE id < ?1", [below])
+                .map(|n| n as u64)
+        })
+        .await
     }
 
     async fn erase_profiles(

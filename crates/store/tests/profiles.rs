@@ -402,3 +402,44 @@ proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn event_references_are_pruned_with_the_log_but_profiles_stay() {
+    let (_d, s) = store();
+    let rules = Arc::new(Rules::default());
+    feed(
+        &s,
+        &[
+            ev(
+                1,
+                "identify",
+                Some("u1"),
+                Some("a1"),
+                json!({"plan": "pro"}),
+            ),
+            ev(2, "track", Some("u1"), None, json!(null)),
+            ev(3, "track", Some("u1"), None, json!(null)),
+        ],
+        &rules,
+    )
+    .await;
+    // Offsets are 1, 2, 3: events before offset 3 are past retention.
+    assert_eq!(s.prune_profile_events(3).await.unwrap(), 2);
+    let p = s.profile("u|anonymous_id:a1").await.unwrap().unwrap();
+    let keys: Vec<String> = p.members.iter().map(|m| m.key.clone()).collect();
+    let left = s
+        .profile_events(
+            keys,
+            EventQuery {
+                start_ms: None,
+                end_ms: None,
+                descending: false,
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.iter().map(|e| e.log_offset).collect::<Vec<_>>(), [3]);
+    assert_eq!(trait_map(&s, "u|user_id:u1").await["plan"], "pro");
+}

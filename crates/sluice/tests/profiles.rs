@@ -61,6 +61,16 @@ fn batch(s: &Server, items: Value) {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// Waits until a regulation is finished (in any way); its whole answer.
+fn finished(s: &Server, id: &str) -> Value {
+    s.admin_until(&format!("/regulations/{id}"), "the regulation", WAIT, |b| {
+        let st = b["data"]["regulation"]["overallStatus"]
+            .as_str()
+            .unwrap_or("");
+        st != "INITIALIZED" && st != "RUNNING"
+    })
+}
+
 #[test]
 fn profile_api_contract() {
     let s = Server::start(Some(&config("")));
@@ -470,12 +480,7 @@ endpoint_override = "{partner}"
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let id = r.body["data"]["regulateId"].as_str().unwrap().to_string();
-    let done = s.admin_until(&format!("/regulations/{id}"), "the deletion", WAIT, |b| {
-        let st = b["data"]["regulation"]["overallStatus"]
-            .as_str()
-            .unwrap_or("");
-        st != "INITIALIZED" && st != "RUNNING"
-    });
+    let done = finished(&s, &id);
     let reg = &done["data"]["regulation"];
     assert_eq!(reg["overallStatus"], "FINISHED", "{reg}");
     assert_eq!(reg["erased"]["events"], 4, "{reg}");
@@ -768,12 +773,7 @@ hooks = [{{ hook = "{}/in" }}]
         Some(&json!({"regulationType": "SUPPRESS_WITH_DELETE", "subjectType": "USER_ID", "subjectIds": ["gone"]})),
     );
     let id = r.body["data"]["regulateId"].as_str().unwrap().to_string();
-    let done = s.admin_until(&format!("/regulations/{id}"), "the deletion", WAIT, |b| {
-        let st = b["data"]["regulation"]["overallStatus"]
-            .as_str()
-            .unwrap_or("");
-        st != "INITIALIZED" && st != "RUNNING"
-    });
+    let done = finished(&s, &id);
     let reg = &done["data"]["regulation"];
     assert_eq!(reg["overallStatus"], "PARTIAL_SUCCESS", "{reg}");
     assert_eq!(reg["destinationStatuses"][0]["destination"], "hooks");

@@ -359,6 +359,28 @@ fn reresolve(
     Ok(())
 }
 
+/// One stored observation by its hash (`load`: `SELECT idents, ts, message_id, source
+/// FROM id_obs WHERE hash = ?1`).
+fn load_obs(
+    load: &mut rusqlite::CachedStatement<'_>,
+    hash: i64,
+) -> rusqlite::Result<Option<Observation>> {
+    load.query_row([hash], |r| {
+        Ok(Observation {
+            idents: r
+                .get_ref(0)?
+                .as_str()?
+                .split('\n')
+                .map(String::from)
+                .collect(),
+            ts: r.get(1)?,
+            message_id: r.get(2)?,
+            source: r.get(3)?,
+        })
+    })
+    .optional()
+}
+
 /// The identifiers and observations connected to `start` (bounded).
 fn component(
     tx: &Transaction<'_>,
@@ -384,31 +406,15 @@ fn component(
                 oversized = true;
                 continue;
             }
-            let Some((idents, ts, message_id, source)) = load
-                .query_row([h], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .optional()?
-            else {
+            let Some(o) = load_obs(&mut load, h)? else {
                 continue;
             };
-            let idents: Vec<String> = idents.split('\n').map(String::from).collect();
-            for i in &idents {
+            for i in &o.idents {
                 if seen_idents.insert(i.clone()) {
                     queue.push_back(i.clone());
                 }
             }
-            obs.push(Observation {
-                ts,
-                message_id,
-                source,
-                idents,
-            });
+            obs.push(o);
         }
     }
     let mut visited: Vec<String> = seen_idents.into_iter().collect();
@@ -582,7 +588,7 @@ pub(crate) fn erase(
     let tx = c.transaction()?;
     let mut out = ErasedProfiles::default();
     let erase: HashSet<&String> = idents.iter().collect();
-    let mut touched: HashMap<i64, (Vec<String>, i64, String, String)> = HashMap::new();
+    let mut touched: HashMap<i64, Observation> = HashMap::new();
     {
         let mut by_ident = tx.prepare_cached("SELECT hash FROM obs_idents WHERE ident = ?1")?;
         let mut load =
@@ -595,29 +601,24 @@ pub(crate) fn erase(
                 if touched.contains_key(&h) {
                     continue;
                 }
-                if let Some((ids, ts, m, s)) = load
-                    .query_row([h], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                        ))
-                    })
-                    .optional()?
-                {
-                    touched.insert(h, (ids.split('\n').map(String::from).collect(), ts, m, s));
+                if let Some(o) = load_obs(&mut load, h)? {
+                    touched.insert(h, o);
                 }
             }
         }
     }
     let mut dirty = BTreeSet::new();
-    for (h, (ids, ts, m, s)) in &touched {
+    for (h, o) in &touched {
         tx.execute("DELETE FROM id_obs WHERE hash = ?1", [h])?;
         tx.execute("DELETE FROM obs_idents WHERE hash = ?1", [h])?;
-        let rest: Vec<String> = ids.iter().filter(|i| !erase.contains(i)).cloned().collect();
+        let rest: Vec<String> = o
+            .idents
+            .iter()
+            .filter(|i| !erase.contains(i))
+            .cloned()
+            .collect();
         if !rest.is_empty() {
-            observe(&tx, &rest, *ts, m, s)?;
+            observe(&tx, &rest, o.ts, &o.message_id, &o.source)?;
             dirty.extend(rest);
         }
     }

@@ -22,6 +22,7 @@ pub mod profiles;
 pub mod ratelimit;
 pub mod telemetry;
 pub mod tracking;
+pub mod webhook_source;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -50,6 +51,8 @@ pub struct SourceSettings {
     /// Fill `context.ip` from the request for every event (client-side sources).
     pub collect_ip: bool,
     pub rate_limit: Option<RateLimit>,
+    /// A `segment_webhook` source: also fed by `POST /v1/webhooks/{name}`.
+    pub webhook: Option<webhook_source::WebhookSource>,
 }
 
 /// Everything the server needs that does not change while it runs.
@@ -178,6 +181,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(tracking::routes())
         .merge(profile_api::routes())
+        .merge(webhook_source::routes())
         .nest("/admin/v1", admin::routes(app.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

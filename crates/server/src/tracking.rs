@@ -77,7 +77,7 @@ fn add_origin(h: &mut HeaderMap, origin: Option<HeaderValue>) {
 
 /// What a successful ingest answers.
 #[derive(Serialize)]
-struct IngestReply {
+pub(crate) struct IngestReply {
     success: bool,
     accepted: usize,
     duplicates: usize,
@@ -197,7 +197,7 @@ async fn decode_and_ingest(
     store_outcome(app, &source, outcome, received_at).await
 }
 
-async fn store_outcome(
+pub(crate) async fn store_outcome(
     app: &Arc<App>,
     source: &Source,
     outcome: Outcome,
@@ -358,7 +358,7 @@ async fn refuse(
 }
 
 /// Reads the body up to `cap` bytes; beyond it, 413 without reading further.
-async fn read_body(body: Body, cap: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, cap: usize) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
@@ -433,7 +433,7 @@ fn authenticate(app: &App, key: Option<&str>) -> Result<Arc<Source>, ApiError> {
     Ok(source.clone())
 }
 
-fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded: bool) -> String {
+pub(crate) fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded: bool) -> String {
     if trust_forwarded {
         if let Some(first) = headers
             .get("x-forwarded-for")

@@ -141,6 +141,33 @@ pub struct SourceConfig {
     #[serde(default)]
     pub collect_ip: bool,
     pub rate_limit: Option<RateLimitConfig>,
+    /// `http` (the Tracking API; default) or `segment_webhook` (also accepts what a
+    /// Webhooks destination posts to `/v1/webhooks/{name}`).
+    #[serde(default)]
+    pub kind: SourceKind,
+    /// `segment_webhook`: the destination's shared secret; `X-Signature` is checked.
+    pub shared_secret: Option<String>,
+    /// `segment_webhook`: where the user id and anonymous id are in the posted events.
+    #[serde(default)]
+    pub field_mapping: Option<FieldMappingConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    #[default]
+    Http,
+    SegmentWebhook,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMappingConfig {
+    /// A path like `traits.customer_id` (or `$.traits.customer_id`) read as `userId`.
+    #[serde(rename = "userId", alias = "user_id")]
+    pub user_id: Option<String>,
+    #[serde(rename = "anonymousId", alias = "anonymous_id")]
+    pub anonymous_id: Option<String>,
 }
 
 fn yes() -> bool {
@@ -191,6 +218,9 @@ fn expand_env(cfg: &mut FileConfig, origin: &str) -> Result<()> {
     }
     for (i, s) in cfg.sources.iter_mut().enumerate() {
         expand(&mut s.write_key, &format!("sources[{i}].write_key"), origin)?;
+        if let Some(secret) = s.shared_secret.as_mut() {
+            expand(secret, &format!("sources[{i}].shared_secret"), origin)?;
+        }
     }
     for (i, t) in cfg.profiles.access_tokens.iter_mut().enumerate() {
         expand(t, &format!("profiles.access_tokens[{i}]"), origin)?;
@@ -326,6 +356,35 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
                 "is already used by another source".into(),
             ));
         }
+        match (s.kind, &s.shared_secret, &s.field_mapping) {
+            (SourceKind::SegmentWebhook, None, _) => {
+                return Err(err(
+                    &format!("sources[{i}].shared_secret"),
+                    "is required for a segment_webhook source (it checks X-Signature)".into(),
+                ))
+            }
+            (SourceKind::SegmentWebhook, Some(secret), _) if secret.is_empty() => {
+                return Err(err(
+                    &format!("sources[{i}].shared_secret"),
+                    "must not be empty".into(),
+                ))
+            }
+            (SourceKind::Http, Some(_), _) | (SourceKind::Http, _, Some(_)) => {
+                return Err(err(
+                    &format!("sources[{i}].kind"),
+                    "must be \"segment_webhook\" to use shared_secret or field_mapping".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(m) = &s.field_mapping {
+            for (field, path) in [("userId", &m.user_id), ("anonymousId", &m.anonymous_id)] {
+                if let Some(p) = path {
+                    sluice_server::webhook_source::FieldPath::parse(p)
+                        .map_err(|why| err(&format!("sources[{i}].field_mapping.{field}"), why))?;
+                }
+            }
+        }
         if let Some(r) = &s.rate_limit {
             let rate_ok = r.events_per_second.is_finite() && r.events_per_second > 0.0;
             let burst_ok = r.burst.is_none_or(|b| b.is_finite() && b >= 1.0);
@@ -449,6 +508,27 @@ write_key = "wk_web_123"
         ] {
             let e = parse(text, "q.toml").unwrap_err().to_string();
             assert!(e.contains("q.toml") && e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn webhook_sources_need_a_secret_and_valid_paths() {
+        let base = "[[sources]]\nname = \"s\"\nwrite_key = \"k\"\n";
+        let ok = parse(
+            &format!("{base}kind = \"segment_webhook\"\nshared_secret = \"x\"\nfield_mapping = {{ userId = \"$.traits.id\" }}\n"),
+            "w.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.sources[0].kind, SourceKind::SegmentWebhook);
+        for (extra, needle) in [
+            ("kind = \"segment_webhook\"\n", "sources[0].shared_secret"),
+            ("kind = \"segment_webhook\"\nshared_secret = \"\"\n", "must not be empty"),
+            ("shared_secret = \"x\"\n", "sources[0].kind"),
+            ("kind = \"segment_webhook\"\nshared_secret = \"x\"\nfield_mapping = { userId = \"a..b\" }\n", "sources[0].field_mapping.userId"),
+            ("kind = \"kafka_maybe\"\n", "kafka_maybe"),
+        ] {
+            let e = parse(&format!("{base}{extra}"), "w.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
         }
     }
 

@@ -148,22 +148,42 @@ async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettin
             enabled: true,
             collect_ip: false,
             rate_limit: None,
+            webhook: None,
         }]);
     }
-    Ok(cfg
-        .sources
+    cfg.sources
         .iter()
-        .map(|s| SourceSettings {
-            name: s.name.clone(),
-            write_key: s.write_key.clone(),
-            enabled: s.enabled,
-            collect_ip: s.collect_ip,
-            rate_limit: s.rate_limit.as_ref().map(|r| RateLimit {
-                per_second: r.events_per_second,
-                burst: r.burst.unwrap_or(r.events_per_second.max(1.0)),
-            }),
+        .map(|s| -> Result<SourceSettings> {
+            Ok(SourceSettings {
+                name: s.name.clone(),
+                write_key: s.write_key.clone(),
+                enabled: s.enabled,
+                collect_ip: s.collect_ip,
+                rate_limit: s.rate_limit.as_ref().map(|r| RateLimit {
+                    per_second: r.events_per_second,
+                    burst: r.burst.unwrap_or(r.events_per_second.max(1.0)),
+                }),
+                webhook: match s.kind {
+                    crate::config::SourceKind::Http => None,
+                    crate::config::SourceKind::SegmentWebhook => {
+                        let path = |p: &Option<String>| {
+                            p.as_deref()
+                                .map(sluice_server::webhook_source::FieldPath::parse)
+                                .transpose()
+                        };
+                        let m = s.field_mapping.as_ref();
+                        Some(sluice_server::webhook_source::WebhookSource {
+                            shared_secret: s.shared_secret.clone().unwrap_or_default(),
+                            user_id: path(&m.and_then(|m| m.user_id.clone()))
+                                .map_err(|e| anyhow::anyhow!(e))?,
+                            anonymous_id: path(&m.and_then(|m| m.anonymous_id.clone()))
+                                .map_err(|e| anyhow::anyhow!(e))?,
+                        })
+                    }
+                },
+            })
         })
-        .collect())
+        .collect::<Result<Vec<_>>>()
 }
 
 /// A secret generated once and kept in the state store, so it survives restarts.

@@ -669,3 +669,104 @@ fn chrono_now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// Sluice downstream of another "Segment": the upstream server's webhook destination
+/// (signed, batched as Webhooks (Actions) does) posts into a `segment_webhook` source of a
+/// second server, which maps the user id, dedupes on the upstream messageId, stores and
+/// routes the events like its own.
+#[test]
+fn segment_webhook_source_takes_a_webhook_destinations_posts() {
+    let downstream_rx = Receiver::ok();
+    let downstream = Server::start(Some(&format!(
+        r#"
+admin_token = "test-admin-token"
+[[sources]]
+name = "web"
+write_key = "wk_web_123"
+[[sources]]
+name = "from-segment"
+kind = "segment_webhook"
+write_key = "wk_from_segment"
+shared_secret = "mig-secret"
+field_mapping = {{ userId = "context.traits.member_id" }}
+[[destinations]]
+name = "onward"
+type = "webhook"
+sources = ["from-segment"]
+allow_private_networks = true
+[destinations.settings]
+hooks = [{{ hook = "{}/onward" }}]
+"#,
+        downstream_rx.url
+    )));
+    let upstream = Server::start(Some(&config(&format!(
+        r#"
+[[destinations]]
+name = "to-sluice"
+type = "webhook"
+sources = ["web"]
+allow_private_networks = true
+batch_size = 10
+[destinations.settings]
+sharedSecret = "mig-secret"
+hooks = [{{ hook = "{}/v1/webhooks/from-segment" }}]
+"#,
+        downstream.url
+    ))));
+    let r = upstream.send(
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "identify", "messageId": "up-1", "userId": "seg-1", "timestamp": "2026-05-01T10:00:00Z",
+             "traits": {"plan": "pro"}, "context": {"traits": {"member_id": "M-77"}}},
+            {"type": "track", "messageId": "up-2", "userId": "seg-1", "event": "Order Completed",
+             "timestamp": "2026-05-01T10:01:00Z", "context": {"traits": {"member_id": "M-77"}}},
+            {"type": "track", "messageId": "up-3", "userId": "seg-2", "event": "Unmapped"},
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = downstream_rx.wait_until("three events routed downstream", WAIT, |log| {
+        Receiver::delivered_ids(log).len() == 3
+    });
+    let by_id: HashMap<String, Value> = got
+        .iter()
+        .map(|r| r.json())
+        .map(|e| (e["messageId"].as_str().unwrap().to_string(), e))
+        .collect();
+    assert_eq!(by_id["up-1"]["userId"], "M-77", "field mapping");
+    assert_eq!(by_id["up-1"]["traits"]["plan"], "pro");
+    assert_eq!(
+        by_id["up-2"]["timestamp"], "2026-05-01T10:01:00.000Z",
+        "Segment's timestamp kept"
+    );
+    assert_eq!(
+        by_id["up-3"]["userId"], "seg-2",
+        "no value at the path: the id stays"
+    );
+    assert_eq!(downstream.events("from-segment", 10).len(), 3);
+
+    // By hand: a signed single event is stored once even when Segment retries it; wrong,
+    // missing signatures and unknown sources are refused.
+    let body = br#"{"type":"track","messageId":"up-9","userId":"seg-9","event":"Again"}"#;
+    let sig = hmac_hex("mig-secret", body);
+    let post = |sig: Option<&str>, path: &str| {
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(s) = sig {
+            headers.push(("X-Signature", s));
+        }
+        downstream.request("POST", path, &headers, Some(body))
+    };
+    let first = post(Some(&sig), "/v1/webhooks/from-segment");
+    assert_eq!(
+        (first.status, first.body["accepted"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        first.body
+    );
+    let again = post(Some(&sig), "/v1/webhooks/from-segment");
+    assert_eq!(again.body["duplicates"], 1, "{}", again.body);
+    post(Some(&hmac_hex("other", body)), "/v1/webhooks/from-segment")
+        .assert_error(401, "invalid_signature");
+    post(None, "/v1/webhooks/from-segment").assert_error(401, "invalid_signature");
+    post(Some(&sig), "/v1/webhooks/web").assert_error(404, "not_found");
+    post(Some(&sig), "/v1/webhooks/nope").assert_error(404, "not_found");
+}

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod delivery_api;
 pub mod error;
+pub mod kafka_source;
 pub mod privacy;
 pub mod profile_api;
 pub mod profiles;
@@ -53,6 +54,8 @@ pub struct SourceSettings {
     pub rate_limit: Option<RateLimit>,
     /// A `segment_webhook` source: also fed by `POST /v1/webhooks/{name}`.
     pub webhook: Option<webhook_source::WebhookSource>,
+    /// A `kafka` source: also fed by a topic.
+    pub kafka: Option<kafka_source::KafkaSource>,
 }
 
 /// Everything the server needs that does not change while it runs.
@@ -217,6 +220,14 @@ pub async fn serve(
         .enabled
         .then(|| tokio::spawn(profiles::run(app.clone())));
     privacy::resume(&app).await;
+    #[cfg(feature = "kafka")]
+    let kafka_sources: Vec<_> = app
+        .settings
+        .sources
+        .iter()
+        .filter(|s| s.kafka.is_some() && s.enabled)
+        .map(|s| tokio::spawn(kafka_source::run(app.clone(), s.name.clone())))
+        .collect();
     let stopping = app.clone();
     let graceful = async move {
         shutdown.await;
@@ -230,6 +241,11 @@ pub async fn serve(
     .with_graceful_shutdown(graceful)
     .await;
     retention.abort();
+    #[cfg(feature = "kafka")]
+    for task in kafka_sources {
+        // Each stops after storing the batch it holds (begin_shutdown signalled it).
+        let _ = task.await;
+    }
     if let Some(d) = app.destinations.get() {
         d.shutdown().await;
         tracing::info!("destination consumers stopped");

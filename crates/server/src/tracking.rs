@@ -197,6 +197,25 @@ async fn decode_and_ingest(
     store_outcome(app, &source, outcome, received_at).await
 }
 
+/// Events that arrived another way than the Tracking API (a webhook source, a Kafka
+/// topic), as JSON values: validated and normalised as one batch, then stored like any.
+pub(crate) async fn ingest_events(
+    app: &Arc<App>,
+    source: &Source,
+    events: Vec<serde_json::Value>,
+    received_at: chrono::DateTime<chrono::Utc>,
+    client_ip: Option<&str>,
+) -> Result<Json<IngestReply>, ApiError> {
+    let limits = &app.settings.limits;
+    let doc_bytes = serde_json::to_vec(&serde_json::json!({ "batch": events }))
+        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    let doc = sluice_spec::parse(Endpoint::Batch, &doc_bytes, limits).map_err(ApiError::from)?;
+    let ctx = sluice_spec::Context::new(received_at, client_ip, source.settings.collect_ip);
+    let outcome = sluice_spec::normalize::normalize_document(None, doc, &ctx, limits)
+        .map_err(ApiError::from)?;
+    store_outcome(app, source, outcome, received_at).await
+}
+
 pub(crate) async fn store_outcome(
     app: &Arc<App>,
     source: &Source,

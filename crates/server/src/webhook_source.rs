@@ -23,10 +23,9 @@ use axum::{Json, Router};
 use hmac::{Hmac, Mac};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use sluice_spec::Endpoint;
 
 use crate::error::ApiError;
-use crate::tracking::{client_ip, read_body, store_outcome, IngestReply};
+use crate::tracking::{client_ip, ingest_events, read_body, IngestReply};
 use crate::App;
 
 /// A path into an event: `traits.customer_id`, `$.context.device.id`.
@@ -193,15 +192,9 @@ async fn receive(
         let v: Value = serde_json::from_str(item.get()).unwrap_or(Value::Null);
         batch.push(hook.prepare(v));
     }
-    let doc_bytes = serde_json::to_vec(&serde_json::json!({ "batch": batch }))
-        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
-    let doc = sluice_spec::parse(Endpoint::Batch, &doc_bytes, limits).map_err(ApiError::from)?;
-    let client_ip = client_ip(&headers, peer, app.settings.trust_forwarded_for);
-    let ctx = sluice_spec::Context::new(received_at, Some(&client_ip), source.settings.collect_ip);
-    let outcome = sluice_spec::normalize::normalize_document(None, doc, &ctx, limits)
-        .map_err(ApiError::from)?;
     source.metrics.bytes.increment(raw.len() as u64);
-    store_outcome(&app, &source, outcome, received_at).await
+    let client_ip = client_ip(&headers, peer, app.settings.trust_forwarded_for);
+    ingest_events(&app, &source, batch, received_at, Some(&client_ip)).await
 }
 
 #[cfg(test)]

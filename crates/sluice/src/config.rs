@@ -150,6 +150,23 @@ pub struct SourceConfig {
     /// `segment_webhook`: where the user id and anonymous id are in the posted events.
     #[serde(default)]
     pub field_mapping: Option<FieldMappingConfig>,
+    /// `kafka`: the topic and how its messages become events.
+    #[serde(default)]
+    pub kafka: Option<KafkaSourceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    pub brokers: String,
+    pub topic: String,
+    /// Consumer group (default `sluice-source-<name>`).
+    pub group: Option<String>,
+    /// Extra librdkafka client settings.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+    /// A mapping-kit object evaluated against each message (JSON): the event.
+    pub mapping: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -158,6 +175,7 @@ pub enum SourceKind {
     #[default]
     Http,
     SegmentWebhook,
+    Kafka,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -369,10 +387,55 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
                     "must not be empty".into(),
                 ))
             }
-            (SourceKind::Http, Some(_), _) | (SourceKind::Http, _, Some(_)) => {
+            (SourceKind::Http | SourceKind::Kafka, Some(_), _)
+            | (SourceKind::Http | SourceKind::Kafka, _, Some(_)) => {
                 return Err(err(
                     &format!("sources[{i}].kind"),
                     "must be \"segment_webhook\" to use shared_secret or field_mapping".into(),
+                ))
+            }
+            _ => {}
+        }
+        match (s.kind, &s.kafka) {
+            (SourceKind::Kafka, None) => {
+                return Err(err(
+                    &format!("sources[{i}].kafka"),
+                    "is required for a kafka source: { brokers, topic, mapping }".into(),
+                ))
+            }
+            (SourceKind::Kafka, Some(k)) => {
+                if !sluice_server::kafka_source::SUPPORTED {
+                    return Err(err(
+                        &format!("sources[{i}].kind"),
+                        "is \"kafka\", but this build has no Kafka support (cargo feature `kafka`)"
+                            .into(),
+                    ));
+                }
+                for (field, v) in [("brokers", &k.brokers), ("topic", &k.topic)] {
+                    if v.trim().is_empty() {
+                        return Err(err(
+                            &format!("sources[{i}].kafka.{field}"),
+                            "must not be empty".into(),
+                        ));
+                    }
+                }
+                if !k.mapping.is_object() {
+                    return Err(err(
+                        &format!("sources[{i}].kafka.mapping"),
+                        "must be a table: the event, with mapping-kit directives".into(),
+                    ));
+                }
+                sluice_mapping::Mapping::compile(&k.mapping).map_err(|e| {
+                    err(
+                        &format!("sources[{i}].kafka.mapping.{}", e.at),
+                        e.message.clone(),
+                    )
+                })?;
+            }
+            (_, Some(_)) => {
+                return Err(err(
+                    &format!("sources[{i}].kind"),
+                    "must be \"kafka\" to use a kafka table".into(),
                 ))
             }
             _ => {}
@@ -528,6 +591,30 @@ write_key = "wk_web_123"
             ("kind = \"kafka_maybe\"\n", "kafka_maybe"),
         ] {
             let e = parse(&format!("{base}{extra}"), "w.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn kafka_sources_are_checked() {
+        let base = "[[sources]]\nname = \"pw\"\nwrite_key = \"k\"\nkind = \"kafka\"\n";
+        let good = "[sources.kafka]\nbrokers = \"127.0.0.1:19092\"\ntopic = \"t\"\nmapping = { type = \"track\", event = \"Push Delivered\", userId = { \"@path\" = \"$.user\" } }\n";
+        let text = format!("{base}{good}");
+        match parse(&text, "k.toml") {
+            Ok(cfg) => assert_eq!(cfg.sources[0].kind, SourceKind::Kafka),
+            Err(e) => {
+                // Only a build without the `kafka` feature refuses it.
+                assert!(e.to_string().contains("no Kafka support"), "{e}");
+                return;
+            }
+        }
+        for (extra, needle) in [
+            ("", "sources[0].kafka"),
+            ("[sources.kafka]\nbrokers = \"\"\ntopic = \"t\"\nmapping = { type = \"track\" }\n", "sources[0].kafka.brokers"),
+            ("[sources.kafka]\nbrokers = \"b\"\ntopic = \"t\"\nmapping = { userId = { \"@nope\" = 1 } }\n", "sources[0].kafka.mapping.userId"),
+            ("[sources.kafka]\nbrokers = \"b\"\ntopic = \"t\"\nmapping = 3\n", "sources[0].kafka.mapping"),
+        ] {
+            let e = parse(&format!("{base}{extra}"), "k.toml").unwrap_err().to_string();
             assert!(e.contains(needle), "{extra}: {e}");
         }
     }

@@ -149,6 +149,7 @@ async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettin
             collect_ip: false,
             rate_limit: None,
             webhook: None,
+            kafka: None,
         }]);
     }
     cfg.sources
@@ -180,6 +181,23 @@ async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettin
                                 .map_err(|e| anyhow::anyhow!(e))?,
                         })
                     }
+                    crate::config::SourceKind::Kafka => None,
+                },
+                kafka: match &s.kafka {
+                    None => None,
+                    Some(k) => Some(sluice_server::kafka_source::KafkaSource {
+                        brokers: k.brokers.clone(),
+                        topic: k.topic.clone(),
+                        group: k
+                            .group
+                            .clone()
+                            .unwrap_or_else(|| format!("sluice-source-{}", s.name)),
+                        options: k.options.clone(),
+                        mapping: Arc::new(
+                            sluice_mapping::Mapping::compile(&k.mapping)
+                                .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?,
+                        ),
+                    }),
                 },
             })
         })

@@ -46,6 +46,8 @@ async fn create_topic(brokers: &str, topic: &str) {
 #[ignore = "needs a Kafka-protocol broker: KAFKA_BROKERS (run by .ci/run)"]
 fn delivery_records_from_a_topic_reach_a_destination() {
     let brokers = brokers();
+    // A fresh topic and consumer group per run: a group whose last member died waits for
+    // its session timeout before it rebalances.
     let topic = format!("pw-delivery-{}", uuid::Uuid::new_v4().simple());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(create_topic(&brokers, &topic));
@@ -61,6 +63,7 @@ write_key = "wk_pw_log"
 [sources.kafka]
 brokers = "{brokers}"
 topic = "{topic}"
+group = "sluice-test-{topic}"
 options = {{ "session.timeout.ms" = "6000" }}
 [sources.kafka.mapping]
 type = "track"

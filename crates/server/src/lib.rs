@@ -131,6 +131,8 @@ pub struct App {
     pub profiles_done: watch::Sender<u64>,
     /// Subjects whose events are dropped at ingest.
     pub suppressions: profiles::Suppressions,
+    /// The Profile API's request bucket (when `[profiles] rate_limit` is set).
+    pub(crate) profile_bucket: Option<ratelimit::Bucket>,
     /// Regulations being carried out (ids), so each runs once.
     pub(crate) regulations_running: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -150,6 +152,12 @@ impl App {
         }
         let (live, _) = broadcast::channel(1024);
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let profile_bucket = settings.profiles.rate_limit.map(|per_second| {
+            ratelimit::Bucket::new(RateLimit {
+                per_second,
+                burst: per_second.max(1.0),
+            })
+        });
         Arc::new(App {
             settings,
             log,
@@ -163,6 +171,7 @@ impl App {
             profiles_done: watch::channel(0).0,
             suppressions: profiles::Suppressions::default(),
             regulations_running: Default::default(),
+            profile_bucket,
             log_end: watch::channel(0).0,
             destinations: std::sync::OnceLock::new(),
         })

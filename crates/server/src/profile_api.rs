@@ -216,6 +216,18 @@ async fn answer(
     headers: &HeaderMap,
 ) -> Result<Value, ProfileError> {
     authorized(app, headers)?;
+    if let Some(bucket) = &app.profile_bucket {
+        if let Err(wait) = bucket.take(1, std::time::Instant::now()) {
+            return Err(ProfileError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "rate_limit_error",
+                message: format!(
+                    "more than {} Profile API requests per second; retry in {wait} s",
+                    app.settings.profiles.rate_limit.unwrap_or_default()
+                ),
+            });
+        }
+    }
     if space != app.settings.profiles.space {
         return Err(err(
             StatusCode::NOT_FOUND,

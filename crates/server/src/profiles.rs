@@ -29,6 +29,8 @@ pub struct ProfileSettings {
     /// Tokens accepted by the Profile API (HTTP Basic user name); the admin token always is.
     pub access_tokens: Vec<String>,
     pub rules: Arc<Rules>,
+    /// Profile API requests per second for the space (Segment: 100); None: no limit.
+    pub rate_limit: Option<f64>,
 }
 
 impl Default for ProfileSettings {
@@ -38,6 +40,7 @@ impl Default for ProfileSettings {
             space: "default".into(),
             access_tokens: Vec::new(),
             rules: Arc::new(Rules::default()),
+            rate_limit: None,
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct ProfilesConfig {
     pub enabled: bool,
     pub space: String,
     pub access_tokens: Vec<String>,
+    /// Profile API requests per second (0: no limit).
+    pub rate_limit: f64,
 }
 
 impl Default for ProfilesConfig {
@@ -49,6 +51,7 @@ impl Default for ProfilesConfig {
             enabled: true,
             space: "default".into(),
             access_tokens: Vec::new(),
+            rate_limit: 0.0,
         }
     }
 }
@@ -298,6 +301,12 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
         return Err(err(
             "profiles.space",
             format!("must be a non-empty id without '/', not {space:?}"),
+        ));
+    }
+    if !(cfg.profiles.rate_limit.is_finite() && cfg.profiles.rate_limit >= 0.0) {
+        return Err(err(
+            "profiles.rate_limit",
+            "must be a number of requests per second (0: no limit)".into(),
         ));
     }
     for (i, t) in cfg.profiles.access_tokens.iter().enumerate() {

@@ -101,6 +101,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
             space: cfg.profiles.space.clone(),
             access_tokens: cfg.profiles.access_tokens.clone(),
             rules: Arc::new(cfg.identity.clone()),
+            rate_limit: (cfg.profiles.rate_limit > 0.0).then_some(cfg.profiles.rate_limit),
         },
     };
     let listen = match args.listen {

@@ -790,3 +790,26 @@ hooks = [{{ hook = "{}/in" }}]
     let r = s.send("/v1/track", &json!({"userId": "gone", "event": "Back"}));
     assert_eq!(r.body["suppressed"], 1, "{}", r.body);
 }
+
+#[test]
+fn the_profile_api_rate_limit_answers_429_rate_limit_error() {
+    // Half a request per second: the second of three quick requests is over the limit.
+    let s = Server::start(Some(&config("rate_limit = 0.5\n")));
+    let codes: Vec<(u16, Value)> = (0..3)
+        .map(|_| {
+            let r = profile_get(&s, "users/profiles/user_id:nobody/traits", Some(TOKEN));
+            (r.status, r.body)
+        })
+        .collect();
+    assert_eq!(
+        codes[0].0, 404,
+        "the first passes the limit: {:?}",
+        codes[0]
+    );
+    let limited = codes.iter().find(|(st, _)| *st == 429).expect("a 429");
+    assert_eq!(
+        limited.1["error"]["code"], "rate_limit_error",
+        "{:?}",
+        limited.1
+    );
+}

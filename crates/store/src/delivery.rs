@@ -111,11 +111,11 @@ impl DeliveryBatch {
     }
 }
 
-fn attempts_json(a: &[Attempt]) -> String {
+pub(crate) fn attempts_json(a: &[Attempt]) -> String {
     serde_json::to_string(a).unwrap_or_else(|_| "[]".into())
 }
 
-fn attempts_from(text: String) -> Vec<Attempt> {
+pub(crate) fn attempts_from(text: String) -> Vec<Attempt> {
     serde_json::from_str(&text).unwrap_or_default()
 }
 

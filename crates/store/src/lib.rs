@@ -11,6 +11,7 @@
 
 pub mod contract;
 pub mod delivery;
+mod graph;
 pub mod profiles;
 
 use std::path::Path;

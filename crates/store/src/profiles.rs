@@ -20,12 +20,12 @@
 //! Filing traits and events under the event's anchor identifier, not a profile id, keeps
 //! them correct when late events re-shape profiles: they follow the identifier.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{Map, Value};
 use sluice_identity::traits::TraitValue;
-use sluice_identity::{anchor, resolve, Member, Observation, Rules};
+use sluice_identity::{Member, Observation, Rules};
 
 /// Most observations one re-resolution reads; a component beyond it is resolved from
 /// its first observations found (logged by the caller through the stats).
@@ -150,13 +150,13 @@ pub struct ObsCache {
 const OBS_CACHE_MAX: usize = 2_000_000;
 
 impl ObsCache {
-    fn known(&self, hash: i64, ts: i64, message_id: &str) -> bool {
+    pub(crate) fn known(&self, hash: i64, ts: i64, message_id: &str) -> bool {
         self.seen
             .get(&hash)
             .is_some_and(|(kts, kmsg)| (*kts, &**kmsg) <= (ts, message_id))
     }
 
-    fn remember(&mut self, filed: Vec<(i64, i64, Box<str>)>) {
+    pub(crate) fn remember(&mut self, filed: Vec<(i64, i64, Box<str>)>) {
         if self.seen.len() + filed.len() > OBS_CACHE_MAX {
             self.seen.clear();
         }
@@ -175,76 +175,183 @@ impl ObsCache {
     }
 }
 
-fn ident_hash(ident: &str) -> i64 {
-    xxhash_rust::xxh3::xxh3_64(ident.as_bytes()) as i64
-}
+use crate::graph::{self, ident_hash, GraphTx};
 
-fn set_hash(idents: &[String]) -> i64 {
-    xxhash_rust::xxh3::xxh3_64(idents.join("\n").as_bytes()) as i64
-}
+/// The SQLite statements of the profile algorithm (`crate::graph`).
+struct Sqlite<'a, 'c>(&'a Transaction<'c>);
 
-/// Files an identifier set; returns whether it is new (or earlier than the stored one).
-fn observe(
-    tx: &Transaction<'_>,
-    idents: &[String],
-    ts: i64,
-    message_id: &str,
-    source: &str,
-) -> rusqlite::Result<bool> {
-    let hash = set_hash(idents);
-    let known: Option<(i64, String)> = tx
-        .prepare_cached("SELECT ts, message_id FROM id_obs WHERE hash = ?1")?
-        .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    match known {
-        Some((kts, kmsg)) if (kts, kmsg.as_str()) <= (ts, message_id) => Ok(false),
-        Some(_) => {
-            tx.prepare_cached(
+impl GraphTx for Sqlite<'_, '_> {
+    type Error = rusqlite::Error;
+
+    fn obs_key(&mut self, hash: i64) -> rusqlite::Result<Option<(i64, String)>> {
+        self.0
+            .prepare_cached("SELECT ts, message_id FROM id_obs WHERE hash = ?1")?
+            .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+    }
+
+    fn obs_set_key(&mut self, hash: i64, ts: i64, msg: &str, source: &str) -> rusqlite::Result<()> {
+        self.0
+            .prepare_cached(
                 "UPDATE id_obs SET ts = ?2, message_id = ?3, source = ?4 WHERE hash = ?1",
             )?
-            .execute(params![hash, ts, message_id, source])?;
-            Ok(true)
-        }
-        None => {
-            tx.prepare_cached(
+            .execute(params![hash, ts, msg, source])
+            .map(|_| ())
+    }
+
+    fn obs_insert(
+        &mut self,
+        hash: i64,
+        idents: &[String],
+        ts: i64,
+        msg: &str,
+        source: &str,
+    ) -> rusqlite::Result<()> {
+        self.0
+            .prepare_cached(
                 "INSERT INTO id_obs (hash, idents, ts, message_id, source) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![hash, idents.join("\n"), ts, message_id, source])?;
-            let mut ins = tx
-                .prepare_cached("INSERT OR IGNORE INTO obs_idents (ident, hash) VALUES (?1, ?2)")?;
-            for i in idents {
-                ins.execute(params![i, hash])?;
-            }
-            Ok(true)
+            .execute(params![hash, idents.join("\n"), ts, msg, source])?;
+        let mut ins = self
+            .0
+            .prepare_cached("INSERT OR IGNORE INTO obs_idents (ident, hash) VALUES (?1, ?2)")?;
+        for i in idents {
+            ins.execute(params![i, hash])?;
         }
+        Ok(())
     }
-}
 
-fn put_traits(
-    tx: &Transaction<'_>,
-    ident: &str,
-    traits: &Map<String, Value>,
-    e: &ProfileEvent,
-) -> rusqlite::Result<()> {
-    let mut up = tx.prepare_cached(
-        "INSERT INTO traits (ident, key, value, ts, message_id, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (ident, key) DO UPDATE SET
-             value = excluded.value, ts = excluded.ts,
-             message_id = excluded.message_id, source = excluded.source
-         WHERE excluded.ts > traits.ts
-            OR (excluded.ts = traits.ts AND excluded.message_id > traits.message_id)",
-    )?;
-    for (k, v) in traits {
-        up.execute(params![
-            ident,
-            k,
-            v.to_string(),
-            e.ts,
-            e.message_id,
-            e.source
-        ])?;
+    fn obs_delete(&mut self, hash: i64) -> rusqlite::Result<()> {
+        self.0
+            .execute("DELETE FROM id_obs WHERE hash = ?1", [hash])?;
+        self.0
+            .execute("DELETE FROM obs_idents WHERE hash = ?1", [hash])?;
+        Ok(())
     }
-    Ok(())
+
+    fn obs_hashes(&mut self, ident: &str) -> rusqlite::Result<Vec<i64>> {
+        self.0
+            .prepare_cached("SELECT hash FROM obs_idents WHERE ident = ?1")?
+            .query_map([ident], |r| r.get(0))?
+            .collect()
+    }
+
+    fn obs_load(&mut self, hash: i64) -> rusqlite::Result<Option<Observation>> {
+        self.0
+            .prepare_cached("SELECT idents, ts, message_id, source FROM id_obs WHERE hash = ?1")?
+            .query_row([hash], |r| {
+                Ok(Observation {
+                    idents: r
+                        .get_ref(0)?
+                        .as_str()?
+                        .split('\n')
+                        .map(String::from)
+                        .collect(),
+                    ts: r.get(1)?,
+                    message_id: r.get(2)?,
+                    source: r.get(3)?,
+                })
+            })
+            .optional()
+    }
+
+    fn event_ref(&mut self, id: i64, ident_hash: i64, ts: i64, msg: &str) -> rusqlite::Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT OR IGNORE INTO profile_events (id, ident_hash, ts, message_id) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, ident_hash, ts, msg])
+            .map(|_| ())
+    }
+
+    fn trait_put(
+        &mut self,
+        ident: &str,
+        key: &str,
+        value: &str,
+        e: &ProfileEvent,
+    ) -> rusqlite::Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO traits (ident, key, value, ts, message_id, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (ident, key) DO UPDATE SET
+                     value = excluded.value, ts = excluded.ts,
+                     message_id = excluded.message_id, source = excluded.source
+                 WHERE excluded.ts > traits.ts
+                    OR (excluded.ts = traits.ts AND excluded.message_id > traits.message_id)",
+            )?
+            .execute(params![ident, key, value, e.ts, e.message_id, e.source])
+            .map(|_| ())
+    }
+
+    fn link(&mut self, user: &str, account: &str, ts: i64) -> rusqlite::Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO links (user_ident, account_ident, ts) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_ident, account_ident) DO UPDATE SET ts = max(ts, excluded.ts)",
+            )?
+            .execute(params![user, account, ts])
+            .map(|_| ())
+    }
+
+    fn identity_profile(&mut self, ident: &str) -> rusqlite::Result<Option<String>> {
+        self.0
+            .prepare_cached("SELECT profile FROM identities WHERE ident = ?1")?
+            .query_row([ident], |r| r.get(0))
+            .optional()
+    }
+
+    fn identity_delete(&mut self, ident: &str) -> rusqlite::Result<u64> {
+        self.0
+            .prepare_cached("DELETE FROM identities WHERE ident = ?1")?
+            .execute([ident])
+            .map(|n| n as u64)
+    }
+
+    fn identity_insert(
+        &mut self,
+        ident: &str,
+        profile: &str,
+        ts: i64,
+        msg: &str,
+        source: &str,
+    ) -> rusqlite::Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT OR REPLACE INTO identities (ident, profile, ts, message_id, source) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![ident, profile, ts, msg, source])
+            .map(|_| ())
+    }
+
+    fn profile_delete(&mut self, id: &str) -> rusqlite::Result<()> {
+        self.0
+            .prepare_cached("DELETE FROM profiles WHERE id = ?1")?
+            .execute([id])
+            .map(|_| ())
+    }
+
+    fn profile_put(&mut self, id: &str, merged: &str) -> rusqlite::Result<()> {
+        self.0
+            .prepare_cached("INSERT OR REPLACE INTO profiles (id, merged) VALUES (?1, ?2)")?
+            .execute(params![id, merged])
+            .map(|_| ())
+    }
+
+    fn erase_filed(&mut self, ident: &str, ident_hash: i64) -> rusqlite::Result<(u64, u64)> {
+        let traits = self
+            .0
+            .execute("DELETE FROM traits WHERE ident = ?1", [ident])? as u64;
+        let events = self.0.execute(
+            "DELETE FROM profile_events WHERE ident_hash = ?1",
+            [ident_hash],
+        )? as u64;
+        self.0.execute(
+            "DELETE FROM links WHERE user_ident = ?1 OR account_ident = ?1",
+            [ident],
+        )?;
+        Ok((traits, events))
+    }
 }
 
 /// Applies a batch of events in one transaction.
@@ -255,171 +362,12 @@ pub(crate) fn apply(
     rules: &Rules,
 ) -> rusqlite::Result<ProfileStepStats> {
     let tx = c.transaction()?;
-    let mut filed: Vec<(i64, i64, Box<str>)> = Vec::new();
-    let mut stats = ProfileStepStats::default();
-    let mut dirty: BTreeSet<String> = BTreeSet::new();
-    for e in events {
-        let mut anchors = [None, None];
-        for (slot, set) in [&e.users, &e.accounts].into_iter().enumerate() {
-            if set.is_empty() {
-                continue;
-            }
-            let mut idents = set.clone();
-            idents.sort();
-            idents.dedup();
-            let hash = set_hash(&idents);
-            if !cache.known(hash, e.ts, &e.message_id) {
-                if observe(&tx, &idents, e.ts, &e.message_id, &e.source)? {
-                    stats.new_observations += 1;
-                    dirty.extend(idents.iter().cloned());
-                }
-                filed.push((hash, e.ts, e.message_id.as_str().into()));
-            }
-            let a = anchor(&idents, rules).cloned();
-            if let Some(a) = &a {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO profile_events (id, ident_hash, ts, message_id) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![
-                    (e.log_offset as i64) * 2 + slot as i64,
-                    ident_hash(a),
-                    e.ts,
-                    e.message_id
-                ])?;
-                let traits = if slot == 0 {
-                    &e.user_traits
-                } else {
-                    &e.account_traits
-                };
-                if let Some(t) = traits {
-                    put_traits(&tx, a, t, e)?;
-                }
-            }
-            anchors[slot] = a;
-        }
-        if let [Some(u), Some(a)] = &anchors {
-            tx.prepare_cached(
-                "INSERT INTO links (user_ident, account_ident, ts) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (user_ident, account_ident) DO UPDATE SET ts = max(ts, excluded.ts)",
-            )?
-            .execute(params![u, a, e.ts])?;
-        }
-    }
-    reresolve(&tx, dirty, rules, &mut stats)?;
+    let (stats, filed) = graph::apply(&mut Sqlite(&tx), cache, events, rules)?;
     tx.commit()?;
     // The stored key is the earliest of what was filed and what was there; remembering
     // the filed one can only make the cache miss (and look up) more, never skip wrongly.
     cache.remember(filed);
     Ok(stats)
-}
-
-/// Re-resolves the connected components of the dirty identifiers.
-fn reresolve(
-    tx: &Transaction<'_>,
-    mut dirty: BTreeSet<String>,
-    rules: &Rules,
-    stats: &mut ProfileStepStats,
-) -> rusqlite::Result<()> {
-    while let Some(start) = dirty.pop_first() {
-        let (visited, obs, oversized) = component(tx, &start)?;
-        for v in &visited {
-            dirty.remove(v);
-        }
-        stats.resolved_components += 1;
-        stats.oversized_components += oversized as u64;
-        let profiles = resolve(&obs, rules);
-        // Drop the old resolution of these identifiers and their profiles.
-        let mut old: HashSet<String> = HashSet::new();
-        {
-            let mut q = tx.prepare_cached("SELECT profile FROM identities WHERE ident = ?1")?;
-            let mut del = tx.prepare_cached("DELETE FROM identities WHERE ident = ?1")?;
-            for v in &visited {
-                if let Some(p) = q.query_row([v], |r| r.get::<_, String>(0)).optional()? {
-                    old.insert(p);
-                }
-                del.execute([v])?;
-            }
-        }
-        let mut del = tx.prepare_cached("DELETE FROM profiles WHERE id = ?1")?;
-        for p in &old {
-            del.execute([p])?;
-        }
-        let mut ins = tx.prepare_cached(
-            "INSERT OR REPLACE INTO identities (ident, profile, ts, message_id, source) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut prof =
-            tx.prepare_cached("INSERT OR REPLACE INTO profiles (id, merged) VALUES (?1, ?2)")?;
-        for p in &profiles {
-            prof.execute(params![p.id, p.merged.join("\n")])?;
-            for m in &p.members {
-                ins.execute(params![m.key, p.id, m.ts, m.message_id, m.source])?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One stored observation by its hash (`load`: `SELECT idents, ts, message_id, source
-/// FROM id_obs WHERE hash = ?1`).
-fn load_obs(
-    load: &mut rusqlite::CachedStatement<'_>,
-    hash: i64,
-) -> rusqlite::Result<Option<Observation>> {
-    load.query_row([hash], |r| {
-        Ok(Observation {
-            idents: r
-                .get_ref(0)?
-                .as_str()?
-                .split('\n')
-                .map(String::from)
-                .collect(),
-            ts: r.get(1)?,
-            message_id: r.get(2)?,
-            source: r.get(3)?,
-        })
-    })
-    .optional()
-}
-
-/// The identifiers and observations connected to `start` (bounded).
-fn component(
-    tx: &Transaction<'_>,
-    start: &str,
-) -> rusqlite::Result<(Vec<String>, Vec<Observation>, bool)> {
-    let mut by_ident = tx.prepare_cached("SELECT hash FROM obs_idents WHERE ident = ?1")?;
-    let mut load =
-        tx.prepare_cached("SELECT idents, ts, message_id, source FROM id_obs WHERE hash = ?1")?;
-    let mut seen_idents: HashSet<String> = HashSet::from([start.to_string()]);
-    let mut seen_obs: HashSet<i64> = HashSet::new();
-    let mut queue = VecDeque::from([start.to_string()]);
-    let mut obs = Vec::new();
-    let mut oversized = false;
-    while let Some(ident) = queue.pop_front() {
-        let hashes: Vec<i64> = by_ident
-            .query_map([&ident], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for h in hashes {
-            if !seen_obs.insert(h) {
-                continue;
-            }
-            if obs.len() >= MAX_COMPONENT {
-                oversized = true;
-                continue;
-            }
-            let Some(o) = load_obs(&mut load, h)? else {
-                continue;
-            };
-            for i in &o.idents {
-                if seen_idents.insert(i.clone()) {
-                    queue.push_back(i.clone());
-                }
-            }
-            obs.push(o);
-        }
-    }
-    let mut visited: Vec<String> = seen_idents.into_iter().collect();
-    visited.sort();
-    Ok((visited, obs, oversized))
 }
 
 /// The profile holding an identifier key, or the profile with this id.
@@ -578,74 +526,14 @@ pub(crate) fn links_of(c: &Connection, idents: &[String]) -> rusqlite::Result<Ve
     Ok(out.into_iter().collect())
 }
 
-/// Removes everything filed under the identifiers: their resolution, traits, events and
-/// links; observations lose these identifiers (others in them are re-resolved).
+/// Removes everything filed under the identifiers (see `graph::erase`).
 pub(crate) fn erase(
     c: &mut Connection,
     idents: &[String],
     rules: &Rules,
 ) -> rusqlite::Result<ErasedProfiles> {
     let tx = c.transaction()?;
-    let mut out = ErasedProfiles::default();
-    let erase: HashSet<&String> = idents.iter().collect();
-    let mut touched: HashMap<i64, Observation> = HashMap::new();
-    {
-        let mut by_ident = tx.prepare_cached("SELECT hash FROM obs_idents WHERE ident = ?1")?;
-        let mut load =
-            tx.prepare_cached("SELECT idents, ts, message_id, source FROM id_obs WHERE hash = ?1")?;
-        for i in idents {
-            let hashes: Vec<i64> = by_ident
-                .query_map([i], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for h in hashes {
-                if touched.contains_key(&h) {
-                    continue;
-                }
-                if let Some(o) = load_obs(&mut load, h)? {
-                    touched.insert(h, o);
-                }
-            }
-        }
-    }
-    let mut dirty = BTreeSet::new();
-    for (h, o) in &touched {
-        tx.execute("DELETE FROM id_obs WHERE hash = ?1", [h])?;
-        tx.execute("DELETE FROM obs_idents WHERE hash = ?1", [h])?;
-        let rest: Vec<String> = o
-            .idents
-            .iter()
-            .filter(|i| !erase.contains(i))
-            .cloned()
-            .collect();
-        if !rest.is_empty() {
-            observe(&tx, &rest, o.ts, &o.message_id, &o.source)?;
-            dirty.extend(rest);
-        }
-    }
-    for i in idents {
-        let old: Option<String> = tx
-            .query_row(
-                "SELECT profile FROM identities WHERE ident = ?1",
-                [i],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(p) = old {
-            tx.execute("DELETE FROM profiles WHERE id = ?1", [p])?;
-        }
-        out.identities += tx.execute("DELETE FROM identities WHERE ident = ?1", [i])? as u64;
-        out.traits += tx.execute("DELETE FROM traits WHERE ident = ?1", [i])? as u64;
-        out.events += tx.execute(
-            "DELETE FROM profile_events WHERE ident_hash = ?1",
-            [ident_hash(i)],
-        )? as u64;
-        tx.execute(
-            "DELETE FROM links WHERE user_ident = ?1 OR account_ident = ?1",
-            [i],
-        )?;
-    }
-    let mut stats = ProfileStepStats::default();
-    reresolve(&tx, dirty, rules, &mut stats)?;
+    let out = graph::erase(&mut Sqlite(&tx), idents, rules)?;
     tx.commit()?;
     Ok(out)
 }

@@ -1,0 +1,284 @@
+//! The profile store's algorithm over any SQL database: filing events (observations,
+//! event references, traits, links), re-resolving connected components, erasing
+//! identifiers. Each implementation (`profiles.rs` for SQLite, `postgres.rs`) provides the
+//! primitive statements as a [`GraphTx`] on one of its transactions; the logic is here once.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use serde_json::{Map, Value};
+use sluice_identity::{anchor, resolve, Observation, Rules};
+
+use crate::profiles::{ErasedProfiles, ObsCache, ProfileEvent, ProfileStepStats, MAX_COMPONENT};
+
+/// The statements the algorithm needs, inside one transaction.
+pub trait GraphTx {
+    type Error;
+    /// The stored (ts, messageId) of an identifier set.
+    fn obs_key(&mut self, hash: i64) -> Result<Option<(i64, String)>, Self::Error>;
+    fn obs_set_key(
+        &mut self,
+        hash: i64,
+        ts: i64,
+        msg: &str,
+        source: &str,
+    ) -> Result<(), Self::Error>;
+    /// Inserts an observation and its identifier index rows.
+    fn obs_insert(
+        &mut self,
+        hash: i64,
+        idents: &[String],
+        ts: i64,
+        msg: &str,
+        source: &str,
+    ) -> Result<(), Self::Error>;
+    fn obs_delete(&mut self, hash: i64) -> Result<(), Self::Error>;
+    fn obs_hashes(&mut self, ident: &str) -> Result<Vec<i64>, Self::Error>;
+    fn obs_load(&mut self, hash: i64) -> Result<Option<Observation>, Self::Error>;
+    fn event_ref(
+        &mut self,
+        id: i64,
+        ident_hash: i64,
+        ts: i64,
+        msg: &str,
+    ) -> Result<(), Self::Error>;
+    /// Last-write-wins by (ts, messageId).
+    fn trait_put(
+        &mut self,
+        ident: &str,
+        key: &str,
+        value: &str,
+        e: &ProfileEvent,
+    ) -> Result<(), Self::Error>;
+    fn link(&mut self, user: &str, account: &str, ts: i64) -> Result<(), Self::Error>;
+    fn identity_profile(&mut self, ident: &str) -> Result<Option<String>, Self::Error>;
+    /// Deletes an identifier's resolution; returns how many rows.
+    fn identity_delete(&mut self, ident: &str) -> Result<u64, Self::Error>;
+    fn identity_insert(
+        &mut self,
+        ident: &str,
+        profile: &str,
+        ts: i64,
+        msg: &str,
+        source: &str,
+    ) -> Result<(), Self::Error>;
+    fn profile_delete(&mut self, id: &str) -> Result<(), Self::Error>;
+    fn profile_put(&mut self, id: &str, merged: &str) -> Result<(), Self::Error>;
+    /// Deletes what is filed under an identifier: (traits, event references); links too.
+    fn erase_filed(&mut self, ident: &str, ident_hash: i64) -> Result<(u64, u64), Self::Error>;
+}
+
+pub fn ident_hash(ident: &str) -> i64 {
+    xxhash_rust::xxh3::xxh3_64(ident.as_bytes()) as i64
+}
+
+pub fn set_hash(idents: &[String]) -> i64 {
+    xxhash_rust::xxh3::xxh3_64(idents.join("\n").as_bytes()) as i64
+}
+
+/// Files an identifier set; returns whether it is new (or earlier than the stored one).
+fn observe<T: GraphTx>(
+    tx: &mut T,
+    idents: &[String],
+    ts: i64,
+    msg: &str,
+    source: &str,
+) -> Result<bool, T::Error> {
+    let hash = set_hash(idents);
+    match tx.obs_key(hash)? {
+        Some((kts, kmsg)) if (kts, kmsg.as_str()) <= (ts, msg) => Ok(false),
+        Some(_) => {
+            tx.obs_set_key(hash, ts, msg, source)?;
+            Ok(true)
+        }
+        None => {
+            tx.obs_insert(hash, idents, ts, msg, source)?;
+            Ok(true)
+        }
+    }
+}
+
+fn put_traits<T: GraphTx>(
+    tx: &mut T,
+    ident: &str,
+    traits: &Map<String, Value>,
+    e: &ProfileEvent,
+) -> Result<(), T::Error> {
+    for (k, v) in traits {
+        tx.trait_put(ident, k, &v.to_string(), e)?;
+    }
+    Ok(())
+}
+
+/// Files a batch of events (inside the caller's transaction). Returns the statistics and
+/// what the cache may remember once the transaction committed.
+pub fn apply<T: GraphTx>(
+    tx: &mut T,
+    cache: &ObsCache,
+    events: &[ProfileEvent],
+    rules: &Rules,
+) -> Result<(ProfileStepStats, Vec<(i64, i64, Box<str>)>), T::Error> {
+    let mut filed: Vec<(i64, i64, Box<str>)> = Vec::new();
+    let mut stats = ProfileStepStats::default();
+    let mut dirty: BTreeSet<String> = BTreeSet::new();
+    for e in events {
+        let mut anchors = [None, None];
+        for (slot, set) in [&e.users, &e.accounts].into_iter().enumerate() {
+            if set.is_empty() {
+                continue;
+            }
+            let mut idents = set.clone();
+            idents.sort();
+            idents.dedup();
+            let hash = set_hash(&idents);
+            if !cache.known(hash, e.ts, &e.message_id) {
+                if observe(tx, &idents, e.ts, &e.message_id, &e.source)? {
+                    stats.new_observations += 1;
+                    dirty.extend(idents.iter().cloned());
+                }
+                filed.push((hash, e.ts, e.message_id.as_str().into()));
+            }
+            let a = anchor(&idents, rules).cloned();
+            if let Some(a) = &a {
+                tx.event_ref(
+                    (e.log_offset as i64) * 2 + slot as i64,
+                    ident_hash(a),
+                    e.ts,
+                    &e.message_id,
+                )?;
+                let traits = if slot == 0 {
+                    &e.user_traits
+                } else {
+                    &e.account_traits
+                };
+                if let Some(t) = traits {
+                    put_traits(tx, a, t, e)?;
+                }
+            }
+            anchors[slot] = a;
+        }
+        if let [Some(u), Some(a)] = &anchors {
+            tx.link(u, a, e.ts)?;
+        }
+    }
+    reresolve(tx, dirty, rules, &mut stats)?;
+    Ok((stats, filed))
+}
+
+/// Re-resolves the connected components of the dirty identifiers.
+fn reresolve<T: GraphTx>(
+    tx: &mut T,
+    mut dirty: BTreeSet<String>,
+    rules: &Rules,
+    stats: &mut ProfileStepStats,
+) -> Result<(), T::Error> {
+    while let Some(start) = dirty.pop_first() {
+        let (visited, obs, oversized) = component(tx, &start)?;
+        for v in &visited {
+            dirty.remove(v);
+        }
+        stats.resolved_components += 1;
+        stats.oversized_components += oversized as u64;
+        let profiles = resolve(&obs, rules);
+        // Drop the old resolution of these identifiers and their profiles.
+        let mut old: HashSet<String> = HashSet::new();
+        for v in &visited {
+            if let Some(p) = tx.identity_profile(v)? {
+                old.insert(p);
+            }
+            tx.identity_delete(v)?;
+        }
+        for p in &old {
+            tx.profile_delete(p)?;
+        }
+        for p in &profiles {
+            tx.profile_put(&p.id, &p.merged.join("\n"))?;
+            for m in &p.members {
+                tx.identity_insert(&m.key, &p.id, m.ts, &m.message_id, &m.source)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The identifiers and observations connected to `start` (bounded).
+fn component<T: GraphTx>(
+    tx: &mut T,
+    start: &str,
+) -> Result<(Vec<String>, Vec<Observation>, bool), T::Error> {
+    let mut seen_idents: HashSet<String> = HashSet::from([start.to_string()]);
+    let mut seen_obs: HashSet<i64> = HashSet::new();
+    let mut queue = VecDeque::from([start.to_string()]);
+    let mut obs = Vec::new();
+    let mut oversized = false;
+    while let Some(ident) = queue.pop_front() {
+        for h in tx.obs_hashes(&ident)? {
+            if !seen_obs.insert(h) {
+                continue;
+            }
+            if obs.len() >= MAX_COMPONENT {
+                oversized = true;
+                continue;
+            }
+            let Some(o) = tx.obs_load(h)? else {
+                continue;
+            };
+            for i in &o.idents {
+                if seen_idents.insert(i.clone()) {
+                    queue.push_back(i.clone());
+                }
+            }
+            obs.push(o);
+        }
+    }
+    let mut visited: Vec<String> = seen_idents.into_iter().collect();
+    visited.sort();
+    Ok((visited, obs, oversized))
+}
+
+/// Removes everything filed under the identifiers: their resolution, traits, events and
+/// links; observations lose these identifiers (others in them are re-resolved).
+pub fn erase<T: GraphTx>(
+    tx: &mut T,
+    idents: &[String],
+    rules: &Rules,
+) -> Result<ErasedProfiles, T::Error> {
+    let mut out = ErasedProfiles::default();
+    let erase: HashSet<&String> = idents.iter().collect();
+    let mut touched: HashMap<i64, Observation> = HashMap::new();
+    for i in idents {
+        for h in tx.obs_hashes(i)? {
+            if touched.contains_key(&h) {
+                continue;
+            }
+            if let Some(o) = tx.obs_load(h)? {
+                touched.insert(h, o);
+            }
+        }
+    }
+    let mut dirty = BTreeSet::new();
+    for (h, o) in &touched {
+        tx.obs_delete(*h)?;
+        let rest: Vec<String> = o
+            .idents
+            .iter()
+            .filter(|i| !erase.contains(i))
+            .cloned()
+            .collect();
+        if !rest.is_empty() {
+            observe(tx, &rest, o.ts, &o.message_id, &o.source)?;
+            dirty.extend(rest);
+        }
+    }
+    for i in idents {
+        if let Some(p) = tx.identity_profile(i)? {
+            tx.profile_delete(&p)?;
+        }
+        out.identities += tx.identity_delete(i)?;
+        let (traits, events) = tx.erase_filed(i, ident_hash(i))?;
+        out.traits += traits;
+        out.events += events;
+    }
+    let mut stats = ProfileStepStats::default();
+    reresolve(tx, dirty, rules, &mut stats)?;
+    Ok(out)
+}

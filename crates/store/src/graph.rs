@@ -8,7 +8,9 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use serde_json::{Map, Value};
 use sluice_identity::{anchor, resolve, Observation, Rules};
 
-use crate::profiles::{ErasedProfiles, ObsCache, ProfileEvent, ProfileStepStats, MAX_COMPONENT};
+use crate::profiles::{
+    ErasedProfiles, Filed, ObsCache, ProfileEvent, ProfileStepStats, MAX_COMPONENT,
+};
 
 /// The statements the algorithm needs, inside one transaction.
 pub trait GraphTx {
@@ -116,8 +118,8 @@ pub fn apply<T: GraphTx>(
     cache: &ObsCache,
     events: &[ProfileEvent],
     rules: &Rules,
-) -> Result<(ProfileStepStats, Vec<(i64, i64, Box<str>)>), T::Error> {
-    let mut filed: Vec<(i64, i64, Box<str>)> = Vec::new();
+) -> Result<(ProfileStepStats, Filed), T::Error> {
+    let mut filed: Filed = Vec::new();
     let mut stats = ProfileStepStats::default();
     let mut dirty: BTreeSet<String> = BTreeSet::new();
     for e in events {

@@ -149,6 +149,9 @@ pub struct ObsCache {
 
 const OBS_CACHE_MAX: usize = 2_000_000;
 
+/// Identifier sets a transaction filed: (hash, ts, messageId), for [`ObsCache::remember`].
+pub type Filed = Vec<(i64, i64, Box<str>)>;
+
 impl ObsCache {
     pub(crate) fn known(&self, hash: i64, ts: i64, message_id: &str) -> bool {
         self.seen
@@ -156,7 +159,7 @@ impl ObsCache {
             .is_some_and(|(kts, kmsg)| (*kts, &**kmsg) <= (ts, message_id))
     }
 
-    pub(crate) fn remember(&mut self, filed: Vec<(i64, i64, Box<str>)>) {
+    pub(crate) fn remember(&mut self, filed: Filed) {
         if self.seen.len() + filed.len() > OBS_CACHE_MAX {
             self.seen.clear();
         }

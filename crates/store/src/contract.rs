@@ -625,11 +625,18 @@ pub async fn erase_state_removes_only_the_subjects_rows<H: StoreHarness>(h: H) {
 }
 
 /// Expands to one `#[tokio::test]` per contract property. `$harness` is an expression
-/// building a fresh [`StoreHarness`] (each test gets its own storage).
+/// building a fresh [`StoreHarness`] (each test gets its own storage). With
+/// `ignore = "why"; harness`, every test is `#[ignore]`d (for servers CI starts).
 #[macro_export]
 macro_rules! store_contract_tests {
+    (ignore = $why:literal; $harness:expr) => {
+        $crate::store_contract_tests!(@all [#[ignore = $why]] $harness);
+    };
     ($harness:expr) => {
-        $crate::store_contract_tests!(@each $harness;
+        $crate::store_contract_tests!(@all [] $harness);
+    };
+    (@all [$($attr:tt)*] $harness:expr) => {
+        $crate::store_contract_tests!(@each [$($attr)*] $harness;
             settings_and_rejected_round_trip_and_survive_reopen,
             retry_queue_dead_letters_and_records,
             regulations_and_suppressions,
@@ -642,12 +649,16 @@ macro_rules! store_contract_tests {
             erasing_a_profile_keeps_everyone_else,
             event_references_are_pruned_with_the_log_but_profiles_stay);
     };
-    (@each $harness:expr; $($name:ident),*) => {
+    (@each $attrs:tt $harness:expr; $($name:ident),*) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                $crate::contract::$name($harness).await;
-            }
+            $crate::store_contract_tests!(@one $attrs $harness; $name);
         )*
+    };
+    (@one [$($attr:tt)*] $harness:expr; $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $($attr)*
+        async fn $name() {
+            $crate::contract::$name($harness).await;
+        }
     };
 }

@@ -12,6 +12,7 @@
 pub mod contract;
 pub mod delivery;
 mod graph;
+pub mod postgres;
 pub mod profiles;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ use thiserror::Error;
 pub use delivery::{
     Attempt, DeadLetter, DeadLetterFilter, DeliveryBatch, DeliveryRecord, PendingDelivery,
 };
+pub use postgres::PgStore;
 pub use profiles::{
     ErasedProfiles, EventQuery, ProfileEvent, ProfileEventRef, ProfileStepStats, StoredProfile,
 };

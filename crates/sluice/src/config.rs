@@ -30,9 +30,28 @@ pub struct FileConfig {
     #[serde(default)]
     pub destinations: Vec<sluice_destinations::DestinationConfig>,
     #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
     pub identity: sluice_identity::Rules,
     #[serde(default)]
     pub profiles: ProfilesConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// `[store]`: where the state lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// `postgres`: a connection URL, `postgres://user[:password]@host:port/database`.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +265,9 @@ fn expand_env(cfg: &mut FileConfig, origin: &str) -> Result<()> {
     for (i, t) in cfg.profiles.access_tokens.iter_mut().enumerate() {
         expand(t, &format!("profiles.access_tokens[{i}]"), origin)?;
     }
+    if let Some(url) = cfg.store.url.as_mut() {
+        expand(url, "store.url", origin)?;
+    }
     // Any string in a destination's settings (shared secrets, header values, API keys).
     fn expand_value(v: &mut serde_json::Value, field: &str, origin: &str) -> Result<()> {
         match v {
@@ -292,6 +314,30 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
                 "must be at least 8 characters long".into(),
             ));
         }
+    }
+    match (cfg.store.kind, &cfg.store.url) {
+        (StoreKind::Postgres, None) => {
+            return Err(err(
+                "store.url",
+                "is required for kind = \"postgres\" (postgres://user@host:port/database)".into(),
+            ))
+        }
+        (StoreKind::Postgres, Some(u))
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) =>
+        {
+            return Err(err(
+                "store.url",
+                format!("must start with postgres:// or postgresql://, not {u:?}"),
+            ))
+        }
+        (StoreKind::Sqlite, Some(_)) => {
+            return Err(err(
+                "store.url",
+                "is only for kind = \"postgres\" (the SQLite store lives in the data directory)"
+                    .into(),
+            ))
+        }
+        _ => {}
     }
     cfg.identity
         .validate()
@@ -625,6 +671,28 @@ write_key = "wk_web_123"
         ] {
             let e = parse(&format!("{base}{extra}"), "k.toml").unwrap_err().to_string();
             assert!(e.contains(needle), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn store_section_is_checked() {
+        let ok = parse(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:55432/postgres\"\n",
+            "s.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.store.kind, StoreKind::Postgres);
+        for (text, needle) in [
+            ("[store]\nkind = \"postgres\"\n", "store.url"),
+            (
+                "[store]\nkind = \"postgres\"\nurl = \"mysql://x\"\n",
+                "postgres://",
+            ),
+            ("[store]\nurl = \"postgres://x\"\n", "only for kind"),
+            ("[store]\nkind = \"oracle\"\n", "oracle"),
+        ] {
+            let e = parse(text, "s.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
         }
     }
 

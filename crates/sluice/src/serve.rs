@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use rand::RngCore;
 use sluice_log::{LogOptions, SqliteLog};
 use sluice_server::{App, RateLimit, Settings, SourceSettings};
-use sluice_store::{SqliteStore, Store};
+use sluice_store::{PgStore, SqliteStore, Store};
 
 use crate::config::{self, FileConfig};
 
@@ -59,10 +59,21 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
 
-    let store = Arc::new(
-        SqliteStore::open(data_dir.join("state.sqlite"))
-            .with_context(|| format!("cannot open the state store in {}", data_dir.display()))?,
-    );
+    let store: Arc<dyn Store> = match (cfg.store.kind, cfg.store.url.clone()) {
+        (crate::config::StoreKind::Postgres, Some(url)) => {
+            // The synchronous client must connect off the async threads.
+            let store = tokio::task::spawn_blocking(move || PgStore::open(&url))
+                .await
+                .context("the PostgreSQL store task failed")?
+                .context("cannot open the PostgreSQL state store")?;
+            Arc::new(store)
+        }
+        _ => Arc::new(
+            SqliteStore::open(data_dir.join("state.sqlite")).with_context(|| {
+                format!("cannot open the state store in {}", data_dir.display())
+            })?,
+        ),
+    };
     let sources = sources(&cfg, store.as_ref()).await?;
     let admin_token = match (&cfg.admin_token, std::env::var("SLUICE_ADMIN_TOKEN")) {
         (Some(t), _) => t.clone(),

@@ -83,7 +83,8 @@ const SCHEMA: &str = "
 /// The PostgreSQL state store.
 pub struct PgStore {
     url: String,
-    writer: Arc<Mutex<Client>>,
+    /// `None` only while the store is dropped.
+    writer: Arc<Mutex<Option<Client>>>,
     readers: Arc<Mutex<Vec<Client>>>,
     obs_cache: Arc<Mutex<ObsCache>>,
 }
@@ -102,7 +103,7 @@ impl PgStore {
         tx.commit().map_err(storage)?;
         Ok(PgStore {
             url: url.to_string(),
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Arc::new(Mutex::new(Some(writer))),
             readers: Arc::default(),
             obs_cache: Arc::default(),
         })
@@ -114,10 +115,13 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
-            let mut c = writer
+            let mut guard = writer
                 .lock()
                 .map_err(|_| StoreError::Storage("state store lock poisoned".into()))?;
-            f(&mut c).map_err(storage)
+            let c = guard
+                .as_mut()
+                .ok_or_else(|| StoreError::Storage("the state store is closed".into()))?;
+            f(c).map_err(storage)
         })
         .await
         .map_err(storage)?
@@ -162,7 +166,12 @@ impl Drop for PgStore {
     /// The synchronous client closes its connection with a blocking call, which must not
     /// run on an async worker thread: the last references go to a plain thread.
     fn drop(&mut self) {
-        let (writer, readers) = (self.writer.clone(), self.readers.clone());
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        let readers: Vec<Client> = self
+            .readers
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
         let _ = std::thread::Builder::new()
             .name("pg-close".into())
             .spawn(move || {
@@ -1076,10 +1085,15 @@ impl Store for PgStore {
 
     async fn checkpoint(&self) -> Result<(), StoreError> {
         // PostgreSQL keeps no old page images that matter here: VACUUM reclaims dead rows
-        // (run by autovacuum); erased rows are already invisible to every reader.
-        if let Ok(mut p) = self.readers.lock() {
-            p.clear();
-        }
-        Ok(())
+        // (run by autovacuum); erased rows are already invisible to every reader. Idle
+        // readers are closed (off the async threads).
+        let readers: Vec<Client> = self
+            .readers
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        tokio::task::spawn_blocking(move || drop(readers))
+            .await
+            .map_err(storage)
     }
 }

@@ -373,6 +373,11 @@ impl GraphTx for Pg<'_, '_> {
     }
 }
 
+/// The first column of every row, as text.
+fn strings(c: &mut Client, sql: &str) -> Result<Vec<String>, postgres::Error> {
+    Ok(c.query(sql, &[])?.iter().map(|r| r.get(0)).collect())
+}
+
 fn rejected_row(r: &postgres::Row) -> RejectedRecord {
     RejectedRecord {
         id: r.get(0),
@@ -788,13 +793,8 @@ impl Store for PgStore {
     }
 
     async fn replay_jobs(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            Ok(c.query("SELECT job FROM replay_jobs ORDER BY id", &[])?
-                .iter()
-                .map(|r| r.get(0))
-                .collect())
-        })
-        .await
+        self.with(|c| strings(c, "SELECT job FROM replay_jobs ORDER BY id"))
+            .await
     }
 
     async fn apply_profiles(
@@ -1040,13 +1040,8 @@ impl Store for PgStore {
     }
 
     async fn regulations(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            Ok(c.query("SELECT doc FROM regulations ORDER BY seq", &[])?
-                .iter()
-                .map(|r| r.get(0))
-                .collect())
-        })
-        .await
+        self.with(|c| strings(c, "SELECT doc FROM regulations ORDER BY seq"))
+            .await
     }
 
     async fn set_suppressed(
@@ -1072,15 +1067,8 @@ impl Store for PgStore {
     }
 
     async fn suppressed(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            Ok(
-                c.query("SELECT subject FROM suppressions ORDER BY subject", &[])?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect(),
-            )
-        })
-        .await
+        self.with(|c| strings(c, "SELECT subject FROM suppressions ORDER BY subject"))
+            .await
     }
 
     async fn checkpoint(&self) -> Result<(), StoreError> {

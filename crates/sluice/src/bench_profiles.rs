@@ -51,6 +51,10 @@ pub struct ProfilesArgs {
     /// Keep the profiles filed by an earlier run in `--dir` (skips filing them again).
     #[arg(long)]
     reuse: bool,
+    /// Run the consumer on the PostgreSQL store at this URL (a fresh schema per run)
+    /// instead of SQLite.
+    #[arg(long)]
+    store_url: Option<String>,
     /// Scratch directory (default: a fresh temporary directory, removed afterwards).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -191,6 +195,10 @@ async fn read_only(log: &SqliteLog) -> Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+fn postgres_client(url: &str) -> Result<postgres::Client> {
+    Ok(postgres::Client::connect(url, postgres::NoTls)?)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -225,7 +233,26 @@ pub async fn profiles(args: ProfilesArgs) -> Result<()> {
         let log = SqliteLog::open(run_dir.join("events.sqlite"), LogOptions::default())?;
         fill_log(&log, args.events).await?;
         let base = read_only(&log).await?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(run_dir.join("state.sqlite"))?);
+        let store: Arc<dyn Store> = match &args.store_url {
+            None => Arc::new(SqliteStore::open(run_dir.join("state.sqlite"))?),
+            Some(base) => {
+                let (base, run) = (base.clone(), run);
+                let store =
+                    tokio::task::spawn_blocking(move || -> Result<sluice_store::PgStore> {
+                        let schema = format!("bench_{}_{run}", std::process::id());
+                        let mut c = postgres_client(&base)?;
+                        c.batch_execute(&format!(
+                            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+                        ))?;
+                        let sep = if base.contains('?') { '&' } else { '?' };
+                        Ok(sluice_store::PgStore::open(&format!(
+                            "{base}{sep}options=-csearch_path%3D{schema}"
+                        ))?)
+                    })
+                    .await??;
+                Arc::new(store)
+            }
+        };
         let (n, eps) = consume(&log, store.clone(), &rules).await?;
         eprintln!(
             "run {}: profile consumer {:.0} events/s over {n} events; read+parse baseline {:.0} events/s",

@@ -178,7 +178,7 @@ async fn receive(
             ));
         }
     };
-    let is_array = items.len() != 1 || body.trim_ascii_start().starts_with(b"[");
+    let is_array = body.trim_ascii_start().starts_with(b"[");
     let first = is_array
         .then(|| items.first().map(|f| f.get().as_bytes()))
         .flatten();

@@ -225,9 +225,11 @@ pub async fn retry_queue_dead_letters_and_records<H: StoreHarness>(h: H) {
     assert!(!s.delete_destination("hooks").await.unwrap());
 }
 
-/// Identity resolution through the store (see also the property test in
-/// `tests/profiles.rs`).
-fn event(offset: u64, e: &Value, rules: &Rules) -> ProfileEvent {
+// Identity resolution through the store (see also the property test in
+// `tests/profiles.rs`, which uses these helpers too).
+
+/// One JSON event (with a numeric `ts`) as the profile store sees it.
+pub fn event(offset: u64, e: &Value, rules: &Rules) -> ProfileEvent {
     let x = extract(e, rules);
     ProfileEvent {
         log_offset: offset,
@@ -241,7 +243,8 @@ fn event(offset: u64, e: &Value, rules: &Rules) -> ProfileEvent {
     }
 }
 
-async fn feed(store: &dyn Store, events: &[Value], rules: &Arc<Rules>) {
+/// Files events (offsets 1, 2, …) in one batch.
+pub async fn feed(store: &dyn Store, events: &[Value], rules: &Arc<Rules>) {
     let batch = events
         .iter()
         .enumerate()
@@ -255,14 +258,16 @@ fn ev(ts: i64, kind: &str, user: Option<&str>, anon: Option<&str>, traits: Value
            "userId": user, "anonymousId": anon, "traits": traits})
 }
 
-async fn members(s: &dyn Store, key: &str) -> Option<(String, Vec<String>)> {
+/// The profile holding `key`: its id and identifier keys.
+pub async fn members(s: &dyn Store, key: &str) -> Option<(String, Vec<String>)> {
     s.profile(key)
         .await
         .unwrap()
         .map(|p| (p.id, p.members.into_iter().map(|m| m.key).collect()))
 }
 
-async fn trait_map(s: &dyn Store, key: &str) -> BTreeMap<String, Value> {
+/// The merged traits of the profile holding `key`.
+pub async fn trait_map(s: &dyn Store, key: &str) -> BTreeMap<String, Value> {
     let p = s.profile(key).await.unwrap().unwrap();
     let rows = s
         .profile_traits(p.members.iter().map(|m| m.key.clone()).collect())

@@ -7,55 +7,14 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use sluice_identity::{extract, traits, Rules};
-use sluice_store::{ProfileEvent, SqliteStore, Store};
-
-fn event(offset: u64, e: &Value, rules: &Rules) -> ProfileEvent {
-    let x = extract(e, rules);
-    ProfileEvent {
-        log_offset: offset,
-        ts: e["ts"].as_i64().unwrap(),
-        message_id: e["messageId"].as_str().unwrap().to_string(),
-        source: "web".into(),
-        users: x.users.iter().map(|i| i.key()).collect(),
-        accounts: x.accounts.iter().map(|i| i.key()).collect(),
-        user_traits: x.user_traits,
-        account_traits: x.account_traits,
-    }
-}
-
-async fn feed(store: &SqliteStore, events: &[Value], rules: &Arc<Rules>) {
-    let batch = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| event(i as u64 + 1, e, rules))
-        .collect();
-    store.apply_profiles(batch, rules.clone()).await.unwrap();
-}
+use sluice_identity::{extract, Rules};
+use sluice_store::contract::{feed, members, trait_map};
+use sluice_store::SqliteStore;
 
 fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(dir.path().join("state.sqlite")).unwrap();
     (dir, s)
-}
-
-async fn members(s: &SqliteStore, key: &str) -> Option<(String, Vec<String>)> {
-    s.profile(key)
-        .await
-        .unwrap()
-        .map(|p| (p.id, p.members.into_iter().map(|m| m.key).collect()))
-}
-
-async fn trait_map(s: &SqliteStore, key: &str) -> BTreeMap<String, Value> {
-    let p = s.profile(key).await.unwrap().unwrap();
-    let rows = s
-        .profile_traits(p.members.iter().map(|m| m.key.clone()).collect())
-        .await
-        .unwrap();
-    traits::merge(rows)
-        .into_iter()
-        .map(|(k, v)| (k, v.value))
-        .collect()
 }
 
 /// A snapshot of everything resolution decides: each identifier's profile id and

@@ -45,8 +45,12 @@ pub struct ReplayJob {
     pub destination: String,
     pub from_ms: i64,
     pub to_ms: i64,
+    /// The window in the log's first partition (kept for older clients; `ranges` has all).
     pub start_offset: u64,
     pub end_offset: u64,
+    /// The window in every partition: `[start, end)` offsets, one pair per partition.
+    #[serde(default)]
+    pub ranges: Vec<[u64; 2]>,
     /// `running`, `done`, `cancelled` (its destination was changed or removed).
     pub status: String,
     pub created_at_ms: i64,
@@ -158,18 +162,21 @@ impl Router {
                 // A new destination takes the events that arrive from now on: its cursor
                 // is set before anything can be sent to the server after it starts.
                 let consumer = worker::consumer_name(&dest.name);
-                if self.log.cursor(&consumer).await.map_err(storage)?.is_none() {
-                    let end = self.log.end_offset().await.map_err(storage)?;
-                    self.log.commit(&consumer, end).await.map_err(storage)?;
+                for p in 0..self.log.partitions() {
+                    if self
+                        .log
+                        .cursor(&consumer, p)
+                        .await
+                        .map_err(storage)?
+                        .is_none()
+                    {
+                        let end = self.log.end_offset(p).await.map_err(storage)?;
+                        self.log.commit(&consumer, end).await.map_err(storage)?;
+                    }
                 }
                 let ctx = Arc::new(Ctx::new(dest, self.log.clone(), self.store.clone()));
                 if cfg.enabled {
-                    let task = tokio::spawn({
-                        let (ctx, log_end) = (ctx.clone(), self.log_end.clone());
-                        async move {
-                            worker::run(ctx, Mode::Main, stop_rx, log_end).await;
-                        }
-                    });
+                    let task = tokio::spawn(supervise(ctx.clone(), stop_rx, self.log_end.clone()));
                     entry.tasks.push(task);
                 }
                 entry.ctx = Some(ctx);
@@ -258,18 +265,35 @@ impl Router {
         let now = now_ms();
         let mut report = ctx.stats.report(now);
         let consumer = worker::consumer_name(name);
-        let cursor = self.log.cursor(&consumer).await.map_err(storage)?;
-        let end = self.log.end_offset().await.map_err(storage)?;
-        let cursor = cursor.unwrap_or(end);
-        let lag_ms = match self.log.read(cursor, 1).await.map_err(storage)?.first() {
-            Some(e) => (now - e.received_at_ms).max(0),
-            None => 0,
+        // Summed over the partitions; the lag is the oldest unsent event's.
+        let (mut behind, mut lag_ms) = (0u64, 0i64);
+        let mut cursors = Vec::new();
+        let mut ends = Vec::new();
+        for p in 0..self.log.partitions() {
+            let end = self.log.end_offset(p).await.map_err(storage)?;
+            let cursor = self
+                .log
+                .cursor(&consumer, p)
+                .await
+                .map_err(storage)?
+                .unwrap_or(end);
+            behind += end.saturating_sub(cursor);
+            if let Some(e) = self.log.read(cursor, 1).await.map_err(storage)?.first() {
+                lag_ms = lag_ms.max(now - e.received_at_ms);
+            }
+            cursors.push(cursor);
+            ends.push(end);
+        }
+        let (cursor, end) = if cursors.len() == 1 {
+            (json!(cursors[0]), json!(ends[0]))
+        } else {
+            (json!(cursors), json!(ends))
         };
         let pending = self.store.pending_count(name).await.map_err(storage)?;
         let dead = self.store.dead_letter_count(name).await.map_err(storage)?;
         report["destination"] = json!(name);
         report["backlog"] = json!({
-            "log_events": end.saturating_sub(cursor),
+            "log_events": behind,
             "cursor": cursor,
             "log_end": end,
             "lag_ms": lag_ms,
@@ -286,7 +310,9 @@ impl Router {
         message_id: &str,
         since_ms: i64,
     ) -> Result<Vec<DeliveryRecord>, RouterError> {
-        let from = self.log.offset_at(since_ms).await.map_err(storage)?;
+        // Records are searched from the first partition's offset for `since_ms` on (the
+        // other partitions' offsets all lie after the first's: a superset, never less).
+        let from = self.log.offset_at(0, since_ms).await.map_err(storage)?;
         self.store
             .deliveries_of(message_id, from)
             .await
@@ -411,24 +437,29 @@ impl Router {
                 "`to` must be later than `from`".into(),
             ));
         }
-        let start = self.log.offset_at(from_ms).await.map_err(storage)?;
-        let end_now = self.log.end_offset().await.map_err(storage)?;
-        // Events received before `to` sit before the first group committed a minute
-        // later (clocks that step back further are the one exception).
-        let end = self
-            .log
-            .offset_at(to_ms.saturating_add(60_000))
-            .await
-            .map_err(storage)?
-            .min(end_now);
+        let mut ranges = Vec::new();
+        for p in 0..self.log.partitions() {
+            let start = self.log.offset_at(p, from_ms).await.map_err(storage)?;
+            let end_now = self.log.end_offset(p).await.map_err(storage)?;
+            // Events received before `to` sit before the first group committed a minute
+            // later (clocks that step back further are the one exception).
+            let end = self
+                .log
+                .offset_at(p, to_ms.saturating_add(60_000))
+                .await
+                .map_err(storage)?
+                .min(end_now);
+            ranges.push([start, end.max(start)]);
+        }
         let now = now_ms();
         let job = ReplayJob {
             id: format!("rpl_{now}_{:04x}", rand::random::<u16>()),
             destination: name.to_string(),
             from_ms,
             to_ms,
-            start_offset: start,
-            end_offset: end.max(start),
+            start_offset: ranges[0][0],
+            end_offset: ranges[0][1],
+            ranges,
             status: "running".into(),
             created_at_ms: now,
         };
@@ -453,15 +484,30 @@ impl Router {
         );
         let store = self.store.clone();
         let destination = job.destination.clone();
-        let mode = Mode::Replay {
-            consumer: format!("replay:{}", job.id),
-            start: job.start_offset,
-            end: job.end_offset,
-            from_ms: job.from_ms,
-            to_ms: job.to_ms,
+        let ranges = if job.ranges.is_empty() {
+            vec![[job.start_offset, job.end_offset]]
+        } else {
+            job.ranges.clone()
         };
+        // One worker per partition, each with its own cursor over its window.
+        let workers: Vec<_> = ranges
+            .into_iter()
+            .map(|[start, end]| {
+                let mode = Mode::Replay {
+                    consumer: format!("replay:{}", job.id),
+                    start,
+                    end,
+                    from_ms: job.from_ms,
+                    to_ms: job.to_ms,
+                };
+                worker::run(ctx.clone(), mode, stop_rx.clone(), log_end.clone())
+            })
+            .collect();
         let task = tokio::spawn(async move {
-            let finished = worker::run(ctx, mode, stop_rx, log_end).await;
+            let finished = futures_util::future::join_all(workers)
+                .await
+                .into_iter()
+                .all(|f| f);
             if finished {
                 let mut job = job;
                 job.status = "done".into();
@@ -509,9 +555,10 @@ impl Router {
 
     /// Stops every consumer: completed results are written and cursors committed;
     /// requests still in flight are sent again after the restart.
-    /// Whether every running destination has committed its cursor past `offset`: all its
-    /// results for earlier events (retry-queue entries, dead letters) are in the store.
-    pub async fn caught_up(&self, offset: u64) -> bool {
+    /// Whether every running destination has committed its cursor past `ends` (one offset
+    /// per partition): all its results for earlier events (retry-queue entries, dead
+    /// letters) are in the store.
+    pub async fn caught_up(&self, ends: &[u64]) -> bool {
         let names: Vec<String> = match self.running.lock() {
             Ok(m) => m
                 .iter()
@@ -521,9 +568,15 @@ impl Router {
             Err(_) => return false,
         };
         for name in names {
-            match self.log.cursor(&worker::consumer_name(&name)).await {
-                Ok(Some(c)) if c >= offset => {}
-                _ => return false,
+            for (p, end) in ends.iter().enumerate() {
+                match self
+                    .log
+                    .cursor(&worker::consumer_name(&name), p as u32)
+                    .await
+                {
+                    Ok(Some(c)) if c >= *end => {}
+                    _ => return false,
+                }
             }
         }
         true
@@ -786,4 +839,51 @@ fn sample_event() -> Value {
         "sentAt": ts,
         "originalTimestamp": ts,
     })
+}
+
+/// Runs a destination's consumer: one worker per partition this node is assigned, started
+/// and stopped as the assignment changes, until `stop` turns true. A partition taken away
+/// is released only after its worker stopped (its cursor committed).
+async fn supervise(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, log_end: watch::Receiver<u64>) {
+    let mut assignment = ctx.log.assignment(&worker::consumer_name(&ctx.dest.name));
+    let mut workers: std::collections::BTreeMap<u32, (watch::Sender<bool>, JoinHandle<bool>)> =
+        std::collections::BTreeMap::new();
+    loop {
+        let want = assignment.current();
+        let gone: Vec<u32> = workers
+            .keys()
+            .filter(|p| !want.contains(p))
+            .copied()
+            .collect();
+        for p in gone {
+            if let Some((halt, task)) = workers.remove(&p) {
+                let _ = halt.send(true);
+                let _ = task.await;
+            }
+            ctx.stats.forget_partition(p);
+            assignment.release(p);
+            tracing::info!(destination = %ctx.dest.name, partition = p, "partition handed over");
+        }
+        for p in want {
+            if workers.contains_key(&p) {
+                continue;
+            }
+            let (halt, halted) = watch::channel(false);
+            let task = tokio::spawn(worker::run(
+                ctx.clone(),
+                Mode::Main { partition: p },
+                halted,
+                log_end.clone(),
+            ));
+            workers.insert(p, (halt, task));
+        }
+        tokio::select! {
+            _ = assignment.changed() => {},
+            _ = stop.changed() => break,
+        }
+    }
+    for (halt, task) in workers.into_values() {
+        let _ = halt.send(true);
+        let _ = task.await;
+    }
 }

@@ -109,6 +109,8 @@ pub struct Stats {
     inner: Mutex<Inner>,
     m: Handles,
     paused: std::sync::atomic::AtomicBool,
+    /// Events behind the cursor, per partition this node works on.
+    backlogs: Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 struct Handles {
@@ -135,6 +137,7 @@ impl Stats {
                 errors: VecDeque::new(),
             }),
             paused: std::sync::atomic::AtomicBool::new(false),
+            backlogs: Mutex::default(),
             m: Handles {
                 outcomes: Outcome::ALL.map(outcome),
                 attempt_ok: attempt("success"),
@@ -202,13 +205,33 @@ impl Stats {
         g.errors.push_back(e);
     }
 
-    pub fn set_gauges(&self, backlog: u64, retry_queue: u64, dead_letters: u64, paused: bool) {
-        self.m.backlog.set(backlog as f64);
+    /// Sets the gauges from one partition's worker (the backlog gauge is the sum over the
+    /// partitions this node works on).
+    pub fn set_gauges(
+        &self,
+        partition: u32,
+        backlog: u64,
+        retry_queue: u64,
+        dead_letters: u64,
+        paused: bool,
+    ) {
+        if let Ok(mut b) = self.backlogs.lock() {
+            b.insert(partition, backlog);
+            self.m.backlog.set(b.values().sum::<u64>() as f64);
+        }
         self.m.retry_queue.set(retry_queue as f64);
         self.m.dead_letters.set(dead_letters as f64);
         self.m.paused.set(if paused { 1.0 } else { 0.0 });
         self.paused
             .store(paused, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stops counting a partition this node no longer works on.
+    pub fn forget_partition(&self, partition: u32) {
+        if let Ok(mut b) = self.backlogs.lock() {
+            b.remove(&partition);
+            self.m.backlog.set(b.values().sum::<u64>() as f64);
+        }
     }
 
     /// Whether the circuit breaker holds new events back (as of the last gauge update).

@@ -283,10 +283,11 @@ struct Done {
 /// What a worker consumes.
 #[derive(Debug, Clone)]
 pub enum Mode {
-    /// The destination's own cursor, forever; also serves the retry queue.
-    Main,
-    /// A window of the log, once, with its own cursor: events with offsets in
-    /// `[start, end)` received in `[from_ms, to_ms)`.
+    /// The destination's own cursor in one partition of the log, until the partition is
+    /// taken away; also serves the retry queue of that partition's events.
+    Main { partition: u32 },
+    /// A window of one partition of the log, once, with its own cursor: events with
+    /// offsets in `[start, end)` received in `[from_ms, to_ms)`.
     Replay {
         consumer: String,
         start: u64,
@@ -384,7 +385,7 @@ pub async fn run(
     }
     drop(done_tx);
     let consumer = match &mode {
-        Mode::Main => consumer_name(&ctx.dest.name),
+        Mode::Main { .. } => consumer_name(&ctx.dest.name),
         Mode::Replay { consumer, .. } => consumer.clone(),
     };
     let start = loop {
@@ -431,12 +432,16 @@ pub async fn run(
 }
 
 async fn start_offset(ctx: &Ctx, mode: &Mode, consumer: &str) -> Result<u64, sluice_log::LogError> {
-    if let Some(c) = ctx.log.cursor(consumer).await? {
+    let partition = match mode {
+        Mode::Main { partition } => *partition,
+        Mode::Replay { start, .. } => sluice_log::partition_of(*start),
+    };
+    if let Some(c) = ctx.log.cursor(consumer, partition).await? {
         return Ok(c);
     }
     let start = match mode {
         // A new destination starts with the events that arrive from now on.
-        Mode::Main => ctx.log.end_offset().await?,
+        Mode::Main { .. } => ctx.log.end_offset(partition).await?,
         Mode::Replay { start, .. } => *start,
     };
     ctx.log.commit(consumer, start).await?;
@@ -448,10 +453,20 @@ impl Coordinator {
         self.outstanding.len() + self.retry_in_flight.len()
     }
 
+    fn partition(&self) -> u32 {
+        sluice_log::partition_of(self.committed)
+    }
+
+    /// The offsets of this worker's partition (its retry-queue entries lie there).
+    fn partition_range(&self) -> std::ops::Range<u64> {
+        let p = self.partition();
+        sluice_log::position(p, 0)..sluice_log::position(p + 1, 0)
+    }
+
     fn replay_end(&self) -> Option<u64> {
         match self.mode {
             Mode::Replay { end, .. } => Some(end),
-            Mode::Main => None,
+            Mode::Main { .. } => None,
         }
     }
 
@@ -489,7 +504,7 @@ impl Coordinator {
                 log_end.borrow_and_update();
                 progressed = self.read().await;
             }
-            if matches!(self.mode, Mode::Main) && Instant::now() >= self.next_retry_poll {
+            if matches!(self.mode, Mode::Main { .. }) && Instant::now() >= self.next_retry_poll {
                 self.poll_retries().await;
             }
             if Instant::now() >= self.next_gauges {
@@ -502,7 +517,7 @@ impl Coordinator {
             let wake = self
                 .next_retry_poll
                 .min(self.last_flush + FLUSH_EVERY)
-                .min(Instant::now() + Duration::from_secs(1));
+                .min(Instant::now() + self.ctx.log.idle_poll());
             let can_read = self.can_read();
             tokio::select! {
                 d = self.done_rx.recv() => if let Some(d) = d { self.handle_done(d) },
@@ -608,6 +623,7 @@ impl Coordinator {
             .store
             .due_pending(
                 &self.ctx.dest.name,
+                self.partition_range(),
                 due_at,
                 limit + self.retry_in_flight.len(),
             )
@@ -702,7 +718,7 @@ impl Coordinator {
                 self.failures_in_a_row += 1;
                 if !self.paused
                     && self.failures_in_a_row >= BREAKER_THRESHOLD
-                    && matches!(self.mode, Mode::Main)
+                    && matches!(self.mode, Mode::Main { .. })
                 {
                     tracing::warn!(destination = %name, failures = self.failures_in_a_row,
                         "destination keeps failing; pausing new events and probing");
@@ -910,10 +926,15 @@ impl Coordinator {
 
     async fn update_gauges(&mut self) {
         self.next_gauges = Instant::now() + Duration::from_secs(1);
-        if !matches!(self.mode, Mode::Main) {
+        if !matches!(self.mode, Mode::Main { .. }) {
             return;
         }
-        let end = self.ctx.log.end_offset().await.unwrap_or(self.committed);
+        let end = self
+            .ctx
+            .log
+            .end_offset(self.partition())
+            .await
+            .unwrap_or(self.committed);
         let pending = self
             .ctx
             .store
@@ -927,6 +948,7 @@ impl Coordinator {
             .await
             .unwrap_or(0);
         self.ctx.stats.set_gauges(
+            self.partition(),
             end.saturating_sub(self.committed),
             pending,
             dead,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{Appended, EventLog, LogOptions, NewEvent};
+use crate::{partition_of, position, Appended, EventLog, LogOptions, NewEvent, StoredEvent};
 
 /// Opens an implementation's log over one fixed storage (a file, a topic...).
 #[async_trait]
@@ -47,28 +47,69 @@ fn stored(r: &[Appended]) -> Vec<u64> {
         .collect()
 }
 
+/// Every partition's end offset.
+pub async fn end_offsets(log: &impl EventLog) -> Vec<u64> {
+    let mut ends = Vec::new();
+    for p in 0..log.partitions() {
+        ends.push(log.end_offset(p).await.unwrap());
+    }
+    ends
+}
+
+/// Every event of every partition from `starts` on (partition by partition).
+pub async fn read_all(log: &impl EventLog, starts: &[u64]) -> Vec<StoredEvent> {
+    let mut all = Vec::new();
+    for &start in starts {
+        let mut from = start;
+        loop {
+            let page = log.read(from, 1000).await.unwrap();
+            let Some(last) = page.last() else { break };
+            assert!(page
+                .iter()
+                .all(|e| partition_of(e.offset) == partition_of(start)));
+            from = last.offset + 1;
+            all.extend(page);
+        }
+    }
+    all
+}
+
 pub async fn append_then_read<H: LogHarness>(h: H) {
     let log = h.open(LogOptions::default()).await;
-    let start = log.end_offset().await.unwrap();
+    let starts = end_offsets(&log).await;
     let r = log
         .append(vec![
             event("web", "a", "u1", T0),
-            event("web", "b", "u2", T0),
+            event("web", "b", "u1", T0),
+            event("web", "c", "u2", T0),
         ])
         .await
         .unwrap();
     let offsets = stored(&r);
-    assert_eq!(offsets.len(), 2);
-    assert!(offsets[0] >= start && offsets[1] > offsets[0]);
-    let read = log.read(offsets[0], 10).await.unwrap();
+    assert_eq!(offsets.len(), 3);
+    let p = partition_of(offsets[0]);
+    // One key, one partition, in order.
+    assert!(offsets[0] >= starts[p as usize] && offsets[1] > offsets[0]);
+    assert_eq!(partition_of(offsets[1]), p);
+    let read = log.read(offsets[0], 2).await.unwrap();
     assert_eq!(read.len(), 2);
     assert_eq!(read[0].message_id, "a");
     assert_eq!(read[1].message_id, "b");
     assert_eq!(read[0].offset, offsets[0]);
     assert_eq!(read[0].payload, event("web", "a", "u1", T0).payload);
-    assert_eq!(read[1].user_key, "u2");
+    assert_eq!(read[1].user_key, "u1");
     assert_eq!(read[1].received_at_ms, T0);
-    assert!(log.end_offset().await.unwrap() > offsets[1]);
+    // An offset names its event wherever it lies.
+    let c = log.read(offsets[2], 1).await.unwrap();
+    assert_eq!(c[0].message_id, "c");
+    assert_eq!(c[0].user_key, "u2");
+    assert!(log.end_offset(p).await.unwrap() > offsets[1]);
+    let q = partition_of(offsets[2]);
+    assert!(log.end_offset(q).await.unwrap() > offsets[2]);
+    let all = read_all(&log, &starts).await;
+    let mut ids: Vec<_> = all.iter().map(|e| e.message_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c"]);
     assert!(log.append(vec![]).await.unwrap().is_empty());
     log.close().await;
 }
@@ -117,23 +158,29 @@ pub async fn read_respects_cursor_and_max<H: LogHarness>(h: H) {
     let page2 = log.read(next, 100).await.unwrap();
     assert_eq!(page2.len(), 15);
     assert_eq!(page2[0].message_id, "m10");
+    assert!(offsets
+        .iter()
+        .all(|o| partition_of(*o) == partition_of(offsets[0])));
     assert!(log.read(offsets[24] + 1, 10).await.unwrap().is_empty());
     log.close().await;
 }
 
 pub async fn offset_at_finds_every_later_event<H: LogHarness>(h: H) {
     let log = h.open(LogOptions::default()).await;
-    assert_eq!(
-        log.offset_at(T0).await.unwrap(),
-        log.end_offset().await.unwrap()
-    );
+    for p in 0..log.partitions() {
+        assert_eq!(
+            log.offset_at(p, T0).await.unwrap(),
+            log.end_offset(p).await.unwrap()
+        );
+    }
     let mut offsets = Vec::new();
     for i in 0..6 {
         let e = event("web", &format!("t{i}"), "u", T0 + i * 1000);
         offsets.extend(stored(&log.append(vec![e]).await.unwrap()));
     }
+    let p = partition_of(offsets[0]);
     for (i, off) in offsets.iter().enumerate() {
-        let at = log.offset_at(T0 + i as i64 * 1000).await.unwrap();
+        let at = log.offset_at(p, T0 + i as i64 * 1000).await.unwrap();
         // Never after the first event received at or after the time.
         assert!(at <= *off, "offset_at(t{i}) = {at} > {off}");
         let from_there = log.read(at, 100).await.unwrap();
@@ -145,15 +192,17 @@ pub async fn offset_at_finds_every_later_event<H: LogHarness>(h: H) {
         assert_eq!(ids.len(), 6 - i);
     }
     assert_eq!(
-        log.offset_at(T0 + 3_600_000).await.unwrap(),
-        log.end_offset().await.unwrap()
+        log.offset_at(p, T0 + 3_600_000).await.unwrap(),
+        log.end_offset(p).await.unwrap()
     );
     log.close().await;
 }
 
 pub async fn cursors_survive_restart<H: LogHarness>(h: H) {
     let log = h.open(LogOptions::default()).await;
-    assert_eq!(log.cursor("dest-a").await.unwrap(), None);
+    for p in 0..log.partitions() {
+        assert_eq!(log.cursor("dest-a", p).await.unwrap(), None);
+    }
     let offsets = stored(
         &log.append(
             (0..5)
@@ -170,8 +219,12 @@ pub async fn cursors_survive_restart<H: LogHarness>(h: H) {
     drop(log);
 
     let log = h.open(LogOptions::default()).await;
-    assert_eq!(log.cursor("dest-a").await.unwrap(), Some(offsets[4]));
-    assert_eq!(log.cursor("dest-b").await.unwrap(), Some(offsets[1]));
+    let p = partition_of(offsets[0]);
+    assert_eq!(log.cursor("dest-a", p).await.unwrap(), Some(offsets[4]));
+    assert_eq!(log.cursor("dest-b", p).await.unwrap(), Some(offsets[1]));
+    for other in (0..log.partitions()).filter(|q| *q != p) {
+        assert_eq!(log.cursor("dest-a", other).await.unwrap(), None);
+    }
     let resumed = log.read(offsets[4], 10).await.unwrap();
     assert_eq!(resumed.len(), 1);
     assert_eq!(resumed[0].message_id, "c4");
@@ -246,13 +299,14 @@ pub async fn retention_deletes_old_events_only<H: LogHarness>(h: H) {
     // Eight days after T0: the 12,000 old events go (in several steps), the young stays.
     let deleted = log.enforce_retention(T0 + 8 * 24 * HOUR).await.unwrap();
     assert_eq!(deleted, 12_000);
-    let left = log.read(0, 100).await.unwrap();
+    let p = partition_of(young[0]);
+    let left = log.read(position(p, 0), 100).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].message_id, "young");
     assert_eq!(left[0].offset, young[0]);
     // Offsets are never reused, even when everything is deleted.
     log.enforce_retention(T0 + 30 * 24 * HOUR).await.unwrap();
-    assert!(log.read(0, 10).await.unwrap().is_empty());
+    assert!(log.read(position(p, 0), 10).await.unwrap().is_empty());
     let next = stored(
         &log.append(vec![event("web", "after", "u", T0 + 30 * 24 * HOUR)])
             .await
@@ -262,13 +316,13 @@ pub async fn retention_deletes_old_events_only<H: LogHarness>(h: H) {
     log.close().await;
     drop(log);
     let log = h.open(opts).await;
-    assert!(log.end_offset().await.unwrap() > next[0]);
+    assert!(log.end_offset(p).await.unwrap() > next[0]);
     log.close().await;
 }
 
 pub async fn concurrent_appends_keep_per_key_order<H: LogHarness>(h: H) {
     let log = Arc::new(h.open(LogOptions::default()).await);
-    let start = log.end_offset().await.unwrap();
+    let starts = end_offsets(log.as_ref()).await;
     let mut tasks = Vec::new();
     for k in 0..8 {
         let log = log.clone();
@@ -285,7 +339,7 @@ pub async fn concurrent_appends_keep_per_key_order<H: LogHarness>(h: H) {
     for t in tasks {
         t.await.unwrap();
     }
-    let all = log.read(start, 100_000).await.unwrap();
+    let all = read_all(log.as_ref(), &starts).await;
     let mut last: HashMap<String, (u32, u32)> = HashMap::new();
     for e in &all {
         let parts: Vec<u32> = e.message_id[1..]
@@ -330,7 +384,7 @@ pub async fn closed_log_refuses_appends<H: LogHarness>(h: H) {
 /// other offset, and spares another user's events that carry the same anonymousId.
 pub async fn erase_removes_only_the_subjects_events<H: LogHarness>(h: H) {
     let log = h.open(LogOptions::default()).await;
-    let start = log.end_offset().await.unwrap();
+    let starts = end_offsets(&log).await;
     let anon = |id: &str, anon: &str, user: Option<&str>| {
         NewEvent {
         source: "web".into(),
@@ -357,22 +411,32 @@ pub async fn erase_removes_only_the_subjects_events<H: LogHarness>(h: H) {
         user_ids: ["u1".to_string()].into(),
         anonymous_ids: ["kiosk".to_string()].into(),
     };
+    let ends = end_offsets(&log).await;
+    let kept = read_all(&log, &starts).await;
     assert_eq!(log.erase(filter.clone()).await.unwrap(), 3);
     let left = |events: Vec<crate::StoredEvent>| {
-        events
+        let mut left: Vec<_> = events
             .into_iter()
-            .map(|e| (e.offset - start, e.message_id))
-            .collect::<Vec<_>>()
+            .map(|e| (e.offset, e.message_id))
+            .collect();
+        left.sort();
+        left
     };
-    let expected = vec![(2, "3".to_string()), (3, "4".to_string())];
-    assert_eq!(left(log.read(start, 100).await.unwrap()), expected);
+    // The survivors keep their offsets.
+    let expected = left(
+        kept.into_iter()
+            .filter(|e| e.message_id == "3" || e.message_id == "4")
+            .collect(),
+    );
+    assert_eq!(expected.len(), 2);
+    assert_eq!(left(read_all(&log, &starts).await), expected);
     assert_eq!(log.recent("web", 10).await.unwrap().len(), 2);
-    // Nothing left to erase; the next offset is unchanged.
+    // Nothing left to erase; the next offsets are unchanged.
     assert_eq!(log.erase(filter).await.unwrap(), 0);
-    assert_eq!(log.end_offset().await.unwrap(), start + 5);
+    assert_eq!(end_offsets(&log).await, ends);
     log.close().await;
     let log = h.open(LogOptions::default()).await;
-    assert_eq!(left(log.read(start, 100).await.unwrap()), expected);
+    assert_eq!(left(read_all(&log, &starts).await), expected);
     log.close().await;
 }
 
@@ -380,19 +444,30 @@ pub async fn erase_removes_only_the_subjects_events<H: LogHarness>(h: H) {
 /// building a fresh [`LogHarness`] (each test gets its own storage).
 #[macro_export]
 macro_rules! log_contract_tests {
+    // Every test `#[ignore = $why]` (suites that need servers started outside).
+    (ignore = $why:literal; $harness:expr) => {
+        $crate::log_contract_tests!(@all [#[ignore = $why]] $harness);
+    };
     ($harness:expr) => {
-        $crate::log_contract_tests!(@each $harness;
+        $crate::log_contract_tests!(@all [] $harness);
+    };
+    (@all [$($attr:tt)*] $harness:expr) => {
+        $crate::log_contract_tests!(@each [$($attr)*] $harness;
             append_then_read, payloads_round_trip_exactly, read_respects_cursor_and_max, cursors_survive_restart, offset_at_finds_every_later_event,
             duplicates_are_dropped_within_window, retention_deletes_old_events_only,
             concurrent_appends_keep_per_key_order, recent_is_newest_first_per_source,
             closed_log_refuses_appends, erase_removes_only_the_subjects_events);
     };
-    (@each $harness:expr; $($name:ident),*) => {
+    (@each $attrs:tt $harness:expr; $($name:ident),*) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                $crate::contract::$name($harness).await;
-            }
+            $crate::log_contract_tests!(@one $attrs $harness; $name);
         )*
+    };
+    (@one [$($attr:tt)*] $harness:expr; $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $($attr)*
+        async fn $name() {
+            $crate::contract::$name($harness).await;
+        }
     };
 }

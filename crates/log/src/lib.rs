@@ -9,18 +9,49 @@
 //! - [`contract`]: the contract suite every implementation must pass, as a macro that
 //!   expands to one `#[tokio::test]` per property.
 //!
-//! Offsets are positive, strictly increasing and never reused, also after retention.
-//! A consumer's cursor is the next offset it wants to read.
+//! The log is split into partitions (the SQLite log has one; the Kafka log has its topic's).
+//! Events of one user key always go to the same partition and keep their order there.
+//! An event's *offset* is a position: the partition in the high bits
+//! ([`PARTITION_SHIFT`]), the sequence within the partition below ([`position`],
+//! [`partition_of`]); so one `u64` names an event anywhere in the log, and within a
+//! partition offsets are positive, strictly increasing and never reused, also after
+//! retention. A consumer keeps one cursor per partition: the next offset it wants there.
+//! Which partitions a node works on for a consumer is the log's [`Assignment`] (all of
+//! them on the embedded log; a share negotiated with the other nodes on Kafka).
 
+mod assignment;
 mod chunk;
 pub mod contract;
 mod dedupe;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use thiserror::Error;
 
+pub use assignment::Assignment;
 pub use sqlite::SqliteLog;
+
+/// Bits below the partition number in an offset.
+pub const PARTITION_SHIFT: u32 = 48;
+/// Most partitions a log may have (offsets, doubled, must still fit an `i64` in stores).
+pub const MAX_PARTITIONS: u32 = 4096;
+
+/// The offset of the `seq`-th position of `partition`.
+pub fn position(partition: u32, seq: u64) -> u64 {
+    (u64::from(partition) << PARTITION_SHIFT) | (seq & ((1 << PARTITION_SHIFT) - 1))
+}
+
+/// The partition an offset lies in.
+pub fn partition_of(offset: u64) -> u32 {
+    (offset >> PARTITION_SHIFT) as u32
+}
+
+/// The sequence of an offset within its partition.
+pub fn seq_of(offset: u64) -> u64 {
+    offset & ((1 << PARTITION_SHIFT) - 1)
+}
 
 /// An event about to be appended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,33 +160,54 @@ pub enum LogError {
     Storage(String),
 }
 
-/// The append-only event log. Implementations: [`SqliteLog`] (embedded); Kafka later.
+/// The append-only event log. Implementations: [`SqliteLog`] (embedded) and, with the
+/// `kafka` feature, `kafka::KafkaLog`.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
+    /// How many partitions the log has; they are numbered from 0.
+    fn partitions(&self) -> u32 {
+        1
+    }
+
+    /// The partitions this node works on for `consumer`, as they change. Every consumer
+    /// (a destination, the profile store) asks once and runs one worker per partition it
+    /// is given; it must call [`Assignment::release`] for a partition taken away once its
+    /// cursor there is committed. The default: every partition, for good.
+    fn assignment(&self, _consumer: &str) -> Assignment {
+        Assignment::all(self.partitions())
+    }
+
     /// Appends events in order, durably: when this returns `Ok`, every `Stored` event
     /// survives a crash of the process or the machine. Either all events of the call are
     /// stored (or recognised as duplicates), or none is.
     async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, LogError>;
 
-    /// Reads up to `max` events with offset ≥ `from`, in offset order.
+    /// How long a consumer at the end of a partition waits before reading again when
+    /// nothing told it of new events (events appended by other nodes arrive that way).
+    fn idle_poll(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
+    /// Reads up to `max` events of `from`'s partition with offset ≥ `from`, in order.
     async fn read(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, LogError>;
 
     /// The newest `limit` events of one source, newest first (for the admin API).
     async fn recent(&self, source: &str, limit: usize) -> Result<Vec<StoredEvent>, LogError>;
 
-    /// The consumer's committed cursor (the next offset it wants), if it ever committed.
-    async fn cursor(&self, consumer: &str) -> Result<Option<u64>, LogError>;
+    /// The consumer's committed cursor in a partition (the next offset it wants there), if
+    /// it ever committed one.
+    async fn cursor(&self, consumer: &str, partition: u32) -> Result<Option<u64>, LogError>;
 
-    /// Durably commits a consumer's cursor.
+    /// Durably commits a consumer's cursor in the partition `next_offset` lies in.
     async fn commit(&self, consumer: &str, next_offset: u64) -> Result<(), LogError>;
 
-    /// The offset the next appended event will get.
-    async fn end_offset(&self) -> Result<u64, LogError>;
+    /// The offset the next event appended to `partition` will get.
+    async fn end_offset(&self, partition: u32) -> Result<u64, LogError>;
 
-    /// A position to start reading at so that no event received at or after
-    /// `received_at_ms` is missed (it may include a few earlier events of the same group
-    /// commit; readers filter by `received_at_ms`). The end offset when there is none.
-    async fn offset_at(&self, received_at_ms: i64) -> Result<u64, LogError>;
+    /// A position in `partition` to start reading at so that no event received at or
+    /// after `received_at_ms` is missed (it may include a few earlier events; readers
+    /// filter by `received_at_ms`). The partition's end offset when there is none.
+    async fn offset_at(&self, partition: u32, received_at_ms: i64) -> Result<u64, LogError>;
 
     /// Deletes events older than the retention and dedupe entries older than the window,
     /// relative to `now_ms`, in small steps that let appends through in between. Returns

@@ -732,6 +732,9 @@ impl EventLog for SqliteLog {
     }
 
     async fn read(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, LogError> {
+        if crate::partition_of(from) != 0 {
+            return Err(no_partition(crate::partition_of(from)));
+        }
         self.with_reader(move |c| {
             let mut stmt = c.prepare_cached(CHUNKS_FROM_SQL)?;
             let mut rows = stmt.query([from as i64])?;
@@ -772,7 +775,10 @@ impl EventLog for SqliteLog {
         .await
     }
 
-    async fn cursor(&self, consumer: &str) -> Result<Option<u64>, LogError> {
+    async fn cursor(&self, consumer: &str, partition: u32) -> Result<Option<u64>, LogError> {
+        if partition != 0 {
+            return Err(no_partition(partition));
+        }
         let consumer = consumer.to_string();
         self.with_reader(move |c| {
             c.query_row(
@@ -787,12 +793,18 @@ impl EventLog for SqliteLog {
     }
 
     async fn commit(&self, consumer: &str, next_offset: u64) -> Result<(), LogError> {
+        if crate::partition_of(next_offset) != 0 {
+            return Err(no_partition(crate::partition_of(next_offset)));
+        }
         let consumer = consumer.to_string();
         self.send(|reply| Command::Commit(consumer, next_offset, reply))
             .await
     }
 
-    async fn end_offset(&self) -> Result<u64, LogError> {
+    async fn end_offset(&self, partition: u32) -> Result<u64, LogError> {
+        if partition != 0 {
+            return Err(no_partition(partition));
+        }
         self.with_reader(|c| {
             let high: i64 = c.query_row(HIGH_WATER_SQL, [], |r| r.get(0))?;
             Ok(high as u64 + 1)
@@ -800,7 +812,10 @@ impl EventLog for SqliteLog {
         .await
     }
 
-    async fn offset_at(&self, received_at_ms: i64) -> Result<u64, LogError> {
+    async fn offset_at(&self, partition: u32, received_at_ms: i64) -> Result<u64, LogError> {
+        if partition != 0 {
+            return Err(no_partition(partition));
+        }
         self.with_reader(move |c| {
             let first: Option<i64> = c.query_row(
                 "SELECT MIN(first_offset) FROM chunks WHERE received_at >= ?1",
@@ -857,4 +872,11 @@ impl EventLog for SqliteLog {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
+}
+
+/// The embedded log has one partition, 0.
+fn no_partition(partition: u32) -> LogError {
+    LogError::Storage(format!(
+        "the embedded log has one partition (0), not partition {partition}"
+    ))
 }

@@ -123,11 +123,12 @@ pub struct App {
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
     ready: AtomicBool,
-    /// The offset after the newest appended event; destination consumers wait on it.
+    /// Counts this node's appends: its consumers wait on it (and poll the log every
+    /// [`sluice_log::EventLog::idle_poll`] for events other nodes appended).
     pub log_end: watch::Sender<u64>,
     /// The destinations (set once at start; absent in servers without routing).
     pub destinations: std::sync::OnceLock<Arc<Destinations>>,
-    /// The profile consumer's cursor: every event before it is filed.
+    /// Counts the profile consumer's commits on this node (waiters then read the cursors).
     pub profiles_done: watch::Sender<u64>,
     /// Subjects whose events are dropped at ingest.
     pub suppressions: profiles::Suppressions,
@@ -168,7 +169,7 @@ impl App {
             shutdown,
             shutdown_tx,
             ready: AtomicBool::new(true),
-            profiles_done: watch::channel(0).0,
+            profiles_done: watch::channel(0u64).0,
             suppressions: profiles::Suppressions::default(),
             regulations_running: Default::default(),
             profile_bucket,
@@ -209,7 +210,7 @@ async fn readyz(
     if !app.is_ready() {
         return error::ApiError::unavailable("shutting down").into_response();
     }
-    match app.log.end_offset().await {
+    match app.log.end_offset(0).await {
         Ok(_) => "ready".into_response(),
         Err(e) => error::ApiError::unavailable(e.to_string()).into_response(),
     }
@@ -288,19 +289,23 @@ async fn retention_loop(app: Arc<App>) {
         }
         // Delivery records go with their events; dead letters keep their own clock.
         let before = now - app.settings.delivery_retention.as_millis() as i64;
-        let oldest_kept = match app.log.offset_at(before).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot find the retention offset");
-                continue;
+        for p in 0..app.log.partitions() {
+            let oldest_kept = match app.log.offset_at(p, before).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = p, "cannot find the retention offset");
+                    continue;
+                }
+            };
+            let gone = sluice_log::position(p, 0)..oldest_kept;
+            if let Err(e) = app.store.prune_deliveries(gone.clone(), before).await {
+                tracing::warn!(error = %e, "pruning delivery records failed");
             }
-        };
-        if let Err(e) = app.store.prune_deliveries(oldest_kept, before).await {
-            tracing::warn!(error = %e, "pruning delivery records failed");
-        }
-        // Profiles keep their identifiers and traits; event references go with the events.
-        if let Err(e) = app.store.prune_profile_events(oldest_kept).await {
-            tracing::warn!(error = %e, "pruning profile event references failed");
+            // Profiles keep their identifiers and traits; event references go with the
+            // events.
+            if let Err(e) = app.store.prune_profile_events(gone).await {
+                tracing::warn!(error = %e, "pruning profile event references failed");
+            }
         }
     }
 }

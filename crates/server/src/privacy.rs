@@ -368,8 +368,11 @@ async fn run(app: &Arc<App>, mut reg: Regulation) {
 /// Erases the subjects' data from the log and the state store.
 async fn erase(app: &Arc<App>, reg: &Regulation) -> Result<Value, String> {
     // Every event accepted before now must be filed, so the profile is complete.
-    let end = app.log.end_offset().await.map_err(|e| e.to_string())?;
-    if !crate::profiles::caught_up(app, end, Duration::from_secs(60)).await {
+    let mut ends = Vec::new();
+    for p in 0..app.log.partitions() {
+        ends.push(app.log.end_offset(p).await.map_err(|e| e.to_string())?);
+    }
+    if !crate::profiles::caught_up(app, &ends, Duration::from_secs(60)).await {
         tracing::warn!(regulation = %reg.id, "profile consumer is behind; erasing what it has filed");
     }
     let rules = app.settings.profiles.rules.clone();
@@ -414,7 +417,7 @@ async fn erase(app: &Arc<App>, reg: &Regulation) -> Result<Value, String> {
     // deliver right now is waited for up to a minute, then its late entries stay).
     if let Some(router) = app.destinations.get() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !router.caught_up(end).await {
+        while !router.caught_up(&ends).await {
             if tokio::time::Instant::now() > deadline {
                 tracing::warn!(regulation = %reg.id, "a destination is behind; erasing what it has recorded");
                 break;

@@ -12,6 +12,8 @@ use sluice_log::StoredEvent;
 use sluice_store::{ProfileEvent, ProfileStepStats, Store, StoreError};
 
 use crate::App;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// The consumer's cursor name in the log.
 pub const CONSUMER: &str = "profiles";
@@ -232,60 +234,115 @@ impl Pipeline {
     }
 }
 
-/// Runs the profile consumer until the server shuts down: read from the cursor, file
-/// each batch in one store transaction, then commit the cursor past it (a crash re-files
-/// the batches after the committed cursor, which changes nothing: filing is idempotent).
+/// Runs the profile consumer until the server shuts down: one worker per partition this
+/// node is assigned (see [`run_partition`]), started and stopped as the assignment
+/// changes; a partition taken away is released once its worker committed its cursor.
 pub async fn run(app: Arc<App>) {
+    let mut stop = app.shutdown.clone();
+    let mut assignment = app.log.assignment(CONSUMER);
+    let mut workers: std::collections::BTreeMap<u32, (watch::Sender<bool>, JoinHandle<()>)> =
+        std::collections::BTreeMap::new();
+    loop {
+        let want = assignment.current();
+        let gone: Vec<u32> = workers
+            .keys()
+            .filter(|p| !want.contains(p))
+            .copied()
+            .collect();
+        for p in gone {
+            if let Some((halt, task)) = workers.remove(&p) {
+                let _ = halt.send(true);
+                let _ = task.await;
+            }
+            assignment.release(p);
+        }
+        for p in want {
+            if !workers.contains_key(&p) {
+                let (halt, halted) = watch::channel(false);
+                let task = tokio::spawn(run_partition(app.clone(), p, halted));
+                workers.insert(p, (halt, task));
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = assignment.changed() => {},
+            _ = stop.changed() => {},
+        }
+    }
+    for (halt, task) in workers.into_values() {
+        let _ = halt.send(true);
+        let _ = task.await;
+    }
+}
+
+/// The profile consumer of one partition: read from the cursor, file each batch in one
+/// store transaction, then commit the cursor past it (a crash re-files the batches after
+/// the committed cursor, which changes nothing: filing is idempotent). Stops when the
+/// server shuts down or `halt` turns true.
+async fn run_partition(app: Arc<App>, partition: u32, mut halt: watch::Receiver<bool>) {
     let mut stop = app.shutdown.clone();
     let mut log_end = app.log_end.subscribe();
     let rules = app.settings.profiles.rules.clone();
     let retry = Duration::from_secs(1);
+    let stopped = |stop: &watch::Receiver<bool>, halt: &watch::Receiver<bool>| {
+        *stop.borrow() || *halt.borrow()
+    };
     let mut committed = loop {
-        match app.log.cursor(CONSUMER).await {
-            Ok(c) => break c.unwrap_or(0),
+        match app.log.cursor(CONSUMER, partition).await {
+            Ok(c) => break c.unwrap_or(sluice_log::position(partition, 0)),
             Err(e) => {
-                tracing::warn!(error = %e, "profile consumer cannot read its cursor; retrying");
+                tracing::warn!(error = %e, partition, "profile consumer cannot read its cursor; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {},
                     _ = stop.changed() => return,
+                    _ = halt.changed() => return,
                 }
             }
         }
     };
-    app.profiles_done.send_replace(committed);
     let events_total = metrics::counter!("sluice_profile_events_total");
-    let lag = metrics::gauge!("sluice_profile_lag_events");
+    let lag = metrics::gauge!("sluice_profile_lag_events", "partition" => partition.to_string());
     let mut pipeline = Pipeline::new(app.store.clone(), rules.clone());
+    let commit = |next: u64| {
+        let app = app.clone();
+        async move {
+            let r = app.log.commit(CONSUMER, next).await;
+            app.profiles_done.send_modify(|n| *n = n.wrapping_add(1));
+            r
+        }
+    };
     // The next offset to read: ahead of `committed` by the batch being filed.
     let mut cursor = committed;
     loop {
-        if *stop.borrow() {
+        if stopped(&stop, &halt) {
             // Let the batch being filed finish, so its cursor can be committed.
             if let Ok(Some((_, next))) = pipeline.finish().await {
-                let _ = app.log.commit(CONSUMER, next).await;
+                let _ = commit(next).await;
             }
             return;
         }
-        lag.set(log_end.borrow().saturating_sub(committed) as f64);
+        log_end.borrow_and_update();
         let prepared = Pipeline::prepare(app.log.as_ref(), &rules, cursor, READ_MAX).await;
         // The previous batch must be in the store before its cursor is committed.
         let finished = pipeline.finish().await;
         match finished {
             Ok(Some((events, next))) => {
-                if let Err(e) = app.log.commit(CONSUMER, next).await {
-                    tracing::warn!(error = %e, "profile consumer cannot commit its cursor");
+                if let Err(e) = commit(next).await {
+                    tracing::warn!(error = %e, partition, "profile consumer cannot commit its cursor");
                 }
                 committed = next;
                 events_total.increment(events);
-                app.profiles_done.send_replace(committed);
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "profile consumer cannot write profiles; retrying");
+                tracing::warn!(error = %e, partition, "profile consumer cannot write profiles; retrying");
                 cursor = committed;
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {},
                     _ = stop.changed() => {},
+                    _ = halt.changed() => {},
                 }
                 continue;
             }
@@ -296,8 +353,9 @@ pub async fn run(app: Arc<App>) {
                 cursor = next;
             }
             Ok(None) => {
-                // Nothing after the cursor but, perhaps, erased events: skip those.
-                if let Ok(end) = app.log.end_offset().await {
+                if let Ok(end) = app.log.end_offset(partition).await {
+                    lag.set(end.saturating_sub(committed) as f64);
+                    // Nothing after the cursor but, perhaps, erased events: skip those.
                     if end > cursor {
                         if Pipeline::prepare(app.log.as_ref(), &rules, cursor, 1)
                             .await
@@ -305,39 +363,60 @@ pub async fn run(app: Arc<App>) {
                         {
                             cursor = end;
                             committed = end;
-                            let _ = app.log.commit(CONSUMER, end).await;
-                            app.profiles_done.send_replace(committed);
+                            let _ = commit(end).await;
                         }
                         continue;
                     }
                 }
-                app.profiles_done.send_replace(committed);
                 tokio::select! {
-                    _ = log_end.wait_for(|e| *e > cursor) => {},
+                    _ = log_end.changed() => {},
+                    _ = tokio::time::sleep(app.log.idle_poll()) => {},
                     _ = stop.changed() => {},
+                    _ = halt.changed() => {},
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "profile consumer cannot read the log; retrying");
+                tracing::warn!(error = %e, partition, "profile consumer cannot read the log; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {},
                     _ = stop.changed() => {},
+                    _ = halt.changed() => {},
                 }
             }
         }
     }
 }
 
-/// Waits until the profile consumer has filed every event before `offset` (or `limit`
-/// passes). Returns whether it did.
-pub async fn caught_up(app: &App, offset: u64, limit: Duration) -> bool {
+/// Waits until the profile consumer has filed every event before `ends` (one offset per
+/// partition, whichever node works on it) or `limit` passes. Returns whether it did.
+pub async fn caught_up(app: &App, ends: &[u64], limit: Duration) -> bool {
     if !app.settings.profiles.enabled {
         return true;
     }
     let mut done = app.profiles_done.subscribe();
-    tokio::time::timeout(limit, done.wait_for(|d| *d >= offset))
-        .await
-        .is_ok_and(|r| r.is_ok())
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        done.borrow_and_update();
+        let mut all = true;
+        for (p, end) in ends.iter().enumerate() {
+            match app.log.cursor(CONSUMER, p as u32).await {
+                Ok(Some(c)) if c >= *end => {}
+                _ => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+        if all {
+            return true;
+        }
+        // Commits on this node wake us; other nodes' are seen by polling.
+        tokio::select! {
+            _ = done.changed() => {},
+            _ = tokio::time::sleep(app.log.idle_poll()) => {},
+            _ = tokio::time::sleep_until(deadline) => return false,
+        }
+    }
 }
 
 #[cfg(test)]

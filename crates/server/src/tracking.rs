@@ -301,18 +301,9 @@ pub(crate) async fn store_outcome(
 
     let mut accepted = 0;
     let mut duplicates = 0;
-    let newest = results.iter().rev().find_map(|r| match r {
-        Appended::Stored { offset } => Some(*offset),
-        Appended::Duplicate => None,
-    });
-    if let Some(newest) = newest {
-        app.log_end.send_if_modified(|end| {
-            let modified = *end <= newest;
-            if modified {
-                *end = newest + 1;
-            }
-            modified
-        });
+    if results.iter().any(|r| matches!(r, Appended::Stored { .. })) {
+        // Wakes the consumers of this node (other nodes' consumers poll the log).
+        app.log_end.send_modify(|n| *n = n.wrapping_add(1));
     }
     let source_name: Option<Arc<str>> = live.then(|| Arc::from(name.as_str()));
     let mut payloads = payloads.into_iter();

@@ -81,16 +81,19 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         _ => generated(store.as_ref(), "admin_token", "adm_").await?,
     };
 
-    let log = SqliteLog::open(
-        data_dir.join("events.sqlite"),
-        LogOptions {
-            retention_ms: cfg.log.retention.0.as_millis() as i64,
-            dedupe_window_ms: cfg.dedupe.window.0.as_millis() as i64,
-            max_bytes: (cfg.log.max_size_mb > 0).then_some(cfg.log.max_size_mb * 1024 * 1024),
-            max_group_events: cfg.log.max_group_events,
-        },
-    )
-    .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?;
+    let log_options = LogOptions {
+        retention_ms: cfg.log.retention.0.as_millis() as i64,
+        dedupe_window_ms: cfg.dedupe.window.0.as_millis() as i64,
+        max_bytes: (cfg.log.max_size_mb > 0).then_some(cfg.log.max_size_mb * 1024 * 1024),
+        max_group_events: cfg.log.max_group_events,
+    };
+    let log: Arc<dyn sluice_log::EventLog> = match cfg.log.kind {
+        crate::config::LogKind::Sqlite => Arc::new(
+            SqliteLog::open(data_dir.join("events.sqlite"), log_options)
+                .with_context(|| format!("cannot open the event log in {}", data_dir.display()))?,
+        ),
+        crate::config::LogKind::Kafka => open_kafka_log(&cfg, log_options).await?,
+    };
 
     sluice_server::telemetry::install();
     let settings = Settings {
@@ -129,7 +132,6 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let shutdown = shutdown_signal()?;
-    let log: Arc<dyn sluice_log::EventLog> = Arc::new(log);
     let source_names = settings.sources.iter().map(|s| s.name.clone()).collect();
     let app = App::new(settings, log.clone(), store.clone());
     let destinations = sluice_destinations::Router::start(
@@ -305,4 +307,42 @@ Point a Segment client here (only the host changes):
     print!("{out}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
+}
+
+/// The Kafka event log of `[log] kind = "kafka"` (its shared state in the `[store]`
+/// PostgreSQL database; the configuration check made sure both are set).
+#[cfg(feature = "kafka")]
+async fn open_kafka_log(
+    cfg: &FileConfig,
+    options: LogOptions,
+) -> Result<Arc<dyn sluice_log::EventLog>> {
+    use sluice_log::kafka::{KafkaConfig, KafkaLog};
+    let (Some(brokers), Some(state_url)) = (cfg.log.brokers.clone(), cfg.store.url.clone()) else {
+        anyhow::bail!("the Kafka log needs log.brokers and store.url");
+    };
+    // The broker frees the disk a day after Sluice's own retention hid the events.
+    let topic_retention = options.retention_ms.saturating_add(24 * 3600 * 1000);
+    let config = KafkaConfig {
+        brokers,
+        topic: cfg.log.topic.clone(),
+        partitions: cfg.log.partitions,
+        replication: cfg.log.replication,
+        topic_config: [("retention.ms".to_string(), topic_retention.to_string())].into(),
+        group_prefix: cfg.log.group_prefix.clone(),
+        options: cfg.log.options.clone(),
+        state_url,
+    };
+    let topic = config.topic.clone();
+    let log = KafkaLog::open(config, options)
+        .await
+        .with_context(|| format!("cannot open the Kafka event log (topic {topic:?})"))?;
+    Ok(Arc::new(log))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn open_kafka_log(
+    _cfg: &FileConfig,
+    _options: LogOptions,
+) -> Result<Arc<dyn sluice_log::EventLog>> {
+    anyhow::bail!("this build has no Kafka support (cargo feature `kafka`)")
 }

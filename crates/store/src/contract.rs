@@ -138,10 +138,14 @@ pub async fn retry_queue_dead_letters_and_records<H: StoreHarness>(h: H) {
     .await
     .unwrap();
     // Due entries, earliest first; the rest wait.
-    let due = s.due_pending("hooks", 250, 10).await.unwrap();
+    let due = s.due_pending("hooks", 0..u64::MAX, 250, 10).await.unwrap();
     assert_eq!(due.iter().map(|p| p.offset).collect::<Vec<_>>(), [1, 3]);
     assert_eq!(due[0].attempts, vec![attempt(10, 503)]);
-    assert!(s.due_pending("other", 1_000, 10).await.unwrap().is_empty());
+    assert!(s
+        .due_pending("other", 0..u64::MAX, 1_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
     // An upsert of the same (destination, offset) replaces; a removal removes.
     let mut again = pending(1, "a", 500);
     again.attempts.push(attempt(100, 500));
@@ -155,7 +159,7 @@ pub async fn retry_queue_dead_letters_and_records<H: StoreHarness>(h: H) {
     .unwrap();
     assert_eq!(s.pending_count("hooks").await.unwrap(), 2);
     assert_eq!(s.reschedule_pending("hooks", 50).await.unwrap(), 2);
-    let due = s.due_pending("hooks", 50, 10).await.unwrap();
+    let due = s.due_pending("hooks", 0..u64::MAX, 50, 10).await.unwrap();
     assert_eq!(due.len(), 2);
     assert_eq!(
         due.iter().find(|p| p.offset == 1).unwrap().attempts.len(),
@@ -206,7 +210,10 @@ pub async fn retry_queue_dead_letters_and_records<H: StoreHarness>(h: H) {
         2
     );
     assert_eq!(by(DeadLetterFilter::default()).await, [6]);
-    let due = s.due_pending("hooks", 9_000, 10).await.unwrap();
+    let due = s
+        .due_pending("hooks", 0..u64::MAX, 9_000, 10)
+        .await
+        .unwrap();
     let replayed = due.iter().find(|p| p.offset == 5).unwrap();
     assert_eq!(
         (replayed.first_attempt_ms, replayed.next_at_ms),
@@ -215,7 +222,7 @@ pub async fn retry_queue_dead_letters_and_records<H: StoreHarness>(h: H) {
     assert_eq!(replayed.attempts, vec![attempt(1_000, 400)]);
     assert_eq!(s.dead_letter_count("hooks").await.unwrap(), 1);
     // Pruning: records below an offset, dead letters by time.
-    assert_eq!(s.prune_deliveries(2, 2_500).await.unwrap(), 2);
+    assert_eq!(s.prune_deliveries(0..2, 2_500).await.unwrap(), 2);
     assert!(s.deliveries_of("m1", 0).await.unwrap().is_empty());
     assert_eq!(s.dead_letter_count("hooks").await.unwrap(), 0);
     // Deleting a destination clears its retry queue.
@@ -538,7 +545,7 @@ pub async fn event_references_are_pruned_with_the_log_but_profiles_stay<H: Store
     )
     .await;
     // Offsets are 1, 2, 3: events before offset 3 are past retention.
-    assert_eq!(s.prune_profile_events(3).await.unwrap(), 2);
+    assert_eq!(s.prune_profile_events(0..3).await.unwrap(), 2);
     let p = s.profile("u|anonymous_id:a1").await.unwrap().unwrap();
     let keys: Vec<String> = p.members.iter().map(|m| m.key.clone()).collect();
     let left = s

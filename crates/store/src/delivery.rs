@@ -210,15 +210,22 @@ fn pending_row(r: &Row<'_>) -> rusqlite::Result<PendingDelivery> {
 pub(crate) fn due_pending(
     c: &mut Connection,
     destination: &str,
+    within: std::ops::Range<u64>,
     now_ms: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<PendingDelivery>> {
+    let (from, to) = crate::sql_range(&within);
     let mut stmt = c.prepare_cached(
         "SELECT destination, log_offset, message_id, user_key, received_at, payload, attempts,
                 first_attempt, next_at
-         FROM pending WHERE destination = ?1 AND next_at <= ?2 ORDER BY next_at, log_offset LIMIT ?3",
+         FROM pending WHERE destination = ?1 AND next_at <= ?2 AND log_offset >= ?4
+           AND log_offset < ?5
+         ORDER BY next_at, log_offset LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![destination, now_ms, limit as i64], pending_row)?;
+    let rows = stmt.query_map(
+        params![destination, now_ms, limit as i64, from, to],
+        pending_row,
+    )?;
     rows.collect()
 }
 

@@ -15,6 +15,7 @@ mod graph;
 pub mod postgres;
 pub mod profiles;
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -89,10 +90,12 @@ pub trait Store: Send + Sync + 'static {
     /// Applies one step of a destination consumer in one transaction: retry-queue entries
     /// written and removed, dead letters added, delivery records upserted.
     async fn apply_deliveries(&self, batch: DeliveryBatch) -> Result<(), StoreError>;
-    /// Retry-queue entries of a destination due at `now_ms`, earliest first.
+    /// Retry-queue entries of a destination for events at log offsets `within` (one
+    /// partition's), due at `now_ms`, earliest first.
     async fn due_pending(
         &self,
         destination: &str,
+        within: Range<u64>,
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<PendingDelivery>, StoreError>;
@@ -124,9 +127,10 @@ pub trait Store: Send + Sync + 'static {
         message_id: &str,
         from_offset: u64,
     ) -> Result<Vec<DeliveryRecord>, StoreError>;
-    /// Deletes the delivery records of events before log offset `before_offset` (those
-    /// the log's retention removed) and dead letters that failed before `before_ms`.
-    async fn prune_deliveries(&self, before_offset: u64, before_ms: i64)
+    /// Deletes the delivery records of events at log offsets `within` (a partition's
+    /// offsets before those the log's retention kept) and dead letters that failed before
+    /// `before_ms`.
+    async fn prune_deliveries(&self, within: Range<u64>, before_ms: i64)
         -> Result<u64, StoreError>;
 
     /// Log-replay jobs, as JSON documents keyed by id.
@@ -156,9 +160,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ProfileEventRef>, StoreError>;
     /// Anchors linked to these identifiers (accounts of users, users of accounts).
     async fn profile_links(&self, idents: Vec<String>) -> Result<Vec<String>, StoreError>;
-    /// Deletes profile event references of events before log offset `before_offset`
-    /// (their bodies are gone with the log's retention). Returns how many.
-    async fn prune_profile_events(&self, before_offset: u64) -> Result<u64, StoreError>;
+    /// Deletes profile event references of events at log offsets `within` (a partition's
+    /// offsets whose bodies are gone with the log's retention). Returns how many.
+    async fn prune_profile_events(&self, within: Range<u64>) -> Result<u64, StoreError>;
     /// Removes the identifiers' profile data (see `profiles::erase`).
     async fn erase_profiles(
         &self,
@@ -494,11 +498,12 @@ impl Store for SqliteStore {
     async fn due_pending(
         &self,
         destination: &str,
+        within: Range<u64>,
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
         let destination = destination.to_string();
-        self.with(move |c| delivery::due_pending(c, &destination, now_ms, limit))
+        self.with(move |c| delivery::due_pending(c, &destination, within, now_ms, limit))
             .await
     }
 
@@ -574,14 +579,15 @@ impl Store for SqliteStore {
 
     async fn prune_deliveries(
         &self,
-        before_offset: u64,
+        within: Range<u64>,
         before_ms: i64,
     ) -> Result<u64, StoreError> {
+        let (from, to) = sql_range(&within);
         self.with(move |c| {
             let tx = c.transaction()?;
             let a = tx.execute(
-                "DELETE FROM deliveries WHERE log_offset < ?1",
-                [before_offset as i64],
+                "DELETE FROM deliveries WHERE log_offset >= ?1 AND log_offset < ?2",
+                [from, to],
             )?;
             let b = tx.execute("DELETE FROM dead_letters WHERE failed_at < ?1", [before_ms])?;
             tx.commit()?;
@@ -653,12 +659,16 @@ impl Store for SqliteStore {
         self.read(move |c| profiles::links_of(c, &idents)).await
     }
 
-    async fn prune_profile_events(&self, before_offset: u64) -> Result<u64, StoreError> {
+    async fn prune_profile_events(&self, within: Range<u64>) -> Result<u64, StoreError> {
         // Row ids are `offset * 2 + slot`: a range delete on the table's own order.
-        let below = (before_offset as i64).saturating_mul(2);
+        let (from, to) = sql_range(&within);
+        let (from, to) = (from.saturating_mul(2), to.saturating_mul(2));
         self.with(move |c| {
-            c.execute("DELETE FROM profile_events WHERE id < ?1", [below])
-                .map(|n| n as u64)
+            c.execute(
+                "DELETE FROM profile_events WHERE id >= ?1 AND id < ?2",
+                [from, to],
+            )
+            .map(|n| n as u64)
         })
         .await
     }
@@ -790,4 +800,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// A range of log offsets as SQL integers (offsets beyond `i64` are clamped).
+pub(crate) fn sql_range(r: &Range<u64>) -> (i64, i64) {
+    let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+    (clamp(r.start), clamp(r.end))
 }

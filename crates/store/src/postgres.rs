@@ -6,6 +6,7 @@
 //! Uses the synchronous `postgres` client on Tokio's blocking threads, as the SQLite store
 //! does with rusqlite.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -624,16 +625,20 @@ impl Store for PgStore {
     async fn due_pending(
         &self,
         destination: &str,
+        within: Range<u64>,
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
         let destination = destination.to_string();
+        let (from, to) = crate::sql_range(&within);
         self.with(move |c| {
             Ok(c.query(
                 "SELECT destination, log_offset, message_id, user_key, received_at, payload, attempts,
                         first_attempt, next_at
-                 FROM pending WHERE destination = $1 AND next_at <= $2 ORDER BY next_at, log_offset LIMIT $3",
-                &[&destination, &now_ms, &(limit as i64)],
+                 FROM pending WHERE destination = $1 AND next_at <= $2 AND log_offset >= $4
+                   AND log_offset < $5
+                 ORDER BY next_at, log_offset LIMIT $3",
+                &[&destination, &now_ms, &(limit as i64), &from, &to],
             )?
             .iter()
             .map(pending_row)
@@ -760,14 +765,15 @@ impl Store for PgStore {
 
     async fn prune_deliveries(
         &self,
-        before_offset: u64,
+        within: Range<u64>,
         before_ms: i64,
     ) -> Result<u64, StoreError> {
+        let (from, to) = crate::sql_range(&within);
         self.with(move |c| {
             let mut tx = c.transaction()?;
             let a = tx.execute(
-                "DELETE FROM deliveries WHERE log_offset < $1",
-                &[&(before_offset as i64)],
+                "DELETE FROM deliveries WHERE log_offset >= $1 AND log_offset < $2",
+                &[&from, &to],
             )?;
             let b = tx.execute(
                 "DELETE FROM dead_letters WHERE failed_at < $1",
@@ -964,10 +970,16 @@ impl Store for PgStore {
         .await
     }
 
-    async fn prune_profile_events(&self, before_offset: u64) -> Result<u64, StoreError> {
-        let below = (before_offset as i64).saturating_mul(2);
-        self.with(move |c| c.execute("DELETE FROM profile_events WHERE id < $1", &[&below]))
-            .await
+    async fn prune_profile_events(&self, within: Range<u64>) -> Result<u64, StoreError> {
+        let (from, to) = crate::sql_range(&within);
+        let (from, to) = (from.saturating_mul(2), to.saturating_mul(2));
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM profile_events WHERE id >= $1 AND id < $2",
+                &[&from, &to],
+            )
+        })
+        .await
     }
 
     async fn erase_profiles(

@@ -163,15 +163,24 @@ impl KafkaLog {
             .map_err(|e| LogError::Storage(format!("log state database: {e}")))?;
         let cfg = config.clone();
         let (producer, admin, partitions) = tokio::task::spawn_blocking(move || {
-            let producer: FutureProducer = client_config(&cfg)
+            let mut producer = client_config(&cfg);
+            producer
                 .set("acks", "all")
-                .set("enable.idempotence", "true")
+                // Idempotent producing is off by default: tansu's SQLite engine panics
+                // on it. One request in flight per broker keeps each partition's order
+                // through retries (on Apache Kafka, `enable.idempotence = "true"` in the
+                // options lifts that).
+                .set("enable.idempotence", "false")
+                .set("max.in.flight.requests.per.connection", "1")
                 .set("linger.ms", "5")
                 .set("batch.num.messages", "10000")
                 .set("queue.buffering.max.messages", "1000000")
-                .set("message.timeout.ms", "15000")
-                .create()
-                .map_err(kafka_error)?;
+                .set("message.timeout.ms", "15000");
+            // The operator's settings win.
+            for (k, v) in &cfg.options {
+                producer.set(k, v);
+            }
+            let producer: FutureProducer = producer.create().map_err(kafka_error)?;
             let admin: BaseConsumer = reader_config(&cfg).create().map_err(kafka_error)?;
             let partitions = ensure_topic(&cfg, &admin)?;
             Ok::<_, LogError>((producer, admin, partitions))
@@ -1107,6 +1116,11 @@ impl Member {
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("partition.assignment.strategy", "range");
+        // The operator's settings win (`session.timeout.ms`: how soon a dead node's
+        // partitions move).
+        for (k, v) in &inner.config.options {
+            cfg.set(k, v);
+        }
         let c: BaseConsumer<MemberContext> =
             cfg.create_with_context(context).map_err(kafka_error)?;
         c.subscribe(&[&inner.config.topic]).map_err(kafka_error)?;

@@ -257,11 +257,10 @@ pub async fn run(app: Arc<App>) {
             assignment.release(p);
         }
         for p in want {
-            if !workers.contains_key(&p) {
+            workers.entry(p).or_insert_with(|| {
                 let (halt, halted) = watch::channel(false);
-                let task = tokio::spawn(run_partition(app.clone(), p, halted));
-                workers.insert(p, (halt, task));
-            }
+                (halt, tokio::spawn(run_partition(app.clone(), p, halted)))
+            });
         }
         if *stop.borrow() {
             break;

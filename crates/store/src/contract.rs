@@ -544,6 +544,9 @@ pub async fn event_references_are_pruned_with_the_log_but_profiles_stay<H: Store
         &rules,
     )
     .await;
+    // A second copy of event 3 in the log, at another offset, is the same event.
+    let copy = event(9, &ev(3, "track", Some("u1"), None, json!(null)), &rules);
+    s.apply_profiles(vec![copy], rules.clone()).await.unwrap();
     // Offsets are 1, 2, 3: events before offset 3 are past retention.
     assert_eq!(s.prune_profile_events(0..3).await.unwrap(), 2);
     let p = s.profile("u|anonymous_id:a1").await.unwrap().unwrap();

@@ -275,7 +275,11 @@ impl GraphTx for Pg<'_, '_> {
     ) -> Result<(), postgres::Error> {
         self.0
             .execute(
-                "INSERT INTO profile_events (id, ident_hash, ts, message_id) VALUES ($1, $2, $3, $4)
+                // A second copy of an event in the log is the same event (see the
+                // SQLite store).
+                "INSERT INTO profile_events (id, ident_hash, ts, message_id)
+                 SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM profile_events
+                   WHERE ident_hash = $2 AND ts = $3 AND message_id = $4 AND id <> $1)
                  ON CONFLICT DO NOTHING",
                 &[&id, &ident_hash, &ts, &msg],
             )

@@ -261,7 +261,12 @@ impl GraphTx for Sqlite<'_, '_> {
     fn event_ref(&mut self, id: i64, ident_hash: i64, ts: i64, msg: &str) -> rusqlite::Result<()> {
         self.0
             .prepare_cached(
-                "INSERT OR IGNORE INTO profile_events (id, ident_hash, ts, message_id) VALUES (?1, ?2, ?3, ?4)",
+                // A second copy of an event in the log (the Kafka log stores an event
+                // again when a node died between the broker's ack and its dedupe commit)
+                // is the same event: same identifier, time and messageId.
+                "INSERT OR IGNORE INTO profile_events (id, ident_hash, ts, message_id)
+                 SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM profile_events
+                   WHERE ident_hash = ?2 AND ts = ?3 AND message_id = ?4 AND id <> ?1)",
             )?
             .execute(params![id, ident_hash, ts, msg])
             .map(|_| ())

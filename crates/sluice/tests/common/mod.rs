@@ -65,7 +65,11 @@ impl Server {
             .arg(data_dir)
             .env_remove("SLUICE_CONFIG")
             .env_remove("SLUICE_ADMIN_TOKEN")
-            .env("RUST_LOG", "warn")
+            // SLUICE_TEST_LOG=info shows the servers' own logs when a test needs them.
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(f) = &cfg_file {

@@ -144,6 +144,14 @@ struct Reader {
     next: i64,
 }
 
+/// A PostgreSQL error with the server's own message (tokio-postgres shows only "db error").
+fn pg_error(e: tokio_postgres::Error) -> LogError {
+    match e.as_db_error() {
+        Some(db) => LogError::Storage(format!("log state database: {}", db.message())),
+        None => LogError::Storage(format!("log state database: {e}")),
+    }
+}
+
 fn storage(e: impl std::fmt::Display) -> LogError {
     LogError::Storage(e.to_string())
 }
@@ -157,10 +165,13 @@ impl KafkaLog {
     /// the state tables, and loads the shared state.
     pub async fn open(config: KafkaConfig, options: LogOptions) -> Result<KafkaLog, LogError> {
         let client = connect(&config.state_url).await?;
+        // Nodes starting together must not race on creating the tables.
         client
-            .batch_execute(SCHEMA)
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(7243916504); {SCHEMA} COMMIT;"
+            ))
             .await
-            .map_err(|e| LogError::Storage(format!("log state database: {e}")))?;
+            .map_err(pg_error)?;
         let cfg = config.clone();
         let (producer, admin, partitions) = tokio::task::spawn_blocking(move || {
             let mut producer = client_config(&cfg);
@@ -241,7 +252,7 @@ impl KafkaLog {
 async fn connect(url: &str) -> Result<tokio_postgres::Client, LogError> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .map_err(|e| LogError::Storage(format!("log state database: {e}")))?;
+        .map_err(pg_error)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::error!(error = %e, "log state database connection ended");
@@ -844,12 +855,24 @@ impl EventLog for KafkaLog {
             let tpl = inner.topic_partition(partition, Offset::Offset(k));
             match inner.member(&consumer) {
                 Some(m) => {
-                    if !m.holds(partition) {
+                    let Ok(mut h) = m.held.lock() else {
+                        return Err(storage("group state lock poisoned"));
+                    };
+                    if !h.held.contains(&partition) {
                         return Err(LogError::Storage(format!(
                             "partition {partition} of {consumer:?} is no longer assigned to this node"
                         )));
                     }
-                    m.consumer.commit(&tpl, CommitMode::Sync).map_err(kafka_error)
+                    if h.revoking.contains(&partition) {
+                        // The rebalance callback commits it before handing over.
+                        h.last.insert(partition, k);
+                        return Ok(());
+                    }
+                    drop(h);
+                    // Asynchronous: a synchronous commit would block behind a rebalance
+                    // that waits for this very worker. A commit lost on the way means
+                    // some events come again (at least once).
+                    m.consumer.commit(&tpl, CommitMode::Async).map_err(kafka_error)
                 }
                 None => inner
                     .group_client(&consumer)?
@@ -1007,7 +1030,16 @@ struct Member {
     consumer: BaseConsumer<MemberContext>,
     stop: Arc<AtomicBool>,
     poller: Mutex<Option<std::thread::JoinHandle<()>>>,
-    held: Arc<Mutex<BTreeSet<u32>>>,
+    held: Arc<Mutex<Holding>>,
+}
+
+/// The partitions a member holds, those being taken away, and the last cursors of those
+/// (committed by the rebalance callback itself).
+#[derive(Default)]
+struct Holding {
+    held: BTreeSet<u32>,
+    revoking: BTreeSet<u32>,
+    last: BTreeMap<u32, i64>,
 }
 
 struct MemberContext {
@@ -1015,7 +1047,7 @@ struct MemberContext {
     consumer: String,
     assigned: watch::Sender<BTreeSet<u32>>,
     released: Mutex<std::sync::mpsc::Receiver<u32>>,
-    held: Arc<Mutex<BTreeSet<u32>>>,
+    held: Arc<Mutex<Holding>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -1031,13 +1063,19 @@ impl MemberContext {
 }
 
 impl ConsumerContext for MemberContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
         let revoked = self.partitions(tpl);
         if revoked.is_empty() {
             return;
+        }
+        // From now on the workers' last cursors there are kept for this callback to commit
+        // (a commit from another thread would wait for the rebalance, which waits for
+        // the workers: a deadlock).
+        if let Ok(mut h) = self.held.lock() {
+            h.revoking.extend(revoked.iter().copied());
         }
         self.assigned
             .send_modify(|a| a.retain(|p| !revoked.contains(p)));
@@ -1061,8 +1099,29 @@ impl ConsumerContext for MemberContext {
                 }
             }
         }
-        if let Ok(mut held) = self.held.lock() {
-            held.retain(|p| !revoked.contains(p));
+        let last: Vec<(u32, i64)> = match self.held.lock() {
+            Ok(mut h) => {
+                h.held.retain(|p| !revoked.contains(p));
+                h.revoking.retain(|p| !revoked.contains(p));
+                let last = h
+                    .last
+                    .iter()
+                    .filter(|(p, _)| revoked.contains(p))
+                    .map(|(p, k)| (*p, *k))
+                    .collect();
+                h.last.retain(|p, _| !revoked.contains(p));
+                last
+            }
+            Err(_) => Vec::new(),
+        };
+        if !last.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, k) in &last {
+                let _ = tpl.add_partition_offset(&self.topic, *p as i32, Offset::Offset(*k));
+            }
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(consumer = %self.consumer, error = %e, "cannot commit the cursors of partitions handed over");
+            }
         }
         tracing::info!(consumer = %self.consumer, ?revoked, "partitions handed over");
     }
@@ -1074,8 +1133,8 @@ impl ConsumerContext for MemberContext {
         // The membership only decides who works where; readers fetch the records.
         let _ = consumer.pause(tpl);
         let got = self.partitions(tpl);
-        if let Ok(mut held) = self.held.lock() {
-            held.extend(got.iter().copied());
+        if let Ok(mut h) = self.held.lock() {
+            h.held.extend(got.iter().copied());
         }
         tracing::info!(consumer = %self.consumer, partitions = ?got, "partitions assigned");
         self.assigned.send_modify(|a| a.extend(got));
@@ -1096,7 +1155,7 @@ impl Member {
             }
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let held = Arc::new(Mutex::new(BTreeSet::new()));
+        let held = Arc::new(Mutex::new(Holding::default()));
         let context = MemberContext {
             topic: inner.config.topic.clone(),
             consumer: consumer.to_string(),
@@ -1149,10 +1208,6 @@ impl Member {
             members.insert(consumer.to_string(), Arc::downgrade(&member));
         }
         Ok(Assignment::new(assigned_rx, release_tx, member))
-    }
-
-    fn holds(&self, partition: u32) -> bool {
-        self.held.lock().is_ok_and(|h| h.contains(&partition))
     }
 }
 

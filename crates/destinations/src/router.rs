@@ -855,9 +855,14 @@ async fn supervise(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, log_end: watc
             .filter(|p| !want.contains(p))
             .copied()
             .collect();
-        for p in gone {
-            if let Some((halt, task)) = workers.remove(&p) {
+        // Halt them all at once, then wait: the group waits for the slowest only.
+        for p in &gone {
+            if let Some((halt, _)) = workers.get(p) {
                 let _ = halt.send(true);
+            }
+        }
+        for p in gone {
+            if let Some((_, task)) = workers.remove(&p) {
                 let _ = task.await;
             }
             ctx.stats.forget_partition(p);

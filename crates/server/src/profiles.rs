@@ -249,9 +249,14 @@ pub async fn run(app: Arc<App>) {
             .filter(|p| !want.contains(p))
             .copied()
             .collect();
-        for p in gone {
-            if let Some((halt, task)) = workers.remove(&p) {
+        // Halt them all at once, then wait: the group waits for the slowest only.
+        for p in &gone {
+            if let Some((halt, _)) = workers.get(p) {
                 let _ = halt.send(true);
+            }
+        }
+        for p in gone {
+            if let Some((_, task)) = workers.remove(&p) {
                 let _ = task.await;
             }
             assignment.release(p);

@@ -81,9 +81,9 @@ fn post(url: &str, key: &str, body: &Value) -> Option<u16> {
 }
 
 #[test]
-// Not yet in .ci/run: against tansu 0.6.0 the consumer groups of three nodes keep
-// rebalancing every few seconds, so delivery crawls and the run does not finish within
-// its limits (see the issue note); run it by hand while that is being fixed.
+// Not yet in .ci/run: against tansu 0.6.0, after the SIGKILL the dead node's partitions of
+// a consumer group are not handed to a survivor, so ~15 % of the events never reach the
+// webhook (see the issue note); run it by hand while that is being fixed.
 #[ignore = "needs a Kafka-protocol broker and PostgreSQL (KAFKA_BROKERS, DATABASE_URL); does not pass yet"]
 fn three_nodes_share_the_work_and_lose_nothing_when_one_is_killed() {
     let brokers = env("KAFKA_BROKERS");

@@ -844,51 +844,19 @@ fn sample_event() -> Value {
 /// Runs a destination's consumer: one worker per partition this node is assigned, started
 /// and stopped as the assignment changes, until `stop` turns true. A partition taken away
 /// is released only after its worker stopped (its cursor committed).
-async fn supervise(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>, log_end: watch::Receiver<u64>) {
-    let mut assignment = ctx.log.assignment(&worker::consumer_name(&ctx.dest.name));
-    let mut workers: std::collections::BTreeMap<u32, (watch::Sender<bool>, JoinHandle<bool>)> =
-        std::collections::BTreeMap::new();
-    loop {
-        let want = assignment.current();
-        let gone: Vec<u32> = workers
-            .keys()
-            .filter(|p| !want.contains(p))
-            .copied()
-            .collect();
-        // Halt them all at once, then wait: the group waits for the slowest only.
-        for p in &gone {
-            if let Some((halt, _)) = workers.get(p) {
-                let _ = halt.send(true);
-            }
-        }
-        for p in gone {
-            if let Some((_, task)) = workers.remove(&p) {
-                let _ = task.await;
-            }
-            ctx.stats.forget_partition(p);
-            assignment.release(p);
-            tracing::info!(destination = %ctx.dest.name, partition = p, "partition handed over");
-        }
-        for p in want {
-            if workers.contains_key(&p) {
-                continue;
-            }
-            let (halt, halted) = watch::channel(false);
-            let task = tokio::spawn(worker::run(
-                ctx.clone(),
-                Mode::Main { partition: p },
-                halted,
-                log_end.clone(),
-            ));
-            workers.insert(p, (halt, task));
-        }
-        tokio::select! {
-            _ = assignment.changed() => {},
-            _ = stop.changed() => break,
-        }
-    }
-    for (halt, task) in workers.into_values() {
-        let _ = halt.send(true);
-        let _ = task.await;
-    }
+async fn supervise(ctx: Arc<Ctx>, stop: watch::Receiver<bool>, log_end: watch::Receiver<u64>) {
+    let assignment = ctx.log.assignment(&worker::consumer_name(&ctx.dest.name));
+    let start = |p: u32, halted: watch::Receiver<bool>| {
+        worker::run(
+            ctx.clone(),
+            Mode::Main { partition: p },
+            halted,
+            log_end.clone(),
+        )
+    };
+    let gone = |p: u32| {
+        ctx.stats.forget_partition(p);
+        tracing::info!(destination = %ctx.dest.name, partition = p, "partition handed over");
+    };
+    assignment.run_workers(stop, start, gone).await;
 }

@@ -1,10 +1,11 @@
 //! Which partitions of the log one node works on for one consumer.
 
 use std::any::Any;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 /// The partitions a node works on for one consumer, as they change.
 ///
@@ -62,6 +63,66 @@ impl Assignment {
     pub fn release(&self, partition: u32) {
         if let Some(tx) = &self.release {
             let _ = tx.send(partition);
+        }
+    }
+
+    /// Runs one worker per partition held until `stop` turns true: `start(p, halted)`
+    /// makes partition `p`'s worker, which must finish once `halted` turns true (after
+    /// committing its cursor). Partitions taken away are halted together, awaited, handed
+    /// to `gone` and released; at the end every worker is halted and awaited.
+    pub async fn run_workers<W>(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut start: impl FnMut(u32, watch::Receiver<bool>) -> W,
+        mut gone: impl FnMut(u32),
+    ) where
+        W: std::future::Future + Send + 'static,
+        W::Output: Send + 'static,
+    {
+        let mut workers: BTreeMap<u32, (watch::Sender<bool>, JoinHandle<W::Output>)> =
+            BTreeMap::new();
+        loop {
+            let want = self.current();
+            let away: Vec<u32> = workers
+                .keys()
+                .filter(|p| !want.contains(p))
+                .copied()
+                .collect();
+            // Halt them all at once, then wait: the group waits for the slowest only.
+            let halted: Vec<_> = away
+                .iter()
+                .filter_map(|p| workers.remove(p))
+                .map(|(halt, task)| {
+                    let _ = halt.send(true);
+                    task
+                })
+                .collect();
+            for task in halted {
+                let _ = task.await;
+            }
+            for p in away {
+                gone(p);
+                self.release(p);
+            }
+            for p in want {
+                workers.entry(p).or_insert_with(|| {
+                    let (halt, halted) = watch::channel(false);
+                    (halt, tokio::spawn(start(p, halted)))
+                });
+            }
+            if *stop.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = self.changed() => {},
+                r = stop.changed() => if r.is_err() { break },
+            }
+        }
+        for (halt, _) in workers.values() {
+            let _ = halt.send(true);
+        }
+        for (_, task) in workers.into_values() {
+            let _ = task.await;
         }
     }
 }

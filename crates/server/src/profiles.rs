@@ -13,7 +13,6 @@ use sluice_store::{ProfileEvent, ProfileStepStats, Store, StoreError};
 
 use crate::App;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// The consumer's cursor name in the log.
 pub const CONSUMER: &str = "profiles";
@@ -238,47 +237,11 @@ impl Pipeline {
 /// node is assigned (see [`run_partition`]), started and stopped as the assignment
 /// changes; a partition taken away is released once its worker committed its cursor.
 pub async fn run(app: Arc<App>) {
-    let mut stop = app.shutdown.clone();
-    let mut assignment = app.log.assignment(CONSUMER);
-    let mut workers: std::collections::BTreeMap<u32, (watch::Sender<bool>, JoinHandle<()>)> =
-        std::collections::BTreeMap::new();
-    loop {
-        let want = assignment.current();
-        let gone: Vec<u32> = workers
-            .keys()
-            .filter(|p| !want.contains(p))
-            .copied()
-            .collect();
-        // Halt them all at once, then wait: the group waits for the slowest only.
-        for p in &gone {
-            if let Some((halt, _)) = workers.get(p) {
-                let _ = halt.send(true);
-            }
-        }
-        for p in gone {
-            if let Some((_, task)) = workers.remove(&p) {
-                let _ = task.await;
-            }
-            assignment.release(p);
-        }
-        for p in want {
-            workers.entry(p).or_insert_with(|| {
-                let (halt, halted) = watch::channel(false);
-                (halt, tokio::spawn(run_partition(app.clone(), p, halted)))
-            });
-        }
-        if *stop.borrow() {
-            break;
-        }
-        tokio::select! {
-            _ = assignment.changed() => {},
-            _ = stop.changed() => {},
-        }
-    }
-    for (halt, task) in workers.into_values() {
-        let _ = halt.send(true);
-        let _ = task.await;
-    }
+    let assignment = app.log.assignment(CONSUMER);
+    let start = |p: u32, halted: watch::Receiver<bool>| run_partition(app.clone(), p, halted);
+    assignment
+        .run_workers(app.shutdown.clone(), start, |_| {})
+        .await;
 }
 
 /// The profile consumer of one partition: read from the cursor, file each batch in one

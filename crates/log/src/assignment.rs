@@ -10,11 +10,11 @@ use tokio::task::JoinHandle;
 /// The partitions a node works on for one consumer, as they change.
 ///
 /// On the embedded log that is every partition, for good. On Kafka it is this node's
-/// share of the consumer's group: when another node joins or leaves, the group takes some
-/// partitions away (the set shrinks; the consumer finishes what it has in hand there,
-/// commits its cursor and calls [`Assignment::release`]) and then hands partitions out
-/// again (the set grows; the consumer starts there at its committed cursor). Dropping the
-/// assignment leaves the group.
+/// share of the consumer's partitions among the nodes working for it: when another node
+/// joins or leaves, some partitions are taken away (the set shrinks; the consumer finishes
+/// what it has in hand there, commits its cursor and calls [`Assignment::release`]) and
+/// others handed out (the set grows; the consumer starts there at its committed cursor).
+/// Dropping the assignment leaves the consumer's members.
 pub struct Assignment {
     partitions: watch::Receiver<BTreeSet<u32>>,
     release: Option<mpsc::UnboundedSender<u32>>,
@@ -32,9 +32,9 @@ impl Assignment {
         }
     }
 
-    /// An assignment driven by a group membership: `partitions` follows the group,
-    /// `release` tells the membership a partition taken away is let go, `membership` is
-    /// kept alive as long as the assignment.
+    /// An assignment driven by a membership: `partitions` follows it, `release` tells it
+    /// a partition taken away is let go, `membership` is kept alive as long as the
+    /// assignment.
     pub fn new(
         partitions: watch::Receiver<BTreeSet<u32>>,
         release: mpsc::UnboundedSender<u32>,
@@ -88,7 +88,7 @@ impl Assignment {
                 .filter(|p| !want.contains(p))
                 .copied()
                 .collect();
-            // Halt them all at once, then wait: the group waits for the slowest only.
+            // Halt them all at once, then wait: the handover waits for the slowest only.
             let halted: Vec<_> = away
                 .iter()
                 .filter_map(|p| workers.remove(p))

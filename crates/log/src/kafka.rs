@@ -14,33 +14,37 @@
 //!   at least once). An append is answered only after the broker acknowledged it.
 //! - **Cursors** are the offsets committed for one Kafka consumer group per consumer
 //!   (`<group_prefix><consumer>`), so the usual Kafka tools show every consumer's lag.
-//! - **Assignment**: [`EventLog::assignment`] joins the consumer's group. The group spreads
-//!   the partitions over the nodes; when a node joins or dies (its session times out) the
-//!   partitions move, and a partition taken away is handed over only after its worker
-//!   released it (cursor committed). Commits for a partition this node does not hold are
-//!   refused, so a node that lost a partition can never move its cursor.
+//! - **Assignment**: [`EventLog::assignment`] makes this node one of the consumer's members;
+//!   the members split the partitions through leases in PostgreSQL ([`leases`]). When a
+//!   node joins, leaves or dies (stops renewing for [`KafkaConfig::lease`]) the partitions
+//!   move, and a partition taken away is handed over only after its worker released it
+//!   (cursor committed). Commits for a partition this node does not hold are refused, so a
+//!   node that lost a partition can never move its cursor.
 //! - **Retention** moves a per-partition floor (kept in PostgreSQL) past the events older
 //!   than the retention; readers skip below it and the topic's own `retention.ms` frees the
 //!   disk. **Erasure** records the subject in PostgreSQL: every reader on every node hides
 //!   the subject's events received before the erasure (other nodes see it within
 //!   [`STATE_REFRESH`]); the records themselves leave the broker with the topic retention.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientContext;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+
+mod leases;
+
+use leases::Leases;
 
 use crate::{
     partition_of, position, seq_of, Appended, Assignment, EraseFilter, EventLog, LogError,
@@ -75,8 +79,12 @@ pub struct KafkaConfig {
     pub group_prefix: String,
     /// Extra librdkafka settings for every client (`security.protocol`, …).
     pub options: BTreeMap<String, String>,
-    /// PostgreSQL holding the shared dedupe window, erasures and retention floors.
+    /// PostgreSQL holding the shared dedupe window, erasures, retention floors and the
+    /// partition leases.
     pub state_url: String,
+    /// How long a node's claim on its partitions lasts without renewal: how soon a dead
+    /// node's partitions move to the others.
+    pub lease: Duration,
 }
 
 /// The Kafka event log. See the module documentation.
@@ -94,8 +102,8 @@ struct Inner {
     admin: BaseConsumer,
     /// Group clients (not members) by consumer name, for cursors and simple commits.
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
-    /// Group memberships of this node, by consumer name.
-    members: Mutex<HashMap<String, Weak<Member>>>,
+    /// Which partitions this node works on, per consumer.
+    leases: Arc<Leases>,
     readers: Mutex<HashMap<u32, Vec<Reader>>>,
     state: tokio::sync::Mutex<tokio_postgres::Client>,
     shared: RwLock<Arc<Shared>>,
@@ -168,7 +176,8 @@ impl KafkaLog {
         // Nodes starting together must not race on creating the tables.
         client
             .batch_execute(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock(7243916504); {SCHEMA} COMMIT;"
+                "BEGIN; SELECT pg_advisory_xact_lock(7243916504); {SCHEMA} {} COMMIT;",
+                leases::SCHEMA
             ))
             .await
             .map_err(pg_error)?;
@@ -198,14 +207,20 @@ impl KafkaLog {
         })
         .await
         .map_err(storage)??;
+        let leases = Arc::new(Leases::new(
+            &config.state_url,
+            &config.topic,
+            partitions,
+            config.lease,
+        ));
         let inner = Arc::new(Inner {
             config,
+            leases,
             options,
             partitions,
             producer,
             admin,
             groups: Mutex::default(),
-            members: Mutex::default(),
             readers: Mutex::default(),
             state: tokio::sync::Mutex::new(client),
             shared: RwLock::default(),
@@ -685,10 +700,6 @@ impl Inner {
         groups.insert(consumer.to_string(), c.clone());
         Ok(c)
     }
-
-    fn member(&self, consumer: &str) -> Option<Arc<Member>> {
-        self.members.lock().ok()?.get(consumer)?.upgrade()
-    }
 }
 
 fn produce_error(e: KafkaError) -> LogError {
@@ -752,16 +763,7 @@ impl EventLog for KafkaLog {
     }
 
     fn assignment(&self, consumer: &str) -> Assignment {
-        match Member::join(&self.inner, consumer) {
-            Ok(a) => a,
-            Err(e) => {
-                // Without a membership this node works on nothing for the consumer.
-                tracing::error!(consumer, error = %e, "cannot join the consumer group");
-                let (tx, rx) = watch::channel(BTreeSet::new());
-                let (rtx, _) = mpsc::unbounded_channel();
-                Assignment::new(rx, rtx, Arc::new(tx))
-            }
-        }
+        self.inner.leases.join(consumer)
     }
 
     async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
@@ -852,33 +854,20 @@ impl EventLog for KafkaLog {
         let inner = self.inner.clone();
         let consumer = consumer.to_string();
         tokio::task::spawn_blocking(move || {
-            let tpl = inner.topic_partition(partition, Offset::Offset(k));
-            match inner.member(&consumer) {
-                Some(m) => {
-                    let Ok(mut h) = m.held.lock() else {
-                        return Err(storage("group state lock poisoned"));
-                    };
-                    if !h.held.contains(&partition) {
-                        return Err(LogError::Storage(format!(
-                            "partition {partition} of {consumer:?} is no longer assigned to this node"
-                        )));
-                    }
-                    if h.revoking.contains(&partition) {
-                        // The rebalance callback commits it before handing over.
-                        h.last.insert(partition, k);
-                        return Ok(());
-                    }
-                    drop(h);
-                    // Asynchronous: a synchronous commit would block behind a rebalance
-                    // that waits for this very worker. A commit lost on the way means
-                    // some events come again (at least once).
-                    m.consumer.commit(&tpl, CommitMode::Async).map_err(kafka_error)
+            // A node working for the consumer moves only the cursors of partitions it
+            // holds; a node that does not (creating a destination) sets starting points.
+            if let Some(held) = inner.leases.held(&consumer) {
+                if !held.holds(partition) {
+                    return Err(LogError::Storage(format!(
+                        "partition {partition} of {consumer:?} is no longer this node's"
+                    )));
                 }
-                None => inner
-                    .group_client(&consumer)?
-                    .commit(&tpl, CommitMode::Sync)
-                    .map_err(kafka_error),
             }
+            let tpl = inner.topic_partition(partition, Offset::Offset(k));
+            inner
+                .group_client(&consumer)?
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(kafka_error)
         })
         .await
         .map_err(storage)?
@@ -1023,205 +1012,4 @@ fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// This node's membership in one consumer's group.
-struct Member {
-    consumer: BaseConsumer<MemberContext>,
-    stop: Arc<AtomicBool>,
-    poller: Mutex<Option<std::thread::JoinHandle<()>>>,
-    held: Arc<Mutex<Holding>>,
-}
-
-/// The partitions a member holds, those being taken away, and the last cursors of those
-/// (committed by the rebalance callback itself).
-#[derive(Default)]
-struct Holding {
-    held: BTreeSet<u32>,
-    revoking: BTreeSet<u32>,
-    last: BTreeMap<u32, i64>,
-}
-
-struct MemberContext {
-    topic: String,
-    consumer: String,
-    assigned: watch::Sender<BTreeSet<u32>>,
-    released: Mutex<std::sync::mpsc::Receiver<u32>>,
-    held: Arc<Mutex<Holding>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl ClientContext for MemberContext {}
-
-impl MemberContext {
-    fn partitions(&self, tpl: &TopicPartitionList) -> BTreeSet<u32> {
-        tpl.elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition() as u32)
-            .collect()
-    }
-}
-
-impl ConsumerContext for MemberContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
-        };
-        let revoked = self.partitions(tpl);
-        if revoked.is_empty() {
-            return;
-        }
-        // From now on the workers' last cursors there are kept for this callback to commit
-        // (a commit from another thread would wait for the rebalance, which waits for
-        // the workers: a deadlock).
-        if let Ok(mut h) = self.held.lock() {
-            h.revoking.extend(revoked.iter().copied());
-        }
-        self.assigned
-            .send_modify(|a| a.retain(|p| !revoked.contains(p)));
-        // Hand over only what our workers let go (cursor committed); a worker that does
-        // not answer within the session is treated as gone.
-        let mut waiting = revoked.clone();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        if let Ok(rx) = self.released.lock() {
-            while !waiting.is_empty() && !self.stop.load(Ordering::Relaxed) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    tracing::warn!(consumer = %self.consumer, ?waiting, "partitions not released in time; handing over");
-                    break;
-                }
-                match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                    Ok(p) => {
-                        waiting.remove(&p);
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-            }
-        }
-        let last: Vec<(u32, i64)> = match self.held.lock() {
-            Ok(mut h) => {
-                h.held.retain(|p| !revoked.contains(p));
-                h.revoking.retain(|p| !revoked.contains(p));
-                let last = h
-                    .last
-                    .iter()
-                    .filter(|(p, _)| revoked.contains(p))
-                    .map(|(p, k)| (*p, *k))
-                    .collect();
-                h.last.retain(|p, _| !revoked.contains(p));
-                last
-            }
-            Err(_) => Vec::new(),
-        };
-        if !last.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (p, k) in &last {
-                let _ = tpl.add_partition_offset(&self.topic, *p as i32, Offset::Offset(*k));
-            }
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::warn!(consumer = %self.consumer, error = %e, "cannot commit the cursors of partitions handed over");
-            }
-        }
-        tracing::info!(consumer = %self.consumer, ?revoked, "partitions handed over");
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(tpl) = rebalance else {
-            return;
-        };
-        // The membership only decides who works where; readers fetch the records.
-        let _ = consumer.pause(tpl);
-        let got = self.partitions(tpl);
-        if let Ok(mut h) = self.held.lock() {
-            h.held.extend(got.iter().copied());
-        }
-        tracing::info!(consumer = %self.consumer, partitions = ?got, "partitions assigned");
-        self.assigned.send_modify(|a| a.extend(got));
-    }
-}
-
-impl Member {
-    fn join(inner: &Arc<Inner>, consumer: &str) -> Result<Assignment, LogError> {
-        let (assigned_tx, assigned_rx) = watch::channel(BTreeSet::new());
-        let (release_tx, mut release_rx) = mpsc::unbounded_channel::<u32>();
-        let (sync_tx, sync_rx) = std::sync::mpsc::channel::<u32>();
-        // Bridge async releases to the (blocking) rebalance callback.
-        std::thread::spawn(move || {
-            while let Some(p) = release_rx.blocking_recv() {
-                if sync_tx.send(p).is_err() {
-                    return;
-                }
-            }
-        });
-        let stop = Arc::new(AtomicBool::new(false));
-        let held = Arc::new(Mutex::new(Holding::default()));
-        let context = MemberContext {
-            topic: inner.config.topic.clone(),
-            consumer: consumer.to_string(),
-            assigned: assigned_tx,
-            released: Mutex::new(sync_rx),
-            held: held.clone(),
-            stop: stop.clone(),
-        };
-        let mut cfg = client_config(&inner.config);
-        cfg.set(
-            "group.id",
-            format!("{}{consumer}", inner.config.group_prefix),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        .set("partition.assignment.strategy", "range");
-        // The operator's settings win (`session.timeout.ms`: how soon a dead node's
-        // partitions move).
-        for (k, v) in &inner.config.options {
-            cfg.set(k, v);
-        }
-        let c: BaseConsumer<MemberContext> =
-            cfg.create_with_context(context).map_err(kafka_error)?;
-        c.subscribe(&[&inner.config.topic]).map_err(kafka_error)?;
-        let member = Arc::new(Member {
-            consumer: c,
-            stop: stop.clone(),
-            poller: Mutex::new(None),
-            held,
-        });
-        let weak = Arc::downgrade(&member);
-        let poller = std::thread::Builder::new()
-            .name(format!("kafka-group-{consumer}"))
-            .spawn(move || loop {
-                let Some(m) = weak.upgrade() else { return };
-                if m.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                // Serves the group protocol's callbacks; no records come (paused).
-                let _ = m.consumer.poll(Duration::from_millis(100));
-            })
-            .map_err(storage)?;
-        if let Ok(mut p) = member.poller.lock() {
-            *p = Some(poller);
-        }
-        if let Ok(mut members) = inner.members.lock() {
-            members.insert(consumer.to_string(), Arc::downgrade(&member));
-        }
-        Ok(Assignment::new(assigned_rx, release_tx, member))
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Ok(mut p) = self.poller.lock() {
-            if let Some(t) = p.take() {
-                if t.thread().id() != std::thread::current().id() {
-                    let _ = t.join();
-                }
-            }
-        }
-        // Leave the group now rather than at the session timeout.
-        self.consumer.unsubscribe();
-    }
 }

@@ -138,6 +138,9 @@ pub struct LogConfig {
     pub group_prefix: String,
     /// Kafka: extra librdkafka client settings.
     pub options: BTreeMap<String, String>,
+    /// Kafka: how long a node's claim on its partitions lasts without renewal (how soon a
+    /// dead node's work moves to the others).
+    pub lease: HumanDuration,
 }
 
 impl Default for LogConfig {
@@ -154,6 +157,7 @@ impl Default for LogConfig {
             replication: 1,
             group_prefix: "sluice.".into(),
             options: BTreeMap::new(),
+            lease: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -388,6 +392,13 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
         }
         if cfg.log.replication < 1 {
             return Err(err("log.replication", "must be at least 1".into()));
+        }
+        let lease = cfg.log.lease.0;
+        if lease < Duration::from_secs(1) || lease > Duration::from_secs(600) {
+            return Err(err(
+                "log.lease",
+                format!("is {lease:?}; it must be between 1s and 10m"),
+            ));
         }
         if cfg.store.kind != StoreKind::Postgres {
             return Err(err(

@@ -331,6 +331,7 @@ async fn open_kafka_log(
         group_prefix: cfg.log.group_prefix.clone(),
         options: cfg.log.options.clone(),
         state_url,
+        lease: cfg.log.lease.0,
     };
     let topic = config.topic.clone();
     let log = KafkaLog::open(config, options)

@@ -81,9 +81,8 @@ fn post(url: &str, key: &str, body: &Value) -> Option<u16> {
 }
 
 #[test]
-// Not yet in .ci/run: against tansu 0.6.0, after the SIGKILL the dead node's partitions of
-// a consumer group are not handed to a survivor, so ~15 % of the events never reach the
-// webhook (see the issue note); run it by hand while that is being fixed.
+// Not yet in .ci/run: the partitions now move after the SIGKILL (leases), but one run
+// stalled afterwards and was not yet explained (see the issue note); run it by hand.
 #[ignore = "needs a Kafka-protocol broker and PostgreSQL (KAFKA_BROKERS, DATABASE_URL); does not pass yet"]
 fn three_nodes_share_the_work_and_lose_nothing_when_one_is_killed() {
     let brokers = env("KAFKA_BROKERS");
@@ -99,7 +98,7 @@ brokers = "{brokers}"
 topic = "multinode-{id}"
 partitions = 4
 group_prefix = "multinode-{id}."
-options = {{ "session.timeout.ms" = "6000" }}
+lease = "3s"
 [store]
 kind = "postgres"
 url = "{db}"
@@ -146,7 +145,12 @@ hooks = [{{ hook = "{url}/in" }}]
                 }
                 let (body, sent) = batch(node, b);
                 let mut target = node;
+                let give_up = std::time::Instant::now() + WAIT;
                 let status = loop {
+                    assert!(
+                        std::time::Instant::now() < give_up,
+                        "batch {node}/{b}: no node accepted it within {WAIT:?}"
+                    );
                     match post(&urls[target], key, &body) {
                         Some(s) if s < 500 => break s,
                         _ if target == 0 && !killed.load(Ordering::SeqCst) => {

@@ -71,11 +71,23 @@ impl Server {
                 std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         if let Some(f) = &cfg_file {
             cmd.arg("--config").arg(f.path());
         }
         let mut child = cmd.spawn().expect("start sluice");
+        // The servers' logs, each line marked with the node (its data directory), so the
+        // logs of several nodes in one test can be told apart.
+        let node = data_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{node}] {line}");
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let (mut url, mut write_key, mut admin_token) = (None, None, None);

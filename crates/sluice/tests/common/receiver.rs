@@ -120,7 +120,11 @@ impl Receiver {
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.shared.log.lock().unwrap().clone()
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Blocks until `done` holds for the requests so far; panics with `what` after `limit`.

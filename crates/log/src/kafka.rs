@@ -438,7 +438,7 @@ impl Inner {
         // One lock order for every node: no deadlock between two groups.
         candidates.sort_by_key(|&i| (&events[i].source, &events[i].message_id));
         let window = self.options.dedupe_window_ms;
-        let tx = db.transaction().await.map_err(storage)?;
+        let tx = db.transaction().await.map_err(pg_error)?;
         let sources: Vec<&str> = candidates
             .iter()
             .map(|&i| events[i].source.as_str())
@@ -462,7 +462,7 @@ impl Inner {
                 &[&sources, &ids, &times, &window, &self.config.topic],
             )
             .await
-            .map_err(storage)?;
+            .map_err(pg_error)?;
         let new: HashSet<(String, String)> = rows
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
@@ -505,7 +505,7 @@ impl Inner {
                 Err(_) => return Err(LogError::Closed),
             }
         }
-        tx.commit().await.map_err(storage)?;
+        tx.commit().await.map_err(pg_error)?;
         Ok(out)
     }
 
@@ -919,7 +919,7 @@ impl EventLog for KafkaLog {
                 &[&self.inner.config.topic, &(p as i32), &target],
             )
             .await
-            .map_err(storage)?;
+            .map_err(pg_error)?;
             drop(db);
             if let Ok(mut s) = self.inner.shared.write() {
                 Arc::make_mut(&mut s).floors.insert(p, target);
@@ -935,7 +935,7 @@ impl EventLog for KafkaLog {
             ],
         )
         .await
-        .map_err(storage)?;
+        .map_err(pg_error)?;
         Ok(deleted)
     }
 
@@ -975,7 +975,7 @@ impl EventLog for KafkaLog {
                     &[&self.inner.config.topic, &kind, id, &now],
                 )
                 .await
-                .map_err(storage)?;
+                .map_err(pg_error)?;
             }
         }
         drop(db);

@@ -67,16 +67,20 @@ fn chrono_ts(seq: u64) -> String {
     format!("2025-11-23T{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
 }
 
-/// Posts a batch; `Some(status)` when a node answered, `None` when none could be reached.
-fn post(url: &str, key: &str, body: &Value) -> Option<u16> {
+/// Posts a batch; `Ok(status)` when the node answered below 500, else what went wrong.
+fn post(url: &str, key: &str, body: &Value) -> Result<u16, String> {
     match ureq::post(&format!("{url}/v1/batch"))
         .set("Authorization", &basic(key))
         .timeout(Duration::from_secs(30))
         .send_json(body.clone())
     {
-        Ok(r) => Some(r.status()),
-        Err(ureq::Error::Status(code, _)) => Some(code),
-        Err(_) => None,
+        Ok(r) => Ok(r.status()),
+        Err(ureq::Error::Status(code, _)) if code < 500 => Ok(code),
+        Err(ureq::Error::Status(code, r)) => Err(format!(
+            "{url}: {code} {}",
+            r.into_string().unwrap_or_default()
+        )),
+        Err(e) => Err(format!("{url}: {e}")),
     }
 }
 
@@ -146,18 +150,22 @@ hooks = [{{ hook = "{url}/in" }}]
                 let (body, sent) = batch(node, b);
                 let mut target = node;
                 let give_up = std::time::Instant::now() + WAIT;
+                let mut last = String::new();
                 let status = loop {
                     assert!(
                         std::time::Instant::now() < give_up,
-                        "batch {node}/{b}: no node accepted it within {WAIT:?}"
+                        "batch {node}/{b}: no node accepted it within {WAIT:?}; last: {last}"
                     );
                     match post(&urls[target], key, &body) {
-                        Some(s) if s < 500 => break s,
-                        _ if target == 0 && !killed.load(Ordering::SeqCst) => {
+                        Ok(s) => break s,
+                        Err(e) if target == 0 && !killed.load(Ordering::SeqCst) => {
                             // Node 0 not killed yet: a real failure.
-                            panic!("node 0 failed before it was killed")
+                            panic!("node 0 failed before it was killed: {e}")
                         }
-                        _ => target = (target + 1) % 3,
+                        Err(e) => {
+                            last = e;
+                            target = (target + 1) % 3
+                        }
                     }
                 };
                 assert_eq!(status, 200, "batch {node}/{b}");
@@ -181,7 +189,7 @@ hooks = [{{ hook = "{url}/in" }}]
 
     // A duplicate sent to another node is acknowledged and dropped.
     let (again, _) = batch(1, 0);
-    assert_eq!(post(&urls[2], key, &again), Some(200));
+    assert_eq!(post(&urls[2], key, &again), Ok(200));
 
     // Every accepted event reaches the webhook (at least once).
     let want: HashSet<String> = accepted.keys().cloned().collect();

@@ -123,7 +123,9 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Reply {
-        let mut req = ureq::request(method, &format!("{}{}", self.url, path));
+        // Generous, but a server that never answers fails the test instead of hanging it.
+        let mut req = ureq::request(method, &format!("{}{}", self.url, path))
+            .timeout(std::time::Duration::from_secs(120));
         for (k, v) in headers {
             req = req.set(k, v);
         }

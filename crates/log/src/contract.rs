@@ -440,6 +440,47 @@ pub async fn erase_removes_only_the_subjects_events<H: LogHarness>(h: H) {
     log.close().await;
 }
 
+pub async fn read_at_returns_scattered_events_in_the_asked_order<H: LogHarness>(h: H) {
+    let log = h.open(LogOptions::default()).await;
+    let keys = ["ann", "bob", "cy", "dee", "eve"];
+    let events: Vec<_> = (0..600)
+        .map(|i| event("web", &format!("s{i}"), keys[i % keys.len()], T0))
+        .collect();
+    let offsets = stored(&log.append(events).await.unwrap());
+    assert_eq!(offsets.len(), 600);
+    // Far apart and close together, across partitions, newest first, one asked twice,
+    // one never written (past its partition's end).
+    let mut wanted: Vec<u64> = offsets.iter().copied().step_by(37).rev().collect();
+    wanted.extend([offsets[1], offsets[2], offsets[3], offsets[1]]);
+    let beyond = log.end_offset(partition_of(offsets[0])).await.unwrap() + 5;
+    wanted.insert(3, beyond);
+    let got = log.read_at(&wanted).await.unwrap();
+    let expected: Vec<u64> = wanted.iter().copied().filter(|o| *o != beyond).collect();
+    assert_eq!(got.iter().map(|e| e.offset).collect::<Vec<_>>(), expected);
+    for e in &got {
+        let i = offsets.iter().position(|o| *o == e.offset).unwrap();
+        assert_eq!(e.message_id, format!("s{i}"));
+        assert_eq!(e.user_key, keys[i % keys.len()]);
+    }
+    // Erased events are left out.
+    let erased = crate::EraseFilter {
+        user_ids: ["bob".to_string()].into(),
+        anonymous_ids: Default::default(),
+    };
+    assert_eq!(log.erase(erased).await.unwrap(), 120);
+    let got = log.read_at(&wanted).await.unwrap();
+    assert!(got.iter().all(|e| e.user_key != "bob"));
+    assert_eq!(
+        got.len(),
+        expected
+            .iter()
+            .filter(|o| offsets.iter().position(|x| x == *o).unwrap() % keys.len() != 1)
+            .count()
+    );
+    assert!(log.read_at(&[]).await.unwrap().is_empty());
+    log.close().await;
+}
+
 /// Expands to one `#[tokio::test]` per contract property. `$harness` is an expression
 /// building a fresh [`LogHarness`] (each test gets its own storage).
 #[macro_export]
@@ -456,7 +497,8 @@ macro_rules! log_contract_tests {
             append_then_read, payloads_round_trip_exactly, read_respects_cursor_and_max, cursors_survive_restart, offset_at_finds_every_later_event,
             duplicates_are_dropped_within_window, retention_deletes_old_events_only,
             concurrent_appends_keep_per_key_order, recent_is_newest_first_per_source,
-            closed_log_refuses_appends, erase_removes_only_the_subjects_events);
+            closed_log_refuses_appends, erase_removes_only_the_subjects_events,
+            read_at_returns_scattered_events_in_the_asked_order);
     };
     (@each $attrs:tt $harness:expr; $($name:ident),*) => {
         $(

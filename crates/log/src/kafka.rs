@@ -62,6 +62,9 @@ const RPC: Duration = Duration::from_secs(10);
 const CLOCK_SKEW_MS: i64 = 60_000;
 /// Idle readers kept per partition.
 const READERS_PER_PARTITION: usize = 8;
+/// [`EventLog::read_at`] reads through up to this many records between two wanted ones
+/// rather than seeking (about one fetch's worth of typical events).
+const READ_THROUGH: i64 = 256;
 
 /// Where the Kafka log lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +100,8 @@ struct Inner {
     config: KafkaConfig,
     options: LogOptions,
     partitions: u32,
-    producer: FutureProducer,
+    /// One per writer task.
+    producers: Vec<FutureProducer>,
     /// Offsets, metadata, committed offsets of groups this node is not a member of.
     admin: BaseConsumer,
     /// Group clients (not members) by consumer name, for cursors and simple commits.
@@ -182,7 +186,7 @@ impl KafkaLog {
             .await
             .map_err(pg_error)?;
         let cfg = config.clone();
-        let (producer, admin, partitions) = tokio::task::spawn_blocking(move || {
+        let (producers, admin, partitions) = tokio::task::spawn_blocking(move || {
             let mut producer = client_config(&cfg);
             producer
                 .set("acks", "all")
@@ -200,10 +204,16 @@ impl KafkaLog {
             for (k, v) in &cfg.options {
                 producer.set(k, v);
             }
-            let producer: FutureProducer = producer.create().map_err(kafka_error)?;
+            // One producer (one broker connection) per writer task, so the groups in
+            // flight do not queue behind one another's single in-flight request. A group
+            // is produced by one producer, in order; separate groups were never ordered
+            // relative to each other (their requests were concurrent).
+            let producers = (0..WRITERS)
+                .map(|_| producer.create().map_err(kafka_error))
+                .collect::<Result<Vec<FutureProducer>, _>>()?;
             let admin: BaseConsumer = reader_config(&cfg).create().map_err(kafka_error)?;
             let partitions = ensure_topic(&cfg, &admin)?;
-            Ok::<_, LogError>((producer, admin, partitions))
+            Ok::<_, LogError>((producers, admin, partitions))
         })
         .await
         .map_err(storage)??;
@@ -218,7 +228,7 @@ impl KafkaLog {
             leases,
             options,
             partitions,
-            producer,
+            producers,
             admin,
             groups: Mutex::default(),
             readers: Mutex::default(),
@@ -229,9 +239,9 @@ impl KafkaLog {
         inner.refresh().await?;
         let (tx, rx) = mpsc::channel::<Group>(1024);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..WRITERS {
+        for w in 0..WRITERS {
             let db = connect(&inner.config.state_url).await?;
-            tokio::spawn(writer(inner.clone(), db, rx.clone()));
+            tokio::spawn(writer(inner.clone(), w, db, rx.clone()));
         }
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -425,6 +435,7 @@ impl Inner {
     /// One group commit: claim, produce, wait, commit the claims.
     async fn append_group(
         &self,
+        producer: &FutureProducer,
         db: &mut tokio_postgres::Client,
         events: &[NewEvent],
     ) -> Result<Vec<Appended>, LogError> {
@@ -489,7 +500,7 @@ impl Inner {
                 .payload(&e.payload[..])
                 .timestamp(e.received_at_ms)
                 .headers(headers);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(f) => pending.push((i, f)),
                 Err((e, _)) => return Err(produce_error(e)),
             }
@@ -556,6 +567,60 @@ impl Inner {
             }
         }
         result
+    }
+
+    /// [`EventLog::read_at`]: per partition, the wanted offsets in order, reading through
+    /// gaps of up to [`READ_THROUGH`] records instead of seeking (a seek costs a fetch).
+    fn read_at_blocking(&self, offsets: &[u64]) -> Result<Vec<StoredEvent>, LogError> {
+        let mut wanted: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+        for &o in offsets {
+            if seq_of(o) > 0 {
+                wanted
+                    .entry(partition_of(o))
+                    .or_default()
+                    .push(seq_of(o) as i64 - 1);
+            }
+        }
+        let mut found: HashMap<u64, StoredEvent> = HashMap::new();
+        for (partition, mut ks) in wanted {
+            let (_, high) = self.watermarks(partition)?;
+            let floor = self.floor(partition);
+            ks.sort_unstable();
+            ks.dedup();
+            ks.retain(|k| *k >= floor && *k < high);
+            let mut run = 0;
+            while run < ks.len() {
+                let mut last = run;
+                while last + 1 < ks.len() && ks[last + 1] - ks[last] <= READ_THROUGH {
+                    last += 1;
+                }
+                let (first, end) = (ks[run], ks[last]);
+                let mut from = first;
+                while from <= end {
+                    let page = self.read_blocking(
+                        partition,
+                        from,
+                        (end - from + 1) as usize,
+                        Duration::ZERO,
+                    )?;
+                    let Some(next) = page.last().map(|e| seq_of(e.offset) as i64) else {
+                        break; // the rest of the run is hidden (erased)
+                    };
+                    for e in page {
+                        let k = seq_of(e.offset) as i64 - 1;
+                        if k <= end && ks[run..=last].binary_search(&k).is_ok() {
+                            found.insert(e.offset, e);
+                        }
+                    }
+                    from = next;
+                }
+                run = last + 1;
+            }
+        }
+        Ok(offsets
+            .iter()
+            .filter_map(|o| found.get(o).cloned())
+            .collect())
     }
 
     fn take_reader(&self, partition: u32, from: i64) -> Result<Reader, LogError> {
@@ -712,6 +777,7 @@ fn produce_error(e: KafkaError) -> LogError {
 
 async fn writer(
     inner: Arc<Inner>,
+    w: usize,
     mut db: tokio_postgres::Client,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Group>>>,
 ) {
@@ -739,7 +805,7 @@ async fn writer(
             sizes.push(g.events.len());
             all.append(&mut g.events);
         }
-        let result = inner.append_group(&mut db, &all).await;
+        let result = inner.append_group(&inner.producers[w], &mut db, &all).await;
         let mut at = 0;
         for (g, n) in groups.into_iter().zip(sizes) {
             let part = result
@@ -788,6 +854,17 @@ impl EventLog for KafkaLog {
         })
         .await
         .map_err(storage)?
+    }
+
+    async fn read_at(&self, offsets: &[u64]) -> Result<Vec<StoredEvent>, LogError> {
+        for &o in offsets {
+            self.inner.check_partition(partition_of(o))?;
+        }
+        let inner = self.inner.clone();
+        let offsets = offsets.to_vec();
+        tokio::task::spawn_blocking(move || inner.read_at_blocking(&offsets))
+            .await
+            .map_err(storage)?
     }
 
     async fn recent(&self, source: &str, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
@@ -1002,7 +1079,9 @@ impl EventLog for KafkaLog {
         let inner = self.inner.clone();
         let _ = tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;
-            let _ = inner.producer.flush(RPC);
+            for p in &inner.producers {
+                let _ = p.flush(RPC);
+            }
         })
         .await;
     }

@@ -4,7 +4,7 @@
 //! (the admin token always works); errors are `{"error": {"code", "message"}}`; every
 //! answer carries a `Request-Id`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use sluice_identity::{key_type, traits, Collection, Ident};
+use sluice_log::StoredEvent;
 use sluice_store::{EventQuery, StoredProfile};
 
 use crate::App;
@@ -426,6 +427,16 @@ async fn events_answer(
             .await
             .map_err(storage)?;
         let exhausted = refs.len() < query.limit;
+        // One read for the whole page: on Kafka a random read is a broker round trip.
+        let offsets: Vec<u64> = refs.iter().map(|r| r.log_offset).collect();
+        let events: HashMap<u64, StoredEvent> = app
+            .log
+            .read_at(&offsets)
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .map(|e| (e.offset, e))
+            .collect();
         for r in &refs {
             if data.len() == limit {
                 next = Some(format!(
@@ -436,14 +447,7 @@ async fn events_answer(
                 break 'pages;
             }
             query.after = Some((r.ts, r.log_offset));
-            let Some(e) = app
-                .log
-                .read(r.log_offset, 1)
-                .await
-                .map_err(storage)?
-                .into_iter()
-                .find(|e| e.offset == r.log_offset)
-            else {
+            let Some(e) = events.get(&r.log_offset) else {
                 continue; // past retention or erased
             };
             let Ok(body) = serde_json::from_slice::<Value>(&e.payload) else {
@@ -513,18 +517,15 @@ async fn metadata_answer(app: &App, p: &StoredProfile) -> Result<Value, ProfileE
         .profile_events(keys(p), q(true))
         .await
         .map_err(storage)?;
+    // Both sources in one read (on Kafka a random read is a broker round trip).
+    let wanted: Vec<u64> = first.iter().chain(&last).map(|r| r.log_offset).collect();
+    let found = app.log.read_at(&wanted).await.unwrap_or_default();
     let source_of = |r: Option<&sluice_store::ProfileEventRef>| {
-        let offset = r.map(|r| r.log_offset);
-        async move {
-            let offset = offset?;
-            app.log
-                .read(offset, 1)
-                .await
-                .ok()?
-                .into_iter()
-                .find(|e| e.offset == offset)
-                .map(|e| e.source)
-        }
+        let offset = r?.log_offset;
+        found
+            .iter()
+            .find(|e| e.offset == offset)
+            .map(|e| e.source.clone())
     };
     let created = first.first().map(|r| r.ts).or(first_member.map(|m| m.ts));
     Ok(json!({"metadata": {
@@ -533,9 +534,9 @@ async fn metadata_answer(app: &App, p: &StoredProfile) -> Result<Value, ProfileE
         "updated_at": last.first().map(|r| iso(r.ts)).or(created.map(iso)),
         "expires_at": Value::Null,
         "first_message_id": first.first().map(|r| r.message_id.clone()).or(first_member.map(|m| m.message_id.clone())),
-        "first_source_id": source_of(first.first()).await.or(first_member.map(|m| m.source.clone())),
+        "first_source_id": source_of(first.first()).or(first_member.map(|m| m.source.clone())),
         "last_message_id": last.first().map(|r| r.message_id.clone()),
-        "last_source_id": source_of(last.first()).await,
+        "last_source_id": source_of(last.first()),
         "merged_ids": p.merged,
     }}))
 }

@@ -85,11 +85,7 @@ fn post(url: &str, key: &str, body: &Value) -> Result<u16, String> {
 }
 
 #[test]
-// Not yet in .ci/run: the partitions move after the SIGKILL (leases) and every accepted
-// event reached the webhook in the last run, but the Profile API's event listing reads
-// each event back from Kafka at random (~1.8 s each against tansu), so the profile check
-// takes over an hour (see the issue note); run it by hand.
-#[ignore = "needs a Kafka-protocol broker and PostgreSQL (KAFKA_BROKERS, DATABASE_URL); does not pass yet"]
+#[ignore = "needs a Kafka-protocol broker and PostgreSQL (KAFKA_BROKERS, DATABASE_URL); .ci/run starts both"]
 fn three_nodes_share_the_work_and_lose_nothing_when_one_is_killed() {
     let brokers = env("KAFKA_BROKERS");
     let id = uuid::Uuid::new_v4().simple().to_string();

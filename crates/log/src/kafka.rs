@@ -154,6 +154,8 @@ struct Group {
 struct Reader {
     consumer: BaseConsumer,
     next: i64,
+    /// Unassigned, not fetching (see [`Inner::read_blocking`]).
+    paused: bool,
 }
 
 /// A PostgreSQL error with the server's own message (tokio-postgres shows only "db error").
@@ -326,7 +328,12 @@ fn reader_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
         .set("group.id", format!("{}reader", cfg.group_prefix))
-        .set("fetch.wait.max.ms", "50");
+        // Readers read what is there (a read at a partition's end returns at once), so
+        // the broker need not hold a fetch long; against tansu a random read took ~50 ms
+        // with 50.
+        .set("fetch.wait.max.ms", "5")
+        // What a reader fetches ahead (per reader; librdkafka's default is 64 MB).
+        .set("queued.max.messages.kbytes", "8192");
     c
 }
 
@@ -545,25 +552,41 @@ impl Inner {
     }
 
     /// Reads (blocking) up to `max` visible records of a partition from Kafka offset
-    /// `from`: past hidden (erased) records up to the partition's end as of the call, then
-    /// waiting at most `wait` for records appended after that.
+    /// `from`, past hidden (erased) records, up to the partition's end as of the call.
+    ///
+    /// Readers are pooled per partition, and a reader fetches ahead in the background
+    /// while it is assigned. `follow` (a consumer reading on from here) leaves a reader
+    /// that filled `max` running, so the next page is already on its way; every other
+    /// reader is unassigned when it goes back to the pool — idle readers fetching at the end
+    /// of a partition were a steady load on the broker.
     fn read_blocking(
         &self,
         partition: u32,
         from: i64,
         max: usize,
-        wait: Duration,
+        follow: bool,
     ) -> Result<Vec<StoredEvent>, LogError> {
         let from = from.max(self.floor(partition));
         let (_, high) = self.watermarks(partition)?;
+        if from >= high || max == 0 {
+            return Ok(Vec::new());
+        }
         let mut reader = self.take_reader(partition, from)?;
-        let result = self.poll_reader(&mut reader, partition, max, high, wait);
-        if result.is_ok() {
-            if let Ok(mut pool) = self.readers.lock() {
-                let list = pool.entry(partition).or_default();
-                if list.len() < READERS_PER_PARTITION {
-                    list.push(reader);
-                }
+        let result = self.poll_reader(&mut reader, partition, max, high);
+        let Ok(events) = &result else {
+            return result;
+        };
+        if !(follow && events.len() == max) {
+            // Unassigned, it stops fetching; taken again, it is assigned afresh.
+            if reader.consumer.unassign().is_err() {
+                return result; // dropped, not pooled
+            }
+            reader.paused = true;
+        }
+        if let Ok(mut pool) = self.readers.lock() {
+            let list = pool.entry(partition).or_default();
+            if list.len() < READERS_PER_PARTITION {
+                list.push(reader);
             }
         }
         result
@@ -597,12 +620,8 @@ impl Inner {
                 let (first, end) = (ks[run], ks[last]);
                 let mut from = first;
                 while from <= end {
-                    let page = self.read_blocking(
-                        partition,
-                        from,
-                        (end - from + 1) as usize,
-                        Duration::ZERO,
-                    )?;
+                    let page =
+                        self.read_blocking(partition, from, (end - from + 1) as usize, false)?;
                     let Some(next) = page.last().map(|e| seq_of(e.offset) as i64) else {
                         break; // the rest of the run is hidden (erased)
                     };
@@ -637,14 +656,16 @@ impl Inner {
             None => Reader {
                 consumer: reader_config(&self.config).create().map_err(kafka_error)?,
                 next: -1,
+                paused: false,
             },
         };
-        if reader.next != from {
+        if reader.next != from || reader.paused {
             reader
                 .consumer
                 .assign(&self.topic_partition(partition, Offset::Offset(from)))
                 .map_err(kafka_error)?;
             reader.next = from;
+            reader.paused = false;
         }
         Ok(reader)
     }
@@ -655,26 +676,21 @@ impl Inner {
         partition: u32,
         max: usize,
         high: i64,
-        wait: Duration,
     ) -> Result<Vec<StoredEvent>, LogError> {
         let mut out = Vec::new();
-        let deadline = Instant::now() + wait;
-        // Records known to exist come within a fetch or two.
-        let known = Instant::now() + RPC;
         let shared = self
             .shared
             .read()
             .map_err(|_| storage("log state lock poisoned"))?
             .clone();
-        // Once there is something, keep taking what has already arrived.
-        while out.len() < max {
-            // Wait for the first record; then take what has already been fetched.
-            let timeout = if !out.is_empty() {
-                Duration::from_millis(1)
-            } else if reader.next < high {
-                known.saturating_duration_since(Instant::now())
+        // Records known to exist (below `high`) come within a fetch or two: wait for all
+        // of them up to `max`; past hidden ones, take only what has already arrived.
+        let through = high.min(reader.next.saturating_add(max as i64));
+        while out.len() < max && reader.next < high {
+            let timeout = if reader.next < through {
+                RPC
             } else {
-                deadline.saturating_duration_since(Instant::now())
+                Duration::from_millis(1)
             };
             // `None` after waiting `timeout`: nothing more for now.
             let Some(m) = reader.consumer.poll(timeout) else {
@@ -735,7 +751,7 @@ impl Inner {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self
-                .read_blocking(partition, mid, 1, Duration::ZERO)?
+                .read_blocking(partition, mid, 1, false)?
                 .first()
             {
                 Some(e) if e.received_at_ms < target => lo = seq_of(e.offset) as i64,
@@ -850,7 +866,7 @@ impl EventLog for KafkaLog {
         let kafka_from = seq_of(from).saturating_sub(1) as i64;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            inner.read_blocking(partition, kafka_from, max, Duration::from_millis(20))
+            inner.read_blocking(partition, kafka_from, max, true)
         })
         .await
         .map_err(storage)?
@@ -883,7 +899,7 @@ impl EventLog for KafkaLog {
                     let mut from = start;
                     while from < end {
                         let page =
-                            inner.read_blocking(p, from, 1000, Duration::from_millis(500))?;
+                            inner.read_blocking(p, from, 1000, true)?;
                         let Some(last) = page.last() else { break };
                         from = seq_of(last.offset) as i64;
                         mine.extend(
@@ -1026,7 +1042,7 @@ impl EventLog for KafkaLog {
                 let (_, high) = inner.watermarks(p)?;
                 let mut from = 0;
                 while from < high {
-                    let page = inner.read_blocking(p, from, 5000, Duration::from_millis(500))?;
+                    let page = inner.read_blocking(p, from, 5000, true)?;
                     let Some(last) = page.last() else { break };
                     from = seq_of(last.offset) as i64;
                     n += page

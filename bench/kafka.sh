@@ -8,6 +8,10 @@
 # Needs a broker and PostgreSQL, e.g. the ones .ci/run starts:
 #   KAFKA_BROKERS (default 127.0.0.1:19092), DATABASE_URL (default
 #   postgres://postgres@127.0.0.1:55432/postgres).
+# KAFKA_RESET: a command run before every Kafka run, e.g. one that restarts a local tansu
+# on an empty database — tansu's SQLite engine slows down as its database grows (a fetch
+# took ~50 ms on an empty one and ~2.5 s at 165 MB), which would make later runs measure
+# the broker's history rather than Sluice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -23,6 +27,7 @@ cp "$work/sluice.toml" "$work/embedded.toml"
 # A fresh Kafka + PostgreSQL configuration in $work/sluice.toml.
 kafka_config() {
   local id
+  if [ -n "${KAFKA_RESET:-}" ]; then bash -c "$KAFKA_RESET"; fi
   id="b$(date +%s%N)"
   psql -q "$DATABASE_URL" -c "CREATE DATABASE $id" >/dev/null
   cat "$work/embedded.toml" - > "$work/sluice.toml" <<TOML

@@ -750,10 +750,7 @@ impl Inner {
         let (mut lo, mut hi) = (hint.max(low).max(self.floor(partition)), high.max(0));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self
-                .read_blocking(partition, mid, 1, false)?
-                .first()
-            {
+            match self.read_blocking(partition, mid, 1, false)?.first() {
                 Some(e) if e.received_at_ms < target => lo = seq_of(e.offset) as i64,
                 _ => hi = mid,
             }
@@ -865,11 +862,9 @@ impl EventLog for KafkaLog {
         self.inner.check_partition(partition)?;
         let kafka_from = seq_of(from).saturating_sub(1) as i64;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            inner.read_blocking(partition, kafka_from, max, true)
-        })
-        .await
-        .map_err(storage)?
+        tokio::task::spawn_blocking(move || inner.read_blocking(partition, kafka_from, max, true))
+            .await
+            .map_err(storage)?
     }
 
     async fn read_at(&self, offsets: &[u64]) -> Result<Vec<StoredEvent>, LogError> {
@@ -898,8 +893,7 @@ impl EventLog for KafkaLog {
                     let start = (end - 1000).max(low);
                     let mut from = start;
                     while from < end {
-                        let page =
-                            inner.read_blocking(p, from, 1000, true)?;
+                        let page = inner.read_blocking(p, from, 1000, true)?;
                         let Some(last) = page.last() else { break };
                         from = seq_of(last.offset) as i64;
                         mine.extend(

@@ -6,11 +6,13 @@
 //! Uses the synchronous `postgres` client on Tokio's blocking threads, as the SQLite store
 //! does with rusqlite.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use postgres::{Client, NoTls, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement, Transaction};
 use serde_json::Value;
 use sluice_identity::traits::TraitValue;
 use sluice_identity::{Member, Observation, Rules};
@@ -88,6 +90,8 @@ pub struct PgStore {
     writer: Arc<Mutex<Option<Client>>>,
     readers: Arc<Mutex<Vec<Client>>>,
     obs_cache: Arc<Mutex<ObsCache>>,
+    /// The profile algorithm's statements, prepared on `writer` (see [`Pg`]).
+    statements: Arc<Mutex<HashMap<&'static str, Statement>>>,
 }
 
 impl PgStore {
@@ -107,6 +111,7 @@ impl PgStore {
             writer: Arc::new(Mutex::new(Some(writer))),
             readers: Arc::default(),
             obs_cache: Arc::default(),
+            statements: Arc::default(),
         })
     }
 
@@ -182,15 +187,57 @@ impl Drop for PgStore {
     }
 }
 
-/// The PostgreSQL statements of the profile algorithm (`crate::graph`).
-struct Pg<'a, 'c>(&'a mut Transaction<'c>);
+/// The PostgreSQL statements of the profile algorithm (`crate::graph`). They run one by
+/// one, each informing the next, so each is a round trip: prepared once per connection
+/// (`statements`), an execution is one round trip instead of two (parse, then execute).
+struct Pg<'a, 'c> {
+    tx: &'a mut Transaction<'c>,
+    statements: &'a mut HashMap<&'static str, Statement>,
+}
+
+impl Pg<'_, '_> {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let st = self.statement(sql)?;
+        self.tx.execute(&st, params)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let st = self.statement(sql)?;
+        self.tx.query(&st, params)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let st = self.statement(sql)?;
+        self.tx.query_opt(&st, params)
+    }
+}
 
 impl GraphTx for Pg<'_, '_> {
     type Error = postgres::Error;
 
     fn obs_key(&mut self, hash: i64) -> Result<Option<(i64, String)>, postgres::Error> {
         Ok(self
-            .0
             .query_opt(
                 "SELECT ts, message_id FROM id_obs WHERE hash = $1",
                 &[&hash],
@@ -205,12 +252,11 @@ impl GraphTx for Pg<'_, '_> {
         msg: &str,
         source: &str,
     ) -> Result<(), postgres::Error> {
-        self.0
-            .execute(
-                "UPDATE id_obs SET ts = $2, message_id = $3, source = $4 WHERE hash = $1",
-                &[&hash, &ts, &msg, &source],
-            )
-            .map(|_| ())
+        self.execute(
+            "UPDATE id_obs SET ts = $2, message_id = $3, source = $4 WHERE hash = $1",
+            &[&hash, &ts, &msg, &source],
+        )
+        .map(|_| ())
     }
 
     fn obs_insert(
@@ -221,12 +267,12 @@ impl GraphTx for Pg<'_, '_> {
         msg: &str,
         source: &str,
     ) -> Result<(), postgres::Error> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO id_obs (hash, idents, ts, message_id, source) VALUES ($1, $2, $3, $4, $5)",
             &[&hash, &idents.join("\n"), &ts, &msg, &source],
         )?;
         for i in idents {
-            self.0.execute(
+            self.execute(
                 "INSERT INTO obs_idents (ident, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 &[i, &hash],
             )?;
@@ -235,16 +281,13 @@ impl GraphTx for Pg<'_, '_> {
     }
 
     fn obs_delete(&mut self, hash: i64) -> Result<(), postgres::Error> {
-        self.0
-            .execute("DELETE FROM id_obs WHERE hash = $1", &[&hash])?;
-        self.0
-            .execute("DELETE FROM obs_idents WHERE hash = $1", &[&hash])?;
+        self.execute("DELETE FROM id_obs WHERE hash = $1", &[&hash])?;
+        self.execute("DELETE FROM obs_idents WHERE hash = $1", &[&hash])?;
         Ok(())
     }
 
     fn obs_hashes(&mut self, ident: &str) -> Result<Vec<i64>, postgres::Error> {
         Ok(self
-            .0
             .query("SELECT hash FROM obs_idents WHERE ident = $1", &[&ident])?
             .iter()
             .map(|r| r.get(0))
@@ -253,7 +296,6 @@ impl GraphTx for Pg<'_, '_> {
 
     fn obs_load(&mut self, hash: i64) -> Result<Option<Observation>, postgres::Error> {
         Ok(self
-            .0
             .query_opt(
                 "SELECT idents, ts, message_id, source FROM id_obs WHERE hash = $1",
                 &[&hash],
@@ -273,17 +315,16 @@ impl GraphTx for Pg<'_, '_> {
         ts: i64,
         msg: &str,
     ) -> Result<(), postgres::Error> {
-        self.0
-            .execute(
-                // A second copy of an event in the log is the same event (see the
-                // SQLite store).
-                "INSERT INTO profile_events (id, ident_hash, ts, message_id)
+        self.execute(
+            // A second copy of an event in the log is the same event (see the
+            // SQLite store).
+            "INSERT INTO profile_events (id, ident_hash, ts, message_id)
                  SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM profile_events
                    WHERE ident_hash = $2 AND ts = $3 AND message_id = $4 AND id <> $1)
                  ON CONFLICT DO NOTHING",
-                &[&id, &ident_hash, &ts, &msg],
-            )
-            .map(|_| ())
+            &[&id, &ident_hash, &ts, &msg],
+        )
+        .map(|_| ())
     }
 
     fn trait_put(
@@ -293,8 +334,7 @@ impl GraphTx for Pg<'_, '_> {
         value: &str,
         e: &ProfileEvent,
     ) -> Result<(), postgres::Error> {
-        self.0
-            .execute(
+        self.execute(
                 "INSERT INTO traits (ident, key, value, ts, message_id, source) VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (ident, key) DO UPDATE SET
                      value = excluded.value, ts = excluded.ts,
@@ -307,8 +347,7 @@ impl GraphTx for Pg<'_, '_> {
     }
 
     fn link(&mut self, user: &str, account: &str, ts: i64) -> Result<(), postgres::Error> {
-        self.0
-            .execute(
+        self.execute(
                 "INSERT INTO links (user_ident, account_ident, ts) VALUES ($1, $2, $3)
                  ON CONFLICT (user_ident, account_ident) DO UPDATE SET ts = GREATEST(links.ts, excluded.ts)",
                 &[&user, &account, &ts],
@@ -318,14 +357,12 @@ impl GraphTx for Pg<'_, '_> {
 
     fn identity_profile(&mut self, ident: &str) -> Result<Option<String>, postgres::Error> {
         Ok(self
-            .0
             .query_opt("SELECT profile FROM identities WHERE ident = $1", &[&ident])?
             .map(|r| r.get(0)))
     }
 
     fn identity_delete(&mut self, ident: &str) -> Result<u64, postgres::Error> {
-        self.0
-            .execute("DELETE FROM identities WHERE ident = $1", &[&ident])
+        self.execute("DELETE FROM identities WHERE ident = $1", &[&ident])
     }
 
     fn identity_insert(
@@ -336,8 +373,7 @@ impl GraphTx for Pg<'_, '_> {
         msg: &str,
         source: &str,
     ) -> Result<(), postgres::Error> {
-        self.0
-            .execute(
+        self.execute(
                 "INSERT INTO identities (ident, profile, ts, message_id, source) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (ident) DO UPDATE SET profile = excluded.profile, ts = excluded.ts,
                      message_id = excluded.message_id, source = excluded.source",
@@ -347,30 +383,26 @@ impl GraphTx for Pg<'_, '_> {
     }
 
     fn profile_delete(&mut self, id: &str) -> Result<(), postgres::Error> {
-        self.0
-            .execute("DELETE FROM profiles WHERE id = $1", &[&id])
+        self.execute("DELETE FROM profiles WHERE id = $1", &[&id])
             .map(|_| ())
     }
 
     fn profile_put(&mut self, id: &str, merged: &str) -> Result<(), postgres::Error> {
-        self.0
-            .execute(
-                "INSERT INTO profiles (id, merged) VALUES ($1, $2)
+        self.execute(
+            "INSERT INTO profiles (id, merged) VALUES ($1, $2)
                  ON CONFLICT (id) DO UPDATE SET merged = excluded.merged",
-                &[&id, &merged],
-            )
-            .map(|_| ())
+            &[&id, &merged],
+        )
+        .map(|_| ())
     }
 
     fn erase_filed(&mut self, ident: &str, ident_hash: i64) -> Result<(u64, u64), postgres::Error> {
-        let traits = self
-            .0
-            .execute("DELETE FROM traits WHERE ident = $1", &[&ident])?;
-        let events = self.0.execute(
+        let traits = self.execute("DELETE FROM traits WHERE ident = $1", &[&ident])?;
+        let events = self.execute(
             "DELETE FROM profile_events WHERE ident_hash = $1",
             &[&ident_hash],
         )?;
-        self.0.execute(
+        self.execute(
             "DELETE FROM links WHERE user_ident = $1 OR account_ident = $1",
             &[&ident],
         )?;
@@ -815,11 +847,16 @@ impl Store for PgStore {
         if events.is_empty() {
             return Ok(ProfileStepStats::default());
         }
-        let cache = self.obs_cache.clone();
+        let (cache, statements) = (self.obs_cache.clone(), self.statements.clone());
         self.with(move |c| {
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut statements = statements.lock().unwrap_or_else(|p| p.into_inner());
             let mut tx = c.transaction()?;
-            let (stats, filed) = graph::apply(&mut Pg(&mut tx), &cache, &events, &rules)?;
+            let mut pg = Pg {
+                tx: &mut tx,
+                statements: &mut statements,
+            };
+            let (stats, filed) = graph::apply(&mut pg, &cache, &events, &rules)?;
             tx.commit()?;
             cache.remember(filed);
             Ok(stats)
@@ -991,11 +1028,16 @@ impl Store for PgStore {
         idents: Vec<String>,
         rules: Arc<Rules>,
     ) -> Result<ErasedProfiles, StoreError> {
-        let cache = self.obs_cache.clone();
+        let (cache, statements) = (self.obs_cache.clone(), self.statements.clone());
         self.with(move |c| {
             cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            let mut statements = statements.lock().unwrap_or_else(|p| p.into_inner());
             let mut tx = c.transaction()?;
-            let out = graph::erase(&mut Pg(&mut tx), &idents, &rules)?;
+            let mut pg = Pg {
+                tx: &mut tx,
+                statements: &mut statements,
+            };
+            let out = graph::erase(&mut pg, &idents, &rules)?;
             tx.commit()?;
             Ok(out)
         })

@@ -51,6 +51,19 @@ pub trait GraphTx {
         value: &str,
         e: &ProfileEvent,
     ) -> Result<(), Self::Error>;
+    /// Every trait one event gives an identifier, [`GraphTx::trait_put`] each (a store where
+    /// a statement is a round trip files them in one).
+    fn traits_put(
+        &mut self,
+        ident: &str,
+        traits: &[(&str, String)],
+        e: &ProfileEvent,
+    ) -> Result<(), Self::Error> {
+        for (k, v) in traits {
+            self.trait_put(ident, k, v, e)?;
+        }
+        Ok(())
+    }
     fn link(&mut self, user: &str, account: &str, ts: i64) -> Result<(), Self::Error>;
     fn identity_profile(&mut self, ident: &str) -> Result<Option<String>, Self::Error>;
     /// Deletes an identifier's resolution; returns how many rows.
@@ -105,10 +118,14 @@ fn put_traits<T: GraphTx>(
     traits: &Map<String, Value>,
     e: &ProfileEvent,
 ) -> Result<(), T::Error> {
-    for (k, v) in traits {
-        tx.trait_put(ident, k, &v.to_string(), e)?;
+    if traits.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let all: Vec<(&str, String)> = traits
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.to_string()))
+        .collect();
+    tx.traits_put(ident, &all, e)
 }
 
 /// Files a batch of events (inside the caller's transaction). Returns the statistics and

@@ -267,16 +267,15 @@ impl GraphTx for Pg<'_, '_> {
         msg: &str,
         source: &str,
     ) -> Result<(), postgres::Error> {
+        // One round trip for the observation and its identifiers.
         self.execute(
-            "INSERT INTO id_obs (hash, idents, ts, message_id, source) VALUES ($1, $2, $3, $4, $5)",
-            &[&hash, &idents.join("\n"), &ts, &msg, &source],
+            "WITH obs AS (
+                 INSERT INTO id_obs (hash, idents, ts, message_id, source) VALUES ($1, $2, $3, $4, $5)
+             )
+             INSERT INTO obs_idents (ident, hash) SELECT i, $1 FROM UNNEST($6::text[]) AS i
+             ON CONFLICT DO NOTHING",
+            &[&hash, &idents.join("\n"), &ts, &msg, &source, &idents],
         )?;
-        for i in idents {
-            self.execute(
-                "INSERT INTO obs_idents (ident, hash) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[i, &hash],
-            )?;
-        }
         Ok(())
     }
 
@@ -344,6 +343,28 @@ impl GraphTx for Pg<'_, '_> {
                 &[&ident, &key, &value, &e.ts, &e.message_id, &e.source],
             )
             .map(|_| ())
+    }
+
+    fn traits_put(
+        &mut self,
+        ident: &str,
+        traits: &[(&str, String)],
+        e: &ProfileEvent,
+    ) -> Result<(), postgres::Error> {
+        // One event's keys are distinct, so no row is updated twice by the statement.
+        let keys: Vec<&str> = traits.iter().map(|(k, _)| *k).collect();
+        let values: Vec<&str> = traits.iter().map(|(_, v)| v.as_str()).collect();
+        self.execute(
+            "INSERT INTO traits (ident, key, value, ts, message_id, source)
+             SELECT $1, t.key, t.value, $4, $5, $6 FROM UNNEST($2::text[], $3::text[]) AS t(key, value)
+             ON CONFLICT (ident, key) DO UPDATE SET
+                 value = excluded.value, ts = excluded.ts,
+                 message_id = excluded.message_id, source = excluded.source
+             WHERE excluded.ts > traits.ts
+                OR (excluded.ts = traits.ts AND excluded.message_id > traits.message_id)",
+            &[&ident, &keys, &values, &e.ts, &e.message_id, &e.source],
+        )
+        .map(|_| ())
     }
 
     fn link(&mut self, user: &str, account: &str, ts: i64) -> Result<(), postgres::Error> {

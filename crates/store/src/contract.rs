@@ -547,6 +547,12 @@ pub async fn event_references_are_pruned_with_the_log_but_profiles_stay<H: Store
     // A second copy of event 3 in the log, at another offset, is the same event.
     let copy = event(9, &ev(3, "track", Some("u1"), None, json!(null)), &rules);
     s.apply_profiles(vec![copy], rules.clone()).await.unwrap();
+    // So are two copies of a new event in one batch: the first is kept.
+    let copies = vec![
+        event(10, &ev(4, "track", Some("u1"), None, json!(null)), &rules),
+        event(11, &ev(4, "track", Some("u1"), None, json!(null)), &rules),
+    ];
+    s.apply_profiles(copies, rules.clone()).await.unwrap();
     // Offsets are 1, 2, 3: events before offset 3 are past retention.
     assert_eq!(s.prune_profile_events(0..3).await.unwrap(), 2);
     let p = s.profile("u|anonymous_id:a1").await.unwrap().unwrap();
@@ -564,7 +570,7 @@ pub async fn event_references_are_pruned_with_the_log_but_profiles_stay<H: Store
         )
         .await
         .unwrap();
-    assert_eq!(left.iter().map(|e| e.log_offset).collect::<Vec<_>>(), [3]);
+    assert_eq!(left.iter().map(|e| e.log_offset).collect::<Vec<_>>(), [3, 10]);
     assert_eq!(trait_map(s, "u|user_id:u1").await["plan"], "pro");
 }
 

@@ -65,6 +65,10 @@ pub trait GraphTx {
         Ok(())
     }
     fn link(&mut self, user: &str, account: &str, ts: i64) -> Result<(), Self::Error>;
+    /// The end of [`apply`]: writes what the store kept back (before the caller commits).
+    fn finish(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
     fn identity_profile(&mut self, ident: &str) -> Result<Option<String>, Self::Error>;
     /// Deletes an identifier's resolution; returns how many rows.
     fn identity_delete(&mut self, ident: &str) -> Result<u64, Self::Error>;
@@ -180,6 +184,7 @@ pub fn apply<T: GraphTx>(
         }
     }
     reresolve(tx, dirty, rules, &mut stats)?;
+    tx.finish()?;
     Ok((stats, filed))
 }
 

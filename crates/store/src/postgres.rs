@@ -6,7 +6,7 @@
 //! Uses the synchronous `postgres` client on Tokio's blocking threads, as the SQLite store
 //! does with rusqlite.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -193,6 +193,8 @@ impl Drop for PgStore {
 struct Pg<'a, 'c> {
     tx: &'a mut Transaction<'c>,
     statements: &'a mut HashMap<&'static str, Statement>,
+    /// Event references not written yet: (id, ident hash, ts, messageId).
+    refs: Vec<(i64, i64, i64, String)>,
 }
 
 impl Pg<'_, '_> {
@@ -314,14 +316,36 @@ impl GraphTx for Pg<'_, '_> {
         ts: i64,
         msg: &str,
     ) -> Result<(), postgres::Error> {
+        // Nothing reads event references while a batch is filed: they are written
+        // together by `finish`.
+        self.refs.push((id, ident_hash, ts, msg.to_string()));
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), postgres::Error> {
+        if self.refs.is_empty() {
+            return Ok(());
+        }
+        // A second copy of an event in the log is the same event (see the SQLite store):
+        // within the batch the first copy is kept, against what is stored the statement
+        // checks.
+        let mut seen = HashSet::new();
+        let refs: Vec<_> = std::mem::take(&mut self.refs)
+            .into_iter()
+            .filter(|(_, h, ts, m)| seen.insert((*h, *ts, m.clone())))
+            .collect();
+        let ids: Vec<i64> = refs.iter().map(|r| r.0).collect();
+        let hashes: Vec<i64> = refs.iter().map(|r| r.1).collect();
+        let times: Vec<i64> = refs.iter().map(|r| r.2).collect();
+        let msgs: Vec<&str> = refs.iter().map(|r| r.3.as_str()).collect();
         self.execute(
-            // A second copy of an event in the log is the same event (see the
-            // SQLite store).
             "INSERT INTO profile_events (id, ident_hash, ts, message_id)
-                 SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM profile_events
-                   WHERE ident_hash = $2 AND ts = $3 AND message_id = $4 AND id <> $1)
-                 ON CONFLICT DO NOTHING",
-            &[&id, &ident_hash, &ts, &msg],
+             SELECT t.id, t.h, t.ts, t.m FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[])
+                 AS t(id, h, ts, m)
+             WHERE NOT EXISTS (SELECT 1 FROM profile_events p
+                 WHERE p.ident_hash = t.h AND p.ts = t.ts AND p.message_id = t.m AND p.id <> t.id)
+             ON CONFLICT DO NOTHING",
+            &[&ids, &hashes, &times, &msgs],
         )
         .map(|_| ())
     }
@@ -876,6 +900,7 @@ impl Store for PgStore {
             let mut pg = Pg {
                 tx: &mut tx,
                 statements: &mut statements,
+                refs: Vec::new(),
             };
             let (stats, filed) = graph::apply(&mut pg, &cache, &events, &rules)?;
             tx.commit()?;
@@ -1057,6 +1082,7 @@ impl Store for PgStore {
             let mut pg = Pg {
                 tx: &mut tx,
                 statements: &mut statements,
+                refs: Vec::new(),
             };
             let out = graph::erase(&mut pg, &idents, &rules)?;
             tx.commit()?;

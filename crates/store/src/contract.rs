@@ -570,7 +570,10 @@ pub async fn event_references_are_pruned_with_the_log_but_profiles_stay<H: Store
         )
         .await
         .unwrap();
-    assert_eq!(left.iter().map(|e| e.log_offset).collect::<Vec<_>>(), [3, 10]);
+    assert_eq!(
+        left.iter().map(|e| e.log_offset).collect::<Vec<_>>(),
+        [3, 10]
+    );
     assert_eq!(trait_map(s, "u|user_id:u1").await["plan"], "pro");
 }
 

@@ -153,9 +153,9 @@ struct Group {
 /// A consumer assigned to one partition, positioned at `next` (a Kafka offset).
 struct Reader {
     consumer: BaseConsumer,
+    /// -1 while unassigned (new, or back in the pool not fetching; see
+    /// [`Inner::read_blocking`]).
     next: i64,
-    /// Unassigned, not fetching (see [`Inner::read_blocking`]).
-    paused: bool,
 }
 
 /// A PostgreSQL error with the server's own message (tokio-postgres shows only "db error").
@@ -581,7 +581,7 @@ impl Inner {
             if reader.consumer.unassign().is_err() {
                 return result; // dropped, not pooled
             }
-            reader.paused = true;
+            reader.next = -1;
         }
         if let Ok(mut pool) = self.readers.lock() {
             let list = pool.entry(partition).or_default();
@@ -627,7 +627,7 @@ impl Inner {
                     };
                     for e in page {
                         let k = seq_of(e.offset) as i64 - 1;
-                        if k <= end && ks[run..=last].binary_search(&k).is_ok() {
+                        if ks[run..=last].binary_search(&k).is_ok() {
                             found.insert(e.offset, e);
                         }
                     }
@@ -656,16 +656,14 @@ impl Inner {
             None => Reader {
                 consumer: reader_config(&self.config).create().map_err(kafka_error)?,
                 next: -1,
-                paused: false,
             },
         };
-        if reader.next != from || reader.paused {
+        if reader.next != from {
             reader
                 .consumer
                 .assign(&self.topic_partition(partition, Offset::Offset(from)))
                 .map_err(kafka_error)?;
             reader.next = from;
-            reader.paused = false;
         }
         Ok(reader)
     }

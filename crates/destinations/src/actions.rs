@@ -16,7 +16,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use sluice_mapping::{prepare, Mapping, Subscription};
+use sluice_mapping::{map_and_prepare, Mapping, Subscription};
 
 use crate::catalog::{Action, Entry};
 use crate::http::Prepared;
@@ -148,11 +148,7 @@ impl Enabled {
             .unwrap_or_else(|| action.default_subscription.clone());
         let subscription =
             Subscription::parse(&text).map_err(|e| ("subscription".to_string(), e.to_string()))?;
-        let mut fields = Map::new();
-        for (key, default) in &action.defaults {
-            fields.insert(key.clone(), default.clone());
-        }
-        for (key, value) in &cfg.mapping {
+        for key in cfg.mapping.keys() {
             if !action.fields.iter().any(|(k, _)| k == key) {
                 let known: Vec<&str> = action.fields.iter().map(|(k, _)| k.as_str()).collect();
                 return Err((
@@ -164,11 +160,19 @@ impl Enabled {
                     ),
                 ));
             }
-            Mapping::compile(value).map_err(|e| (format!("mapping.{key}"), e.to_string()))?;
-            fields.insert(key.clone(), value.clone());
         }
-        let mapping = Mapping::compile(&Value::Object(fields))
-            .map_err(|e| ("mapping".to_string(), e.to_string()))?;
+        // One entry per field that has a value (configured, else the catalog default), in
+        // the order the fields are declared — the order they are typed in.
+        let mut entries = Vec::new();
+        for (key, _) in &action.fields {
+            let Some(value) = cfg.mapping.get(key).or_else(|| action.defaults.get(key)) else {
+                continue;
+            };
+            let m =
+                Mapping::compile(value).map_err(|e| (format!("mapping.{key}"), e.to_string()))?;
+            entries.push((key.clone(), m));
+        }
+        let mapping = Mapping::Object(entries);
         Ok(Enabled {
             action,
             subscription,
@@ -282,12 +286,8 @@ impl ActionsKind {
         raw: Option<&[u8]>,
         allow_private: bool,
     ) -> Result<(Prepared, Option<Value>), String> {
-        let mapped = match a.mapping.eval(event) {
-            Some(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        let payload = match prepare(&a.action.fields, mapped) {
-            Ok(p) => p,
+        let payload = match map_and_prepare(&a.action.fields, &a.mapping, event) {
+            Ok(p) => p.into_value(),
             Err(e) if e.skip => return Err(format!("{SKIP}{e}")),
             Err(e) => return Err(e.to_string()),
         };

@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{json, Value};
-use sluice_mapping::{prepare, FieldSpec, FieldType, Mapping, Subscription};
+use sluice_mapping::{map_and_prepare, FieldSpec, FieldType, Mapping, Subscription};
 
 fn event() -> Value {
     json!({
@@ -101,10 +101,7 @@ fn bench(c: &mut Criterion) {
             if !sub.matches(&e) {
                 return None;
             }
-            let Some(Value::Object(payload)) = mapping.eval(&e) else {
-                return None;
-            };
-            prepare(&fields, payload).ok()
+            map_and_prepare(&fields, &mapping, &e).ok()
         })
     });
     g.finish();

@@ -7,7 +7,11 @@
 //! failure: nothing is sent, nothing is retried.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
 use serde_json::{Map, Number, Value};
+
+use crate::kit::{Mapping, Out};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,25 +93,72 @@ pub fn prepare(
     fields: &[(String, FieldSpec)],
     payload: Map<String, Value>,
 ) -> Result<Map<String, Value>, ValidationError> {
-    let mut payload = payload;
-    let mut out = Map::with_capacity(fields.len());
+    match prepare_out(fields, Out::Owned(Value::Object(payload)))?.into_value() {
+        Value::Object(m) => Ok(m),
+        _ => unreachable!("prepare_out gives an object"),
+    }
+}
+
+/// [`prepare`] on the evaluator's borrowed form ([`Mapping::eval_out`]): nothing is
+/// copied that is not changed. A non-object payload counts as `{}`. The result is an
+/// [`Out::Object`] in the order of `fields`.
+pub fn prepare_out<'a>(
+    fields: &'a [(String, FieldSpec)],
+    payload: Out<'a>,
+) -> Result<Out<'a>, ValidationError> {
+    let mut entries = Entries::of(payload.into_entries().unwrap_or_default());
+    prepare_with(fields, |key| entries.take(key))
+}
+
+/// `prepare_out(fields, mapping.eval_out(event))`, without building the mapped object
+/// first when the mapping is one: each declared field's mapping is evaluated and typed in
+/// turn, and keys the fields do not declare are not evaluated at all.
+pub fn map_and_prepare<'a>(
+    fields: &'a [(String, FieldSpec)],
+    mapping: &'a Mapping,
+    event: &'a Value,
+) -> Result<Out<'a>, ValidationError> {
+    let Mapping::Object(entries) = mapping else {
+        return prepare_out(
+            fields,
+            mapping.eval_out(event).unwrap_or(Out::Object(Vec::new())),
+        );
+    };
+    let mut next = 0;
+    prepare_with(fields, |key| {
+        let i = find(entries.len(), next, |i| entries[i].0 == key)?;
+        next = i + 1;
+        entries[i].1.eval_out(event)
+    })
+}
+
+/// The index in `0..n` for which `is` holds, searched from `from` round to `from - 1`:
+/// mappings list their keys in about the order the fields are declared, so a search
+/// that starts after the last key found usually takes one step.
+fn find(n: usize, from: usize, is: impl Fn(usize) -> bool) -> Option<usize> {
+    let from = from.min(n);
+    (from..n).chain(0..from).find(|&i| is(i))
+}
+
+fn prepare_with<'a>(
+    fields: &'a [(String, FieldSpec)],
+    mut take: impl FnMut(&str) -> Option<Out<'a>>,
+) -> Result<Out<'a>, ValidationError> {
+    let mut out = Vec::with_capacity(fields.len());
     for (key, spec) in fields {
-        let value = payload.remove(key);
-        let value = match value {
+        let value = match take(key) {
             None => None,
-            Some(Value::Null) if !spec.allow_null => None,
+            Some(v) if v.is_null() && !spec.allow_null => None,
             // Empty strings are removed at the root.
-            Some(Value::String(s)) if s.is_empty() => None,
+            Some(v) if v.as_str() == Some("") => None,
             Some(v) => Some(coerce(spec, v).map_err(|e| e.under(key))?),
         };
         // A required list that came out empty counts as missing.
         let value = value.filter(|v| {
-            !(spec.required && spec.multiple && v.as_array().is_some_and(Vec::is_empty))
+            !(spec.required && spec.multiple && matches!(v, Out::Array(a) if a.is_empty()))
         });
         match value {
-            Some(v) => {
-                out.insert(key.clone(), v);
-            }
+            Some(v) => out.push((Cow::Borrowed(key.as_str()), v)),
             None if spec.required => {
                 let mut e = invalid(key, "is required but the mapping gave no value");
                 e.skip = spec.skip_when_missing;
@@ -116,12 +167,75 @@ pub fn prepare(
             None => {}
         }
     }
-    Ok(out)
+    Ok(Out::Object(out))
+}
+
+/// An object's entries, taken out by key (each at most once).
+struct Entries<'a> {
+    entries: Vec<(Cow<'a, str>, Out<'a>)>,
+    /// Bit i: entry i was taken (entries past 64 are tracked in `more`).
+    taken: u64,
+    more: Vec<bool>,
+    next: usize,
+}
+
+impl<'a> Entries<'a> {
+    fn of(entries: Vec<(Cow<'a, str>, Out<'a>)>) -> Entries<'a> {
+        let more = vec![false; entries.len().saturating_sub(64)];
+        Entries {
+            entries,
+            taken: 0,
+            more,
+            next: 0,
+        }
+    }
+
+    fn is_taken(&self, i: usize) -> bool {
+        if i < 64 {
+            self.taken & (1 << i) != 0
+        } else {
+            self.more[i - 64]
+        }
+    }
+
+    fn take(&mut self, key: &str) -> Option<Out<'a>> {
+        let i = find(self.entries.len(), self.next, |i| self.entries[i].0 == key)?;
+        if self.is_taken(i) {
+            return None;
+        }
+        self.next = i + 1;
+        if i < 64 {
+            self.taken |= 1 << i;
+        } else {
+            self.more[i - 64] = true;
+        }
+        Some(std::mem::replace(
+            &mut self.entries[i].1,
+            Out::Owned(Value::Null),
+        ))
+    }
+
+    fn rest(self) -> impl Iterator<Item = (Cow<'a, str>, Out<'a>)> {
+        let Entries {
+            entries,
+            taken,
+            more,
+            ..
+        } = self;
+        entries.into_iter().enumerate().filter_map(move |(i, e)| {
+            let gone = if i < 64 {
+                taken & (1 << i) != 0
+            } else {
+                more[i - 64]
+            };
+            (!gone).then_some(e)
+        })
+    }
 }
 
 /// Coerces one value; errors name the path relative to it (`""`, `"[1]"`, `".lat"`),
 /// which callers prefix — paths are only built when something is wrong.
-fn coerce(spec: &FieldSpec, v: Value) -> Result<Value, ValidationError> {
+fn coerce<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, ValidationError> {
     if v.is_null() {
         return if spec.allow_null {
             Ok(v)
@@ -130,10 +244,7 @@ fn coerce(spec: &FieldSpec, v: Value) -> Result<Value, ValidationError> {
         };
     }
     if spec.multiple {
-        let items = match v {
-            Value::Array(items) => items,
-            one => vec![one],
-        };
+        let items = v.into_items().unwrap_or_else(|one| vec![one]);
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             // Empty strings in non-string arrays are dropped like at the root.
@@ -142,7 +253,7 @@ fn coerce(spec: &FieldSpec, v: Value) -> Result<Value, ValidationError> {
             }
             out.push(coerce_one(spec, item).map_err(|e| e.under(&format!("[{i}]")))?);
         }
-        return Ok(Value::Array(out));
+        return Ok(Out::Array(out));
     }
     coerce_one(spec, v)
 }
@@ -166,35 +277,43 @@ fn is_stringy(t: FieldType) -> bool {
     )
 }
 
-fn coerce_one(spec: &FieldSpec, v: Value) -> Result<Value, ValidationError> {
+fn kind(v: &Out) -> &'static str {
+    match v {
+        Out::Object(_) => "an object",
+        Out::Array(_) => "a list",
+        v => match v.as_value() {
+            Some(Value::Null) => "null",
+            Some(Value::Bool(_)) => "a boolean",
+            Some(Value::Number(_)) => "a number",
+            Some(Value::String(_)) => "a string",
+            Some(Value::Array(_)) => "a list",
+            _ => "an object",
+        },
+    }
+}
+
+fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, ValidationError> {
     let field = "";
-    let kind = |v: &Value| match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    };
+    let value = v.as_value();
     match spec.ty {
-        FieldType::String | FieldType::Text | FieldType::Password => match v {
-            Value::String(_) => Ok(v),
-            Value::Number(n) => Ok(Value::String(n.to_string())),
-            Value::Bool(b) => Ok(Value::String(b.to_string())),
-            other => Err(invalid(
+        FieldType::String | FieldType::Text | FieldType::Password => match value {
+            Some(Value::String(_)) => Ok(v),
+            Some(Value::Number(n)) => Ok(Out::Owned(Value::String(n.to_string()))),
+            Some(Value::Bool(b)) => Ok(Out::Owned(Value::String(b.to_string()))),
+            _ => Err(invalid(
                 field,
-                format!("must be a string, not {}", kind(&other)),
+                format!("must be a string, not {}", kind(&v)),
             )),
         },
         FieldType::Number | FieldType::Integer => {
-            let n = match &v {
-                Value::Number(n) => n.as_f64(),
-                Value::String(s) => s
+            let n = match value {
+                Some(Value::Number(n)) => n.as_f64(),
+                Some(Value::String(s)) => s
                     .trim()
                     .parse::<f64>()
                     .ok()
                     .filter(|f| f.is_finite() && !s.trim().is_empty()),
-                Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+                Some(Value::Bool(b)) => Some(if *b { 1.0 } else { 0.0 }),
                 _ => None,
             };
             let Some(n) = n else {
@@ -207,83 +326,81 @@ fn coerce_one(spec: &FieldSpec, v: Value) -> Result<Value, ValidationError> {
                 if n.fract() != 0.0 || n.abs() > 9.007_199_254_740_991e15 {
                     return Err(invalid(field, format!("must be an integer, not {n}")));
                 }
-                return Ok(Value::Number(Number::from(n as i64)));
+                if value.and_then(Value::as_i64).is_some() {
+                    return Ok(v);
+                }
+                return Ok(Out::Owned(Value::Number(Number::from(n as i64))));
             }
-            if let Value::Number(_) = v {
+            if let Some(Value::Number(_)) = value {
                 return Ok(v);
             }
             // As JavaScript prints it: "34" becomes 34, not 34.0.
             if n.fract() == 0.0 && n.abs() <= 9.007_199_254_740_991e15 {
-                return Ok(Value::Number(Number::from(n as i64)));
+                return Ok(Out::Owned(Value::Number(Number::from(n as i64))));
             }
-            Ok(Number::from_f64(n)
-                .map(Value::Number)
-                .unwrap_or(Value::Null))
+            Ok(Out::Owned(
+                Number::from_f64(n)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null),
+            ))
         }
-        FieldType::Boolean => match v {
-            Value::Bool(_) => Ok(v),
-            Value::String(ref s) if s == "true" => Ok(Value::Bool(true)),
-            Value::String(ref s) if s == "false" => Ok(Value::Bool(false)),
-            Value::Number(ref n) if n.as_f64() == Some(1.0) => Ok(Value::Bool(true)),
-            Value::Number(ref n) if n.as_f64() == Some(0.0) => Ok(Value::Bool(false)),
-            other => Err(invalid(
+        FieldType::Boolean => match value {
+            Some(Value::Bool(_)) => Ok(v),
+            Some(Value::String(s)) if s == "true" => Ok(Out::Owned(Value::Bool(true))),
+            Some(Value::String(s)) if s == "false" => Ok(Out::Owned(Value::Bool(false))),
+            Some(Value::Number(n)) if n.as_f64() == Some(1.0) => Ok(Out::Owned(Value::Bool(true))),
+            Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Ok(Out::Owned(Value::Bool(false))),
+            _ => Err(invalid(
                 field,
-                format!("must be true or false, not {}", short(&other)),
+                format!("must be true or false, not {}", short(&v)),
             )),
         },
         // Date-like: an ISO string, or unix seconds/milliseconds; kept as given.
-        FieldType::Datetime => match v {
-            Value::String(_) | Value::Number(_) => Ok(v),
-            other => Err(invalid(
+        FieldType::Datetime => match value {
+            Some(Value::String(_) | Value::Number(_)) => Ok(v),
+            _ => Err(invalid(
                 field,
-                format!(
-                    "must be a date (a string or a number), not {}",
-                    kind(&other)
-                ),
+                format!("must be a date (a string or a number), not {}", kind(&v)),
             )),
         },
-        FieldType::Object => match v {
-            Value::Object(m) => match &spec.properties {
-                None => Ok(Value::Object(m)),
-                Some(props) => {
-                    let mut m = m;
-                    let mut out = Map::with_capacity(m.len());
-                    for (k, p) in props {
-                        match m.remove(k) {
-                            None => {
-                                if p.required {
-                                    return Err(invalid(
-                                        k,
-                                        "is required but the mapping gave no value",
-                                    ));
-                                }
-                            }
-                            Some(Value::Null) if !p.allow_null => {}
-                            Some(Value::String(s)) if s.is_empty() && !is_stringy(p.ty) => {}
-                            Some(val) => {
-                                let v = coerce(p, val).map_err(|e| e.under(k))?;
-                                out.insert(k.clone(), v);
-                            }
+        FieldType::Object => {
+            let Some(props) = &spec.properties else {
+                return match kind(&v) {
+                    "an object" => Ok(v),
+                    k => Err(invalid(field, format!("must be an object, not {k}"))),
+                };
+            };
+            let k = kind(&v);
+            let Some(entries) = v.into_entries() else {
+                return Err(invalid(field, format!("must be an object, not {k}")));
+            };
+            let mut entries = Entries::of(entries);
+            let mut out = Vec::with_capacity(props.len());
+            for (k, p) in props {
+                match entries.take(k) {
+                    None => {
+                        if p.required {
+                            return Err(invalid(k, "is required but the mapping gave no value"));
                         }
                     }
-                    if spec.additional_properties {
-                        for (k, val) in m {
-                            out.insert(k, val);
-                        }
+                    Some(val) if val.is_null() && !p.allow_null => {}
+                    Some(val) if val.as_str() == Some("") && !is_stringy(p.ty) => {}
+                    Some(val) => {
+                        let v = coerce(p, val).map_err(|e| e.under(k))?;
+                        out.push((Cow::Borrowed(k.as_str()), v));
                     }
-                    Ok(Value::Object(out))
                 }
-            },
-            other => Err(invalid(
-                field,
-                format!("must be an object, not {}", kind(&other)),
-            )),
-        },
+            }
+            if spec.additional_properties {
+                out.extend(entries.rest());
+            }
+            Ok(Out::Object(out))
+        }
     }
 }
 
-fn short(v: &Value) -> String {
-    let s = v.to_string();
+fn short(v: &Out) -> String {
+    let s = v.clone().into_value().to_string();
     if s.len() > 40 {
         format!(
             "{}…",
@@ -397,6 +514,113 @@ mod tests {
             let e = run(v.clone()).unwrap_err();
             assert_eq!(e.field, field, "{v}: {e}");
             assert!(e.message.contains(msg), "{v}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn ty() -> impl Strategy<Value = FieldType> {
+        prop_oneof![
+            Just(FieldType::String),
+            Just(FieldType::Text),
+            Just(FieldType::Number),
+            Just(FieldType::Integer),
+            Just(FieldType::Boolean),
+            Just(FieldType::Datetime),
+            Just(FieldType::Object),
+        ]
+    }
+
+    /// A field: a scalar or list type, or an object with typed properties.
+    fn spec() -> impl Strategy<Value = FieldSpec> {
+        prop_oneof![
+            spec_leaf(),
+            (
+                spec_leaf(),
+                prop::collection::btree_map("[xyz]", spec_leaf(), 0..3),
+                any::<bool>(),
+            )
+                .prop_map(|(base, props, extra)| FieldSpec {
+                    ty: FieldType::Object,
+                    properties: Some(props),
+                    additional_properties: extra,
+                    ..base
+                }),
+        ]
+    }
+
+    fn spec_leaf() -> impl Strategy<Value = FieldSpec> {
+        (ty(), any::<[bool; 4]>()).prop_map(|(ty, [required, multiple, allow_null, skip])| {
+            FieldSpec {
+                required,
+                multiple,
+                allow_null,
+                skip_when_missing: skip,
+                ..FieldSpec::of(ty)
+            }
+        })
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i16>().prop_map(Value::from),
+            Just(json!(1.5)),
+            prop_oneof![Just(""), Just("x"), Just("12"), Just("2.5"), Just("true")]
+                .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[xyz]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A field's mapping: a path into the event, a raw value, or an `@arrayPath` over
+    /// the event's `list` with an object shape.
+    fn mapping() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            "[abcdxyz]|list|a\\.x".prop_map(|p| json!({ "@path": format!("$.{p}") })),
+            value(),
+            Just(json!({"@arrayPath": ["$.list", {"x": {"@path": "$.x"}, "y": {"@path": "$.y"}}]})),
+        ]
+    }
+
+    proptest! {
+        /// The fused path (each field's mapping evaluated and typed in turn) gives what
+        /// evaluating the whole mapping and then preparing it gives — value or error.
+        #[test]
+        fn map_and_prepare_is_eval_then_prepare(
+            fields in prop::collection::btree_map("[abcd]", spec(), 0..5),
+            entries in prop::collection::vec(("[abcde]", mapping()), 0..6),
+            event in prop::collection::btree_map("[abcdxyz]|list", value(), 0..8),
+            reverse in any::<bool>(),
+        ) {
+            let mut fields: Vec<(String, FieldSpec)> = fields.into_iter().collect();
+            if reverse {
+                fields.reverse();
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            let mut compiled = Vec::new();
+            for (k, v) in entries {
+                if seen.insert(k.clone()) {
+                    compiled.push((k, Mapping::compile(&v).unwrap()));
+                }
+            }
+            let mapping = Mapping::Object(compiled);
+            let event = Value::Object(event.into_iter().collect());
+            let fused = map_and_prepare(&fields, &mapping, &event).map(Out::into_value);
+            let Some(Value::Object(mapped)) = mapping.eval(&event) else { unreachable!() };
+            let staged = prepare(&fields, mapped).map(Value::Object);
+            prop_assert_eq!(fused, staged);
         }
     }
 }

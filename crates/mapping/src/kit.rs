@@ -260,6 +260,111 @@ impl Mapping {
     pub fn eval(&self, event: &Value) -> Option<Value> {
         eval(self, event)
     }
+
+    /// [`Mapping::eval`] without copying: what comes from the event or the mapping is
+    /// borrowed, objects are lists of entries in the mapping's order. `into_value` of the
+    /// result equals `eval`'s result.
+    pub fn eval_out<'a>(&'a self, event: &'a Value) -> Option<Out<'a>> {
+        eval_out(self, event)
+    }
+}
+
+/// A resolved value that borrows from the event (and the mapping) where it can: the
+/// evaluator's and field typing's working form, made a [`Value`] once at the end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Out<'a> {
+    Ref(&'a Value),
+    Owned(Value),
+    /// An object's entries (keys unique).
+    Object(Vec<(Cow<'a, str>, Out<'a>)>),
+    Array(Vec<Out<'a>>),
+}
+
+impl<'a> Out<'a> {
+    pub fn into_value(self) -> Value {
+        match self {
+            Out::Ref(v) => v.clone(),
+            Out::Owned(v) => v,
+            Out::Object(entries) => Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.into_owned(), v.into_value()))
+                    .collect(),
+            ),
+            Out::Array(items) => Value::Array(items.into_iter().map(Out::into_value).collect()),
+        }
+    }
+
+    fn from_cow(v: Cow<'a, Value>) -> Out<'a> {
+        match v {
+            Cow::Borrowed(v) => Out::Ref(v),
+            Cow::Owned(v) => Out::Owned(v),
+        }
+    }
+
+    /// The value itself when it is a plain one (not an entry list or item list).
+    pub fn as_value(&self) -> Option<&Value> {
+        match self {
+            Out::Ref(v) => Some(v),
+            Out::Owned(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        self.as_value().is_some_and(Value::is_null)
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        self.as_value().and_then(Value::as_str)
+    }
+
+    fn is_array(&self) -> bool {
+        matches!(self, Out::Array(_)) || self.as_value().is_some_and(Value::is_array)
+    }
+
+    fn falsy(&self) -> bool {
+        self.as_value().is_some_and(falsy)
+    }
+
+    /// JavaScript's `v == ""`.
+    fn loose_blank(&self) -> bool {
+        match self {
+            Out::Array(a) => {
+                a.is_empty() || (a.len() == 1 && a[0].loose_blank() && !a[0].is_array())
+            }
+            Out::Object(_) => false,
+            v => v.as_value().is_some_and(loose_eq_empty_string),
+        }
+    }
+
+    /// An object's entries (borrowed, moved or as they are), or `None` for a non-object.
+    pub fn into_entries(self) -> Option<Vec<(Cow<'a, str>, Out<'a>)>> {
+        match self {
+            Out::Object(entries) => Some(entries),
+            Out::Ref(Value::Object(m)) => Some(
+                m.iter()
+                    .map(|(k, v)| (Cow::Borrowed(k.as_str()), Out::Ref(v)))
+                    .collect(),
+            ),
+            Out::Owned(Value::Object(m)) => Some(
+                m.into_iter()
+                    .map(|(k, v)| (Cow::Owned(k), Out::Owned(v)))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// A list's items, or `Err(self)` for a non-list.
+    pub fn into_items(self) -> Result<Vec<Out<'a>>, Out<'a>> {
+        match self {
+            Out::Array(items) => Ok(items),
+            Out::Ref(Value::Array(a)) => Ok(a.iter().map(Out::Ref).collect()),
+            Out::Owned(Value::Array(a)) => Ok(a.into_iter().map(Out::Owned).collect()),
+            other => Err(other),
+        }
+    }
 }
 
 fn join(at: &str, key: &str) -> String {
@@ -710,25 +815,91 @@ fn js_number(n: &Number) -> String {
     }
 }
 
-fn eval(m: &Mapping, event: &Value) -> Option<Value> {
+/// The mapping kit's evaluator for the directives that only pick, arrange and choose —
+/// the common case, evaluated without copying; the others build values ([`eval`]).
+fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
     match m {
-        Mapping::Raw(v) => Some(v.clone()),
+        Mapping::Raw(v) => Some(Out::Ref(v)),
         Mapping::Object(fields) => {
-            let mut out = Map::with_capacity(fields.len());
+            let mut out = Vec::with_capacity(fields.len());
             for (k, f) in fields {
-                if let Some(v) = eval(f, event) {
-                    out.insert(k.clone(), v);
+                if let Some(v) = eval_out(f, event) {
+                    out.push((Cow::Borrowed(k.as_str()), v));
                 }
             }
-            Some(Value::Object(out))
+            Some(Out::Object(out))
         }
-        Mapping::Array(items) => Some(Value::Array(
+        Mapping::Array(items) => Some(Out::Array(
             items
                 .iter()
-                .map(|i| eval(i, event).unwrap_or(Value::Null))
+                .map(|i| eval_out(i, event).unwrap_or(Out::Owned(Value::Null)))
                 .collect(),
         )),
-        Mapping::Path(p) => resolve_path(p, event)?.get(event),
+        Mapping::Path(p) => resolve_path(p, event)?.get_ref(event).map(Out::from_cow),
+        Mapping::Literal(inner) => eval_out(inner, event),
+        Mapping::If {
+            blank,
+            operand,
+            then,
+            otherwise,
+            then_is_operand,
+        } => {
+            let x = eval_out(operand, event);
+            let ok = match (&x, blank) {
+                (None, _) => false,
+                (Some(v), _) if v.is_null() => false,
+                (Some(_), false) => true,
+                // Loose `!= ""`: 0, false and [] count as blank too.
+                (Some(v), true) => !v.loose_blank(),
+            };
+            if ok && *then_is_operand {
+                x
+            } else if ok {
+                then.as_ref().and_then(|t| eval_out(t, event))
+            } else {
+                otherwise
+                    .as_ref()
+                    .and_then(|e| eval_out(e, event))
+                    .filter(|v| !v.falsy())
+            }
+        }
+        Mapping::ArrayPath { path, shape } => {
+            let path = resolve_path(path, event)?;
+            let data = path.get_ref(event)?;
+            match (shape.as_deref(), data) {
+                (Some(shape @ Mapping::Object(fields)), Cow::Borrowed(Value::Array(items)))
+                    if !fields.is_empty() =>
+                {
+                    Some(Out::Array(
+                        items
+                            .iter()
+                            .map(|item| eval_out(shape, item).unwrap_or(Out::Owned(Value::Null)))
+                            .collect(),
+                    ))
+                }
+                (Some(shape @ Mapping::Object(fields)), Cow::Borrowed(one @ Value::Object(_)))
+                    if !fields.is_empty() =>
+                {
+                    Some(Out::Array(vec![
+                        eval_out(shape, one).unwrap_or(Out::Owned(Value::Null))
+                    ]))
+                }
+                (_, data) => Some(Out::from_cow(data)),
+            }
+        }
+        _ => eval(m, event).map(Out::Owned),
+    }
+}
+
+fn eval(m: &Mapping, event: &Value) -> Option<Value> {
+    match m {
+        Mapping::Raw(_)
+        | Mapping::Object(_)
+        | Mapping::Array(_)
+        | Mapping::Path(_)
+        | Mapping::Literal(_)
+        | Mapping::If { .. }
+        | Mapping::ArrayPath { .. } => eval_out(m, event).map(Out::into_value),
         Mapping::Template(pieces) => {
             let mut s = String::new();
             for p in pieces {
@@ -741,32 +912,6 @@ fn eval(m: &Mapping, event: &Value) -> Option<Value> {
                 }
             }
             Some(Value::String(s))
-        }
-        Mapping::Literal(inner) => eval(inner, event),
-        Mapping::If {
-            blank,
-            operand,
-            then,
-            otherwise,
-            then_is_operand,
-        } => {
-            let x = eval(operand, event);
-            let ok = match (&x, blank) {
-                (None, _) | (Some(Value::Null), _) => false,
-                (Some(_), false) => true,
-                // Loose `!= ""`: 0, false and [] count as blank too.
-                (Some(v), true) => !loose_eq_empty_string(v),
-            };
-            if ok && *then_is_operand {
-                x
-            } else if ok {
-                then.as_ref().and_then(|t| eval(t, event))
-            } else {
-                otherwise
-                    .as_ref()
-                    .and_then(|e| eval(e, event))
-                    .filter(|v| !falsy(v))
-            }
         }
         Mapping::Case { upper, value } => {
             let v = eval(value, event)?;
@@ -798,28 +943,6 @@ fn eval(m: &Mapping, event: &Value) -> Option<Value> {
                 s = replace(&s, pat, rep, *global, *ignore_case);
             }
             Some(Value::String(s))
-        }
-        Mapping::ArrayPath { path, shape } => {
-            let path = resolve_path(path, event)?;
-            let data = path.get_ref(event)?;
-            match (shape.as_deref(), data.as_ref()) {
-                (Some(shape @ Mapping::Object(fields)), Value::Array(items))
-                    if !fields.is_empty() =>
-                {
-                    Some(Value::Array(
-                        items
-                            .iter()
-                            .map(|item| eval(shape, item).unwrap_or(Value::Null))
-                            .collect(),
-                    ))
-                }
-                (Some(shape @ Mapping::Object(fields)), one @ Value::Object(_))
-                    if !fields.is_empty() =>
-                {
-                    Some(Value::Array(vec![eval(shape, one).unwrap_or(Value::Null)]))
-                }
-                _ => Some(data.into_owned()),
-            }
         }
         Mapping::Merge { objects, right } => {
             let mut out = Map::new();

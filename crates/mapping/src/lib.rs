@@ -12,6 +12,6 @@ pub mod fields;
 pub mod fql;
 pub mod kit;
 
-pub use fields::{prepare, FieldSpec, FieldType, ValidationError};
+pub use fields::{map_and_prepare, prepare, prepare_out, FieldSpec, FieldType, ValidationError};
 pub use fql::{FqlError, Subscription};
-pub use kit::{Mapping, MappingError, Path};
+pub use kit::{Mapping, MappingError, Out, Path};

@@ -4,7 +4,8 @@
 //! letters, delivery records and log-replay jobs.
 //!
 //! Module map: this file holds the [`Store`] trait and the SQLite implementation
-//! ([`SqliteStore`], a second file beside the event log, `state.sqlite`); [`delivery`]
+//! ([`SqliteStore`], files beside the event log: `state.sqlite`, and `profiles.sqlite` for
+//! the profile tables); [`delivery`]
 //! holds the router's record types; [`profiles`] the identity graph, traits and event
 //! references of profiles; regulations and suppressions live in this file. A PostgreSQL
 //! implementation comes behind the same trait.
@@ -16,7 +17,7 @@ pub mod postgres;
 pub mod profiles;
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -197,42 +198,8 @@ pub trait Store: Send + Sync + 'static {
     async fn checkpoint(&self) -> Result<(), StoreError>;
 }
 
-/// The embedded state store.
-pub struct SqliteStore {
-    path: std::path::PathBuf,
-    conn: Arc<Mutex<Connection>>,
-    /// Read-only connections for the Profile API's lookups, so that they never wait for a
-    /// write transaction (a profile batch holds the writer for a while).
-    readers: Arc<Mutex<Vec<Connection>>>,
-    /// Identifier sets known to be filed (see `profiles::ObsCache`).
-    obs_cache: Arc<Mutex<profiles::ObsCache>>,
-}
-
-impl SqliteStore {
-    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
-        let conn = Connection::open(path.as_ref()).map_err(storage)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(storage)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(storage)?;
-        // Deleted rows (regulations' erasures, retention) are overwritten, not left in
-        // free pages.
-        conn.pragma_update(None, "secure_delete", "ON")
-            .map_err(storage)?;
-        // Profiles touch many small rows across several indexes: a 64 MB page cache keeps
-        // the hot part of them in memory.
-        conn.pragma_update(None, "cache_size", -64_000)
-            .map_err(storage)?;
-        // Checkpoint every ~40 MB of WAL, not every 4 MB: a profile batch dirties many pages,
-        // and the default made nearly every commit a checkpoint (a quarter of its time).
-        conn.pragma_update(None, "wal_autocheckpoint", 10_000)
-            .map_err(storage)?;
-        conn.pragma_update(None, "journal_size_limit", 64i64 << 20)
-            .map_err(storage)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(storage)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+/// The state store's tables (profiles have a file of their own, see [`SqliteStore`]).
+const STATE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS rejected (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  source TEXT NOT NULL,
@@ -291,15 +258,69 @@ impl SqliteStore {
                  id TEXT NOT NULL UNIQUE,
                  doc TEXT NOT NULL
              );
-             CREATE TABLE IF NOT EXISTS suppressions (subject TEXT PRIMARY KEY, regulation TEXT NOT NULL) WITHOUT ROWID;",
-        )
-        .map_err(storage)?;
-        conn.execute_batch(profiles::SCHEMA).map_err(storage)?;
-        Ok(SqliteStore {
-            path: path.as_ref().to_path_buf(),
+             CREATE TABLE IF NOT EXISTS suppressions (subject TEXT PRIMARY KEY, regulation TEXT NOT NULL) WITHOUT ROWID;";
+
+/// Tables of profiles that older versions kept in the state file ([`SqliteStore::open`]
+/// moves them).
+const PROFILE_TABLES: &[&str] = &[
+    "id_obs",
+    "obs_idents",
+    "identities",
+    "profiles",
+    "traits",
+    "profile_events",
+    "links",
+];
+
+/// The embedded state store: two SQLite files, each with one writer connection and a
+/// pool of read-only connections. `state.sqlite` holds settings, refused items,
+/// destinations, retry queues, dead letters, delivery records, replay jobs and
+/// regulations; `profiles.sqlite` beside it the profile tables. SQLite lets one
+/// transaction write a file at a time: with one file, every delivery record written by a
+/// destination waited behind the profile consumer's batch transaction (seconds under
+/// load); with two, they never wait for each other.
+pub struct SqliteStore {
+    state: Db,
+    profiles: Db,
+    /// Identifier sets known to be filed (see `profiles::ObsCache`).
+    obs_cache: Arc<Mutex<profiles::ObsCache>>,
+}
+
+/// One SQLite file: its writer connection, and read-only connections for lookups that
+/// must never wait for a write transaction (WAL: a reader sees the last commit).
+struct Db {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl Db {
+    /// Opens (creating) the file with its schema; `cache_kib`: the writer's page cache.
+    fn open(path: &Path, cache_kib: i64, schema: &str) -> Result<Db, StoreError> {
+        let conn = Connection::open(path).map_err(storage)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(storage)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(storage)?;
+        // Deleted rows (regulations' erasures, retention) are overwritten, not left in
+        // free pages.
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(storage)?;
+        conn.pragma_update(None, "cache_size", -cache_kib)
+            .map_err(storage)?;
+        // Checkpoint every ~40 MB of WAL, not every 4 MB: a profile batch dirties many pages,
+        // and the default made nearly every commit a checkpoint (a quarter of its time).
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)
+            .map_err(storage)?;
+        conn.pragma_update(None, "journal_size_limit", 64i64 << 20)
+            .map_err(storage)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(storage)?;
+        conn.execute_batch(schema).map_err(storage)?;
+        Ok(Db {
+            path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
             readers: Arc::default(),
-            obs_cache: Arc::default(),
         })
     }
 
@@ -359,39 +380,143 @@ impl SqliteStore {
         .await
         .map_err(storage)?
     }
+
+    /// Checkpoints and truncates the write-ahead log, so that no old page image stays
+    /// behind (after an erasure; at shutdown). Closes idle readers first.
+    async fn checkpoint(&self) -> Result<(), StoreError> {
+        if let Ok(mut p) = self.readers.lock() {
+            p.clear();
+        }
+        self.with(|c| truncate_wal(c)).await
+    }
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)`; a reader's snapshot can hold the truncation up for a
+/// moment: retry briefly.
+fn truncate_wal(c: &Connection) -> rusqlite::Result<()> {
+    for _ in 0..100 {
+        let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens the store at `path` (`state.sqlite`) and its profiles file beside it
+    /// ([`SqliteStore::profiles_path`]). Profile tables found in the state file (as
+    /// older versions kept them) are moved into the profiles file first.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref();
+        let state = Db::open(path, 16_000, STATE_SCHEMA)?;
+        // Profiles touch many small rows across several indexes: a 64 MB page cache keeps
+        // the hot part of them in memory.
+        let profiles = Db::open(&Self::profiles_path(path), 64_000, profiles::SCHEMA)?;
+        move_profile_tables(&state, &profiles)?;
+        Ok(SqliteStore {
+            state,
+            profiles,
+            obs_cache: Arc::default(),
+        })
+    }
+
+    /// The profiles file of a store at `path`: `profiles.sqlite` in the same directory
+    /// for `state.sqlite`, else `<path>.profiles`.
+    pub fn profiles_path(path: &Path) -> PathBuf {
+        if path.file_name().is_some_and(|n| n == "state.sqlite") {
+            path.with_file_name("profiles.sqlite")
+        } else {
+            let mut p = path.as_os_str().to_owned();
+            p.push(".profiles");
+            PathBuf::from(p)
+        }
+    }
+}
+
+/// Moves the profile tables' rows from the state file into the profiles file, then drops
+/// them there. Re-running after a crash in between copies the same rows again
+/// (`INSERT OR REPLACE`: idempotent) and finishes.
+fn move_profile_tables(state: &Db, profiles: &Db) -> Result<(), StoreError> {
+    let old = state
+        .conn
+        .lock()
+        .map_err(|_| StoreError::Storage("state store lock poisoned".into()))?;
+    let present: Vec<String> = {
+        let mut stmt = old
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .map_err(storage)?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(storage)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(storage)?;
+        names
+            .into_iter()
+            .filter(|n| PROFILE_TABLES.contains(&n.as_str()))
+            .collect()
+    };
+    if present.is_empty() {
+        return Ok(());
+    }
+    let mut new = profiles
+        .conn
+        .lock()
+        .map_err(|_| StoreError::Storage("state store lock poisoned".into()))?;
+    new.execute("ATTACH DATABASE ?1 AS old", [state.path.to_string_lossy()])
+        .map_err(storage)?;
+    let copied = (|| {
+        let tx = new.transaction()?;
+        for t in &present {
+            tx.execute_batch(&format!(
+                "INSERT OR REPLACE INTO main.{t} SELECT * FROM old.{t}"
+            ))?;
+        }
+        tx.commit()
+    })();
+    let _ = new.execute_batch("DETACH DATABASE old");
+    copied.map_err(storage)?;
+    for t in &present {
+        old.execute_batch(&format!("DROP TABLE IF EXISTS {t}"))
+            .map_err(storage)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         let key = key.to_string();
-        self.with(move |c| {
-            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                r.get(0)
+        self.state
+            .with(move |c| {
+                c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
+                .optional()
             })
-            .optional()
-        })
-        .await
+            .await
     }
 
     async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let (key, value) = (key.to_string(), value.to_string());
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+        self.state
+            .with(move |c| {
+                c.execute(
+                    "INSERT INTO settings (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-            .map(|_| ())
-        })
-        .await
+                    params![key, value],
+                )
+                .map(|_| ())
+            })
+            .await
     }
 
     async fn add_rejected(&self, records: Vec<RejectedRecord>) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
-        self.with(move |c| {
+        self.state.with(move |c| {
             let tx = c.transaction()?;
             {
                 let mut stmt = tx.prepare_cached(
@@ -422,77 +547,82 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<RejectedRecord>, StoreError> {
         let source = source.to_string();
-        self.with(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, source, received_at, idx, message_id, code, field, reason, raw
+        self.state
+            .with(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT id, source, received_at, idx, message_id, code, field, reason, raw
                  FROM rejected WHERE source = ?1 ORDER BY id DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![source, limit as i64], |r| {
-                Ok(RejectedRecord {
-                    id: r.get(0)?,
-                    source: r.get(1)?,
-                    received_at_ms: r.get(2)?,
-                    index: r.get(3)?,
-                    message_id: r.get(4)?,
-                    code: r.get(5)?,
-                    field: r.get(6)?,
-                    reason: r.get(7)?,
-                    raw: r.get(8)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+                )?;
+                let rows = stmt.query_map(params![source, limit as i64], |r| {
+                    Ok(RejectedRecord {
+                        id: r.get(0)?,
+                        source: r.get(1)?,
+                        received_at_ms: r.get(2)?,
+                        index: r.get(3)?,
+                        message_id: r.get(4)?,
+                        code: r.get(5)?,
+                        field: r.get(6)?,
+                        reason: r.get(7)?,
+                        raw: r.get(8)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
     }
 
     async fn prune_rejected(&self, before_ms: i64) -> Result<u64, StoreError> {
-        self.with(move |c| {
-            c.execute("DELETE FROM rejected WHERE received_at < ?1", [before_ms])
-                .map(|n| n as u64)
-        })
-        .await
+        self.state
+            .with(move |c| {
+                c.execute("DELETE FROM rejected WHERE received_at < ?1", [before_ms])
+                    .map(|n| n as u64)
+            })
+            .await
     }
 
     async fn destinations(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.with(|c| {
-            let mut stmt =
-                c.prepare_cached("SELECT name, config FROM destinations ORDER BY name")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })
-        .await
+        self.state
+            .with(|c| {
+                let mut stmt =
+                    c.prepare_cached("SELECT name, config FROM destinations ORDER BY name")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await
     }
 
     async fn put_destination(&self, name: &str, config_json: &str) -> Result<(), StoreError> {
         let (name, config) = (name.to_string(), config_json.to_string());
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO destinations (name, config) VALUES (?1, ?2)
+        self.state
+            .with(move |c| {
+                c.execute(
+                    "INSERT INTO destinations (name, config) VALUES (?1, ?2)
                  ON CONFLICT (name) DO UPDATE SET config = excluded.config",
-                params![name, config],
-            )
-            .map(|_| ())
-        })
-        .await
+                    params![name, config],
+                )
+                .map(|_| ())
+            })
+            .await
     }
 
     async fn delete_destination(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let n = tx.execute("DELETE FROM destinations WHERE name = ?1", [&name])?;
-            tx.execute("DELETE FROM pending WHERE destination = ?1", [&name])?;
-            tx.commit()?;
-            Ok(n > 0)
-        })
-        .await
+        self.state
+            .with(move |c| {
+                let tx = c.transaction()?;
+                let n = tx.execute("DELETE FROM destinations WHERE name = ?1", [&name])?;
+                tx.execute("DELETE FROM pending WHERE destination = ?1", [&name])?;
+                tx.commit()?;
+                Ok(n > 0)
+            })
+            .await
     }
 
     async fn apply_deliveries(&self, batch: DeliveryBatch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        self.with(move |c| delivery::apply(c, &batch)).await
+        self.state.with(move |c| delivery::apply(c, &batch)).await
     }
 
     async fn due_pending(
@@ -503,33 +633,36 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
         let destination = destination.to_string();
-        self.with(move |c| delivery::due_pending(c, &destination, within, now_ms, limit))
+        self.state
+            .with(move |c| delivery::due_pending(c, &destination, within, now_ms, limit))
             .await
     }
 
     async fn pending_count(&self, destination: &str) -> Result<u64, StoreError> {
         let destination = destination.to_string();
-        self.with(move |c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM pending WHERE destination = ?1",
-                [destination],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-        })
-        .await
+        self.state
+            .with(move |c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM pending WHERE destination = ?1",
+                    [destination],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+            })
+            .await
     }
 
     async fn reschedule_pending(&self, destination: &str, now_ms: i64) -> Result<u64, StoreError> {
         let destination = destination.to_string();
-        self.with(move |c| {
-            c.execute(
-                "UPDATE pending SET next_at = ?2 WHERE destination = ?1 AND next_at > ?2",
-                params![destination, now_ms],
-            )
-            .map(|n| n as u64)
-        })
-        .await
+        self.state
+            .with(move |c| {
+                c.execute(
+                    "UPDATE pending SET next_at = ?2 WHERE destination = ?1 AND next_at > ?2",
+                    params![destination, now_ms],
+                )
+                .map(|n| n as u64)
+            })
+            .await
     }
 
     async fn dead_letters(
@@ -539,21 +672,23 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
         let (destination, filter) = (destination.to_string(), filter.clone());
-        self.with(move |c| delivery::dead_letters(c, &destination, &filter, limit))
+        self.state
+            .with(move |c| delivery::dead_letters(c, &destination, &filter, limit))
             .await
     }
 
     async fn dead_letter_count(&self, destination: &str) -> Result<u64, StoreError> {
         let destination = destination.to_string();
-        self.with(move |c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM dead_letters WHERE destination = ?1",
-                [destination],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-        })
-        .await
+        self.state
+            .with(move |c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM dead_letters WHERE destination = ?1",
+                    [destination],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+            })
+            .await
     }
 
     async fn replay_dead_letters(
@@ -563,7 +698,8 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         let (destination, filter) = (destination.to_string(), filter.clone());
-        self.with(move |c| delivery::replay_dead_letters(c, &destination, &filter, now_ms))
+        self.state
+            .with(move |c| delivery::replay_dead_letters(c, &destination, &filter, now_ms))
             .await
     }
 
@@ -573,7 +709,8 @@ impl Store for SqliteStore {
         from_offset: u64,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let message_id = message_id.to_string();
-        self.with(move |c| delivery::deliveries_of(c, &message_id, from_offset))
+        self.state
+            .with(move |c| delivery::deliveries_of(c, &message_id, from_offset))
             .await
     }
 
@@ -583,39 +720,42 @@ impl Store for SqliteStore {
         before_ms: i64,
     ) -> Result<u64, StoreError> {
         let (from, to) = sql_range(&within);
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let a = tx.execute(
-                "DELETE FROM deliveries WHERE log_offset >= ?1 AND log_offset < ?2",
-                [from, to],
-            )?;
-            let b = tx.execute("DELETE FROM dead_letters WHERE failed_at < ?1", [before_ms])?;
-            tx.commit()?;
-            Ok((a + b) as u64)
-        })
-        .await
+        self.state
+            .with(move |c| {
+                let tx = c.transaction()?;
+                let a = tx.execute(
+                    "DELETE FROM deliveries WHERE log_offset >= ?1 AND log_offset < ?2",
+                    [from, to],
+                )?;
+                let b = tx.execute("DELETE FROM dead_letters WHERE failed_at < ?1", [before_ms])?;
+                tx.commit()?;
+                Ok((a + b) as u64)
+            })
+            .await
     }
 
     async fn put_replay_job(&self, id: &str, job_json: &str) -> Result<(), StoreError> {
         let (id, job) = (id.to_string(), job_json.to_string());
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO replay_jobs (id, job) VALUES (?1, ?2)
+        self.state
+            .with(move |c| {
+                c.execute(
+                    "INSERT INTO replay_jobs (id, job) VALUES (?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET job = excluded.job",
-                params![id, job],
-            )
-            .map(|_| ())
-        })
-        .await
+                    params![id, job],
+                )
+                .map(|_| ())
+            })
+            .await
     }
 
     async fn replay_jobs(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached("SELECT job FROM replay_jobs ORDER BY id")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            rows.collect()
-        })
-        .await
+        self.state
+            .with(|c| {
+                let mut stmt = c.prepare_cached("SELECT job FROM replay_jobs ORDER BY id")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await
     }
 
     async fn apply_profiles(
@@ -627,23 +767,26 @@ impl Store for SqliteStore {
             return Ok(ProfileStepStats::default());
         }
         let cache = self.obs_cache.clone();
-        self.with(move |c| {
-            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-            profiles::apply(c, &mut cache, &events, &rules)
-        })
-        .await
+        self.profiles
+            .with(move |c| {
+                let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+                profiles::apply(c, &mut cache, &events, &rules)
+            })
+            .await
     }
 
     async fn profile(&self, key: &str) -> Result<Option<StoredProfile>, StoreError> {
         let key = key.to_string();
-        self.read(move |c| profiles::find(c, &key)).await
+        self.profiles.read(move |c| profiles::find(c, &key)).await
     }
 
     async fn profile_traits(
         &self,
         idents: Vec<String>,
     ) -> Result<Vec<(String, TraitValue)>, StoreError> {
-        self.read(move |c| profiles::traits_of(c, &idents)).await
+        self.profiles
+            .read(move |c| profiles::traits_of(c, &idents))
+            .await
     }
 
     async fn profile_events(
@@ -651,26 +794,30 @@ impl Store for SqliteStore {
         idents: Vec<String>,
         query: EventQuery,
     ) -> Result<Vec<ProfileEventRef>, StoreError> {
-        self.read(move |c| profiles::events_of(c, &idents, &query))
+        self.profiles
+            .read(move |c| profiles::events_of(c, &idents, &query))
             .await
     }
 
     async fn profile_links(&self, idents: Vec<String>) -> Result<Vec<String>, StoreError> {
-        self.read(move |c| profiles::links_of(c, &idents)).await
+        self.profiles
+            .read(move |c| profiles::links_of(c, &idents))
+            .await
     }
 
     async fn prune_profile_events(&self, within: Range<u64>) -> Result<u64, StoreError> {
         // Row ids are `offset * 2 + slot`: a range delete on the table's own order.
         let (from, to) = sql_range(&within);
         let (from, to) = (from.saturating_mul(2), to.saturating_mul(2));
-        self.with(move |c| {
-            c.execute(
-                "DELETE FROM profile_events WHERE id >= ?1 AND id < ?2",
-                [from, to],
-            )
-            .map(|n| n as u64)
-        })
-        .await
+        self.profiles
+            .with(move |c| {
+                c.execute(
+                    "DELETE FROM profile_events WHERE id >= ?1 AND id < ?2",
+                    [from, to],
+                )
+                .map(|n| n as u64)
+            })
+            .await
     }
 
     async fn erase_profiles(
@@ -679,11 +826,12 @@ impl Store for SqliteStore {
         rules: std::sync::Arc<Rules>,
     ) -> Result<ErasedProfiles, StoreError> {
         let cache = self.obs_cache.clone();
-        self.with(move |c| {
-            cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            profiles::erase(c, &idents, &rules)
-        })
-        .await
+        self.profiles
+            .with(move |c| {
+                cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                profiles::erase(c, &idents, &rules)
+            })
+            .await
     }
 
     async fn erase_state(
@@ -691,65 +839,63 @@ impl Store for SqliteStore {
         user_keys: Vec<String>,
         needles: Vec<String>,
     ) -> Result<ErasedState, StoreError> {
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let mut out = ErasedState::default();
-            for k in &user_keys {
-                out.pending += tx.execute("DELETE FROM pending WHERE user_key = ?1", [k])? as u64;
-                out.dead_letters +=
-                    tx.execute("DELETE FROM dead_letters WHERE user_key = ?1", [k])? as u64;
-            }
-            for n in &needles {
-                out.rejected +=
-                    tx.execute("DELETE FROM rejected WHERE instr(raw, ?1) > 0", [n])? as u64;
-            }
-            tx.commit()?;
-            // secure_delete zeroed the freed cells; the write-ahead log still holds the old
-            // page images until it is checkpointed and truncated (a reader's snapshot can
-            // hold that up for a moment: retry briefly).
-            for _ in 0..100 {
-                let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-                if busy == 0 {
-                    break;
+        self.state
+            .with(move |c| {
+                let tx = c.transaction()?;
+                let mut out = ErasedState::default();
+                for k in &user_keys {
+                    out.pending +=
+                        tx.execute("DELETE FROM pending WHERE user_key = ?1", [k])? as u64;
+                    out.dead_letters +=
+                        tx.execute("DELETE FROM dead_letters WHERE user_key = ?1", [k])? as u64;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Ok(out)
-        })
-        .await
+                for n in &needles {
+                    out.rejected +=
+                        tx.execute("DELETE FROM rejected WHERE instr(raw, ?1) > 0", [n])? as u64;
+                }
+                tx.commit()?;
+                // secure_delete zeroed the freed cells; the write-ahead log still holds the old
+                // page images until it is checkpointed and truncated.
+                truncate_wal(c)?;
+                Ok(out)
+            })
+            .await
     }
 
     async fn put_regulation(&self, id: &str, doc_json: &str) -> Result<(), StoreError> {
         let (id, doc) = (id.to_string(), doc_json.to_string());
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO regulations (id, doc) VALUES (?1, ?2)
+        self.state
+            .with(move |c| {
+                c.execute(
+                    "INSERT INTO regulations (id, doc) VALUES (?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-                params![id, doc],
-            )
-            .map(|_| ())
-        })
-        .await
+                    params![id, doc],
+                )
+                .map(|_| ())
+            })
+            .await
     }
 
     async fn regulation(&self, id: &str) -> Result<Option<String>, StoreError> {
         let id = id.to_string();
-        self.with(move |c| {
-            c.query_row("SELECT doc FROM regulations WHERE id = ?1", [id], |r| {
-                r.get(0)
+        self.state
+            .with(move |c| {
+                c.query_row("SELECT doc FROM regulations WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()
             })
-            .optional()
-        })
-        .await
+            .await
     }
 
     async fn regulations(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached("SELECT doc FROM regulations ORDER BY seq")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            rows.collect()
-        })
-        .await
+        self.state
+            .with(|c| {
+                let mut stmt = c.prepare_cached("SELECT doc FROM regulations ORDER BY seq")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await
     }
 
     async fn set_suppressed(
@@ -757,48 +903,38 @@ impl Store for SqliteStore {
         subjects: Vec<String>,
         regulation: Option<String>,
     ) -> Result<(), StoreError> {
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            for s in &subjects {
-                match &regulation {
-                    Some(r) => tx.execute(
-                        "INSERT INTO suppressions (subject, regulation) VALUES (?1, ?2)
+        self.state
+            .with(move |c| {
+                let tx = c.transaction()?;
+                for s in &subjects {
+                    match &regulation {
+                        Some(r) => tx.execute(
+                            "INSERT INTO suppressions (subject, regulation) VALUES (?1, ?2)
                          ON CONFLICT (subject) DO UPDATE SET regulation = excluded.regulation",
-                        params![s, r],
-                    )?,
-                    None => tx.execute("DELETE FROM suppressions WHERE subject = ?1", [s])?,
-                };
-            }
-            tx.commit()
-        })
-        .await
+                            params![s, r],
+                        )?,
+                        None => tx.execute("DELETE FROM suppressions WHERE subject = ?1", [s])?,
+                    };
+                }
+                tx.commit()
+            })
+            .await
     }
 
     async fn checkpoint(&self) -> Result<(), StoreError> {
-        if let Ok(mut p) = self.readers.lock() {
-            p.clear();
-        }
-        self.with(|c| {
-            // A reader's snapshot can hold the truncation up for a moment: retry briefly.
-            for _ in 0..100 {
-                let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-                if busy == 0 {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Ok(())
-        })
-        .await
+        self.state.checkpoint().await?;
+        self.profiles.checkpoint().await
     }
 
     async fn suppressed(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached("SELECT subject FROM suppressions ORDER BY subject")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            rows.collect()
-        })
-        .await
+        self.state
+            .with(|c| {
+                let mut stmt =
+                    c.prepare_cached("SELECT subject FROM suppressions ORDER BY subject")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await
     }
 }
 
@@ -806,4 +942,84 @@ impl Store for SqliteStore {
 pub(crate) fn sql_range(r: &Range<u64>) -> (i64, i64) {
     let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
     (clamp(r.start), clamp(r.end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tables(path: &Path) -> Vec<String> {
+        let c = Connection::open(path).unwrap();
+        let mut stmt = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        let names = stmt.query_map([], |r| r.get(0)).unwrap();
+        names.map(Result::unwrap).collect()
+    }
+
+    /// A data directory of a version that kept profiles in `state.sqlite` opens with its
+    /// profiles intact, moved into `profiles.sqlite`; state rows stay where they were.
+    #[tokio::test]
+    async fn profile_tables_of_the_state_file_move_into_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_path = dir.path().join("state.sqlite");
+        let rules = Arc::new(Rules::default());
+        {
+            let s = SqliteStore::open(&state_path).unwrap();
+            let e = json!({"type": "identify", "userId": "u1", "anonymousId": "a1",
+                           "traits": {"plan": "pro"}, "ts": 1, "messageId": "m1"});
+            contract::feed(&s, &[e], &rules).await;
+            s.put_setting("k", "v").await.unwrap();
+            s.checkpoint().await.unwrap();
+        }
+        // Make it the old layout: the profile tables and their rows in the state file.
+        let profiles_path = SqliteStore::profiles_path(&state_path);
+        {
+            let c = Connection::open(&state_path).unwrap();
+            c.execute_batch(profiles::SCHEMA).unwrap();
+            c.execute("ATTACH DATABASE ?1 AS p", [profiles_path.to_string_lossy()])
+                .unwrap();
+            for t in PROFILE_TABLES {
+                c.execute_batch(&format!("INSERT INTO main.{t} SELECT * FROM p.{t}"))
+                    .unwrap();
+            }
+            c.execute_batch("DETACH DATABASE p").unwrap();
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = profiles_path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+        assert!(tables(&state_path).contains(&"id_obs".to_string()));
+
+        let s = SqliteStore::open(&state_path).unwrap();
+        let (id, members) = contract::members(&s, "u|user_id:u1")
+            .await
+            .expect("profile kept");
+        assert!(
+            members.contains(&"u|anonymous_id:a1".to_string()),
+            "{members:?}"
+        );
+        assert_eq!(
+            contract::members(&s, "u|anonymous_id:a1")
+                .await
+                .map(|m| m.0),
+            Some(id)
+        );
+        assert_eq!(
+            contract::trait_map(&s, "u|user_id:u1").await.get("plan"),
+            Some(&json!("pro"))
+        );
+        assert_eq!(s.get_setting("k").await.unwrap().as_deref(), Some("v"));
+        drop(s);
+        let left = tables(&state_path);
+        for t in PROFILE_TABLES {
+            assert!(
+                !left.contains(&t.to_string()),
+                "{t} still in the state file: {left:?}"
+            );
+            assert!(tables(&profiles_path).contains(&t.to_string()));
+        }
+    }
 }

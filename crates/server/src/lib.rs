@@ -216,6 +216,51 @@ async fn readyz(
     }
 }
 
+/// Runs a background consumer on a runtime of its own whose threads (its workers and its
+/// blocking pool, where its log reads and store transactions run) have a lower scheduling
+/// priority than the request path's (nice +10): under load the consumer yields the CPU to
+/// ingest and lags (`sluice_profile_lag_events`); when ingest is idle it catches up.
+/// Resolves when the task ends.
+fn background<F>(
+    name: &'static str,
+    task: impl FnOnce() -> F + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<()>
+where
+    F: Future<Output = ()> + 'static,
+{
+    let (done, ended) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            lower_priority();
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .thread_name(name)
+                .on_thread_start(lower_priority)
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(task()),
+                Err(e) => tracing::error!(error = %e, name, "cannot start a background runtime"),
+            }
+            let _ = done.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, name, "cannot start a background thread");
+    }
+    ended
+}
+
+/// Lowers the calling thread's scheduling priority by 10 (on Linux nice is per thread).
+fn lower_priority() {
+    // SAFETY: two syscalls about the calling thread; a failure leaves its priority as is.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests,
 /// ends live streams and closes the log (flushing its last group commit).
 pub async fn serve(
@@ -224,11 +269,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let retention = tokio::spawn(retention_loop(app.clone()));
-    let profile_consumer = app
-        .settings
-        .profiles
-        .enabled
-        .then(|| tokio::spawn(profiles::run(app.clone())));
+    let profile_consumer = app.settings.profiles.enabled.then(|| {
+        let app = app.clone();
+        background("sluice-profiles", move || profiles::run(app))
+    });
     privacy::resume(&app).await;
     #[cfg(feature = "kafka")]
     let kafka_sources: Vec<_> = app

@@ -1,7 +1,7 @@
 # Shared by bench/run.sh and bench/deliver.sh: builds the release binary, writes a config
 # with one source ("bench", write key wk_bench) listening on $port, and defines
 # start / stop / fresh (a server on an empty data directory) and the cleanup trap.
-# Needs: port set by the caller.
+# Needs: port set by the caller. EXTRA_TOML (optional) is appended to the config.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
 cargo build --release -q -p sluice
 sluice="$CARGO_TARGET_DIR/release/sluice"
@@ -13,6 +13,7 @@ admin_token = "bench-admin-token"
 name = "bench"
 write_key = "wk_bench"
 TOML
+printf '%s\n' "${EXTRA_TOML:-}" >> "$work/sluice.toml"
 pid=
 start() {
   "$sluice" serve --config "$work/sluice.toml" --data-dir "$work/data" >"$work/out" 2>"$work/err" &

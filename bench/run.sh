@@ -6,6 +6,11 @@
 # STARTUP_ONLY=1 skips the load scenarios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The default config runs the profile consumer, which reads every event back and files
+# it on the same 2 cores (at a lower priority). PROFILES=off measures the ingest path alone.
+if [ "${PROFILES:-on}" = off ]; then
+  EXTRA_TOML=$'[profiles]\nenabled = false'
+fi
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-10}
 port=18190

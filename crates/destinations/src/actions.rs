@@ -204,7 +204,7 @@ impl ActionsKind {
         };
         let mut out = Vec::new();
         let mut skipped = Vec::new();
-        for p in self.preview_raw(&event, Some(payload), allow_private) {
+        for p in self.preview_raw(event, Some(payload), allow_private) {
             match (p.matched, p.request, p.skipped_reason) {
                 (false, _, _) => {}
                 (true, Some(req), _) => out.push((p.action, req, p.batch_item)),
@@ -233,21 +233,27 @@ impl ActionsKind {
 
     /// Every enabled action: whether it matched, and its request or why there is none.
     pub fn preview(&self, event: &Value, allow_private: bool) -> Vec<ActionPreview> {
-        self.preview_raw(event, None, allow_private)
+        self.preview_raw(event.clone(), None, allow_private)
     }
 
-    /// [`ActionsKind::preview`] with the event's stored bytes, when there are any.
+    /// [`ActionsKind::preview`] with the event's stored bytes, when there are any. The
+    /// event becomes part of the requests' context `{payload, settings, event}` (built
+    /// once per event; each matched action puts its payload in).
     fn preview_raw(
         &self,
-        event: &Value,
+        event: Value,
         raw: Option<&[u8]>,
         allow_private: bool,
     ) -> Vec<ActionPreview> {
+        let mut ctx = Map::with_capacity(3);
+        ctx.insert("settings".into(), self.settings.clone());
+        ctx.insert("event".into(), event);
+        let mut ctx = Value::Object(ctx);
         self.actions
             .iter()
             .map(|a| {
                 let slug = a.action.slug.clone();
-                if !a.subscription.matches(event) {
+                if !a.subscription.matches(&ctx["event"]) {
                     return ActionPreview {
                         action: slug,
                         matched: false,
@@ -259,7 +265,7 @@ impl ActionsKind {
                         )),
                     };
                 }
-                match self.request(a, event, raw, allow_private) {
+                match self.request(a, &mut ctx, raw, allow_private) {
                     Ok((req, item)) => ActionPreview {
                         action: slug,
                         matched: true,
@@ -279,14 +285,16 @@ impl ActionsKind {
             .collect()
     }
 
+    /// One matched action's request; `ctx` is `{settings, event}` plus the `payload` of
+    /// the last action planned, which this one replaces.
     fn request(
         &self,
         a: &Enabled,
-        event: &Value,
+        ctx: &mut Value,
         raw: Option<&[u8]>,
         allow_private: bool,
     ) -> Result<(Prepared, Option<Value>), String> {
-        let payload = match map_and_prepare(&a.action.fields, &a.mapping, event) {
+        let payload = match map_and_prepare(&a.action.fields, &a.mapping, &ctx["event"]) {
             Ok(p) => p.into_value(),
             Err(e) if e.skip => return Err(format!("{SKIP}{e}")),
             Err(e) => return Err(e.to_string()),
@@ -301,9 +309,12 @@ impl ActionsKind {
                 }
             }
         }
-        let ctx = json!({"payload": payload, "settings": self.settings, "event": event});
-        let method = method_of(&a.action.method, &ctx, "request")?;
-        let url_text = match a.action.url.eval(&ctx) {
+        if let Value::Object(m) = ctx {
+            m.insert("payload".into(), payload);
+        }
+        let ctx = &*ctx;
+        let method = method_of(&a.action.method, ctx, "request")?;
+        let url_text = match a.action.url.eval(ctx) {
             Some(Value::String(u)) => u,
             other => {
                 return Err(format!(
@@ -312,7 +323,7 @@ impl ActionsKind {
             }
         };
         let url = self.target(&url_text, allow_private)?;
-        let mut headers = self.headers(&ctx, a.action.headers.as_ref())?;
+        let mut headers = self.headers(ctx, a.action.headers.as_ref())?;
         if let Some((user, pass)) = &a.action.basic_auth {
             let text = |v: Option<Value>| match v {
                 Some(Value::String(s)) => s,
@@ -322,8 +333,8 @@ impl ActionsKind {
             use base64::Engine;
             let token = base64::engine::general_purpose::STANDARD.encode(format!(
                 "{}:{}",
-                text(user.eval(&ctx)),
-                text(pass.eval(&ctx))
+                text(user.eval(ctx)),
+                text(pass.eval(ctx))
             ));
             let v = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| e.to_string())?;
             headers.insert(AUTHORIZATION, v);
@@ -333,14 +344,14 @@ impl ActionsKind {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Bytes::copy_from_slice(bytes)
             }
-            _ => json_body(a.action.body.as_ref(), &ctx, &mut headers)?,
+            _ => json_body(a.action.body.as_ref(), ctx, &mut headers)?,
         };
         self.sign(&mut headers, &body)?;
         let item = a
             .action
             .batch
             .as_ref()
-            .map(|(item, _, _)| item.eval(&ctx).unwrap_or(Value::Null));
+            .map(|(item, _, _)| item.eval(ctx).unwrap_or(Value::Null));
         Ok((
             Prepared {
                 method,
@@ -507,8 +518,10 @@ fn method_of(m: &Mapping, ctx: &Value, what: &str) -> Result<Method, String> {
 
 /// A JSON body (with its Content-Type), or none when the mapping gives nothing.
 fn json_body(m: Option<&Mapping>, ctx: &Value, headers: &mut HeaderMap) -> Result<Bytes, String> {
-    Ok(match m.and_then(|b| b.eval(ctx)) {
-        None | Some(Value::Null) => Bytes::new(),
+    // Serialised from the borrowed form: the body's values are not copied first.
+    Ok(match m.and_then(|b| b.eval_out(ctx)) {
+        None => Bytes::new(),
+        Some(v) if v.is_null() => Bytes::new(),
         Some(v) => {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)

@@ -280,6 +280,36 @@ pub enum Out<'a> {
     Array(Vec<Out<'a>>),
 }
 
+/// Serialises as [`Out::into_value`]'s result would (object keys in sorted order, as a
+/// `serde_json::Map` has them) without building it.
+impl serde::Serialize for Out<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self {
+            Out::Ref(v) => v.serialize(s),
+            Out::Owned(v) => v.serialize(s),
+            Out::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for i in items {
+                    seq.serialize_element(i)?;
+                }
+                seq.end()
+            }
+            Out::Object(entries) => {
+                let mut sorted: Vec<&(Cow<str>, Out)> = entries.iter().collect();
+                if !sorted.is_sorted_by(|a, b| a.0 <= b.0) {
+                    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                }
+                let mut map = s.serialize_map(Some(sorted.len()))?;
+                for (k, v) in sorted {
+                    map.serialize_entry(k.as_ref(), v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
 impl<'a> Out<'a> {
     pub fn into_value(self) -> Value {
         match self {
@@ -1186,6 +1216,23 @@ mod tests {
     }
 
     #[test]
+    fn out_objects_serialise_with_sorted_keys() {
+        let v = json!({"z": 1});
+        let out = Out::Object(vec![
+            (Cow::Borrowed("b"), Out::Ref(&v)),
+            (
+                Cow::Owned("a".into()),
+                Out::Array(vec![Out::Owned(json!("x"))]),
+            ),
+        ]);
+        assert_eq!(
+            serde_json::to_string(&out).unwrap(),
+            r#"{"a":["x"],"b":{"z":1}}"#
+        );
+        assert_eq!(out.into_value(), json!({"a": ["x"], "b": {"z": 1}}));
+    }
+
+    #[test]
     fn the_reference_worked_example() {
         let mapping = json!({"id": {"@path": "$.userId"}, "nm": {"@template": "{{traits.first}} {{traits.last}}"},
             "plan": {"@case": {"operator": "upper", "value": {"@path": "$.traits.plan"}}},
@@ -1685,6 +1732,18 @@ mod props {
         fn compiling_and_evaluating_never_panic(mapping in json(), event in json()) {
             if let Ok(m) = Mapping::compile(&mapping) {
                 let _ = m.eval(&event);
+            }
+        }
+
+        /// The borrowed form serialises to the same bytes as the built value.
+        #[test]
+        fn out_serialises_as_its_value(mapping in json(), event in json()) {
+            if let Ok(m) = Mapping::compile(&mapping) {
+                let out = m.eval_out(&event);
+                let bytes = serde_json::to_vec(&out).unwrap();
+                let value = out.map(Out::into_value);
+                prop_assert_eq!(&value, &m.eval(&event));
+                prop_assert_eq!(bytes, serde_json::to_vec(&value).unwrap());
             }
         }
 

@@ -1,0 +1,77 @@
+//! What a catalog destination's lane does per stored event: parse the stored JSON, match
+//! every enabled action's subscription, map and type the payload, and build the request
+//! (method, URL, headers, JSON body) — `ActionsKind::plan`. Insider with every action
+//! enabled (ten subscriptions; an Order Completed event matches two: `orderCompletedEvent`
+//! and `trackEvent`) on a realistic event with three products. Parsing alone is measured
+//! beside it, as the floor.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use serde_json::{json, Value};
+use sluice_destinations::actions::Plan;
+use sluice_destinations::config::{DestinationConfig, Kind};
+
+// The allocator the `sluice` binary runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn event() -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "type": "track", "event": "Order Completed", "userId": "user-1234", "anonymousId": "anon-99",
+        "messageId": "m-1", "timestamp": "2026-11-23T10:00:00.000Z", "receivedAt": "2026-11-23T10:00:00.120Z",
+        "context": {"traits": {"email": "a@example.com", "phone": "+905321234567"}, "ip": "203.0.113.9",
+                    "library": {"name": "analytics.js", "version": "next-1.70.0"},
+                    "page": {"url": "https://shop.example.com/checkout", "path": "/checkout"},
+                    "locale": "en-US", "userAgent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0"},
+        "properties": {"order_id": "ord-1", "currency": "USD", "revenue": 147.5, "coupon": "WINTER25",
+            "products": [
+                {"product_id": "p1", "sku": "S1", "name": "Monopoly", "price": 19.0, "quantity": 1, "category": "Games"},
+                {"product_id": "p2", "sku": "S2", "name": "Uno", "price": "3.50", "quantity": "2", "category": "Games"},
+                {"product_id": "p3", "sku": "S3", "name": "Headphones", "price": 125.0, "quantity": 1, "category": "Electronics"}
+            ]}
+    }))
+    .unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let actions: Value = [
+        "updateUserProfile",
+        "productViewedEvent",
+        "productListViewedEvent",
+        "productAddedEvent",
+        "productRemovedEvent",
+        "cartViewedEvent",
+        "checkoutEvent",
+        "orderCompletedEvent",
+        "userRegisteredEvent",
+        "trackEvent",
+    ]
+    .iter()
+    .map(|a| json!({ "action": a }))
+    .collect();
+    let cfg: DestinationConfig = serde_json::from_value(json!({
+        "name": "insider", "type": "insider", "sources": ["web"],
+        "settings": {"account_name": "examplebrand", "ucd_key": "ucd_123"},
+        "actions": actions
+    }))
+    .unwrap();
+    let Kind::Actions(kind) = cfg.validate(&["web"]).unwrap().kind else {
+        panic!("insider is a catalog destination")
+    };
+    let bytes = event();
+    match kind.plan(&bytes, false) {
+        Plan::Send(reqs) => assert_eq!(reqs.len(), 2, "{reqs:?}"),
+        other => panic!("the event should be sent: {other:?}"),
+    }
+    let mut g = c.benchmark_group("plan");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse only", |b| {
+        b.iter(|| serde_json::from_slice::<Value>(std::hint::black_box(&bytes)).unwrap())
+    });
+    g.bench_function("insider presets, Order Completed", |b| {
+        b.iter(|| kind.plan(std::hint::black_box(&bytes), false))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -423,6 +423,14 @@ impl SqliteStore {
         })
     }
 
+    /// A one-text-column `SELECT … WHERE … = ?1` of the state file (`None`: no row).
+    async fn text(&self, sql: &'static str, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_string();
+        self.state
+            .with(move |c| c.query_row(sql, [key], |r| r.get(0)).optional())
+            .await
+    }
+
     /// A `SELECT COUNT(*) … WHERE … = ?1` of the state file.
     async fn count(&self, sql: &'static str, key: &str) -> Result<u64, StoreError> {
         let key = key.to_string();
@@ -497,14 +505,7 @@ fn move_profile_tables(state: &Db, profiles: &Db) -> Result<(), StoreError> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let key = key.to_string();
-        self.state
-            .with(move |c| {
-                c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                    r.get(0)
-                })
-                .optional()
-            })
+        self.text("SELECT value FROM settings WHERE key = ?1", key)
             .await
     }
 
@@ -875,14 +876,7 @@ impl Store for SqliteStore {
     }
 
     async fn regulation(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let id = id.to_string();
-        self.state
-            .with(move |c| {
-                c.query_row("SELECT doc FROM regulations WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()
-            })
+        self.text("SELECT doc FROM regulations WHERE id = ?1", id)
             .await
     }
 

@@ -170,66 +170,39 @@ fn prepare_with<'a>(
     Ok(Out::Object(out))
 }
 
-/// An object's entries, taken out by key (each at most once).
+/// An object's entries, taken out by key (each at most once; keys are unique).
 struct Entries<'a> {
     entries: Vec<(Cow<'a, str>, Out<'a>)>,
-    /// Bit i: entry i was taken (entries past 64 are tracked in `more`).
-    taken: u64,
-    more: Vec<bool>,
+    taken: Vec<bool>,
     next: usize,
 }
 
 impl<'a> Entries<'a> {
     fn of(entries: Vec<(Cow<'a, str>, Out<'a>)>) -> Entries<'a> {
-        let more = vec![false; entries.len().saturating_sub(64)];
+        let taken = vec![false; entries.len()];
         Entries {
             entries,
-            taken: 0,
-            more,
+            taken,
             next: 0,
-        }
-    }
-
-    fn is_taken(&self, i: usize) -> bool {
-        if i < 64 {
-            self.taken & (1 << i) != 0
-        } else {
-            self.more[i - 64]
         }
     }
 
     fn take(&mut self, key: &str) -> Option<Out<'a>> {
         let i = find(self.entries.len(), self.next, |i| self.entries[i].0 == key)?;
-        if self.is_taken(i) {
-            return None;
-        }
         self.next = i + 1;
-        if i < 64 {
-            self.taken |= 1 << i;
-        } else {
-            self.more[i - 64] = true;
-        }
+        self.taken[i] = true;
         Some(std::mem::replace(
             &mut self.entries[i].1,
             Out::Owned(Value::Null),
         ))
     }
 
+    /// The entries not taken.
     fn rest(self) -> impl Iterator<Item = (Cow<'a, str>, Out<'a>)> {
-        let Entries {
-            entries,
-            taken,
-            more,
-            ..
-        } = self;
-        entries.into_iter().enumerate().filter_map(move |(i, e)| {
-            let gone = if i < 64 {
-                taken & (1 << i) != 0
-            } else {
-                more[i - 64]
-            };
-            (!gone).then_some(e)
-        })
+        self.entries
+            .into_iter()
+            .zip(self.taken)
+            .filter_map(|(e, taken)| (!taken).then_some(e))
     }
 }
 

@@ -95,11 +95,7 @@ impl Path {
 
     /// The value at the path, with JavaScript's `prev && prev[key]` walk: a falsy
     /// intermediate (`null`, `false`, `0`, `""`) is the result; a missing key is undefined.
-    pub fn get(&self, root: &Value) -> Option<Value> {
-        self.get_ref(root).map(Cow::into_owned)
-    }
-
-    /// [`Path::get`] without copying (only a character of a string is a new value).
+    /// Borrowed from `root` (only a character of a string is a new value).
     pub fn get_ref<'a>(&self, root: &'a Value) -> Option<Cow<'a, Value>> {
         let mut cur = root;
         for key in &self.0 {
@@ -296,13 +292,17 @@ impl serde::Serialize for Out<'_> {
                 seq.end()
             }
             Out::Object(entries) => {
-                let mut sorted: Vec<&(Cow<str>, Out)> = entries.iter().collect();
-                if !sorted.is_sorted_by(|a, b| a.0 <= b.0) {
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                if entries.is_sorted_by(|a, b| a.0 <= b.0) {
+                    for (k, v) in entries {
+                        map.serialize_entry(k.as_ref(), v)?;
+                    }
+                } else {
+                    let mut sorted: Vec<&(Cow<str>, Out)> = entries.iter().collect();
                     sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                }
-                let mut map = s.serialize_map(Some(sorted.len()))?;
-                for (k, v) in sorted {
-                    map.serialize_entry(k.as_ref(), v)?;
+                    for (k, v) in sorted {
+                        map.serialize_entry(k.as_ref(), v)?;
+                    }
                 }
                 map.end()
             }
@@ -1262,7 +1262,7 @@ mod tests {
             ("", Some(e.clone())),
             (".", Some(e.clone())),
         ] {
-            assert_eq!(Path::parse(p).get(&e), want, "{p}");
+            assert_eq!(Path::parse(p).get_ref(&e).map(Cow::into_owned), want, "{p}");
         }
         assert_eq!(
             run(json!({"@path": "$."}), json!({"a": 1})),

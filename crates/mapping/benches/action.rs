@@ -96,6 +96,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("filter", |b| {
         b.iter(|| std::hint::black_box(sub.matches(&e)))
     });
+    g.bench_function("filter+map", |b| {
+        b.iter(|| {
+            if !sub.matches(&e) {
+                return None;
+            }
+            mapping.eval_out(&e)
+        })
+    });
     g.bench_function("filter+map+prepare", |b| {
         b.iter(|| {
             if !sub.matches(&e) {

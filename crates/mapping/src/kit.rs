@@ -96,6 +96,7 @@ impl Path {
     /// The value at the path, with JavaScript's `prev && prev[key]` walk: a falsy
     /// intermediate (`null`, `false`, `0`, `""`) is the result; a missing key is undefined.
     /// Borrowed from `root` (only a character of a string is a new value).
+    #[inline]
     pub fn get_ref<'a>(&self, root: &'a Value) -> Option<Cow<'a, Value>> {
         let mut cur = root;
         for key in &self.0 {
@@ -865,6 +866,7 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
                 .map(|i| eval_out(i, event).unwrap_or(Out::Owned(Value::Null)))
                 .collect(),
         )),
+        Mapping::Path(PathArg::Fixed(p)) => p.get_ref(event).map(Out::from_cow),
         Mapping::Path(p) => resolve_path(p, event)?.get_ref(event).map(Out::from_cow),
         Mapping::Literal(inner) => eval_out(inner, event),
         Mapping::If {

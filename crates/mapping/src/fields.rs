@@ -8,10 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Number, Value};
 
-use crate::kit::{Mapping, Out};
+use thin_vec::{thin_vec, ThinVec};
+
+use crate::kit::{Mapping, Out, PathArg, FALSE, NULL, TRUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,7 +96,7 @@ pub fn prepare(
     fields: &[(String, FieldSpec)],
     payload: Map<String, Value>,
 ) -> Result<Map<String, Value>, ValidationError> {
-    match prepare_out(fields, Out::Owned(Value::Object(payload)))?.into_value() {
+    match prepare_out(fields, Out::owned(Value::Object(payload)))?.into_value() {
         Value::Object(m) => Ok(m),
         _ => unreachable!("prepare_out gives an object"),
     }
@@ -107,7 +110,7 @@ pub fn prepare_out<'a>(
     payload: Out<'a>,
 ) -> Result<Out<'a>, ValidationError> {
     let mut entries = Entries::of(payload.into_entries().unwrap_or_default());
-    prepare_with(fields, |key| entries.take(key))
+    prepare_with(fields, |key, _| Ok(entries.take(key).map(Taken::Raw)))
 }
 
 /// `prepare_out(fields, mapping.eval_out(event))`, without building the mapped object
@@ -121,15 +124,143 @@ pub fn map_and_prepare<'a>(
     let Mapping::Object(entries) = mapping else {
         return prepare_out(
             fields,
-            mapping.eval_out(event).unwrap_or(Out::Object(Vec::new())),
+            mapping
+                .eval_out(event)
+                .unwrap_or(Out::Object(ThinVec::new())),
         );
     };
     let mut next = 0;
-    prepare_with(fields, |key| {
-        let i = find(entries.len(), next, |i| entries[i].0 == key)?;
+    prepare_with(fields, |key, spec| {
+        let Some(i) = find(entries.len(), next, |i| entries[i].0 == key) else {
+            return Ok(None);
+        };
         next = i + 1;
-        entries[i].1.eval_out(event)
+        match fuse(spec, &entries[i].1, event) {
+            Fused::No => Ok(entries[i].1.eval_out(event).map(Taken::Raw)),
+            Fused::Missing => Ok(None),
+            Fused::Done(typed) => typed.map(|v| Some(Taken::Typed(v))),
+        }
     })
+}
+
+/// What [`prepare_with`] gets for a field: a value to clean and coerce, or one already
+/// typed (by [`fuse`]).
+enum Taken<'a> {
+    Raw(Out<'a>),
+    Typed(Out<'a>),
+}
+
+/// [`fuse`]'s answer.
+enum Fused<'a> {
+    /// Not a shape it fuses: evaluate, then coerce.
+    No,
+    /// The mapping gives no value.
+    Missing,
+    /// What `coerce(spec, mapping.eval_out(event)?)` gives.
+    Done(Result<Out<'a>, ValidationError>),
+}
+
+/// Typing fused with evaluation for object fields with known properties (no additional
+/// ones) mapped by an object, or — as lists — by an `@arrayPath` with an object shape
+/// (the product lists of every e-commerce action): each property's mapping is evaluated
+/// and typed in turn, so the mapped object is never built only to be taken apart.
+fn fuse<'a>(spec: &'a FieldSpec, mapping: &'a Mapping, event: &'a Value) -> Fused<'a> {
+    let Some(props) = spec.properties.as_ref() else {
+        return Fused::No;
+    };
+    if spec.ty != FieldType::Object || spec.additional_properties {
+        return Fused::No;
+    }
+    match mapping {
+        Mapping::Object(fields) if !spec.multiple => {
+            Fused::Done(typed_object(props, fields, event))
+        }
+        Mapping::ArrayPath {
+            path: PathArg::Fixed(path),
+            shape: Some(shape),
+        } if spec.multiple => {
+            let Mapping::Object(fields) = shape.as_ref() else {
+                return Fused::No;
+            };
+            if fields.is_empty() {
+                return Fused::No;
+            }
+            let Some(data) = path.get_ref(event) else {
+                return Fused::Missing;
+            };
+            let one;
+            let items = match data {
+                Cow::Borrowed(Value::Array(items)) => items.as_slice(),
+                Cow::Borrowed(v @ Value::Object(_)) => {
+                    one = [v];
+                    return Fused::Done(typed_items(props, fields, one.into_iter()));
+                }
+                _ => return Fused::No,
+            };
+            Fused::Done(typed_items(props, fields, items.iter()))
+        }
+        _ => Fused::No,
+    }
+}
+
+fn typed_items<'a>(
+    props: &'a BTreeMap<String, FieldSpec>,
+    fields: &'a [(String, Mapping)],
+    items: impl ExactSizeIterator<Item = &'a Value>,
+) -> Result<Out<'a>, ValidationError> {
+    let mut out = ThinVec::with_capacity(items.len());
+    for (i, item) in items.enumerate() {
+        out.push(typed_object(props, fields, item).map_err(|e| e.under(&format!("[{i}]")))?);
+    }
+    Ok(Out::Array(out))
+}
+
+/// The object branch of [`coerce_one`] over the object `fields` would give, evaluating
+/// only the properties' mappings.
+fn typed_object<'a>(
+    props: &'a BTreeMap<String, FieldSpec>,
+    fields: &'a [(String, Mapping)],
+    event: &'a Value,
+) -> Result<Out<'a>, ValidationError> {
+    let mut out = ThinVec::with_capacity(props.len());
+    let mut next = 0;
+    for (k, p) in props {
+        let found = find(fields.len(), next, |i| fields[i].0 == *k);
+        let value = match found {
+            None => None,
+            Some(i) => {
+                next = i + 1;
+                match fuse(p, &fields[i].1, event) {
+                    Fused::No => fields[i].1.eval_out(event),
+                    Fused::Missing => None,
+                    Fused::Done(typed) => {
+                        out.push((Cow::Borrowed(k.as_str()), typed.map_err(|e| e.under(k))?));
+                        continue;
+                    }
+                }
+            }
+        };
+        if let Some(v) = object_property(k, p, value)? {
+            out.push((Cow::Borrowed(k.as_str()), v));
+        }
+    }
+    Ok(Out::Object(out))
+}
+
+/// One property of an object field: required ones must be there; `null` (unless allowed)
+/// and, for non-string types, `""` are dropped.
+fn object_property<'a>(
+    key: &str,
+    spec: &'a FieldSpec,
+    value: Option<Out<'a>>,
+) -> Result<Option<Out<'a>>, ValidationError> {
+    match value {
+        None if spec.required => Err(invalid(key, "is required but the mapping gave no value")),
+        None => Ok(None),
+        Some(v) if v.is_null() && !spec.allow_null => Ok(None),
+        Some(v) if v.as_str() == Some("") && !is_stringy(spec.ty) => Ok(None),
+        Some(v) => coerce(spec, v).map(Some).map_err(|e| e.under(key)),
+    }
 }
 
 /// The index in `0..n` for which `is` holds, searched from `from` round to `from - 1`:
@@ -142,16 +273,17 @@ fn find(n: usize, from: usize, is: impl Fn(usize) -> bool) -> Option<usize> {
 
 fn prepare_with<'a>(
     fields: &'a [(String, FieldSpec)],
-    mut take: impl FnMut(&str) -> Option<Out<'a>>,
+    mut take: impl FnMut(&str, &'a FieldSpec) -> Result<Option<Taken<'a>>, ValidationError>,
 ) -> Result<Out<'a>, ValidationError> {
-    let mut out = Vec::with_capacity(fields.len());
+    let mut out = ThinVec::with_capacity(fields.len());
     for (key, spec) in fields {
-        let value = match take(key) {
+        let value = match take(key, spec).map_err(|e| e.under(key))? {
             None => None,
-            Some(v) if v.is_null() && !spec.allow_null => None,
+            Some(Taken::Typed(v)) => Some(v),
+            Some(Taken::Raw(v)) if v.is_null() && !spec.allow_null => None,
             // Empty strings are removed at the root.
-            Some(v) if v.as_str() == Some("") => None,
-            Some(v) => Some(coerce(spec, v).map_err(|e| e.under(key))?),
+            Some(Taken::Raw(v)) if v.as_str() == Some("") => None,
+            Some(Taken::Raw(v)) => Some(coerce(spec, v).map_err(|e| e.under(key))?),
         };
         // A required list that came out empty counts as missing.
         let value = value.filter(|v| {
@@ -172,13 +304,13 @@ fn prepare_with<'a>(
 
 /// An object's entries, taken out by key (each at most once; keys are unique).
 struct Entries<'a> {
-    entries: Vec<(Cow<'a, str>, Out<'a>)>,
+    entries: ThinVec<(Cow<'a, str>, Out<'a>)>,
     taken: Vec<bool>,
     next: usize,
 }
 
 impl<'a> Entries<'a> {
-    fn of(entries: Vec<(Cow<'a, str>, Out<'a>)>) -> Entries<'a> {
+    fn of(entries: ThinVec<(Cow<'a, str>, Out<'a>)>) -> Entries<'a> {
         let taken = vec![false; entries.len()];
         Entries {
             entries,
@@ -191,10 +323,7 @@ impl<'a> Entries<'a> {
         let i = find(self.entries.len(), self.next, |i| self.entries[i].0 == key)?;
         self.next = i + 1;
         self.taken[i] = true;
-        Some(std::mem::replace(
-            &mut self.entries[i].1,
-            Out::Owned(Value::Null),
-        ))
+        Some(std::mem::replace(&mut self.entries[i].1, Out::Ref(&NULL)))
     }
 
     /// The entries not taken.
@@ -217,8 +346,8 @@ fn coerce<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, ValidationErro
         };
     }
     if spec.multiple {
-        let items = v.into_items().unwrap_or_else(|one| vec![one]);
-        let mut out = Vec::with_capacity(items.len());
+        let items = v.into_items().unwrap_or_else(|one| thin_vec![one]);
+        let mut out = ThinVec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             // Empty strings in non-string arrays are dropped like at the root.
             if item.as_str() == Some("") && !is_stringy(spec.ty) {
@@ -271,8 +400,8 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Validation
     match spec.ty {
         FieldType::String | FieldType::Text | FieldType::Password => match value {
             Some(Value::String(_)) => Ok(v),
-            Some(Value::Number(n)) => Ok(Out::Owned(Value::String(n.to_string()))),
-            Some(Value::Bool(b)) => Ok(Out::Owned(Value::String(b.to_string()))),
+            Some(Value::Number(n)) => Ok(Out::owned(Value::String(n.to_string()))),
+            Some(Value::Bool(b)) => Ok(Out::owned(Value::String(b.to_string()))),
             _ => Err(invalid(
                 field,
                 format!("must be a string, not {}", kind(&v)),
@@ -302,16 +431,16 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Validation
                 if value.and_then(Value::as_i64).is_some() {
                     return Ok(v);
                 }
-                return Ok(Out::Owned(Value::Number(Number::from(n as i64))));
+                return Ok(Out::owned(Value::Number(Number::from(n as i64))));
             }
             if let Some(Value::Number(_)) = value {
                 return Ok(v);
             }
             // As JavaScript prints it: "34" becomes 34, not 34.0.
             if n.fract() == 0.0 && n.abs() <= 9.007_199_254_740_991e15 {
-                return Ok(Out::Owned(Value::Number(Number::from(n as i64))));
+                return Ok(Out::owned(Value::Number(Number::from(n as i64))));
             }
-            Ok(Out::Owned(
+            Ok(Out::owned(
                 Number::from_f64(n)
                     .map(Value::Number)
                     .unwrap_or(Value::Null),
@@ -319,10 +448,10 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Validation
         }
         FieldType::Boolean => match value {
             Some(Value::Bool(_)) => Ok(v),
-            Some(Value::String(s)) if s == "true" => Ok(Out::Owned(Value::Bool(true))),
-            Some(Value::String(s)) if s == "false" => Ok(Out::Owned(Value::Bool(false))),
-            Some(Value::Number(n)) if n.as_f64() == Some(1.0) => Ok(Out::Owned(Value::Bool(true))),
-            Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Ok(Out::Owned(Value::Bool(false))),
+            Some(Value::String(s)) if s == "true" => Ok(Out::Ref(&TRUE)),
+            Some(Value::String(s)) if s == "false" => Ok(Out::Ref(&FALSE)),
+            Some(Value::Number(n)) if n.as_f64() == Some(1.0) => Ok(Out::Ref(&TRUE)),
+            Some(Value::Number(n)) if n.as_f64() == Some(0.0) => Ok(Out::Ref(&FALSE)),
             _ => Err(invalid(
                 field,
                 format!("must be true or false, not {}", short(&v)),
@@ -348,20 +477,10 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Validation
                 return Err(invalid(field, format!("must be an object, not {k}")));
             };
             let mut entries = Entries::of(entries);
-            let mut out = Vec::with_capacity(props.len());
+            let mut out = ThinVec::with_capacity(props.len());
             for (k, p) in props {
-                match entries.take(k) {
-                    None => {
-                        if p.required {
-                            return Err(invalid(k, "is required but the mapping gave no value"));
-                        }
-                    }
-                    Some(val) if val.is_null() && !p.allow_null => {}
-                    Some(val) if val.as_str() == Some("") && !is_stringy(p.ty) => {}
-                    Some(val) => {
-                        let v = coerce(p, val).map_err(|e| e.under(k))?;
-                        out.push((Cow::Borrowed(k.as_str()), v));
-                    }
+                if let Some(v) = object_property(k, p, entries.take(k))? {
+                    out.push((Cow::Borrowed(k.as_str()), v));
                 }
             }
             if spec.additional_properties {
@@ -509,13 +628,13 @@ mod props {
         ]
     }
 
-    /// A field: a scalar or list type, or an object with typed properties.
+    /// A field: a scalar or list type, or an object with typed properties (which may be
+    /// objects with typed properties in turn).
     fn spec() -> impl Strategy<Value = FieldSpec> {
-        prop_oneof![
-            spec_leaf(),
+        spec_leaf().prop_recursive(2, 12, 3, |inner| {
             (
                 spec_leaf(),
-                prop::collection::btree_map("[xyz]", spec_leaf(), 0..3),
+                prop::collection::btree_map("[xyz]", inner, 0..3),
                 any::<bool>(),
             )
                 .prop_map(|(base, props, extra)| FieldSpec {
@@ -523,8 +642,8 @@ mod props {
                     properties: Some(props),
                     additional_properties: extra,
                     ..base
-                }),
-        ]
+                })
+        })
     }
 
     fn spec_leaf() -> impl Strategy<Value = FieldSpec> {
@@ -557,14 +676,26 @@ mod props {
         })
     }
 
-    /// A field's mapping: a path into the event, a raw value, or an `@arrayPath` over
-    /// the event's `list` with an object shape.
+    /// A field's mapping: a path into the event, a raw value, an `@arrayPath` over the
+    /// event's `list` with an object shape, or (nested) objects and `@arrayPath`s whose
+    /// shapes are made of these.
     fn mapping() -> impl Strategy<Value = Value> {
-        prop_oneof![
+        let leaf = prop_oneof![
             "[abcdxyz]|list|a\\.x".prop_map(|p| json!({ "@path": format!("$.{p}") })),
             value(),
             Just(json!({"@arrayPath": ["$.list", {"x": {"@path": "$.x"}, "y": {"@path": "$.y"}}]})),
-        ]
+        ];
+        leaf.prop_recursive(2, 12, 3, |inner| {
+            let object = || {
+                prop::collection::btree_map("[xyz]", inner.clone(), 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect()))
+            };
+            prop_oneof![
+                object(),
+                ("\\$\\.(list|x|a)", object())
+                    .prop_map(|(path, shape)| json!({ "@arrayPath": [path, shape] })),
+            ]
+        })
     }
 
     proptest! {

@@ -82,12 +82,16 @@ pub struct ValidationError {
     pub skip: bool,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ValidationError {
-    ValidationError {
+/// A validation error on the way: boxed, so that results stay two words wide and travel
+/// in registers (see [`Out`]).
+type Failed = Box<ValidationError>;
+
+fn invalid(field: &str, message: impl Into<String>) -> Failed {
+    Box::new(ValidationError {
         field: field.to_string(),
         message: message.into(),
         skip: false,
-    }
+    })
 }
 
 /// Cleans, coerces and checks a mapped payload against the fields of an action. Keys not
@@ -110,7 +114,7 @@ pub fn prepare_out<'a>(
     payload: Out<'a>,
 ) -> Result<Out<'a>, ValidationError> {
     let mut entries = Entries::of(payload.into_entries().unwrap_or_default());
-    prepare_with(fields, |key, _| Ok(entries.take(key).map(Taken::Raw)))
+    prepare_with(fields, |key, _| Ok(entries.take(key).map(Taken::Raw))).map_err(|e| *e)
 }
 
 /// `prepare_out(fields, mapping.eval_out(event))`, without building the mapped object
@@ -141,6 +145,7 @@ pub fn map_and_prepare<'a>(
             Fused::Done(typed) => typed.map(|v| Some(Taken::Typed(v))),
         }
     })
+    .map_err(|e| *e)
 }
 
 /// What [`prepare_with`] gets for a field: a value to clean and coerce, or one already
@@ -157,7 +162,7 @@ enum Fused<'a> {
     /// The mapping gives no value.
     Missing,
     /// What `coerce(spec, mapping.eval_out(event)?)` gives.
-    Done(Result<Out<'a>, ValidationError>),
+    Done(Result<Out<'a>, Failed>),
 }
 
 /// Typing fused with evaluation for object fields with known properties (no additional
@@ -207,7 +212,7 @@ fn typed_items<'a>(
     props: &'a BTreeMap<String, FieldSpec>,
     fields: &'a [(String, Mapping)],
     items: impl ExactSizeIterator<Item = &'a Value>,
-) -> Result<Out<'a>, ValidationError> {
+) -> Result<Out<'a>, Failed> {
     let mut out = ThinVec::with_capacity(items.len());
     for (i, item) in items.enumerate() {
         out.push(typed_object(props, fields, item).map_err(|e| e.under(&format!("[{i}]")))?);
@@ -221,7 +226,7 @@ fn typed_object<'a>(
     props: &'a BTreeMap<String, FieldSpec>,
     fields: &'a [(String, Mapping)],
     event: &'a Value,
-) -> Result<Out<'a>, ValidationError> {
+) -> Result<Out<'a>, Failed> {
     let mut out = ThinVec::with_capacity(props.len());
     let mut next = 0;
     for (k, p) in props {
@@ -253,7 +258,7 @@ fn object_property<'a>(
     key: &str,
     spec: &'a FieldSpec,
     value: Option<Out<'a>>,
-) -> Result<Option<Out<'a>>, ValidationError> {
+) -> Result<Option<Out<'a>>, Failed> {
     match value {
         None if spec.required => Err(invalid(key, "is required but the mapping gave no value")),
         None => Ok(None),
@@ -273,8 +278,8 @@ fn find(n: usize, from: usize, is: impl Fn(usize) -> bool) -> Option<usize> {
 
 fn prepare_with<'a>(
     fields: &'a [(String, FieldSpec)],
-    mut take: impl FnMut(&str, &'a FieldSpec) -> Result<Option<Taken<'a>>, ValidationError>,
-) -> Result<Out<'a>, ValidationError> {
+    mut take: impl FnMut(&str, &'a FieldSpec) -> Result<Option<Taken<'a>>, Failed>,
+) -> Result<Out<'a>, Failed> {
     let mut out = ThinVec::with_capacity(fields.len());
     for (key, spec) in fields {
         let value = match take(key, spec).map_err(|e| e.under(key))? {
@@ -337,7 +342,7 @@ impl<'a> Entries<'a> {
 
 /// Coerces one value; errors name the path relative to it (`""`, `"[1]"`, `".lat"`),
 /// which callers prefix — paths are only built when something is wrong.
-fn coerce<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, ValidationError> {
+fn coerce<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
     if v.is_null() {
         return if spec.allow_null {
             Ok(v)
@@ -362,7 +367,7 @@ fn coerce<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, ValidationErro
 
 impl ValidationError {
     /// The same error one level up: `parent` + this path.
-    fn under(mut self, parent: &str) -> ValidationError {
+    fn under(mut self: Box<Self>, parent: &str) -> Failed {
         self.field = if self.field.is_empty() || self.field.starts_with('[') {
             format!("{parent}{}", self.field)
         } else {
@@ -394,7 +399,7 @@ fn kind(v: &Out) -> &'static str {
     }
 }
 
-fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, ValidationError> {
+fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
     let field = "";
     let value = v.as_value();
     match spec.ty {

@@ -15,6 +15,8 @@ use crate::profiles::{
 /// The statements the algorithm needs, inside one transaction.
 pub trait GraphTx {
     type Error;
+    /// Whether the store wants the `prefetch_*` hints (they cost a pass over the batch).
+    const PREFETCH: bool = false;
     /// The stored (ts, messageId) of an identifier set.
     fn obs_key(&mut self, hash: i64) -> Result<Option<(i64, String)>, Self::Error>;
     fn obs_set_key(
@@ -69,6 +71,17 @@ pub trait GraphTx {
     fn finish(&mut self) -> Result<(), Self::Error> {
         Ok(())
     }
+    /// A hint before a batch's events are filed: the [`GraphTx::obs_key`]s that will be
+    /// asked for (a store where a statement is a round trip loads them in one).
+    fn prefetch_obs_keys(&mut self, _hashes: &[i64]) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// A hint before components are re-resolved: their starting identifiers (a store
+    /// where a statement is a round trip loads their observations and resolutions in a
+    /// few).
+    fn prefetch_components(&mut self, _idents: &[String]) -> Result<(), Self::Error> {
+        Ok(())
+    }
     fn identity_profile(&mut self, ident: &str) -> Result<Option<String>, Self::Error>;
     /// Deletes an identifier's resolution; returns how many rows.
     fn identity_delete(&mut self, ident: &str) -> Result<u64, Self::Error>;
@@ -92,6 +105,15 @@ pub fn ident_hash(ident: &str) -> i64 {
 
 pub fn set_hash(idents: &[String]) -> i64 {
     xxhash_rust::xxh3::xxh3_64(idents.join("\n").as_bytes()) as i64
+}
+
+/// An event's identifiers as a set (sorted, without repeats) and the set's hash.
+fn identifier_set(idents: &[String]) -> (Vec<String>, i64) {
+    let mut set = idents.to_vec();
+    set.sort();
+    set.dedup();
+    let hash = set_hash(&set);
+    (set, hash)
 }
 
 /// Files an identifier set; returns whether it is new (or earlier than the stored one).
@@ -143,16 +165,25 @@ pub fn apply<T: GraphTx>(
     let mut filed: Filed = Vec::new();
     let mut stats = ProfileStepStats::default();
     let mut dirty: BTreeSet<String> = BTreeSet::new();
+    let unknown: Vec<i64> = events
+        .iter()
+        .filter(|_| T::PREFETCH)
+        .flat_map(|e| [&e.users, &e.accounts].map(|set| (e, set)))
+        .filter(|(_, set)| !set.is_empty())
+        .map(|(e, set)| (e, identifier_set(set).1))
+        .filter(|(e, hash)| !cache.known(*hash, e.ts, &e.message_id))
+        .map(|(_, hash)| hash)
+        .collect();
+    if T::PREFETCH && !unknown.is_empty() {
+        tx.prefetch_obs_keys(&unknown)?;
+    }
     for e in events {
         let mut anchors = [None, None];
         for (slot, set) in [&e.users, &e.accounts].into_iter().enumerate() {
             if set.is_empty() {
                 continue;
             }
-            let mut idents = set.clone();
-            idents.sort();
-            idents.dedup();
-            let hash = set_hash(&idents);
+            let (idents, hash) = identifier_set(set);
             if !cache.known(hash, e.ts, &e.message_id) {
                 if observe(tx, &idents, e.ts, &e.message_id, &e.source)? {
                     stats.new_observations += 1;
@@ -195,6 +226,10 @@ fn reresolve<T: GraphTx>(
     rules: &Rules,
     stats: &mut ProfileStepStats,
 ) -> Result<(), T::Error> {
+    if T::PREFETCH && !dirty.is_empty() {
+        let starts: Vec<String> = dirty.iter().cloned().collect();
+        tx.prefetch_components(&starts)?;
+    }
     while let Some(start) = dirty.pop_first() {
         let (visited, obs, oversized) = component(tx, &start)?;
         for v in &visited {

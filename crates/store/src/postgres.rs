@@ -190,11 +190,235 @@ impl Drop for PgStore {
 /// The PostgreSQL statements of the profile algorithm (`crate::graph`). They run one by
 /// one, each informing the next, so each is a round trip: prepared once per connection
 /// (`statements`), an execution is one round trip instead of two (parse, then execute).
+///
+/// What the algorithm asks for is loaded ahead, a batch at a time, where it can be
+/// (`prefetch_*`): the known keys of the batch's identifier sets, and the observations and
+/// resolutions of the identifiers whose components are re-resolved. Those loaded answers
+/// are kept up to date by this transaction's own writes (the statements below), so a read
+/// answered from them is what the database would answer. Traits are written at `finish`,
+/// one statement for the batch (nothing reads them while a batch is filed).
 struct Pg<'a, 'c> {
     tx: &'a mut Transaction<'c>,
     statements: &'a mut HashMap<&'static str, Statement>,
     /// Event references not written yet: (id, ident hash, ts, messageId).
     refs: Vec<(i64, i64, i64, String)>,
+    /// Loaded `obs_key` answers, by set hash.
+    obs_keys: HashMap<i64, Option<(i64, String)>>,
+    /// Loaded `obs_hashes` answers, by identifier.
+    obs_hashes: HashMap<String, Vec<i64>>,
+    /// Loaded `obs_load` answers, by set hash.
+    observations: HashMap<i64, Option<Observation>>,
+    /// Loaded `identity_profile` answers, by identifier.
+    identities: HashMap<String, Option<String>>,
+    /// Traits not written yet, last-write-wins already applied: (ident, key) →
+    /// (value, ts, messageId, source).
+    traits: HashMap<(String, String), (String, i64, String, String)>,
+    /// Resolutions not written yet, each identifier's last: a row (profile, ts,
+    /// messageId, source) or its deletion.
+    identity_writes: HashMap<String, Option<(String, i64, String, String)>>,
+    /// Profiles not written yet, each id's last: its merged list or its deletion.
+    profile_writes: HashMap<String, Option<String>>,
+    /// Observations not written yet, by set hash.
+    new_obs: HashMap<i64, Observation>,
+}
+
+impl<'a, 'c> Pg<'a, 'c> {
+    fn new(
+        tx: &'a mut Transaction<'c>,
+        statements: &'a mut HashMap<&'static str, Statement>,
+    ) -> Self {
+        Pg {
+            tx,
+            statements,
+            refs: Vec::new(),
+            obs_keys: HashMap::new(),
+            obs_hashes: HashMap::new(),
+            observations: HashMap::new(),
+            identities: HashMap::new(),
+            traits: HashMap::new(),
+            identity_writes: HashMap::new(),
+            profile_writes: HashMap::new(),
+            new_obs: HashMap::new(),
+        }
+    }
+
+    /// Writes the observations kept back (before anything reads the observation tables).
+    fn write_observations(&mut self) -> Result<(), postgres::Error> {
+        if self.new_obs.is_empty() {
+            return Ok(());
+        }
+        let new = std::mem::take(&mut self.new_obs);
+        let mut hashes = Vec::with_capacity(new.len());
+        let mut joined = Vec::with_capacity(new.len());
+        let mut times = Vec::with_capacity(new.len());
+        let (mut msgs, mut sources) = (Vec::new(), Vec::new());
+        let (mut idents, mut of) = (Vec::new(), Vec::new());
+        for (h, o) in &new {
+            hashes.push(*h);
+            joined.push(o.idents.join("\n"));
+            times.push(o.ts);
+            msgs.push(o.message_id.as_str());
+            sources.push(o.source.as_str());
+            for i in &o.idents {
+                idents.push(i.as_str());
+                of.push(*h);
+            }
+        }
+        self.execute(
+            "INSERT INTO id_obs (hash, idents, ts, message_id, source)
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[])",
+            &[&hashes, &joined, &times, &msgs, &sources],
+        )?;
+        self.execute(
+            "INSERT INTO obs_idents (ident, hash) SELECT * FROM UNNEST($1::text[], $2::int8[])
+             ON CONFLICT DO NOTHING",
+            &[&idents, &of],
+        )?;
+        Ok(())
+    }
+
+    /// Writes the resolutions and profiles kept back: for each identifier and profile id
+    /// its last write, which is what writing them one by one in order would leave.
+    fn write_resolutions(&mut self) -> Result<(), postgres::Error> {
+        let identities = std::mem::take(&mut self.identity_writes);
+        let (gone, rows): (Vec<_>, Vec<_>) = identities.iter().partition(|(_, w)| w.is_none());
+        if !gone.is_empty() {
+            let gone: Vec<&str> = gone.iter().map(|(i, _)| i.as_str()).collect();
+            self.execute("DELETE FROM identities WHERE ident = ANY($1)", &[&gone])?;
+        }
+        if !rows.is_empty() {
+            let mut cols: [Vec<&str>; 4] = Default::default();
+            let mut times = Vec::with_capacity(rows.len());
+            for (ident, w) in &rows {
+                let Some((profile, ts, msg, source)) = w else {
+                    continue;
+                };
+                for (c, v) in cols.iter_mut().zip([*ident, profile, msg, source]) {
+                    c.push(v.as_str());
+                }
+                times.push(*ts);
+            }
+            let [idents, profiles, msgs, sources] = &cols;
+            self.execute(
+                "INSERT INTO identities (ident, profile, ts, message_id, source)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[])
+                 ON CONFLICT (ident) DO UPDATE SET profile = excluded.profile, ts = excluded.ts,
+                     message_id = excluded.message_id, source = excluded.source",
+                &[idents, profiles, &times, msgs, sources],
+            )?;
+        }
+        let profiles = std::mem::take(&mut self.profile_writes);
+        let (gone, rows): (Vec<_>, Vec<_>) = profiles.iter().partition(|(_, w)| w.is_none());
+        if !gone.is_empty() {
+            let gone: Vec<&str> = gone.iter().map(|(i, _)| i.as_str()).collect();
+            self.execute("DELETE FROM profiles WHERE id = ANY($1)", &[&gone])?;
+        }
+        if !rows.is_empty() {
+            let ids: Vec<&str> = rows.iter().map(|(i, _)| i.as_str()).collect();
+            let merged: Vec<&str> = rows.iter().filter_map(|(_, m)| m.as_deref()).collect();
+            self.execute(
+                "INSERT INTO profiles (id, merged) SELECT * FROM UNNEST($1::text[], $2::text[])
+                 ON CONFLICT (id) DO UPDATE SET merged = excluded.merged",
+                &[&ids, &merged],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes the batch's traits: one statement (keys are distinct, so no row is updated
+    /// twice by it).
+    fn write_traits(&mut self) -> Result<(), postgres::Error> {
+        if self.traits.is_empty() {
+            return Ok(());
+        }
+        let traits = std::mem::take(&mut self.traits);
+        let mut cols: [Vec<&str>; 5] = Default::default();
+        let mut times = Vec::with_capacity(traits.len());
+        for ((ident, key), (value, ts, msg, source)) in &traits {
+            for (c, v) in cols.iter_mut().zip([ident, key, value, msg, source]) {
+                c.push(v.as_str());
+            }
+            times.push(*ts);
+        }
+        let [idents, keys, values, msgs, sources] = &cols;
+        self.execute(
+            "INSERT INTO traits (ident, key, value, ts, message_id, source)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[])
+             ON CONFLICT (ident, key) DO UPDATE SET
+                 value = excluded.value, ts = excluded.ts,
+                 message_id = excluded.message_id, source = excluded.source
+             WHERE excluded.ts > traits.ts
+                OR (excluded.ts = traits.ts AND excluded.message_id > traits.message_id)",
+            &[idents, keys, values, &times, msgs, sources],
+        )
+        .map(|_| ())
+    }
+
+    /// Loads `obs_hashes` for the identifiers not loaded yet; returns the hashes found.
+    fn load_obs_hashes(&mut self, idents: &[&str]) -> Result<Vec<i64>, postgres::Error> {
+        let wanted: Vec<&str> = idents
+            .iter()
+            .copied()
+            .filter(|i| !self.obs_hashes.contains_key(*i))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.query(
+            "SELECT ident, hash FROM obs_idents WHERE ident = ANY($1)",
+            &[&wanted],
+        )?;
+        for i in &wanted {
+            self.obs_hashes.insert(i.to_string(), Vec::new());
+        }
+        let mut found = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (ident, hash): (&str, i64) = (r.get(0), r.get(1));
+            if let Some(v) = self.obs_hashes.get_mut(ident) {
+                v.push(hash);
+            }
+            found.push(hash);
+        }
+        Ok(found)
+    }
+
+    /// Loads `obs_load` for the hashes not loaded yet; returns the identifiers they hold.
+    fn load_observations(&mut self, hashes: &[i64]) -> Result<Vec<String>, postgres::Error> {
+        let wanted: Vec<i64> = hashes
+            .iter()
+            .copied()
+            .filter(|h| !self.observations.contains_key(h))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.query(
+            "SELECT hash, idents, ts, message_id, source FROM id_obs WHERE hash = ANY($1)",
+            &[&wanted],
+        )?;
+        for h in &wanted {
+            self.observations.insert(*h, None);
+        }
+        let mut idents = Vec::new();
+        for r in rows {
+            let o = observation(&r, 1);
+            idents.extend(o.idents.iter().cloned());
+            self.observations.insert(r.get(0), Some(o));
+        }
+        Ok(idents)
+    }
+}
+
+/// An `id_obs` row's observation, its columns from `at` on: idents, ts, message_id, source.
+fn observation(r: &Row, at: usize) -> Observation {
+    Observation {
+        idents: r.get::<_, &str>(at).split('\n').map(String::from).collect(),
+        ts: r.get(at + 1),
+        message_id: r.get(at + 2),
+        source: r.get(at + 3),
+    }
 }
 
 impl Pg<'_, '_> {
@@ -237,8 +461,64 @@ impl Pg<'_, '_> {
 
 impl GraphTx for Pg<'_, '_> {
     type Error = postgres::Error;
+    const PREFETCH: bool = true;
+
+    fn prefetch_obs_keys(&mut self, hashes: &[i64]) -> Result<(), postgres::Error> {
+        let wanted: Vec<i64> = hashes
+            .iter()
+            .copied()
+            .filter(|h| !self.obs_keys.contains_key(h))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let rows = self.query(
+            "SELECT hash, ts, message_id FROM id_obs WHERE hash = ANY($1)",
+            &[&wanted],
+        )?;
+        for h in wanted {
+            self.obs_keys.insert(h, None);
+        }
+        for r in rows {
+            self.obs_keys.insert(r.get(0), Some((r.get(1), r.get(2))));
+        }
+        Ok(())
+    }
+
+    fn prefetch_components(&mut self, idents: &[String]) -> Result<(), postgres::Error> {
+        self.write_observations()?;
+        // Two rings of the components: the starting identifiers' observations, then the
+        // observations of the identifiers those hold. Anything further is read when the
+        // walk gets there.
+        let mut ring: Vec<String> = idents.to_vec();
+        for _ in 0..2 {
+            let refs: Vec<&str> = ring.iter().map(String::as_str).collect();
+            let hashes = self.load_obs_hashes(&refs)?;
+            ring = self.load_observations(&hashes)?;
+        }
+        let mut all: Vec<String> = self
+            .obs_hashes
+            .keys()
+            .filter(|i| !self.identities.contains_key(*i))
+            .cloned()
+            .collect();
+        all.sort_unstable();
+        let rows = self.query(
+            "SELECT ident, profile FROM identities WHERE ident = ANY($1)",
+            &[&all],
+        )?;
+        let mut loaded: HashMap<String, Option<String>> =
+            all.into_iter().map(|i| (i, None)).collect();
+        for r in rows {
+            loaded.insert(r.get(0), Some(r.get(1)));
+        }
+        self.identities.extend(loaded);
+        Ok(())
+    }
 
     fn obs_key(&mut self, hash: i64) -> Result<Option<(i64, String)>, postgres::Error> {
+        if let Some(known) = self.obs_keys.get(&hash) {
+            return Ok(known.clone());
+        }
         Ok(self
             .query_opt(
                 "SELECT ts, message_id FROM id_obs WHERE hash = $1",
@@ -254,11 +534,19 @@ impl GraphTx for Pg<'_, '_> {
         msg: &str,
         source: &str,
     ) -> Result<(), postgres::Error> {
-        self.execute(
-            "UPDATE id_obs SET ts = $2, message_id = $3, source = $4 WHERE hash = $1",
-            &[&hash, &ts, &msg, &source],
-        )
-        .map(|_| ())
+        if let Some(o) = self.new_obs.get_mut(&hash) {
+            (o.ts, o.message_id, o.source) = (ts, msg.to_string(), source.to_string());
+        } else {
+            self.execute(
+                "UPDATE id_obs SET ts = $2, message_id = $3, source = $4 WHERE hash = $1",
+                &[&hash, &ts, &msg, &source],
+            )?;
+        }
+        self.obs_keys.insert(hash, Some((ts, msg.to_string())));
+        if let Some(Some(o)) = self.observations.get_mut(&hash) {
+            (o.ts, o.message_id, o.source) = (ts, msg.to_string(), source.to_string());
+        }
+        Ok(())
     }
 
     fn obs_insert(
@@ -269,25 +557,42 @@ impl GraphTx for Pg<'_, '_> {
         msg: &str,
         source: &str,
     ) -> Result<(), postgres::Error> {
-        // One round trip for the observation and its identifiers.
-        self.execute(
-            "WITH obs AS (
-                 INSERT INTO id_obs (hash, idents, ts, message_id, source) VALUES ($1, $2, $3, $4, $5)
-             )
-             INSERT INTO obs_idents (ident, hash) SELECT i, $1 FROM UNNEST($6::text[]) AS i
-             ON CONFLICT DO NOTHING",
-            &[&hash, &idents.join("\n"), &ts, &msg, &source, &idents],
-        )?;
+        // Kept back until the observation tables are read or the batch ends.
+        self.new_obs.insert(
+            hash,
+            Observation {
+                idents: idents.to_vec(),
+                ts,
+                message_id: msg.to_string(),
+                source: source.to_string(),
+            },
+        );
+        self.obs_keys.insert(hash, Some((ts, msg.to_string())));
+        // What was loaded about these identifiers' observations is out of date.
+        for i in idents {
+            self.obs_hashes.remove(i);
+        }
+        self.observations.remove(&hash);
         Ok(())
     }
 
     fn obs_delete(&mut self, hash: i64) -> Result<(), postgres::Error> {
+        self.write_observations()?;
         self.execute("DELETE FROM id_obs WHERE hash = $1", &[&hash])?;
         self.execute("DELETE FROM obs_idents WHERE hash = $1", &[&hash])?;
+        self.obs_keys.insert(hash, None);
+        self.observations.insert(hash, None);
+        for hashes in self.obs_hashes.values_mut() {
+            hashes.retain(|h| *h != hash);
+        }
         Ok(())
     }
 
     fn obs_hashes(&mut self, ident: &str) -> Result<Vec<i64>, postgres::Error> {
+        if let Some(known) = self.obs_hashes.get(ident) {
+            return Ok(known.clone());
+        }
+        self.write_observations()?;
         Ok(self
             .query("SELECT hash FROM obs_idents WHERE ident = $1", &[&ident])?
             .iter()
@@ -296,17 +601,16 @@ impl GraphTx for Pg<'_, '_> {
     }
 
     fn obs_load(&mut self, hash: i64) -> Result<Option<Observation>, postgres::Error> {
+        if let Some(known) = self.observations.get(&hash) {
+            return Ok(known.clone());
+        }
+        self.write_observations()?;
         Ok(self
             .query_opt(
                 "SELECT idents, ts, message_id, source FROM id_obs WHERE hash = $1",
                 &[&hash],
             )?
-            .map(|r| Observation {
-                idents: r.get::<_, &str>(0).split('\n').map(String::from).collect(),
-                ts: r.get(1),
-                message_id: r.get(2),
-                source: r.get(3),
-            }))
+            .map(|r| observation(&r, 0)))
     }
 
     fn event_ref(
@@ -323,6 +627,9 @@ impl GraphTx for Pg<'_, '_> {
     }
 
     fn finish(&mut self) -> Result<(), postgres::Error> {
+        self.write_observations()?;
+        self.write_traits()?;
+        self.write_resolutions()?;
         if self.refs.is_empty() {
             return Ok(());
         }
@@ -357,38 +664,31 @@ impl GraphTx for Pg<'_, '_> {
         value: &str,
         e: &ProfileEvent,
     ) -> Result<(), postgres::Error> {
-        self.execute(
-                "INSERT INTO traits (ident, key, value, ts, message_id, source) VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (ident, key) DO UPDATE SET
-                     value = excluded.value, ts = excluded.ts,
-                     message_id = excluded.message_id, source = excluded.source
-                 WHERE excluded.ts > traits.ts
-                    OR (excluded.ts = traits.ts AND excluded.message_id > traits.message_id)",
-                &[&ident, &key, &value, &e.ts, &e.message_id, &e.source],
-            )
-            .map(|_| ())
-    }
-
-    fn traits_put(
-        &mut self,
-        ident: &str,
-        traits: &[(&str, String)],
-        e: &ProfileEvent,
-    ) -> Result<(), postgres::Error> {
-        // One event's keys are distinct, so no row is updated twice by the statement.
-        let keys: Vec<&str> = traits.iter().map(|(k, _)| *k).collect();
-        let values: Vec<&str> = traits.iter().map(|(_, v)| v.as_str()).collect();
-        self.execute(
-            "INSERT INTO traits (ident, key, value, ts, message_id, source)
-             SELECT $1, t.key, t.value, $4, $5, $6 FROM UNNEST($2::text[], $3::text[]) AS t(key, value)
-             ON CONFLICT (ident, key) DO UPDATE SET
-                 value = excluded.value, ts = excluded.ts,
-                 message_id = excluded.message_id, source = excluded.source
-             WHERE excluded.ts > traits.ts
-                OR (excluded.ts = traits.ts AND excluded.message_id > traits.message_id)",
-            &[&ident, &keys, &values, &e.ts, &e.message_id, &e.source],
-        )
-        .map(|_| ())
+        // Last write wins by (ts, messageId); on a tie the first stays (as the upsert's
+        // condition has it against what is stored).
+        let newer = |(_, ts, msg, _): &(String, i64, String, String)| {
+            (e.ts, e.message_id.as_str()) > (*ts, msg.as_str())
+        };
+        match self.traits.entry((ident.to_string(), key.to_string())) {
+            std::collections::hash_map::Entry::Occupied(mut o) if newer(o.get()) => {
+                o.insert((
+                    value.to_string(),
+                    e.ts,
+                    e.message_id.clone(),
+                    e.source.clone(),
+                ));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((
+                    value.to_string(),
+                    e.ts,
+                    e.message_id.clone(),
+                    e.source.clone(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn link(&mut self, user: &str, account: &str, ts: i64) -> Result<(), postgres::Error> {
@@ -401,13 +701,27 @@ impl GraphTx for Pg<'_, '_> {
     }
 
     fn identity_profile(&mut self, ident: &str) -> Result<Option<String>, postgres::Error> {
+        if let Some(known) = self.identities.get(ident) {
+            return Ok(known.clone());
+        }
         Ok(self
             .query_opt("SELECT profile FROM identities WHERE ident = $1", &[&ident])?
             .map(|r| r.get(0)))
     }
 
     fn identity_delete(&mut self, ident: &str) -> Result<u64, postgres::Error> {
-        self.execute("DELETE FROM identities WHERE ident = $1", &[&ident])
+        let existed = match self.identities.get(ident) {
+            Some(known) => known.is_some() as u64,
+            // Not known here: ask the database, after what is kept back.
+            None => {
+                self.write_resolutions()?;
+                self.query_opt("SELECT 1 FROM identities WHERE ident = $1", &[&ident])?
+                    .is_some() as u64
+            }
+        };
+        self.identities.insert(ident.to_string(), None);
+        self.identity_writes.insert(ident.to_string(), None);
+        Ok(existed)
     }
 
     fn identity_insert(
@@ -418,27 +732,24 @@ impl GraphTx for Pg<'_, '_> {
         msg: &str,
         source: &str,
     ) -> Result<(), postgres::Error> {
-        self.execute(
-                "INSERT INTO identities (ident, profile, ts, message_id, source) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (ident) DO UPDATE SET profile = excluded.profile, ts = excluded.ts,
-                     message_id = excluded.message_id, source = excluded.source",
-                &[&ident, &profile, &ts, &msg, &source],
-            )
-            .map(|_| ())
+        self.identities
+            .insert(ident.to_string(), Some(profile.to_string()));
+        self.identity_writes.insert(
+            ident.to_string(),
+            Some((profile.to_string(), ts, msg.to_string(), source.to_string())),
+        );
+        Ok(())
     }
 
     fn profile_delete(&mut self, id: &str) -> Result<(), postgres::Error> {
-        self.execute("DELETE FROM profiles WHERE id = $1", &[&id])
-            .map(|_| ())
+        self.profile_writes.insert(id.to_string(), None);
+        Ok(())
     }
 
     fn profile_put(&mut self, id: &str, merged: &str) -> Result<(), postgres::Error> {
-        self.execute(
-            "INSERT INTO profiles (id, merged) VALUES ($1, $2)
-                 ON CONFLICT (id) DO UPDATE SET merged = excluded.merged",
-            &[&id, &merged],
-        )
-        .map(|_| ())
+        self.profile_writes
+            .insert(id.to_string(), Some(merged.to_string()));
+        Ok(())
     }
 
     fn erase_filed(&mut self, ident: &str, ident_hash: i64) -> Result<(u64, u64), postgres::Error> {
@@ -897,11 +1208,7 @@ impl Store for PgStore {
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
             let mut statements = statements.lock().unwrap_or_else(|p| p.into_inner());
             let mut tx = c.transaction()?;
-            let mut pg = Pg {
-                tx: &mut tx,
-                statements: &mut statements,
-                refs: Vec::new(),
-            };
+            let mut pg = Pg::new(&mut tx, &mut statements);
             let (stats, filed) = graph::apply(&mut pg, &cache, &events, &rules)?;
             tx.commit()?;
             cache.remember(filed);
@@ -1079,12 +1386,9 @@ impl Store for PgStore {
             cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
             let mut statements = statements.lock().unwrap_or_else(|p| p.into_inner());
             let mut tx = c.transaction()?;
-            let mut pg = Pg {
-                tx: &mut tx,
-                statements: &mut statements,
-                refs: Vec::new(),
-            };
+            let mut pg = Pg::new(&mut tx, &mut statements);
             let out = graph::erase(&mut pg, &idents, &rules)?;
+            pg.finish()?;
             tx.commit()?;
             Ok(out)
         })

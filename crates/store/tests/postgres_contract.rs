@@ -49,3 +49,98 @@ sluice_store::store_contract_tests!(
     ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)";
     Postgres::new()
 );
+
+/// The PostgreSQL store answers the algorithm's reads from what it loaded ahead for a
+/// batch (kept up to date by the batch's own writes) and writes traits at the end of the
+/// batch; SQLite asks the database each time. Both must file the same profiles: a few
+/// thousand generated events (identifies that connect devices, users and emails, tracks,
+/// groups, out-of-order and repeated timestamps), in batches of varying size, through both
+/// stores, then every identifier's profile and traits compared.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
+async fn profiles_file_the_same_as_on_sqlite() {
+    use serde_json::{json, Value};
+    use sluice_identity::Rules;
+    use sluice_store::contract::{event, members, trait_map};
+
+    let pg = Postgres::new().open().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn Store> =
+        Arc::new(sluice_store::SqliteStore::open(dir.path().join("state.sqlite")).unwrap());
+    let rules = Arc::new(Rules::default());
+    // A fixed xorshift stream: the same events on every run.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut events: Vec<Value> = Vec::new();
+    for i in 0..3000u64 {
+        let ts = 1_000 + i as i64 - next(40) as i64; // out of order, with ties
+        let anon = format!("a{}", next(60));
+        let user = format!("u{}", next(25));
+        let msg = if next(20) == 0 {
+            format!("m{}", next(50))
+        } else {
+            format!("m-{i}")
+        };
+        let plan = ["free", "pro", "team"][next(3) as usize];
+        events.push(match next(10) {
+            0..=1 => json!({"type": "identify", "ts": ts, "messageId": msg, "userId": user,
+                "anonymousId": anon, "traits": {"email": format!("e{}@x.test", next(15)),
+                "plan": plan, "n": next(5)}}),
+            2 => json!({"type": "identify", "ts": ts, "messageId": msg, "anonymousId": anon,
+                "traits": {"plan": "trial", "seen": i}}),
+            3 => json!({"type": "group", "ts": ts, "messageId": msg, "userId": user,
+                "groupId": format!("g{}", next(4)), "traits": {"size": next(100)}}),
+            4..=5 => json!({"type": "track", "ts": ts, "messageId": msg, "userId": user,
+                "anonymousId": anon}),
+            _ => json!({"type": "page", "ts": ts, "messageId": msg, "anonymousId": anon}),
+        });
+    }
+    let mut offset = 1u64;
+    let mut rest = &events[..];
+    while !rest.is_empty() {
+        let n = (1 + next(400) as usize).min(rest.len());
+        let batch: Vec<_> = rest[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, e)| event(offset + i as u64, e, &rules))
+            .collect();
+        for s in [&pg, &sqlite] {
+            s.apply_profiles(batch.clone(), rules.clone())
+                .await
+                .unwrap();
+        }
+        offset += n as u64;
+        rest = &rest[n..];
+    }
+    let keys = (0..60)
+        .map(|i| format!("u|anonymous_id:a{i}"))
+        .chain((0..25).map(|i| format!("u|user_id:u{i}")))
+        .chain((0..15).map(|i| format!("u|email:e{i}@x.test")))
+        .chain((0..4).map(|i| format!("a|group_id:g{i}")));
+    let mut compared = 0;
+    for key in keys {
+        let (on_pg, on_sqlite) = (
+            members(pg.as_ref(), &key).await,
+            members(sqlite.as_ref(), &key).await,
+        );
+        assert_eq!(
+            on_pg.as_ref().map(|m| &m.1),
+            on_sqlite.as_ref().map(|m| &m.1),
+            "members of the profile of {key}"
+        );
+        if on_pg.is_some() {
+            assert_eq!(
+                trait_map(pg.as_ref(), &key).await,
+                trait_map(sqlite.as_ref(), &key).await,
+                "traits of the profile of {key}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 50, "only {compared} identifiers had profiles");
+}

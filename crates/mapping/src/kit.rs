@@ -393,22 +393,25 @@ impl<'a> Out<'a> {
 
     /// An object's entries (borrowed, moved or as they are), or `None` for a non-object.
     pub fn into_entries(self) -> Option<ThinVec<(Cow<'a, str>, Out<'a>)>> {
+        self.object_entries().ok()
+    }
+
+    /// An object's entries, or `Err(self)` for a non-object.
+    fn object_entries(self) -> Result<ThinVec<(Cow<'a, str>, Out<'a>)>, Out<'a>> {
         match self {
-            Out::Object(entries) => Some(entries),
-            Out::Ref(Value::Object(m)) => Some(
-                m.iter()
-                    .map(|(k, v)| (Cow::Borrowed(k.as_str()), Out::Ref(v)))
-                    .collect(),
-            ),
+            Out::Object(entries) => Ok(entries),
+            Out::Ref(Value::Object(m)) => Ok(m
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Out::Ref(v)))
+                .collect()),
             Out::Owned(v) => match *v {
-                Value::Object(m) => Some(
-                    m.into_iter()
-                        .map(|(k, v)| (Cow::Owned(k), Out::owned(v)))
-                        .collect(),
-                ),
-                _ => None,
+                Value::Object(m) => Ok(m
+                    .into_iter()
+                    .map(|(k, v)| (Cow::Owned(k), Out::owned(v)))
+                    .collect()),
+                v => Err(Out::Owned(Box::new(v))),
             },
-            _ => None,
+            other => Err(other),
         }
     }
 
@@ -947,8 +950,130 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
                 (_, data) => Some(Out::from_cow(data)),
             }
         }
+        Mapping::When {
+            test,
+            then,
+            otherwise,
+        } => {
+            let truthy = eval_out(test, event).is_some_and(|v| !v.falsy());
+            let branch = if truthy { then } else { otherwise };
+            branch.as_ref().and_then(|b| eval_out(b, event))
+        }
+        Mapping::Not(inner) => Some(Out::Ref(
+            if eval_out(inner, event).is_none_or(|v| v.falsy()) {
+                &TRUE
+            } else {
+                &FALSE
+            },
+        )),
+        Mapping::Merge { objects, right } => {
+            // Every object's entries in order of precedence, lowest first; then for each
+            // key the last (a stable sort keeps their order among equal keys).
+            let resolved = objects.iter().filter_map(|o| eval_out(o, event));
+            let mut all: Vec<(Cow<str>, Out)> = Vec::new();
+            let mut add = |o: Out<'a>| {
+                if let Ok(entries) = o.object_entries() {
+                    all.extend(entries);
+                }
+            };
+            if *right {
+                resolved.for_each(&mut add);
+            } else {
+                resolved.collect::<Vec<_>>().into_iter().rev().for_each(add);
+            }
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut out: ThinVec<(Cow<str>, Out)> = ThinVec::with_capacity(all.len());
+            for (k, v) in all {
+                match out.last_mut() {
+                    Some(last) if last.0 == k => last.1 = v,
+                    _ => out.push((k, v)),
+                }
+            }
+            Some(Out::Object(out))
+        }
+        Mapping::Omit { value, keys } => match eval_out(value, event)?.object_entries() {
+            Ok(mut entries) => {
+                entries.retain(|(k, _)| !keys.iter().any(|x| x == k));
+                Some(Out::Object(entries))
+            }
+            Err(other) => Some(other),
+        },
+        Mapping::Each { value, each, with } => match eval_out(value, event)? {
+            // Elements in the event: `each` resolved against each without copying it.
+            Out::Ref(Value::Null) => None,
+            Out::Ref(v) => {
+                let items = match v {
+                    Value::Array(items) => items.as_slice(),
+                    one => std::slice::from_ref(one),
+                };
+                // `with` counts when it is an object.
+                let on_top = with
+                    .as_ref()
+                    .and_then(|w| eval_out(w, event))
+                    .and_then(Out::into_entries);
+                Some(Out::Array(
+                    items
+                        .iter()
+                        .filter_map(|item| eval_out(each, item))
+                        .map(|v| match &on_top {
+                            Some(top) => merged(v, top),
+                            None => v,
+                        })
+                        .collect(),
+                ))
+            }
+            // Built elements: resolved as values.
+            built => {
+                each_on_values(built.into_value(), each, with.as_deref(), event).map(Out::owned)
+            }
+        },
         _ => eval(m, event).map(Out::owned),
     }
+}
+
+/// `@map` over elements that are not in the event.
+fn each_on_values(
+    value: Value,
+    each: &Mapping,
+    with: Option<&Mapping>,
+    event: &Value,
+) -> Option<Value> {
+    let items = match value {
+        Value::Array(a) => a,
+        Value::Null => return None,
+        one => vec![one],
+    };
+    let on_top = with.and_then(|w| eval(w, event));
+    Some(Value::Array(
+        items
+            .iter()
+            .filter_map(|item| eval(each, item))
+            .map(|v| match (v, &on_top) {
+                (Value::Object(mut m), Some(Value::Object(top))) => {
+                    for (k, x) in top {
+                        m.insert(k.clone(), x.clone());
+                    }
+                    Value::Object(m)
+                }
+                (v, _) => v,
+            })
+            .collect(),
+    ))
+}
+
+/// `v` with the `top` entries on top (their keys win) when it is an object, else `v`.
+fn merged<'a>(v: Out<'a>, top: &[(Cow<'a, str>, Out<'a>)]) -> Out<'a> {
+    let mut entries = match v.object_entries() {
+        Ok(entries) => entries,
+        Err(v) => return v,
+    };
+    for (k, x) in top {
+        match entries.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = x.clone(),
+            None => entries.push((k.clone(), x.clone())),
+        }
+    }
+    Out::Object(entries)
 }
 
 fn eval(m: &Mapping, event: &Value) -> Option<Value> {
@@ -959,7 +1084,12 @@ fn eval(m: &Mapping, event: &Value) -> Option<Value> {
         | Mapping::Path(_)
         | Mapping::Literal(_)
         | Mapping::If { .. }
-        | Mapping::ArrayPath { .. } => eval_out(m, event).map(Out::into_value),
+        | Mapping::ArrayPath { .. }
+        | Mapping::Each { .. }
+        | Mapping::Merge { .. }
+        | Mapping::Omit { .. }
+        | Mapping::When { .. }
+        | Mapping::Not(_) => eval_out(m, event).map(Out::into_value),
         Mapping::Template(pieces) => {
             let mut s = String::new();
             for p in pieces {
@@ -1004,23 +1134,6 @@ fn eval(m: &Mapping, event: &Value) -> Option<Value> {
             }
             Some(Value::String(s))
         }
-        Mapping::Merge { objects, right } => {
-            let mut out = Map::new();
-            let resolved: Vec<Value> = objects.iter().filter_map(|o| eval(o, event)).collect();
-            let ordered: Box<dyn Iterator<Item = &Value>> = if *right {
-                Box::new(resolved.iter())
-            } else {
-                Box::new(resolved.iter().rev())
-            };
-            for o in ordered {
-                if let Value::Object(m) = o {
-                    for (k, v) in m {
-                        out.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            Some(Value::Object(out))
-        }
         Mapping::Transform { apply, mapping } => {
             let applied = eval(apply, event).unwrap_or(Value::Object(Map::new()));
             eval(mapping, &applied)
@@ -1061,39 +1174,6 @@ fn eval(m: &Mapping, event: &Value) -> Option<Value> {
                 None => default.as_ref().and_then(|d| eval(d, event)),
             }
         }
-        Mapping::Each { value, each, with } => {
-            let items = match eval(value, event)? {
-                Value::Array(a) => a,
-                Value::Null => return None,
-                one => vec![one],
-            };
-            let on_top = with.as_ref().and_then(|w| eval(w, event));
-            Some(Value::Array(
-                items
-                    .iter()
-                    .filter_map(|item| eval(each, item))
-                    .map(|v| match (v, &on_top) {
-                        (Value::Object(mut m), Some(Value::Object(top))) => {
-                            for (k, x) in top {
-                                m.insert(k.clone(), x.clone());
-                            }
-                            Value::Object(m)
-                        }
-                        (v, _) => v,
-                    })
-                    .collect(),
-            ))
-        }
-        Mapping::When {
-            test,
-            then,
-            otherwise,
-        } => {
-            let truthy = eval(test, event).is_some_and(|v| !falsy(&v));
-            let branch = if truthy { then } else { otherwise };
-            branch.as_ref().and_then(|b| eval(b, event))
-        }
-        Mapping::Not(inner) => Some(Value::Bool(eval(inner, event).is_none_or(|v| falsy(&v)))),
         Mapping::Trim(inner) => match eval(inner, event)? {
             Value::String(s) => Some(Value::String(s.trim().to_string())),
             other => Some(other),
@@ -1109,15 +1189,6 @@ fn eval(m: &Mapping, event: &Value) -> Option<Value> {
             Value::Object(m) if m.is_empty() => None,
             Value::Array(a) if a.is_empty() => None,
             Value::String(s) if s.is_empty() => None,
-            other => Some(other),
-        },
-        Mapping::Omit { value, keys } => match eval(value, event)? {
-            Value::Object(mut m) => {
-                for k in keys {
-                    m.remove(k);
-                }
-                Some(Value::Object(m))
-            }
             other => Some(other),
         },
         Mapping::ExcludeWhenNull(inner) => match eval(inner, event)? {
@@ -1744,7 +1815,15 @@ mod props {
                         Just("@template".to_string()),
                         Just("@arrayPath".to_string()),
                         Just("@merge".to_string()),
+                        Just("@when".to_string()),
+                        Just("@not".to_string()),
+                        Just("@map".to_string()),
+                        Just("@omit".to_string()),
                         Just("exists".to_string()),
+                        Just("value".to_string()),
+                        Just("each".to_string()),
+                        Just("true".to_string()),
+                        Just("objects".to_string()),
                         Just("then".to_string()),
                         Just("else".to_string()),
                         "[a-z]{1,3}",
@@ -1757,12 +1836,111 @@ mod props {
         })
     }
 
+    /// Values for `@map`'s fixtures: lists of small objects, objects, scalars, null.
+    fn element() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (0..3i32).prop_map(Value::from),
+            prop_oneof![Just(""), Just("x")].prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("a|url|b", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
         #[test]
         fn compiling_and_evaluating_never_panic(mapping in json(), event in json()) {
             if let Ok(m) = Mapping::compile(&mapping) {
                 let _ = m.eval(&event);
             }
+        }
+
+        /// `@merge` and `@omit` over borrowed entries give what they gave on values.
+        #[test]
+        fn merge_and_omit_resolve_as_on_values(
+            event in prop::collection::btree_map("p|q|r|a", element(), 0..4),
+            picks in prop::collection::vec(0..4usize, 0..4),
+            right in any::<bool>(),
+            omit in prop::collection::vec(prop_oneof![Just("a"), Just("url"), Just("b")], 0..3),
+        ) {
+            let event = Value::Object(event.into_iter().collect());
+            let choices = [
+                serde_json::json!({"@path": "$.p"}),
+                serde_json::json!({"@path": "$.q"}),
+                serde_json::json!({"a": {"@path": "$.r"}, "url": "k"}),
+                serde_json::json!({"@path": "$.nope"}),
+            ];
+            let objects: Vec<Value> = picks.iter().map(|i| choices[*i].clone()).collect();
+            let direction = if right { "right" } else { "left" };
+            let merge = Mapping::compile(
+                &serde_json::json!({"@merge": {"objects": objects, "direction": direction}}),
+            )
+            .unwrap();
+            // On values: each object's keys inserted in order of precedence.
+            let mut resolved: Vec<Value> = objects
+                .iter()
+                .filter_map(|o| Mapping::compile(o).unwrap().eval(&event))
+                .collect();
+            if !right {
+                resolved.reverse();
+            }
+            let mut want = Map::new();
+            for o in &resolved {
+                if let Value::Object(m) = o {
+                    for (k, v) in m {
+                        want.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            prop_assert_eq!(merge.eval(&event), Some(Value::Object(want)));
+            for value in &choices {
+                let m = Mapping::compile(
+                    &serde_json::json!({"@omit": {"value": value, "keys": omit}}),
+                )
+                .unwrap();
+                let want = Mapping::compile(value).unwrap().eval(&event).map(|v| match v {
+                    Value::Object(mut o) => {
+                        for k in &omit {
+                            o.remove(*k);
+                        }
+                        Value::Object(o)
+                    }
+                    other => other,
+                });
+                prop_assert_eq!(m.eval(&event), want);
+            }
+        }
+
+        /// `@map` over elements borrowed from the event gives what it gives over values,
+        /// for every shape of `value` (list, one element, null, missing, built), of `each`
+        /// and of `with` (object or not).
+        #[test]
+        fn map_resolves_as_on_values(
+            event in prop::collection::btree_map("p|url|a", element(), 0..4),
+            value in prop_oneof![Just(serde_json::json!({"@path": "$.p"})), Just(serde_json::json!({"@path": "$.nope"})),
+                Just(serde_json::json!([{"a": 1}, {"@path": "$.url"}]))],
+            each in prop_oneof![Just(serde_json::json!({"@path": "$.a"})), Just(serde_json::json!({"a": {"@path": "$.a"}, "url": {"@path": "$.url"}})),
+                Just(serde_json::json!("k")), Just(serde_json::json!({"@path": "$"}))],
+            with in prop_oneof![Just(None), Just(Some(serde_json::json!({"url": {"@path": "$.url"}}))),
+                Just(Some(serde_json::json!({"@path": "$.url"}))), Just(Some(serde_json::json!({"@path": "$.p"})))],
+        ) {
+            let event = Value::Object(event.into_iter().collect());
+            let mut spec = serde_json::json!({"value": value, "each": each});
+            if let Some(w) = &with {
+                spec["with"] = w.clone();
+            }
+            let m = Mapping::compile(&serde_json::json!({"@map": spec})).unwrap();
+            let Mapping::Each { value, each, with } = &m else { unreachable!() };
+            let on_values = value
+                .eval(&event)
+                .and_then(|v| each_on_values(v, each, with.as_deref(), &event));
+            prop_assert_eq!(m.eval(&event), on_values);
         }
 
         /// The borrowed form serialises to the same bytes as the built value.

@@ -220,6 +220,8 @@ struct Pg<'a, 'c> {
     profile_writes: HashMap<String, Option<String>>,
     /// Observations not written yet, by set hash.
     new_obs: HashMap<i64, Observation>,
+    /// User–account links not written yet, each pair's latest time.
+    links: HashMap<(String, String), i64>,
 }
 
 impl<'a, 'c> Pg<'a, 'c> {
@@ -239,7 +241,26 @@ impl<'a, 'c> Pg<'a, 'c> {
             identity_writes: HashMap::new(),
             profile_writes: HashMap::new(),
             new_obs: HashMap::new(),
+            links: HashMap::new(),
         }
+    }
+
+    /// Writes the batch's links: one statement (pairs are distinct).
+    fn write_links(&mut self) -> Result<(), postgres::Error> {
+        if self.links.is_empty() {
+            return Ok(());
+        }
+        let links = std::mem::take(&mut self.links);
+        let users: Vec<&str> = links.keys().map(|(u, _)| u.as_str()).collect();
+        let accounts: Vec<&str> = links.keys().map(|(_, a)| a.as_str()).collect();
+        let times: Vec<i64> = links.values().copied().collect();
+        self.execute(
+            "INSERT INTO links (user_ident, account_ident, ts)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[])
+             ON CONFLICT (user_ident, account_ident) DO UPDATE SET ts = GREATEST(links.ts, excluded.ts)",
+            &[&users, &accounts, &times],
+        )
+        .map(|_| ())
     }
 
     /// Writes the observations kept back (before anything reads the observation tables).
@@ -629,6 +650,7 @@ impl GraphTx for Pg<'_, '_> {
     fn finish(&mut self) -> Result<(), postgres::Error> {
         self.write_observations()?;
         self.write_traits()?;
+        self.write_links()?;
         self.write_resolutions()?;
         if self.refs.is_empty() {
             return Ok(());
@@ -692,12 +714,13 @@ impl GraphTx for Pg<'_, '_> {
     }
 
     fn link(&mut self, user: &str, account: &str, ts: i64) -> Result<(), postgres::Error> {
-        self.execute(
-                "INSERT INTO links (user_ident, account_ident, ts) VALUES ($1, $2, $3)
-                 ON CONFLICT (user_ident, account_ident) DO UPDATE SET ts = GREATEST(links.ts, excluded.ts)",
-                &[&user, &account, &ts],
-            )
-            .map(|_| ())
+        // Nothing reads links while a batch is filed: written at `finish`.
+        let latest = self
+            .links
+            .entry((user.to_string(), account.to_string()))
+            .or_insert(ts);
+        *latest = (*latest).max(ts);
+        Ok(())
     }
 
     fn identity_profile(&mut self, ident: &str) -> Result<Option<String>, postgres::Error> {

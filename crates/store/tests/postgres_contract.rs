@@ -55,7 +55,7 @@ sluice_store::store_contract_tests!(
 /// batch; SQLite asks the database each time. Both must file the same profiles: a few
 /// thousand generated events (identifies that connect devices, users and emails, tracks,
 /// groups, out-of-order and repeated timestamps), in batches of varying size, through both
-/// stores, then every identifier's profile and traits compared.
+/// stores, then every identifier's profile, traits and links compared.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 async fn profiles_file_the_same_as_on_sqlite() {
@@ -139,6 +139,13 @@ async fn profiles_file_the_same_as_on_sqlite() {
                 trait_map(sqlite.as_ref(), &key).await,
                 "traits of the profile of {key}"
             );
+            let mut links = Vec::new();
+            for s in [&pg, &sqlite] {
+                let mut l = s.profile_links(vec![key.clone()]).await.unwrap();
+                l.sort();
+                links.push(l);
+            }
+            assert_eq!(links[0], links[1], "links of {key}");
             compared += 1;
         }
     }

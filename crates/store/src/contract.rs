@@ -524,6 +524,61 @@ pub async fn erasing_a_profile_keeps_everyone_else<H: StoreHarness>(h: H) {
     assert_eq!(trait_map(s, "u|user_id:u2").await["email"], "two@x.test");
 }
 
+/// Erasing the identifier that held a profile together splits it: each part gets a profile
+/// of its own, and the part that keeps the profile's creating observation keeps its id —
+/// which re-resolving the other part must not delete.
+pub async fn erasing_the_link_splits_a_profile_in_two<H: StoreHarness>(h: H) {
+    let s = h.open().await;
+    let s = s.as_ref();
+    let rules = Arc::new(Rules::default());
+    feed(
+        s,
+        &[
+            ev(
+                1,
+                "identify",
+                Some("u1"),
+                Some("a1"),
+                json!({"email": "e0@x.test"}),
+            ),
+            json!({"type": "identify", "ts": 2, "messageId": "m2", "anonymousId": "a1",
+                   "integrations": {"Google Analytics": {"clientId": "ga.1"}}}),
+        ],
+        &rules,
+    )
+    .await;
+    let (before, keys) = members(s, "u|user_id:u1").await.unwrap();
+    assert_eq!(
+        keys,
+        [
+            "u|anonymous_id:a1",
+            "u|email:e0@x.test",
+            "u|ga_client_id:ga.1",
+            "u|user_id:u1"
+        ]
+    );
+    s.erase_profiles(vec!["u|anonymous_id:a1".into()], rules.clone())
+        .await
+        .unwrap();
+    assert!(s.profile("u|anonymous_id:a1").await.unwrap().is_none());
+    let (u, u_keys) = members(s, "u|user_id:u1").await.expect("u1 resolves");
+    assert_eq!(u_keys, ["u|email:e0@x.test", "u|user_id:u1"]);
+    let (g, g_keys) = members(s, "u|ga_client_id:ga.1")
+        .await
+        .expect("ga.1 resolves");
+    assert_eq!(g_keys, ["u|ga_client_id:ga.1"]);
+    assert_ne!(u, g);
+    // The part with the profile's first observation keeps its id, and the profile itself:
+    // re-resolving the other part (which still pointed at it) must not delete it.
+    assert_eq!(u, before);
+    assert_eq!(
+        members(s, &format!("u|segment_id:{before}"))
+            .await
+            .map(|m| m.0),
+        Some(before)
+    );
+}
+
 pub async fn event_references_are_pruned_with_the_log_but_profiles_stay<H: StoreHarness>(h: H) {
     let s = h.open().await;
     let s = s.as_ref();
@@ -671,6 +726,7 @@ macro_rules! store_contract_tests {
             blocked_values_and_limits,
             accounts_are_profiles_linked_to_their_users,
             erasing_a_profile_keeps_everyone_else,
+            erasing_the_link_splits_a_profile_in_two,
             event_references_are_pruned_with_the_log_but_profiles_stay);
     };
     (@each $attrs:tt $harness:expr; $($name:ident),*) => {

@@ -230,6 +230,10 @@ fn reresolve<T: GraphTx>(
         let starts: Vec<String> = dirty.iter().cloned().collect();
         tx.prefetch_components(&starts)?;
     }
+    // Profiles written by this re-resolution: a later component may still point at one of
+    // them (an erasure split a profile, and the part re-resolved first kept its id); its
+    // old resolution is not this profile's to delete.
+    let mut written: HashSet<String> = HashSet::new();
     while let Some(start) = dirty.pop_first() {
         let (visited, obs, oversized) = component(tx, &start)?;
         for v in &visited {
@@ -246,10 +250,11 @@ fn reresolve<T: GraphTx>(
             }
             tx.identity_delete(v)?;
         }
-        for p in &old {
+        for p in old.iter().filter(|p| !written.contains(*p)) {
             tx.profile_delete(p)?;
         }
         for p in &profiles {
+            written.insert(p.id.clone());
             tx.profile_put(&p.id, &p.merged.join("\n"))?;
             for m in &p.members {
                 tx.identity_insert(&m.key, &p.id, m.ts, &m.message_id, &m.source)?;

@@ -193,16 +193,12 @@ fn fuse<'a>(spec: &'a FieldSpec, mapping: &'a Mapping, event: &'a Value) -> Fuse
             let Some(data) = path.get_ref(event) else {
                 return Fused::Missing;
             };
-            let one;
             let items = match data {
                 Cow::Borrowed(Value::Array(items)) => items.as_slice(),
-                Cow::Borrowed(v @ Value::Object(_)) => {
-                    one = [v];
-                    return Fused::Done(typed_items(props, fields, one.into_iter()));
-                }
+                Cow::Borrowed(one @ Value::Object(_)) => std::slice::from_ref(one),
                 _ => return Fused::No,
             };
-            Fused::Done(typed_items(props, fields, items.iter()))
+            Fused::Done(typed_items(props, fields, items))
         }
         _ => Fused::No,
     }
@@ -211,17 +207,17 @@ fn fuse<'a>(spec: &'a FieldSpec, mapping: &'a Mapping, event: &'a Value) -> Fuse
 fn typed_items<'a>(
     props: &'a BTreeMap<String, FieldSpec>,
     fields: &'a [(String, Mapping)],
-    items: impl ExactSizeIterator<Item = &'a Value>,
+    items: &'a [Value],
 ) -> Result<Out<'a>, Failed> {
     let mut out = ThinVec::with_capacity(items.len());
-    for (i, item) in items.enumerate() {
+    for (i, item) in items.iter().enumerate() {
         out.push(typed_object(props, fields, item).map_err(|e| e.under(&format!("[{i}]")))?);
     }
     Ok(Out::Array(out))
 }
 
-/// The object branch of [`coerce_one`] over the object `fields` would give, evaluating
-/// only the properties' mappings.
+/// What the object branch of [`coerce_one`] gives for the object that `fields` maps to,
+/// evaluating only the properties' mappings.
 fn typed_object<'a>(
     props: &'a BTreeMap<String, FieldSpec>,
     fields: &'a [(String, Mapping)],

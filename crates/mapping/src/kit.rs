@@ -998,67 +998,58 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
             }
             Err(other) => Some(other),
         },
-        Mapping::Each { value, each, with } => match eval_out(value, event)? {
-            // Elements in the event: `each` resolved against each without copying it.
-            Out::Ref(Value::Null) => None,
-            Out::Ref(v) => {
-                let items = match v {
-                    Value::Array(items) => items.as_slice(),
-                    one => std::slice::from_ref(one),
-                };
-                // `with` counts when it is an object.
-                let on_top = with
-                    .as_ref()
-                    .and_then(|w| eval_out(w, event))
-                    .and_then(Out::into_entries);
-                Some(Out::Array(
-                    items
+        Mapping::Each { value, each, with } => {
+            let value = eval_out(value, event)?;
+            // `with` counts when it is an object.
+            let on_top = with
+                .as_ref()
+                .and_then(|w| eval_out(w, event))
+                .and_then(Out::into_entries);
+            match value {
+                Out::Ref(Value::Null) => None,
+                // Elements in the event: `each` resolved against each without copying it.
+                Out::Ref(v) => Some(Out::Array(
+                    elements(v)
                         .iter()
-                        .filter_map(|item| eval_out(each, item))
-                        .map(|v| match &on_top {
-                            Some(top) => merged(v, top),
-                            None => v,
-                        })
+                        .filter_map(|item| each_one(each, item, on_top.as_deref()))
                         .collect(),
-                ))
+                )),
+                // Built elements: resolved one by one and kept as values.
+                built => {
+                    let value = built.into_value();
+                    Some(Out::owned(Value::Array(
+                        elements(&value)
+                            .iter()
+                            .filter_map(|item| each_one(each, item, on_top.as_deref()))
+                            .map(Out::into_value)
+                            .collect(),
+                    )))
+                }
             }
-            // Built elements: resolved as values.
-            built => {
-                each_on_values(built.into_value(), each, with.as_deref(), event).map(Out::owned)
-            }
-        },
+        }
         _ => eval(m, event).map(Out::owned),
     }
 }
 
-/// `@map` over elements that are not in the event.
-fn each_on_values(
-    value: Value,
-    each: &Mapping,
-    with: Option<&Mapping>,
-    event: &Value,
-) -> Option<Value> {
-    let items = match value {
-        Value::Array(a) => a,
-        Value::Null => return None,
-        one => vec![one],
-    };
-    let on_top = with.and_then(|w| eval(w, event));
-    Some(Value::Array(
-        items
-            .iter()
-            .filter_map(|item| eval(each, item))
-            .map(|v| match (v, &on_top) {
-                (Value::Object(mut m), Some(Value::Object(top))) => {
-                    for (k, x) in top {
-                        m.insert(k.clone(), x.clone());
-                    }
-                    Value::Object(m)
-                }
-                (v, _) => v,
-            })
-            .collect(),
-    ))
+/// `@map`'s elements: a list's items, or the value itself.
+fn elements(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(items) => items,
+        one => std::slice::from_ref(one),
+    }
+}
+
+/// `@map`'s `each` resolved against one element, with `top` on top of object results.
+fn each_one<'a>(
+    each: &'a Mapping,
+    item: &'a Value,
+    top: Option<&[(Cow<'a, str>, Out<'a>)]>,
+) -> Option<Out<'a>> {
+    let v = eval_out(each, item)?;
+    Some(match top {
+        Some(top) => merged(v, top),
+        None => v,
+    })
 }
 
 /// `v` with the `top` entries on top (their keys win) when it is an object, else `v`.
@@ -1917,7 +1908,7 @@ mod props {
             }
         }
 
-        /// `@map` over elements borrowed from the event gives what it gives over values,
+        /// `@map` (borrowed elements or built ones) gives what it gave on values,
         /// for every shape of `value` (list, one element, null, missing, built), of `each`
         /// and of `with` (object or not).
         #[test]
@@ -1937,9 +1928,30 @@ mod props {
             }
             let m = Mapping::compile(&serde_json::json!({"@map": spec})).unwrap();
             let Mapping::Each { value, each, with } = &m else { unreachable!() };
-            let on_values = value
-                .eval(&event)
-                .and_then(|v| each_on_values(v, each, with.as_deref(), &event));
+            // On values, as `@map` was evaluated before it resolved borrowed elements.
+            let on_values = value.eval(&event).and_then(|v| {
+                let items = match v {
+                    Value::Array(a) => a,
+                    Value::Null => return None,
+                    one => vec![one],
+                };
+                let on_top = with.as_ref().and_then(|w| w.eval(&event));
+                Some(Value::Array(
+                    items
+                        .iter()
+                        .filter_map(|item| each.eval(item))
+                        .map(|v| match (v, &on_top) {
+                            (Value::Object(mut m), Some(Value::Object(top))) => {
+                                for (k, x) in top {
+                                    m.insert(k.clone(), x.clone());
+                                }
+                                Value::Object(m)
+                            }
+                            (v, _) => v,
+                        })
+                        .collect(),
+                ))
+            });
             prop_assert_eq!(m.eval(&event), on_values);
         }
 

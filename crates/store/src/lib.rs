@@ -431,6 +431,17 @@ impl SqliteStore {
             .await
     }
 
+    /// The first column of every row of a query of the state file, as text.
+    async fn texts(&self, sql: &'static str) -> Result<Vec<String>, StoreError> {
+        self.state
+            .with(move |c| {
+                let mut stmt = c.prepare_cached(sql)?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await
+    }
+
     /// A `SELECT COUNT(*) … WHERE … = ?1` of the state file.
     async fn count(&self, sql: &'static str, key: &str) -> Result<u64, StoreError> {
         let key = key.to_string();
@@ -748,13 +759,7 @@ impl Store for SqliteStore {
     }
 
     async fn replay_jobs(&self) -> Result<Vec<String>, StoreError> {
-        self.state
-            .with(|c| {
-                let mut stmt = c.prepare_cached("SELECT job FROM replay_jobs ORDER BY id")?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                rows.collect()
-            })
-            .await
+        self.texts("SELECT job FROM replay_jobs ORDER BY id").await
     }
 
     async fn apply_profiles(
@@ -881,13 +886,7 @@ impl Store for SqliteStore {
     }
 
     async fn regulations(&self) -> Result<Vec<String>, StoreError> {
-        self.state
-            .with(|c| {
-                let mut stmt = c.prepare_cached("SELECT doc FROM regulations ORDER BY seq")?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                rows.collect()
-            })
-            .await
+        self.texts("SELECT doc FROM regulations ORDER BY seq").await
     }
 
     async fn set_suppressed(
@@ -919,13 +918,7 @@ impl Store for SqliteStore {
     }
 
     async fn suppressed(&self) -> Result<Vec<String>, StoreError> {
-        self.state
-            .with(|c| {
-                let mut stmt =
-                    c.prepare_cached("SELECT subject FROM suppressions ORDER BY subject")?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                rows.collect()
-            })
+        self.texts("SELECT subject FROM suppressions ORDER BY subject")
             .await
     }
 }

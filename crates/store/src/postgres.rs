@@ -377,11 +377,7 @@ impl<'a, 'c> Pg<'a, 'c> {
 
     /// Loads `obs_hashes` for the identifiers not loaded yet; returns the hashes found.
     fn load_obs_hashes(&mut self, idents: &[&str]) -> Result<Vec<i64>, postgres::Error> {
-        let wanted: Vec<&str> = idents
-            .iter()
-            .copied()
-            .filter(|i| !self.obs_hashes.contains_key(*i))
-            .collect();
+        let wanted = to_load(idents.iter().copied(), |i| self.obs_hashes.contains_key(i));
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
@@ -405,13 +401,9 @@ impl<'a, 'c> Pg<'a, 'c> {
 
     /// Loads `obs_load` for the hashes not loaded yet; returns the identifiers they hold.
     fn load_observations(&mut self, hashes: &[i64]) -> Result<Vec<String>, postgres::Error> {
-        let wanted: Vec<i64> = hashes
-            .iter()
-            .copied()
-            .filter(|h| !self.observations.contains_key(h))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let wanted = to_load(hashes.iter().copied(), |h| {
+            self.observations.contains_key(&h)
+        });
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
@@ -430,6 +422,17 @@ impl<'a, 'c> Pg<'a, 'c> {
         }
         Ok(idents)
     }
+}
+
+/// `keys` without those already loaded, each once.
+fn to_load<K: Copy + Eq + std::hash::Hash>(
+    keys: impl IntoIterator<Item = K>,
+    loaded: impl Fn(K) -> bool,
+) -> Vec<K> {
+    let mut seen = HashSet::new();
+    keys.into_iter()
+        .filter(|k| !loaded(*k) && seen.insert(*k))
+        .collect()
 }
 
 /// An `id_obs` row's observation, its columns from `at` on: idents, ts, message_id, source.
@@ -485,13 +488,10 @@ impl GraphTx for Pg<'_, '_> {
     const PREFETCH: bool = true;
 
     fn prefetch_obs_keys(&mut self, hashes: &[i64]) -> Result<(), postgres::Error> {
-        let wanted: Vec<i64> = hashes
-            .iter()
-            .copied()
-            .filter(|h| !self.obs_keys.contains_key(h))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let wanted = to_load(hashes.iter().copied(), |h| self.obs_keys.contains_key(&h));
+        if wanted.is_empty() {
+            return Ok(());
+        }
         let rows = self.query(
             "SELECT hash, ts, message_id FROM id_obs WHERE hash = ANY($1)",
             &[&wanted],
@@ -516,13 +516,15 @@ impl GraphTx for Pg<'_, '_> {
             let hashes = self.load_obs_hashes(&refs)?;
             ring = self.load_observations(&hashes)?;
         }
-        let mut all: Vec<String> = self
-            .obs_hashes
-            .keys()
-            .filter(|i| !self.identities.contains_key(*i))
-            .cloned()
-            .collect();
-        all.sort_unstable();
+        let all: Vec<String> = to_load(self.obs_hashes.keys().map(String::as_str), |i| {
+            self.identities.contains_key(i)
+        })
+        .into_iter()
+        .map(String::from)
+        .collect();
+        if all.is_empty() {
+            return Ok(());
+        }
         let rows = self.query(
             "SELECT ident, profile FROM identities WHERE ident = ANY($1)",
             &[&all],

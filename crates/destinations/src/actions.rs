@@ -16,7 +16,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use sluice_mapping::{map_and_prepare, Mapping, Subscription};
+use sluice_mapping::{Mapping, Subscription, TypedMapping};
 
 use crate::catalog::{Action, Entry};
 use crate::http::Prepared;
@@ -59,7 +59,8 @@ pub struct Enabled {
     pub action: &'static Action,
     pub subscription: Subscription,
     pub subscription_text: String,
-    pub mapping: Mapping,
+    /// The action's fields compiled with the configured mapping.
+    pub mapping: TypedMapping,
 }
 
 /// What one event becomes.
@@ -177,7 +178,7 @@ impl Enabled {
             action,
             subscription,
             subscription_text: text,
-            mapping,
+            mapping: TypedMapping::new(&action.fields, &mapping),
         })
     }
 }
@@ -294,7 +295,7 @@ impl ActionsKind {
         raw: Option<&[u8]>,
         allow_private: bool,
     ) -> Result<(Prepared, Option<Value>), String> {
-        let payload = match map_and_prepare(&a.action.fields, &a.mapping, &ctx["event"]) {
+        let payload = match a.mapping.eval(&ctx["event"]) {
             Ok(p) => p.into_value(),
             Err(e) if e.skip => return Err(format!("{SKIP}{e}")),
             Err(e) => return Err(e.to_string()),

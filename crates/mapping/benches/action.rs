@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{json, Value};
-use sluice_mapping::{map_and_prepare, FieldSpec, FieldType, Mapping, Subscription};
+use sluice_mapping::{FieldSpec, FieldType, Mapping, Subscription, TypedMapping};
 
 fn event() -> Value {
     json!({
@@ -90,6 +90,7 @@ fn bench(c: &mut Criterion) {
         ("revenue".into(), s(FieldType::Number)),
         ("products".into(), product),
     ];
+    let typed = TypedMapping::new(&fields, &mapping);
     let e = event();
     let mut g = c.benchmark_group("action");
     g.throughput(Throughput::Elements(1));
@@ -109,7 +110,7 @@ fn bench(c: &mut Criterion) {
             if !sub.matches(&e) {
                 return None;
             }
-            map_and_prepare(&fields, &mapping, &e).ok()
+            typed.eval(&e).ok()
         })
     });
     g.finish();

@@ -8,13 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use serde_json::{Map, Number, Value};
 
-use thin_vec::{thin_vec, ThinVec};
-
-use crate::kit::{Mapping, Out, PathArg, FALSE, NULL, TRUE};
+use crate::kit::{Mapping, Out, Path, PathArg, FALSE, NULL, TRUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,138 +111,171 @@ pub fn prepare_out<'a>(
     payload: Out<'a>,
 ) -> Result<Out<'a>, ValidationError> {
     let mut entries = Entries::of(payload.into_entries().unwrap_or_default());
-    prepare_with(fields, |key, _| Ok(entries.take(key).map(Taken::Raw))).map_err(|e| *e)
+    prepare_with(fields, |_, key, _| Ok(entries.take(key).map(Taken::Raw))).map_err(|e| *e)
 }
 
-/// `prepare_out(fields, mapping.eval_out(event))`, without building the mapped object
-/// first when the mapping is one: each declared field's mapping is evaluated and typed in
-/// turn, and keys the fields do not declare are not evaluated at all.
-pub fn map_and_prepare<'a>(
-    fields: &'a [(String, FieldSpec)],
-    mapping: &'a Mapping,
-    event: &'a Value,
-) -> Result<Out<'a>, ValidationError> {
-    let Mapping::Object(entries) = mapping else {
-        return prepare_out(
-            fields,
-            mapping
-                .eval_out(event)
-                .unwrap_or(Out::Object(ThinVec::new())),
-        );
-    };
-    let mut next = 0;
-    prepare_with(fields, |key, spec| {
-        let Some(i) = find(entries.len(), next, |i| entries[i].0 == key) else {
-            return Ok(None);
-        };
-        next = i + 1;
-        match fuse(spec, &entries[i].1, event) {
-            Fused::No => Ok(entries[i].1.eval_out(event).map(Taken::Raw)),
-            Fused::Missing => Ok(None),
-            Fused::Done(typed) => typed.map(|v| Some(Taken::Typed(v))),
-        }
-    })
-    .map_err(|e| *e)
+/// An action's fields compiled together with its mapping, once per configuration:
+/// `prepare_out(fields, mapping.eval_out(event))` without building the mapped object
+/// first when the mapping is one. For each declared field the plan knows which mapping
+/// gives it, so evaluation goes field by field with no key looked up, keys the fields do
+/// not declare are not evaluated at all, and object fields with known properties (no
+/// others) mapped by an object — or, as lists, by an `@arrayPath` with an object shape
+/// (the product lists of every e-commerce action) — are evaluated and typed property by
+/// property, never built only to be taken apart.
+#[derive(Debug, Clone)]
+pub struct TypedMapping {
+    fields: Vec<(String, FieldSpec)>,
+    mapping: Mapping,
+    /// One step per field when the mapping is an object; otherwise the mapping is
+    /// evaluated whole and prepared.
+    steps: Option<Vec<Step>>,
 }
 
-/// What [`prepare_with`] gets for a field: a value to clean and coerce, or one already
-/// typed (by [`fuse`]).
-enum Taken<'a> {
-    Raw(Out<'a>),
-    Typed(Out<'a>),
+/// Where one field (or property) comes from.
+#[derive(Debug, Clone)]
+struct Step {
+    key: String,
+    spec: FieldSpec,
+    source: Source,
 }
 
-/// [`fuse`]'s answer.
-enum Fused<'a> {
-    /// Not a shape it fuses: evaluate, then coerce.
-    No,
-    /// The mapping gives no value.
+#[derive(Debug, Clone)]
+enum Source {
+    /// The mapping has no entry for the field.
     Missing,
-    /// What `coerce(spec, mapping.eval_out(event)?)` gives.
-    Done(Result<Out<'a>, Failed>),
+    /// Evaluate, then clean and coerce.
+    Eval(Mapping),
+    /// An object with known properties and no others, mapped by an object: each
+    /// property in turn (in the properties' order).
+    Object(Vec<Step>),
+    /// A list of such objects mapped by `@arrayPath` over a fixed path; when the path
+    /// holds neither a list nor an object, the mapping is evaluated as usual.
+    Items(Path, Vec<Step>, Mapping),
 }
 
-/// Typing fused with evaluation for object fields with known properties (no additional
-/// ones) mapped by an object, or — as lists — by an `@arrayPath` with an object shape
-/// (the product lists of every e-commerce action): each property's mapping is evaluated
-/// and typed in turn, so the mapped object is never built only to be taken apart.
-fn fuse<'a>(spec: &'a FieldSpec, mapping: &'a Mapping, event: &'a Value) -> Fused<'a> {
+impl TypedMapping {
+    pub fn new(fields: &[(String, FieldSpec)], mapping: &Mapping) -> TypedMapping {
+        let steps = match mapping {
+            Mapping::Object(entries) => Some(steps(fields.iter().map(|(k, s)| (k, s)), entries)),
+            _ => None,
+        };
+        TypedMapping {
+            fields: fields.to_vec(),
+            mapping: mapping.clone(),
+            steps,
+        }
+    }
+
+    pub fn fields(&self) -> &[(String, FieldSpec)] {
+        &self.fields
+    }
+
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// The mapped, cleaned and typed payload — an [`Out::Object`] in the order of the
+    /// fields — or why the event cannot be sent.
+    pub fn eval<'a>(&'a self, event: &'a Value) -> Result<Out<'a>, ValidationError> {
+        let Some(steps) = &self.steps else {
+            return prepare_out(
+                &self.fields,
+                self.mapping
+                    .eval_out(event)
+                    .unwrap_or(Out::Object(Box::default())),
+            );
+        };
+        prepare_with(&self.fields, |i, _, _| source(&steps[i], event)).map_err(|e| *e)
+    }
+}
+
+fn steps<'k>(
+    fields: impl Iterator<Item = (&'k String, &'k FieldSpec)>,
+    entries: &[(String, Mapping)],
+) -> Vec<Step> {
+    fields
+        .map(|(key, spec)| Step {
+            key: key.clone(),
+            spec: spec.clone(),
+            source: match entries.iter().find(|(k, _)| k == key) {
+                None => Source::Missing,
+                Some((_, m)) => fused(spec, m),
+            },
+        })
+        .collect()
+}
+
+fn fused(spec: &FieldSpec, mapping: &Mapping) -> Source {
+    let eval = || Source::Eval(mapping.clone());
     let Some(props) = spec.properties.as_ref() else {
-        return Fused::No;
+        return eval();
     };
     if spec.ty != FieldType::Object || spec.additional_properties {
-        return Fused::No;
+        return eval();
     }
     match mapping {
-        Mapping::Object(fields) if !spec.multiple => {
-            Fused::Done(typed_object(props, fields, event))
-        }
+        Mapping::Object(fields) if !spec.multiple => Source::Object(steps(props.iter(), fields)),
         Mapping::ArrayPath {
             path: PathArg::Fixed(path),
             shape: Some(shape),
-        } if spec.multiple => {
-            let Mapping::Object(fields) = shape.as_ref() else {
-                return Fused::No;
-            };
-            if fields.is_empty() {
-                return Fused::No;
+        } if spec.multiple => match shape.as_ref() {
+            Mapping::Object(fields) if !fields.is_empty() => {
+                Source::Items(path.clone(), steps(props.iter(), fields), mapping.clone())
             }
-            let Some(data) = path.get_ref(event) else {
-                return Fused::Missing;
+            _ => eval(),
+        },
+        _ => eval(),
+    }
+}
+
+/// A step's value: raw (to be cleaned and coerced) or already typed; the errors of typed
+/// values name the path below the step.
+fn source<'a>(step: &'a Step, event: &'a Value) -> Result<Option<Taken<'a>>, Failed> {
+    match &step.source {
+        Source::Missing => Ok(None),
+        Source::Eval(m) => Ok(m.eval_out(event).map(Taken::Raw)),
+        Source::Object(props) => typed_object(props, event).map(|v| Some(Taken::Typed(v))),
+        Source::Items(path, props, m) => {
+            let items = match path.get_ref(event) {
+                None => return Ok(None),
+                Some(Cow::Borrowed(Value::Array(items))) => items.as_slice(),
+                Some(Cow::Borrowed(one @ Value::Object(_))) => std::slice::from_ref(one),
+                Some(_) => return Ok(m.eval_out(event).map(Taken::Raw)),
             };
-            let items = match data {
-                Cow::Borrowed(Value::Array(items)) => items.as_slice(),
-                Cow::Borrowed(one @ Value::Object(_)) => std::slice::from_ref(one),
-                _ => return Fused::No,
-            };
-            Fused::Done(typed_items(props, fields, items))
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                out.push(typed_object(props, item).map_err(|e| e.under(&format!("[{i}]")))?);
+            }
+            Ok(Some(Taken::Typed(Out::array(out))))
         }
-        _ => Fused::No,
     }
 }
 
-fn typed_items<'a>(
-    props: &'a BTreeMap<String, FieldSpec>,
-    fields: &'a [(String, Mapping)],
-    items: &'a [Value],
-) -> Result<Out<'a>, Failed> {
-    let mut out = ThinVec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        out.push(typed_object(props, fields, item).map_err(|e| e.under(&format!("[{i}]")))?);
-    }
-    Ok(Out::Array(out))
-}
-
-/// What the object branch of [`coerce_one`] gives for the object that `fields` maps to,
-/// evaluating only the properties' mappings.
-fn typed_object<'a>(
-    props: &'a BTreeMap<String, FieldSpec>,
-    fields: &'a [(String, Mapping)],
-    event: &'a Value,
-) -> Result<Out<'a>, Failed> {
-    let mut out = ThinVec::with_capacity(props.len());
-    let mut next = 0;
-    for (k, p) in props {
-        let found = find(fields.len(), next, |i| fields[i].0 == *k);
-        let value = match found {
+/// What the object branch of [`coerce_one`] gives for the object that the properties'
+/// steps map to.
+fn typed_object<'a>(props: &'a [Step], event: &'a Value) -> Result<Out<'a>, Failed> {
+    let mut out = Vec::with_capacity(props.len());
+    for p in props {
+        let value = match source(p, event).map_err(|e| e.under(&p.key))? {
+            Some(Taken::Typed(v)) => {
+                out.push((Cow::Borrowed(p.key.as_str()), v));
+                continue;
+            }
+            Some(Taken::Raw(v)) => Some(v),
             None => None,
-            Some(i) => {
-                next = i + 1;
-                match fuse(p, &fields[i].1, event) {
-                    Fused::No => fields[i].1.eval_out(event),
-                    Fused::Missing => None,
-                    Fused::Done(typed) => {
-                        out.push((Cow::Borrowed(k.as_str()), typed.map_err(|e| e.under(k))?));
-                        continue;
-                    }
-                }
-            }
         };
-        if let Some(v) = object_property(k, p, value)? {
-            out.push((Cow::Borrowed(k.as_str()), v));
+        if let Some(v) = object_property(&p.key, &p.spec, value)? {
+            out.push((Cow::Borrowed(p.key.as_str()), v));
         }
     }
-    Ok(Out::Object(out))
+    Ok(Out::object(out))
+}
+
+/// What [`prepare_with`] gets for a field: a value to clean and coerce, or one already
+/// typed (by a fused step).
+enum Taken<'a> {
+    Raw(Out<'a>),
+    Typed(Out<'a>),
 }
 
 /// One property of an object field: required ones must be there; `null` (unless allowed)
@@ -274,11 +304,11 @@ fn find(n: usize, from: usize, is: impl Fn(usize) -> bool) -> Option<usize> {
 
 fn prepare_with<'a>(
     fields: &'a [(String, FieldSpec)],
-    mut take: impl FnMut(&str, &'a FieldSpec) -> Result<Option<Taken<'a>>, Failed>,
+    mut take: impl FnMut(usize, &str, &'a FieldSpec) -> Result<Option<Taken<'a>>, Failed>,
 ) -> Result<Out<'a>, Failed> {
-    let mut out = ThinVec::with_capacity(fields.len());
-    for (key, spec) in fields {
-        let value = match take(key, spec).map_err(|e| e.under(key))? {
+    let mut out = Vec::with_capacity(fields.len());
+    for (i, (key, spec)) in fields.iter().enumerate() {
+        let value = match take(i, key, spec).map_err(|e| e.under(key))? {
             None => None,
             Some(Taken::Typed(v)) => Some(v),
             Some(Taken::Raw(v)) if v.is_null() && !spec.allow_null => None,
@@ -300,18 +330,18 @@ fn prepare_with<'a>(
             None => {}
         }
     }
-    Ok(Out::Object(out))
+    Ok(Out::object(out))
 }
 
 /// An object's entries, taken out by key (each at most once; keys are unique).
 struct Entries<'a> {
-    entries: ThinVec<(Cow<'a, str>, Out<'a>)>,
+    entries: Vec<(Cow<'a, str>, Out<'a>)>,
     taken: Vec<bool>,
     next: usize,
 }
 
 impl<'a> Entries<'a> {
-    fn of(entries: ThinVec<(Cow<'a, str>, Out<'a>)>) -> Entries<'a> {
+    fn of(entries: Vec<(Cow<'a, str>, Out<'a>)>) -> Entries<'a> {
         let taken = vec![false; entries.len()];
         Entries {
             entries,
@@ -347,8 +377,8 @@ fn coerce<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
         };
     }
     if spec.multiple {
-        let items = v.into_items().unwrap_or_else(|one| thin_vec![one]);
-        let mut out = ThinVec::with_capacity(items.len());
+        let items = v.into_items().unwrap_or_else(|one| vec![one]);
+        let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             // Empty strings in non-string arrays are dropped like at the root.
             if item.as_str() == Some("") && !is_stringy(spec.ty) {
@@ -356,7 +386,7 @@ fn coerce<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
             }
             out.push(coerce_one(spec, item).map_err(|e| e.under(&format!("[{i}]")))?);
         }
-        return Ok(Out::Array(out));
+        return Ok(Out::array(out));
     }
     coerce_one(spec, v)
 }
@@ -478,7 +508,7 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
                 return Err(invalid(field, format!("must be an object, not {k}")));
             };
             let mut entries = Entries::of(entries);
-            let mut out = ThinVec::with_capacity(props.len());
+            let mut out = Vec::with_capacity(props.len());
             for (k, p) in props {
                 if let Some(v) = object_property(k, p, entries.take(k))? {
                     out.push((Cow::Borrowed(k.as_str()), v));
@@ -487,7 +517,7 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
             if spec.additional_properties {
                 out.extend(entries.rest());
             }
-            Ok(Out::Object(out))
+            Ok(Out::object(out))
         }
     }
 }
@@ -609,6 +639,61 @@ mod tests {
             assert!(e.message.contains(msg), "{v}: {e}");
         }
     }
+
+    /// The compiled plan's fused steps (objects in objects, lists of objects) name the
+    /// failing property by its whole path, and an `@arrayPath` over something that is
+    /// neither a list nor an object is typed like any other value.
+    #[test]
+    fn typed_mapping_names_nested_properties() {
+        let object = |props: Vec<(&str, FieldSpec)>, multiple| FieldSpec {
+            multiple,
+            properties: Some(props.into_iter().map(|(k, s)| (k.to_string(), s)).collect()),
+            additional_properties: false,
+            ..spec(FieldType::Object)
+        };
+        let required = FieldSpec {
+            required: true,
+            ..spec(FieldType::Number)
+        };
+        let fields = vec![
+            (
+                "a".to_string(),
+                object(
+                    vec![("x", object(vec![("y", required.clone())], false))],
+                    false,
+                ),
+            ),
+            ("list".to_string(), object(vec![("n", required)], true)),
+        ];
+        let mapping = Mapping::compile(&json!({
+            "a": {"x": {"y": {"@path": "$.y"}}},
+            "list": {"@arrayPath": ["$.items", {"n": {"@path": "$.n"}}]}
+        }))
+        .unwrap();
+        let typed = TypedMapping::new(&fields, &mapping);
+        for (event, field, msg) in [
+            (json!({"items": []}), "a.x.y", "required"),
+            (json!({"y": "z", "items": []}), "a.x.y", "number"),
+            (
+                json!({"y": 1, "items": [{"n": 1}, {}]}),
+                "list[1].n",
+                "required",
+            ),
+            (json!({"y": 1, "items": "flat"}), "list[0]", "object"),
+        ] {
+            let e = typed.eval(&event).unwrap_err();
+            assert_eq!(
+                (e.field.as_str(), e.message.contains(msg)),
+                (field, true),
+                "{event}: {e}"
+            );
+        }
+        let event = json!({"y": "2", "items": {"n": "3"}});
+        assert_eq!(
+            typed.eval(&event).unwrap().into_value(),
+            json!({"a": {"x": {"y": 2}}, "list": [{"n": 3}]})
+        );
+    }
 }
 
 #[cfg(test)]
@@ -703,7 +788,7 @@ mod props {
         /// The fused path (each field's mapping evaluated and typed in turn) gives what
         /// evaluating the whole mapping and then preparing it gives — value or error.
         #[test]
-        fn map_and_prepare_is_eval_then_prepare(
+        fn typed_mapping_is_eval_then_prepare(
             fields in prop::collection::btree_map("[abcd]", spec(), 0..5),
             entries in prop::collection::vec(("[abcde]", mapping()), 0..6),
             event in prop::collection::btree_map("[abcdxyz]|list", value(), 0..8),
@@ -722,7 +807,8 @@ mod props {
             }
             let mapping = Mapping::Object(compiled);
             let event = Value::Object(event.into_iter().collect());
-            let fused = map_and_prepare(&fields, &mapping, &event).map(Out::into_value);
+            let typed = TypedMapping::new(&fields, &mapping);
+            let fused = typed.eval(&event).map(Out::into_value);
             let Some(Value::Object(mapped)) = mapping.eval(&event) else { unreachable!() };
             let staged = prepare(&fields, mapped).map(Value::Object);
             prop_assert_eq!(fused, staged);

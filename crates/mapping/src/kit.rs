@@ -18,7 +18,6 @@
 use std::borrow::Cow;
 
 use serde_json::{Map, Number, Value};
-use thin_vec::{thin_vec, ThinVec};
 
 /// A compile error: where in the mapping (a JSON path like `data.email.@if.then`) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -270,16 +269,18 @@ impl Mapping {
 /// A resolved value that borrows from the event (and the mapping) where it can: the
 /// evaluator's and field typing's working form, made a [`Value`] once at the end.
 ///
-/// Two words (every variant holds one pointer), so it is passed and returned in registers:
-/// as a wider enum each result went through the stack, and reading it back stalled on
-/// store forwarding (a quarter of the evaluator's time, measured with perf).
+/// Two words (every variant holds one plain pointer), so it is passed and returned in
+/// registers: as a wider enum each result went through the stack, and reading it back
+/// stalled on store forwarding (a quarter of the evaluator's time, measured with perf).
+/// Lists are a boxed `Vec`, not a one-pointer `ThinVec`: that type is `repr(C)`, which
+/// makes rustc return the enum through memory again (checked in the disassembly).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Out<'a> {
     Ref(&'a Value),
     Owned(Box<Value>),
     /// An object's entries (keys unique).
-    Object(ThinVec<(Cow<'a, str>, Out<'a>)>),
-    Array(ThinVec<Out<'a>>),
+    Object(Box<Vec<(Cow<'a, str>, Out<'a>)>>),
+    Array(Box<Vec<Out<'a>>>),
 }
 
 const _: () = assert!(std::mem::size_of::<Out>() == 2 * std::mem::size_of::<usize>());
@@ -299,7 +300,7 @@ impl serde::Serialize for Out<'_> {
             Out::Owned(v) => v.serialize(s),
             Out::Array(items) => {
                 let mut seq = s.serialize_seq(Some(items.len()))?;
-                for i in items {
+                for i in items.iter() {
                     seq.serialize_element(i)?;
                 }
                 seq.end()
@@ -307,7 +308,7 @@ impl serde::Serialize for Out<'_> {
             Out::Object(entries) => {
                 let mut map = s.serialize_map(Some(entries.len()))?;
                 if entries.is_sorted_by(|a, b| a.0 <= b.0) {
-                    for (k, v) in entries {
+                    for (k, v) in entries.iter() {
                         map.serialize_entry(k.as_ref(), v)?;
                     }
                 } else {
@@ -346,6 +347,14 @@ impl<'a> Out<'a> {
     }
 
     /// An owned value (`null` and booleans need no allocation).
+    pub fn object(entries: Vec<(Cow<'a, str>, Out<'a>)>) -> Out<'a> {
+        Out::Object(Box::new(entries))
+    }
+
+    pub fn array(items: Vec<Out<'a>>) -> Out<'a> {
+        Out::Array(Box::new(items))
+    }
+
     pub fn owned(v: Value) -> Out<'a> {
         match v {
             Value::Null => Out::Ref(&NULL),
@@ -392,14 +401,14 @@ impl<'a> Out<'a> {
     }
 
     /// An object's entries (borrowed, moved or as they are), or `None` for a non-object.
-    pub fn into_entries(self) -> Option<ThinVec<(Cow<'a, str>, Out<'a>)>> {
+    pub fn into_entries(self) -> Option<Vec<(Cow<'a, str>, Out<'a>)>> {
         self.object_entries().ok()
     }
 
     /// An object's entries, or `Err(self)` for a non-object.
-    fn object_entries(self) -> Result<ThinVec<(Cow<'a, str>, Out<'a>)>, Out<'a>> {
+    fn object_entries(self) -> Result<Vec<(Cow<'a, str>, Out<'a>)>, Out<'a>> {
         match self {
-            Out::Object(entries) => Ok(entries),
+            Out::Object(entries) => Ok(*entries),
             Out::Ref(Value::Object(m)) => Ok(m
                 .iter()
                 .map(|(k, v)| (Cow::Borrowed(k.as_str()), Out::Ref(v)))
@@ -416,9 +425,9 @@ impl<'a> Out<'a> {
     }
 
     /// A list's items, or `Err(self)` for a non-list.
-    pub fn into_items(self) -> Result<ThinVec<Out<'a>>, Out<'a>> {
+    pub fn into_items(self) -> Result<Vec<Out<'a>>, Out<'a>> {
         match self {
-            Out::Array(items) => Ok(items),
+            Out::Array(items) => Ok(*items),
             Out::Ref(Value::Array(a)) => Ok(a.iter().map(Out::Ref).collect()),
             Out::Owned(v) => match *v {
                 Value::Array(a) => Ok(a.into_iter().map(Out::owned).collect()),
@@ -883,15 +892,15 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
     match m {
         Mapping::Raw(v) => Some(Out::Ref(v)),
         Mapping::Object(fields) => {
-            let mut out = ThinVec::with_capacity(fields.len());
+            let mut out = Vec::with_capacity(fields.len());
             for (k, f) in fields {
                 if let Some(v) = eval_out(f, event) {
                     out.push((Cow::Borrowed(k.as_str()), v));
                 }
             }
-            Some(Out::Object(out))
+            Some(Out::object(out))
         }
-        Mapping::Array(items) => Some(Out::Array(
+        Mapping::Array(items) => Some(Out::array(
             items
                 .iter()
                 .map(|i| eval_out(i, event).unwrap_or(Out::Ref(&NULL)))
@@ -933,7 +942,7 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
                 (Some(shape @ Mapping::Object(fields)), Cow::Borrowed(Value::Array(items)))
                     if !fields.is_empty() =>
                 {
-                    Some(Out::Array(
+                    Some(Out::array(
                         items
                             .iter()
                             .map(|item| eval_out(shape, item).unwrap_or(Out::Ref(&NULL)))
@@ -943,7 +952,7 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
                 (Some(shape @ Mapping::Object(fields)), Cow::Borrowed(one @ Value::Object(_)))
                     if !fields.is_empty() =>
                 {
-                    Some(Out::Array(thin_vec![
+                    Some(Out::array(vec![
                         eval_out(shape, one).unwrap_or(Out::Ref(&NULL))
                     ]))
                 }
@@ -982,19 +991,19 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
                 resolved.collect::<Vec<_>>().into_iter().rev().for_each(add);
             }
             all.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut out: ThinVec<(Cow<str>, Out)> = ThinVec::with_capacity(all.len());
+            let mut out: Vec<(Cow<str>, Out)> = Vec::with_capacity(all.len());
             for (k, v) in all {
                 match out.last_mut() {
                     Some(last) if last.0 == k => last.1 = v,
                     _ => out.push((k, v)),
                 }
             }
-            Some(Out::Object(out))
+            Some(Out::object(out))
         }
         Mapping::Omit { value, keys } => match eval_out(value, event)?.object_entries() {
             Ok(mut entries) => {
                 entries.retain(|(k, _)| !keys.iter().any(|x| x == k));
-                Some(Out::Object(entries))
+                Some(Out::object(entries))
             }
             Err(other) => Some(other),
         },
@@ -1008,7 +1017,7 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
             match value {
                 Out::Ref(Value::Null) => None,
                 // Elements in the event: `each` resolved against each without copying it.
-                Out::Ref(v) => Some(Out::Array(
+                Out::Ref(v) => Some(Out::array(
                     elements(v)
                         .iter()
                         .filter_map(|item| each_one(each, item, on_top.as_deref()))
@@ -1064,7 +1073,7 @@ fn merged<'a>(v: Out<'a>, top: &[(Cow<'a, str>, Out<'a>)]) -> Out<'a> {
             None => entries.push((k.clone(), x.clone())),
         }
     }
-    Out::Object(entries)
+    Out::object(entries)
 }
 
 fn eval(m: &Mapping, event: &Value) -> Option<Value> {
@@ -1310,11 +1319,11 @@ mod tests {
     #[test]
     fn out_objects_serialise_with_sorted_keys() {
         let v = json!({"z": 1});
-        let out = Out::Object(thin_vec![
+        let out = Out::object(vec![
             (Cow::Borrowed("b"), Out::Ref(&v)),
             (
                 Cow::Owned("a".into()),
-                Out::Array(thin_vec![Out::owned(json!("x"))]),
+                Out::array(vec![Out::owned(json!("x"))]),
             ),
         ]);
         assert_eq!(

@@ -12,6 +12,6 @@ pub mod fields;
 pub mod fql;
 pub mod kit;
 
-pub use fields::{map_and_prepare, prepare, prepare_out, FieldSpec, FieldType, ValidationError};
+pub use fields::{prepare, prepare_out, FieldSpec, FieldType, TypedMapping, ValidationError};
 pub use fql::{FqlError, Subscription};
 pub use kit::{Mapping, MappingError, Out, Path};

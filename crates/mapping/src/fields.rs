@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Number, Value};
 
-use crate::kit::{Mapping, Out, Path, PathArg, FALSE, NULL, TRUE};
+use crate::kit::{put, Mapping, Out, Path, PathArg, FALSE, NULL, TRUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -258,14 +258,14 @@ fn typed_object<'a>(props: &'a [Step], event: &'a Value) -> Result<Out<'a>, Fail
     for p in props {
         let value = match source(p, event).map_err(|e| e.under(&p.key))? {
             Some(Taken::Typed(v)) => {
-                out.push((Cow::Borrowed(p.key.as_str()), v));
+                put(&mut out, &p.key, v);
                 continue;
             }
             Some(Taken::Raw(v)) => Some(v),
             None => None,
         };
         if let Some(v) = object_property(&p.key, &p.spec, value)? {
-            out.push((Cow::Borrowed(p.key.as_str()), v));
+            put(&mut out, &p.key, v);
         }
     }
     Ok(Out::object(out))
@@ -321,7 +321,7 @@ fn prepare_with<'a>(
             !(spec.required && spec.multiple && matches!(v, Out::Array(a) if a.is_empty()))
         });
         match value {
-            Some(v) => out.push((Cow::Borrowed(key.as_str()), v)),
+            Some(v) => put(&mut out, key, v),
             None if spec.required => {
                 let mut e = invalid(key, "is required but the mapping gave no value");
                 e.skip = spec.skip_when_missing;
@@ -511,7 +511,7 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
             let mut out = Vec::with_capacity(props.len());
             for (k, p) in props {
                 if let Some(v) = object_property(k, p, entries.take(k))? {
-                    out.push((Cow::Borrowed(k.as_str()), v));
+                    put(&mut out, k, v);
                 }
             }
             if spec.additional_properties {

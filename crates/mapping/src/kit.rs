@@ -895,7 +895,7 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
             let mut out = Vec::with_capacity(fields.len());
             for (k, f) in fields {
                 if let Some(v) = eval_out(f, event) {
-                    out.push((Cow::Borrowed(k.as_str()), v));
+                    put(&mut out, k, v);
                 }
             }
             Some(Out::object(out))
@@ -1041,6 +1041,23 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
 }
 
 /// `@map`'s elements: a list's items, or the value itself.
+/// `entries.push((key, value))`, written in place: a pushed tuple is assembled on the
+/// stack in 8-byte stores and copied 16 bytes at a time, and that read stalls on store
+/// forwarding (a sixth of the evaluator's time in perf).
+#[inline(always)]
+pub(crate) fn put<'a>(entries: &mut Vec<(Cow<'a, str>, Out<'a>)>, key: &'a str, value: Out<'a>) {
+    entries.reserve(1);
+    let len = entries.len();
+    let slot = entries.spare_capacity_mut()[0].as_mut_ptr();
+    // SAFETY: `reserve(1)` made room for one more element; `slot` points at it. Both
+    // fields are written before the length grows to include it.
+    unsafe {
+        std::ptr::addr_of_mut!((*slot).0).write(Cow::Borrowed(key));
+        std::ptr::addr_of_mut!((*slot).1).write(value);
+        entries.set_len(len + 1);
+    }
+}
+
 fn elements(v: &Value) -> &[Value] {
     match v {
         Value::Array(items) => items,

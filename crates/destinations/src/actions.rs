@@ -173,7 +173,7 @@ impl Enabled {
                 Mapping::compile(value).map_err(|e| (format!("mapping.{key}"), e.to_string()))?;
             entries.push((key.clone(), m));
         }
-        let mapping = Mapping::Object(entries);
+        let mapping = Mapping::Object(entries.into());
         Ok(Enabled {
             action,
             subscription,

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Number, Value};
 
-use crate::kit::{put, Mapping, Out, Path, PathArg, FALSE, NULL, TRUE};
+use crate::kit::{fixed, put, Found, Gather, Mapping, Out, Path, PathArg, FALSE, NULL, TRUE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,7 +128,25 @@ pub struct TypedMapping {
     mapping: Mapping,
     /// One step per field when the mapping is an object; otherwise the mapping is
     /// evaluated whole and prepared.
-    steps: Option<Vec<Step>>,
+    steps: Option<Steps>,
+}
+
+/// The steps of an object's fields or properties, with their paths' first keys gathered.
+#[derive(Debug, Clone)]
+struct Steps {
+    list: Vec<Step>,
+    gather: Gather,
+}
+
+impl Steps {
+    fn new(list: Vec<Step>) -> Steps {
+        let gather = Gather::of(list.iter().map(|s| match &s.source {
+            Source::Eval(m) => fixed(m),
+            Source::Items(path, ..) => Some(path),
+            _ => None,
+        }));
+        Steps { list, gather }
+    }
 }
 
 /// Where one field (or property) comes from.
@@ -147,10 +165,10 @@ enum Source {
     Eval(Mapping),
     /// An object with known properties and no others, mapped by an object: each
     /// property in turn (in the properties' order).
-    Object(Vec<Step>),
+    Object(Steps),
     /// A list of such objects mapped by `@arrayPath` over a fixed path; when the path
     /// holds neither a list nor an object, the mapping is evaluated as usual.
-    Items(Path, Vec<Step>, Mapping),
+    Items(Path, Steps, Mapping),
 }
 
 impl TypedMapping {
@@ -185,24 +203,27 @@ impl TypedMapping {
                     .unwrap_or(Out::Object(Box::default())),
             );
         };
-        prepare_with(&self.fields, |i, _, _| source(&steps[i], event)).map_err(|e| *e)
+        let found = steps.gather.run(event);
+        prepare_with(&self.fields, |i, _, _| source(steps, &found, i, event)).map_err(|e| *e)
     }
 }
 
 fn steps<'k>(
     fields: impl Iterator<Item = (&'k String, &'k FieldSpec)>,
     entries: &[(String, Mapping)],
-) -> Vec<Step> {
-    fields
-        .map(|(key, spec)| Step {
-            key: key.clone(),
-            spec: spec.clone(),
-            source: match entries.iter().find(|(k, _)| k == key) {
-                None => Source::Missing,
-                Some((_, m)) => fused(spec, m),
-            },
-        })
-        .collect()
+) -> Steps {
+    Steps::new(
+        fields
+            .map(|(key, spec)| Step {
+                key: key.clone(),
+                spec: spec.clone(),
+                source: match entries.iter().find(|(k, _)| k == key) {
+                    None => Source::Missing,
+                    Some((_, m)) => fused(spec, m),
+                },
+            })
+            .collect(),
+    )
 }
 
 fn fused(spec: &FieldSpec, mapping: &Mapping) -> Source {
@@ -228,15 +249,25 @@ fn fused(spec: &FieldSpec, mapping: &Mapping) -> Source {
     }
 }
 
-/// A step's value: raw (to be cleaned and coerced) or already typed; the errors of typed
-/// values name the path below the step.
-fn source<'a>(step: &'a Step, event: &'a Value) -> Result<Option<Taken<'a>>, Failed> {
-    match &step.source {
+/// Step `i`'s value (`found`: what its list's gather found in `event`): raw (to be
+/// cleaned and coerced) or already typed; the errors of typed values name the path below
+/// the step.
+fn source<'a>(
+    steps: &'a Steps,
+    found: &Found<'a>,
+    i: usize,
+    event: &'a Value,
+) -> Result<Option<Taken<'a>>, Failed> {
+    match &steps.list[i].source {
         Source::Missing => Ok(None),
-        Source::Eval(m) => Ok(m.eval_out(event).map(Taken::Raw)),
+        Source::Eval(m) => Ok(steps.gather.eval(found, i, m, event).map(Taken::Raw)),
         Source::Object(props) => typed_object(props, event).map(|v| Some(Taken::Typed(v))),
         Source::Items(path, props, m) => {
-            let items = match path.get_ref(event) {
+            let data = match steps.gather.get(found, i, path) {
+                Some(got) => got,
+                None => path.get_ref(event),
+            };
+            let items = match data {
                 None => return Ok(None),
                 Some(Cow::Borrowed(Value::Array(items))) => items.as_slice(),
                 Some(Cow::Borrowed(one @ Value::Object(_))) => std::slice::from_ref(one),
@@ -253,10 +284,11 @@ fn source<'a>(step: &'a Step, event: &'a Value) -> Result<Option<Taken<'a>>, Fai
 
 /// What the object branch of [`coerce_one`] gives for the object that the properties'
 /// steps map to.
-fn typed_object<'a>(props: &'a [Step], event: &'a Value) -> Result<Out<'a>, Failed> {
-    let mut out = Vec::with_capacity(props.len());
-    for p in props {
-        let value = match source(p, event).map_err(|e| e.under(&p.key))? {
+fn typed_object<'a>(props: &'a Steps, event: &'a Value) -> Result<Out<'a>, Failed> {
+    let found = props.gather.run(event);
+    let mut out = Vec::with_capacity(props.list.len());
+    for (i, p) in props.list.iter().enumerate() {
+        let value = match source(props, &found, i, event).map_err(|e| e.under(&p.key))? {
             Some(Taken::Typed(v)) => {
                 put(&mut out, &p.key, v);
                 continue;
@@ -805,7 +837,7 @@ mod props {
                     compiled.push((k, Mapping::compile(&v).unwrap()));
                 }
             }
-            let mapping = Mapping::Object(compiled);
+            let mapping = Mapping::Object(compiled.into());
             let event = Value::Object(event.into_iter().collect());
             let typed = TypedMapping::new(&fields, &mapping);
             let fused = typed.eval(&event).map(Out::into_value);

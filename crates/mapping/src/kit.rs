@@ -98,23 +98,171 @@ impl Path {
     /// Borrowed from `root` (only a character of a string is a new value).
     #[inline]
     pub fn get_ref<'a>(&self, root: &'a Value) -> Option<Cow<'a, Value>> {
-        let mut cur = root;
-        for key in &self.0 {
-            if falsy(cur) {
-                return Some(Cow::Borrowed(cur));
-            }
-            cur = match cur {
-                Value::Object(m) => m.get(key)?,
-                Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
-                Value::String(s) => {
-                    let idx = key.parse::<usize>().ok()?;
-                    let ch = s.chars().nth(idx)?;
-                    return Some(Cow::Owned(Value::String(ch.to_string())));
-                }
-                _ => return None,
-            };
+        walk(root, &self.0)
+    }
+}
+
+#[inline]
+fn walk<'a>(root: &'a Value, keys: &[String]) -> Option<Cow<'a, Value>> {
+    let mut cur = root;
+    for key in keys {
+        if falsy(cur) {
+            return Some(Cow::Borrowed(cur));
         }
-        Some(Cow::Borrowed(cur))
+        cur = match cur {
+            Value::Object(m) => m.get(key)?,
+            Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
+            Value::String(s) => {
+                let idx = key.parse::<usize>().ok()?;
+                let ch = s.chars().nth(idx)?;
+                return Some(Cow::Owned(Value::String(ch.to_string())));
+            }
+            _ => return None,
+        };
+    }
+    Some(Cow::Borrowed(cur))
+}
+
+/// How many first keys one [`Gather`] resolves at most (its results live on the stack).
+const GATHER_MAX: usize = 16;
+
+/// The first keys of the fixed paths among a list of mappings (an object's fields, an
+/// action's fields), sorted and deduplicated, so that an object's values for all of them
+/// are found in one ordered pass over its entries (a `serde_json` map iterates in the
+/// same order) instead of one B-tree search per path: each search compares the key with
+/// up to all of a node's keys, `memcmp` by `memcmp`, and the event's few top-level keys
+/// are what most paths start with.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Gather {
+    keys: Vec<String>,
+    /// For each mapping of the list: the index of its path's first key in `keys`.
+    slots: Vec<Option<u8>>,
+}
+
+/// What [`Gather::run`] found: the value of each gathered key (absent: `None`).
+pub(crate) type Found<'a> = Option<[Option<&'a Value>; GATHER_MAX]>;
+
+/// The path of a `@path` mapping with a fixed path.
+pub(crate) fn fixed(m: &Mapping) -> Option<&Path> {
+    match m {
+        Mapping::Path(PathArg::Fixed(p)) => Some(p),
+        _ => None,
+    }
+}
+
+impl Gather {
+    /// For a list whose items may be resolved by a fixed path each.
+    pub(crate) fn of<'p>(paths: impl Iterator<Item = Option<&'p Path>>) -> Gather {
+        let firsts: Vec<Option<&str>> = paths
+            .map(|p| p.and_then(|p| p.0.first()).map(String::as_str))
+            .collect();
+        let mut keys: Vec<String> = firsts.iter().flatten().map(|k| k.to_string()).collect();
+        // One pass pays when it replaces at least two searches.
+        if keys.len() < 2 {
+            return Gather::default();
+        }
+        keys.sort();
+        keys.dedup();
+        if keys.len() > GATHER_MAX {
+            return Gather::default();
+        }
+        let slots = firsts
+            .iter()
+            .map(|f| f.and_then(|k| keys.binary_search_by(|x| x.as_str().cmp(k)).ok()))
+            .map(|i| i.map(|i| i as u8))
+            .collect();
+        Gather { keys, slots }
+    }
+
+    /// The gathered keys' values in `root`, when there is something to gather and `root`
+    /// is an object.
+    #[inline]
+    pub(crate) fn run<'a>(&self, root: &'a Value) -> Found<'a> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let Value::Object(m) = root else {
+            return None;
+        };
+        let mut found = [None; GATHER_MAX];
+        let mut entries = m.iter();
+        let mut cur = entries.next();
+        for (i, key) in self.keys.iter().enumerate() {
+            while let Some((k, v)) = cur {
+                match k.as_str().cmp(key.as_str()) {
+                    std::cmp::Ordering::Less => cur = entries.next(),
+                    std::cmp::Ordering::Equal => {
+                        found[i] = Some(v);
+                        cur = entries.next();
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+        }
+        Some(found)
+    }
+
+    /// `Some(path.get_ref(root))` from what [`Gather::run`] found in `root`, when item `i`
+    /// of the list was gathered; `None` when it was not.
+    #[inline]
+    pub(crate) fn get<'a>(
+        &self,
+        found: &Found<'a>,
+        i: usize,
+        path: &Path,
+    ) -> Option<Option<Cow<'a, Value>>> {
+        let (Some(found), Some(Some(slot))) = (found, self.slots.get(i)) else {
+            return None;
+        };
+        // `root` is an object (not falsy): the walk's first step is the lookup done.
+        Some(found[*slot as usize].and_then(|first| walk(first, &path.0[1..])))
+    }
+
+    /// `m.eval_out(root)` for item `i` of the list, from what [`Gather::run`] found in
+    /// `root` when it is a gathered path.
+    #[inline]
+    pub(crate) fn eval<'a>(
+        &self,
+        found: &Found<'a>,
+        i: usize,
+        m: &'a Mapping,
+        root: &'a Value,
+    ) -> Option<Out<'a>> {
+        if let Some(got) = fixed(m).and_then(|p| self.get(found, i, p)) {
+            return got.map(Out::from_cow);
+        }
+        eval_out(m, root)
+    }
+}
+
+/// An object mapping's fields (in the mapping's order), with their paths' first keys
+/// gathered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fields {
+    entries: Vec<(String, Mapping)>,
+    gather: Gather,
+}
+
+impl From<Vec<(String, Mapping)>> for Fields {
+    fn from(entries: Vec<(String, Mapping)>) -> Fields {
+        let gather = Gather::of(entries.iter().map(|(_, m)| fixed(m)));
+        Fields { entries, gather }
+    }
+}
+
+impl std::ops::Deref for Fields {
+    type Target = [(String, Mapping)];
+    fn deref(&self) -> &Self::Target {
+        &self.entries
+    }
+}
+
+impl<'f> IntoIterator for &'f Fields {
+    type Item = &'f (String, Mapping);
+    type IntoIter = std::slice::Iter<'f, (String, Mapping)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter()
     }
 }
 
@@ -132,7 +280,7 @@ fn falsy(v: &Value) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mapping {
     Raw(Value),
-    Object(Vec<(String, Mapping)>),
+    Object(Fields),
     Array(Vec<Mapping>),
     Path(PathArg),
     Template(Vec<Piece>),
@@ -473,7 +621,7 @@ fn compile(v: &Value, at: &str) -> Result<Mapping, MappingError> {
                 for (k, val) in m {
                     fields.push((k.clone(), compile(val, &join(at, k))?));
                 }
-                return Ok(Mapping::Object(fields));
+                return Ok(Mapping::Object(fields.into()));
             }
             if at_keys.len() > 1 {
                 return Err(err(
@@ -892,9 +1040,10 @@ fn eval_out<'a>(m: &'a Mapping, event: &'a Value) -> Option<Out<'a>> {
     match m {
         Mapping::Raw(v) => Some(Out::Ref(v)),
         Mapping::Object(fields) => {
+            let found = fields.gather.run(event);
             let mut out = Vec::with_capacity(fields.len());
-            for (k, f) in fields {
-                if let Some(v) = eval_out(f, event) {
+            for (i, (k, f)) in fields.iter().enumerate() {
+                if let Some(v) = fields.gather.eval(&found, i, f, event) {
                     put(&mut out, k, v);
                 }
             }
@@ -1870,7 +2019,55 @@ mod props {
         })
     }
 
+    /// Paths into `element()`-made events: shared and distinct first keys, deeper keys,
+    /// list indexes and string characters, missing keys.
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![Just("a"), Just("url"), Just("b"), Just("0"), Just("z")],
+            1..4,
+        )
+        .prop_map(|keys| format!("$.{}", keys.join(".")))
+    }
+
     proptest! {
+        /// An object's fixed paths, resolved together in one pass over the event's
+        /// entries (`Gather`), give for each field what `Path::get_ref` gives alone —
+        /// for any root (object or not) and any intermediate (falsy, list, string,
+        /// missing).
+        #[test]
+        fn gathered_paths_resolve_as_alone(
+            root in prop_oneof![
+                prop::collection::btree_map("a|url|b|0", element(), 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                element(),
+            ],
+            paths in prop::collection::vec(path(), 0..7),
+            shapes in prop::collection::vec(any::<bool>(), 7),
+        ) {
+            // Some fields are not paths, so gathered and plain ones interleave.
+            let mut fields = serde_json::Map::new();
+            for (i, p) in paths.iter().enumerate() {
+                let m = if shapes[i] { serde_json::json!({"@path": p}) } else { serde_json::json!({"@literal": i}) };
+                fields.insert(format!("f{i}"), m);
+            }
+            let compiled = Mapping::compile(&Value::Object(fields.clone())).unwrap();
+            let Some(Value::Object(got)) = compiled.eval_out(&root).map(Out::into_value) else {
+                panic!("an object mapping gives an object");
+            };
+            let mut want = Map::new();
+            for (i, p) in paths.iter().enumerate() {
+                let v = if shapes[i] {
+                    Path::parse(p).get_ref(&root).map(Cow::into_owned)
+                } else {
+                    Some(Value::from(i))
+                };
+                if let Some(v) = v {
+                    want.insert(format!("f{i}"), v);
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+
         #[test]
         fn compiling_and_evaluating_never_panic(mapping in json(), event in json()) {
             if let Ok(m) = Mapping::compile(&mapping) {

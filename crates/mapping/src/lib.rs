@@ -14,4 +14,4 @@ pub mod kit;
 
 pub use fields::{prepare, prepare_out, FieldSpec, FieldType, TypedMapping, ValidationError};
 pub use fql::{FqlError, Subscription};
-pub use kit::{Mapping, MappingError, Out, Path};
+pub use kit::{Fields, Mapping, MappingError, Out, Path};

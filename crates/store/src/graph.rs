@@ -171,7 +171,7 @@ pub fn apply<T: GraphTx>(
         .flat_map(|e| [&e.users, &e.accounts].map(|set| (e, set)))
         .filter(|(_, set)| !set.is_empty())
         .map(|(e, set)| (e, identifier_set(set).1))
-        .filter(|(e, hash)| !cache.known(*hash, e.ts, &e.message_id))
+        .filter(|(e, hash)| !cache.known(*hash, e.ts))
         .map(|(_, hash)| hash)
         .collect();
     if T::PREFETCH && !unknown.is_empty() {
@@ -184,12 +184,12 @@ pub fn apply<T: GraphTx>(
                 continue;
             }
             let (idents, hash) = identifier_set(set);
-            if !cache.known(hash, e.ts, &e.message_id) {
+            if !cache.known(hash, e.ts) {
                 if observe(tx, &idents, e.ts, &e.message_id, &e.source)? {
                     stats.new_observations += 1;
                     dirty.extend(idents.iter().cloned());
                 }
-                filed.push((hash, e.ts, e.message_id.as_str().into()));
+                filed.push((hash, e.ts));
             }
             let a = anchor(&idents, rules).cloned();
             if let Some(a) = &a {

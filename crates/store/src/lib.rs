@@ -411,10 +411,11 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref();
         let state = Db::open(path, 16_000, STATE_SCHEMA)?;
-        // Profiles touch many small rows across several indexes: a 32 MB page cache keeps
-        // the hot part of them in memory (64 MB filed no faster in `sluice bench profiles`
-        // and cost ~35 MB more RSS under ingest).
-        let profiles = Db::open(&Self::profiles_path(path), 32_000, profiles::SCHEMA)?;
+        // The profile writer's page cache: 8 MB filed as fast as 16 and 32 MB in `sluice
+        // bench profiles` (300,000 events, alternating runs: 40–47k vs 44–49k vs 43k
+        // events/s), and a filled 32 MB cache was the largest part of the server's RSS
+        // growth under ingest with profiles on.
+        let profiles = Db::open(&Self::profiles_path(path), 8_000, profiles::SCHEMA)?;
         move_profile_tables(&state, &profiles)?;
         Ok(SqliteStore {
             state,

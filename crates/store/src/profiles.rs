@@ -139,37 +139,36 @@ pub struct ErasedProfiles {
     pub events: u64,
 }
 
-/// The identifier sets already filed, with the key they were filed at: most events
-/// repeat a set (an anonymous visitor's next page view), and this spares the lookup.
-/// Updated only after a commit; cleared by erasure; bounded.
+/// The identifier sets already filed, with the time of the key they were filed at: most
+/// events repeat a set (an anonymous visitor's next page view), and this spares the
+/// lookup. Only the time is kept (16 bytes an entry, no allocation): an event is known
+/// when the set was filed at an earlier time — on a tie the messageIds would decide, so a
+/// tie asks the database. Updated only after a commit; cleared by erasure; bounded.
 #[derive(Default)]
 pub struct ObsCache {
-    seen: HashMap<i64, (i64, Box<str>)>,
+    seen: HashMap<i64, i64>,
 }
 
-const OBS_CACHE_MAX: usize = 2_000_000;
+/// ~18 MB of entries at most.
+const OBS_CACHE_MAX: usize = 1_000_000;
 
-/// Identifier sets a transaction filed: (hash, ts, messageId), for [`ObsCache::remember`].
-pub type Filed = Vec<(i64, i64, Box<str>)>;
+/// Identifier sets a transaction filed: (hash, ts), for [`ObsCache::remember`].
+pub type Filed = Vec<(i64, i64)>;
 
 impl ObsCache {
-    pub(crate) fn known(&self, hash: i64, ts: i64, message_id: &str) -> bool {
-        self.seen
-            .get(&hash)
-            .is_some_and(|(kts, kmsg)| (*kts, &**kmsg) <= (ts, message_id))
+    /// The set was filed with a key earlier than `(ts, any messageId)`: filing this event
+    /// changes nothing.
+    pub(crate) fn known(&self, hash: i64, ts: i64) -> bool {
+        self.seen.get(&hash).is_some_and(|kts| *kts < ts)
     }
 
     pub(crate) fn remember(&mut self, filed: Filed) {
         if self.seen.len() + filed.len() > OBS_CACHE_MAX {
             self.seen.clear();
         }
-        for (hash, ts, msg) in filed {
-            match self.seen.get(&hash) {
-                Some((kts, kmsg)) if (*kts, &**kmsg) <= (ts, &*msg) => {}
-                _ => {
-                    self.seen.insert(hash, (ts, msg));
-                }
-            }
+        for (hash, ts) in filed {
+            let kts = self.seen.entry(hash).or_insert(ts);
+            *kts = (*kts).min(ts);
         }
     }
 
@@ -544,4 +543,25 @@ pub(crate) fn erase(
     let out = graph::erase(&mut Sqlite(&tx), idents, rules)?;
     tx.commit()?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ObsCache;
+
+    /// The cache skips an event only when its set was filed strictly earlier: on a tie
+    /// the messageIds (not kept) would decide, so the database is asked; and it keeps the
+    /// earliest time a set was filed at.
+    #[test]
+    fn obs_cache_knows_only_strictly_earlier_filings() {
+        let mut cache = ObsCache::default();
+        assert!(!cache.known(7, 100));
+        cache.remember(vec![(7, 100), (7, 90), (7, 120)]);
+        assert!(cache.known(7, 91));
+        assert!(!cache.known(7, 90), "a tie asks the database");
+        assert!(!cache.known(7, 89));
+        assert!(!cache.known(8, 1_000));
+        cache.clear();
+        assert!(!cache.known(7, 1_000));
+    }
 }

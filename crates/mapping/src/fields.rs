@@ -184,14 +184,6 @@ impl TypedMapping {
         }
     }
 
-    pub fn fields(&self) -> &[(String, FieldSpec)] {
-        &self.fields
-    }
-
-    pub fn mapping(&self) -> &Mapping {
-        &self.mapping
-    }
-
     /// The mapped, cleaned and typed payload — an [`Out::Object`] in the order of the
     /// fields — or why the event cannot be sent.
     pub fn eval<'a>(&'a self, event: &'a Value) -> Result<Out<'a>, ValidationError> {

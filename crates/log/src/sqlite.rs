@@ -169,7 +169,8 @@ fn init_schema(conn: &Connection) -> Result<(), LogError> {
              last_offset INTEGER NOT NULL,
              source TEXT NOT NULL,
              received_at INTEGER NOT NULL,
-             events BLOB NOT NULL
+             events BLOB NOT NULL,
+             codec INTEGER NOT NULL DEFAULT 0
          );
          CREATE INDEX IF NOT EXISTS chunks_by_source ON chunks(source, first_offset);
          CREATE TABLE IF NOT EXISTS meta (
@@ -181,7 +182,21 @@ fn init_schema(conn: &Connection) -> Result<(), LogError> {
              next_offset INTEGER NOT NULL
          ) WITHOUT ROWID;",
     )
-    .map_err(storage)
+    .map_err(storage)?;
+    // Logs written before chunks were compressed whole lack the column; their rows are
+    // `Codec::PerEvent`, the column's default.
+    let has_codec: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('chunks') WHERE name = 'codec'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(storage)?;
+    if !has_codec {
+        conn.execute_batch("ALTER TABLE chunks ADD COLUMN codec INTEGER NOT NULL DEFAULT 0")
+            .map_err(storage)?;
+    }
+    Ok(())
 }
 
 fn storage(e: rusqlite::Error) -> LogError {
@@ -388,23 +403,25 @@ impl Writer {
         {
             let mut get = tx
                 .prepare_cached(
-                    "SELECT first_offset, source, events FROM chunks WHERE first_offset = ?1",
+                    "SELECT first_offset, source, events, codec FROM chunks WHERE first_offset = ?1",
                 )
                 .map_err(storage)?;
             let mut put = tx
-                .prepare_cached("UPDATE chunks SET events = ?2 WHERE first_offset = ?1")
+                .prepare_cached("UPDATE chunks SET events = ?2, codec = ?3 WHERE first_offset = ?1")
                 .map_err(storage)?;
             for &first in chunks {
                 let slots = match get
                     .query_row([first as i64], |r| {
                         let source = r.get_ref(1)?.as_str()?.to_string();
                         let blob = r.get_ref(2)?.as_blob()?.to_vec();
-                        Ok((source, blob))
+                        Ok((source, blob, r.get::<_, i64>(3)?))
                     })
                     .optional()
                 {
-                    Ok(Some((source, blob))) => chunk::decode_slots(first, &source, &blob)
-                        .map_err(|e| LogError::Storage(e.to_string()))?,
+                    Ok(Some((source, blob, codec))) => {
+                        chunk::decode_slots(first, &source, codec, &blob)
+                            .map_err(|e| LogError::Storage(e.to_string()))?
+                    }
                     Ok(None) => continue, // retention removed it meanwhile
                     Err(e) => return Err(storage(e)),
                 };
@@ -415,10 +432,7 @@ impl Writer {
                         chunk::push_tombstone(&mut blob);
                         continue;
                     };
-                    let payload = decode_payload(&e.payload).map_err(|err| {
-                        LogError::Storage(format!("chunk at offset {first}: {err}"))
-                    })?;
-                    if filter.matches(&e.user_key, &payload) {
+                    if filter.matches(&e.user_key, &e.payload) {
                         chunk::push_tombstone(&mut blob);
                         hit += 1;
                     } else {
@@ -435,7 +449,9 @@ impl Writer {
                     }
                 }
                 if hit > 0 {
-                    put.execute(params![first as i64, blob]).map_err(storage)?;
+                    let (codec, stored) = chunk::encode(&blob);
+                    put.execute(params![first as i64, stored, codec.column()])
+                        .map_err(storage)?;
                     erased += hit;
                 }
             }
@@ -476,8 +492,8 @@ impl Writer {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO chunks (first_offset, last_offset, source, received_at, events)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO chunks (first_offset, last_offset, source, received_at, events, codec)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(storage)?;
             let mut cursor = tx
@@ -623,29 +639,18 @@ fn command_events(c: &Command) -> usize {
 }
 
 /// Chunks holding offsets from `?1` on: the one containing it (if any) and all after.
-const CHUNKS_FROM_SQL: &str = "SELECT first_offset, source, events FROM chunks
+const CHUNKS_FROM_SQL: &str = "SELECT first_offset, source, events, codec FROM chunks
      WHERE first_offset >= COALESCE((SELECT MAX(first_offset) FROM chunks WHERE first_offset <= ?1), 0)
      ORDER BY first_offset";
 
-/// Decodes a `(first_offset, source, events)` row; payloads stay as stored.
+/// Decodes a `(first_offset, source, events, codec)` row.
 fn decode_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<StoredEvent>> {
     let first = r.get::<_, i64>(0)? as u64;
     let source = r.get_ref(1)?.as_str()?;
     let blob = r.get_ref(2)?.as_blob()?;
-    chunk::decode(first, source, blob).map_err(|e| {
+    chunk::decode(first, source, r.get(3)?, blob).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Blob, Box::new(e))
     })
-}
-
-/// Decodes a row and its payloads, for readers.
-fn decode_row_payloads(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<StoredEvent>> {
-    let mut events = decode_row(r)?;
-    for e in &mut events {
-        e.payload = decode_payload(&e.payload).map_err(|err| {
-            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Blob, Box::new(err))
-        })?;
-    }
-    Ok(events)
 }
 
 #[derive(Default)]
@@ -666,15 +671,18 @@ impl OpenChunk {
         self.blob.clear();
     }
 
+    /// Writes the chunk as one row, compressed whole (see `chunk::encode`).
     fn flush(&mut self, insert: &mut rusqlite::CachedStatement<'_>) -> Result<(), LogError> {
         if let Some(source) = self.source.take() {
+            let (codec, stored) = chunk::encode(&self.blob);
             insert
                 .execute(params![
                     self.first as i64,
                     self.last as i64,
                     source,
                     self.received_at,
-                    self.blob
+                    stored,
+                    codec.column()
                 ])
                 .map_err(storage)?;
         }
@@ -682,51 +690,11 @@ impl OpenChunk {
     }
 }
 
-/// Payloads of at least this many bytes are stored LZ4-compressed when that saves space.
-const COMPRESS_FROM: usize = 128;
-
-/// How a payload is stored: a first byte of 0x00 means LZ4 (size-prefixed block) follows;
-/// 0x01 means the payload follows as is (used when it starts with 0x00 or 0x01 itself);
-/// any other first byte (JSON's `{`) is the payload as is. Events are JSON of ~1 KB that
-/// LZ4 roughly halves: the writer, the WAL, the checkpointer and the disk all move half
-/// the bytes. Compression runs on the caller's task, not on the writer thread.
-fn encode_payload(payload: Vec<u8>) -> Vec<u8> {
-    if payload.len() >= COMPRESS_FROM {
-        let packed = lz4_flex::block::compress_prepend_size(&payload);
-        if packed.len() + 1 < payload.len() {
-            let mut out = Vec::with_capacity(packed.len() + 1);
-            out.push(0x00);
-            out.extend_from_slice(&packed);
-            return out;
-        }
-    }
-    match payload.first() {
-        Some(0x00) | Some(0x01) => {
-            let mut out = Vec::with_capacity(payload.len() + 1);
-            out.push(0x01);
-            out.extend_from_slice(&payload);
-            out
-        }
-        _ => payload,
-    }
-}
-
-fn decode_payload(stored: &[u8]) -> Result<Vec<u8>, lz4_flex::block::DecompressError> {
-    match stored.first() {
-        Some(0x00) => lz4_flex::block::decompress_size_prepended(&stored[1..]),
-        Some(0x01) => Ok(stored[1..].to_vec()),
-        _ => Ok(stored.to_vec()),
-    }
-}
-
 #[async_trait]
 impl EventLog for SqliteLog {
-    async fn append(&self, mut events: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, LogError> {
         if events.is_empty() {
             return Ok(Vec::new());
-        }
-        for e in &mut events {
-            e.payload = encode_payload(std::mem::take(&mut e.payload));
         }
         self.send(|reply| Command::Append(events, reply)).await
     }
@@ -743,7 +711,7 @@ impl EventLog for SqliteLog {
                 if out.len() >= max {
                     break;
                 }
-                for e in decode_row_payloads(row)? {
+                for e in decode_row(row)? {
                     if e.offset >= from && out.len() < max {
                         out.push(e);
                     }
@@ -758,7 +726,7 @@ impl EventLog for SqliteLog {
         let source = source.to_string();
         self.with_reader(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT first_offset, source, events FROM chunks
+                "SELECT first_offset, source, events, codec FROM chunks
                  WHERE source = ?1 ORDER BY first_offset DESC",
             )?;
             let mut rows = stmt.query([source])?;
@@ -767,7 +735,7 @@ impl EventLog for SqliteLog {
                 if out.len() >= limit {
                     break;
                 }
-                let events = decode_row_payloads(row)?;
+                let events = decode_row(row)?;
                 out.extend(events.into_iter().rev().take(limit - out.len()));
             }
             Ok(out)
@@ -844,12 +812,12 @@ impl EventLog for SqliteLog {
         let chunks: Vec<u64> = self
             .with_reader(move |c| {
                 let mut stmt =
-                    c.prepare_cached("SELECT first_offset, source, events FROM chunks")?;
+                    c.prepare_cached("SELECT first_offset, source, events, codec FROM chunks")?;
                 let mut rows = stmt.query([])?;
                 let mut out = Vec::new();
                 while let Some(row) = rows.next()? {
                     let first = row.get::<_, i64>(0)? as u64;
-                    let events = decode_row_payloads(row)?;
+                    let events = decode_row(row)?;
                     if events.iter().any(|e| scan.matches(&e.user_key, &e.payload)) {
                         out.push(first);
                     }

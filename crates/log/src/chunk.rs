@@ -344,5 +344,17 @@ mod tests {
             decode(3, "web", 9, &stored).unwrap_err().what,
             "unknown codec"
         );
+        // Any single damaged byte gives events or an error, never a panic or a huge
+        // allocation (the size claim is bounded before decompressing).
+        for i in 0..stored.len() {
+            for x in [0x01u8, 0x80, 0xff] {
+                let mut damaged = stored.to_vec();
+                damaged[i] ^= x;
+                if let Ok(events) = decode(3, "web", lz4, &damaged) {
+                    // Each event takes at least 20 bytes of what LZ4 can expand to.
+                    assert!(events.len() * 20 <= damaged.len() * 255 + 16, "byte {i}");
+                }
+            }
+        }
     }
 }

@@ -74,6 +74,33 @@ struct Measured {
     p99_ms: f64,
     max_ms: f64,
     first_error: Option<String>,
+    /// CPU seconds the server and this process (the generator) spent in the measured
+    /// window, where they could be read.
+    server_cpu: Option<f64>,
+    generator_cpu: Option<f64>,
+}
+
+/// Where the CPU time of the server under load is read.
+#[derive(Clone, Copy)]
+enum CpuProbe {
+    /// Its `/metrics` (`process_cpu_seconds_total`): Sluice, local or not.
+    Metrics(SocketAddr),
+    /// Its `/proc/<pid>/stat`: the baseline, a child of this process.
+    Pid(u32),
+}
+
+impl CpuProbe {
+    async fn read(self) -> Option<f64> {
+        match self {
+            CpuProbe::Metrics(addr) => scrape_metric(addr, "process_cpu_seconds_total")
+                .await
+                .ok()
+                .flatten(),
+            CpuProbe::Pid(pid) => {
+                sluice_server::telemetry::cpu_seconds(&format!("/proc/{pid}/stat"))
+            }
+        }
+    }
 }
 
 impl Measured {
@@ -82,6 +109,11 @@ impl Measured {
     }
     fn eps(&self) -> f64 {
         self.events as f64 / self.seconds
+    }
+    /// CPU microseconds per request measured in the window.
+    fn per_request_us(&self, cpu: Option<f64>) -> Option<f64> {
+        cpu.filter(|_| self.requests > 0)
+            .map(|c| c * 1e6 / self.requests as f64)
     }
 }
 
@@ -106,7 +138,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let rss_peak = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = tokio::spawn(sample_rss(target, rss_peak.clone(), sampling.clone()));
-    let server = load(target, &args, "sluice").await?;
+    let server = load(target, &args, "sluice", CpuProbe::Metrics(target)).await?;
     sampling.store(false, Ordering::SeqCst);
     let _ = sampler.await;
     let rss_mb = rss_peak.load(Ordering::SeqCst) as f64 / (1024.0 * 1024.0);
@@ -120,7 +152,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         None
     } else {
         let (mut child, addr) = start_baseline()?;
-        let result = load(addr, &args, "baseline").await;
+        let result = load(addr, &args, "baseline", CpuProbe::Pid(child.id())).await;
         let _ = child.kill();
         let _ = child.wait();
         let b = result?;
@@ -142,6 +174,12 @@ async fn ingest(args: IngestArgs) -> Result<()> {
             "baseline_requests_per_s": baseline.as_ref().map(|b| b.rps().round()),
             "ratio_to_baseline": ratio.map(round3),
             "server_rss_mb": round3(rss_mb),
+            "server_cpu_us_per_request": server.per_request_us(server.server_cpu).map(round3),
+            "generator_cpu_us_per_request": server.per_request_us(server.generator_cpu).map(round3),
+            "baseline_cpu_us_per_request": baseline
+                .as_ref()
+                .and_then(|b| b.per_request_us(b.server_cpu))
+                .map(round3),
             "connections": args.connections,
             "batch": args.batch,
             "rate": args.rate,
@@ -168,6 +206,12 @@ fn report(name: &str, m: &Measured) {
         m.max_ms,
         m.errors
     );
+    if let (Some(s), Some(g)) = (
+        m.per_request_us(m.server_cpu),
+        m.per_request_us(m.generator_cpu),
+    ) {
+        println!("  {name:<9} CPU per request: server {s:.1} µs, generator {g:.1} µs");
+    }
 }
 
 pub(crate) fn parse_url(url: &str) -> Result<SocketAddr> {
@@ -237,18 +281,29 @@ pub(crate) async fn sample_rss(addr: SocketAddr, peak: Arc<AtomicU64>, running: 
 }
 
 pub(crate) async fn scrape_rss(addr: SocketAddr) -> Result<Option<u64>> {
+    Ok(scrape_metric(addr, "process_resident_memory_bytes")
+        .await?
+        .map(|v| v as u64))
+}
+
+/// One unlabelled metric of the server's `/metrics`.
+async fn scrape_metric(addr: SocketAddr, name: &str) -> Result<Option<f64>> {
     let mut conn = Conn::connect(addr).await?;
     let (_, body) = conn.request("GET", "/metrics", None, &[]).await?;
     let text = String::from_utf8_lossy(&body);
     Ok(text
         .lines()
-        .find(|l| l.starts_with("process_resident_memory_bytes "))
+        .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ')))
         .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64))
+        .and_then(|v| v.parse::<f64>().ok()))
 }
 
-async fn load(addr: SocketAddr, args: &IngestArgs, run_id: &str) -> Result<Measured> {
+async fn load(
+    addr: SocketAddr,
+    args: &IngestArgs,
+    run_id: &str,
+    cpu: CpuProbe,
+) -> Result<Measured> {
     let auth = format!(
         "Basic {}",
         base64_encode(format!("{}:", args.write_key).as_bytes())
@@ -260,6 +315,23 @@ async fn load(addr: SocketAddr, args: &IngestArgs, run_id: &str) -> Result<Measu
     let per_conn_interval =
         (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate));
     let nonce = format!("{run_id}-{}", uuid::Uuid::new_v4().simple());
+    // CPU time of the server and of this process, read where the measured window starts
+    // and ends (the same window the requests are counted in).
+    let cpu_window = {
+        let (from, to) = (start + warmup, start + warmup + measure);
+        tokio::spawn(async move {
+            let read = || async {
+                let own = sluice_server::telemetry::cpu_seconds("/proc/self/stat");
+                (cpu.read().await, own)
+            };
+            tokio::time::sleep_until(tokio::time::Instant::from_std(from)).await;
+            let (s0, g0) = read().await;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(to)).await;
+            let (s1, g1) = read().await;
+            let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+            (delta(s0, s1), delta(g0, g1))
+        })
+    };
     for c in 0..args.connections {
         let auth = auth.clone();
         let batch = args.batch;
@@ -318,6 +390,7 @@ async fn load(addr: SocketAddr, args: &IngestArgs, run_id: &str) -> Result<Measu
         seconds: measure.as_secs_f64(),
         ..Measured::default()
     };
+    (m.server_cpu, m.generator_cpu) = cpu_window.await.unwrap_or((None, None));
     let mut all: Vec<u32> = Vec::new();
     for t in tasks {
         let (r, e, err, lat, fe) = t.await??;

@@ -124,6 +124,7 @@ fn health_readiness_and_metrics() {
         "sluice_http_request_duration_seconds_bucket{route=\"/v1/{kind}\",status=\"200\"",
         "sluice_log_write_duration_seconds_count",
         "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }

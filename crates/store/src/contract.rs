@@ -632,6 +632,77 @@ pub async fn event_references_are_pruned_with_the_log_but_profiles_stay<H: Store
     assert_eq!(trait_map(s, "u|user_id:u1").await["plan"], "pro");
 }
 
+/// Many events of one identifier at the same time (a source that sends one fixed
+/// timestamp, an import at day granularity) are all kept and listed in log order, page by
+/// page both ways; copies of them at other offsets are not kept, and the same messageIds
+/// of another identifier are other events.
+pub async fn events_at_one_timestamp_are_kept_in_log_order_and_copies_are_not<H: StoreHarness>(
+    h: H,
+) {
+    let s = h.open().await;
+    let s = s.as_ref();
+    let rules = Arc::new(Rules::default());
+    let track = |user: &str, m: u64| json!({"type": "track", "ts": 7, "messageId": format!("same-ts-{m}"), "userId": user});
+    // Offsets 100..160 for u1, filed in three batches; 200..210 for u2 with the same ids.
+    for batch in 0..3u64 {
+        let events = (batch * 20..batch * 20 + 20)
+            .map(|m| event(100 + m, &track("u1", m), &rules))
+            .collect();
+        s.apply_profiles(events, rules.clone()).await.unwrap();
+    }
+    let u2 = (0..10)
+        .map(|m| event(200 + m, &track("u2", m), &rules))
+        .collect();
+    s.apply_profiles(u2, rules.clone()).await.unwrap();
+    // Copies of u1's events 5, 30 and 59 at later offsets, alone and in a batch.
+    let copies = [5u64, 30, 59]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| event(300 + i as u64, &track("u1", *m), &rules))
+        .collect();
+    s.apply_profiles(copies, rules.clone()).await.unwrap();
+
+    let list = |ident: &str, descending: bool, after: Option<(i64, u64)>| {
+        let ident = ident.to_string();
+        async move {
+            s.profile_events(
+                vec![ident],
+                EventQuery {
+                    start_ms: None,
+                    end_ms: None,
+                    descending,
+                    after,
+                    limit: 25,
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    for descending in [false, true] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = list("u|user_id:u1", descending, after).await;
+            assert!(page.len() <= 25);
+            let Some(last) = page.last() else { break };
+            after = Some((last.ts, last.log_offset));
+            seen.extend(page.iter().map(|e| e.log_offset));
+        }
+        let mut expected: Vec<u64> = (100..160).collect();
+        if descending {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "descending: {descending}");
+    }
+    let u2: Vec<u64> = list("u|user_id:u2", false, None)
+        .await
+        .iter()
+        .map(|e| e.log_offset)
+        .collect();
+    assert_eq!(u2, (200..210).collect::<Vec<_>>());
+}
+
 /// Regulations keep their order and latest document; suppressions are set and lifted.
 pub async fn regulations_and_suppressions<H: StoreHarness>(h: H) {
     let s = h.open().await;
@@ -727,7 +798,8 @@ macro_rules! store_contract_tests {
             accounts_are_profiles_linked_to_their_users,
             erasing_a_profile_keeps_everyone_else,
             erasing_the_link_splits_a_profile_in_two,
-            event_references_are_pruned_with_the_log_but_profiles_stay);
+            event_references_are_pruned_with_the_log_but_profiles_stay,
+            events_at_one_timestamp_are_kept_in_log_order_and_copies_are_not);
     };
     (@each $attrs:tt $harness:expr; $($name:ident),*) => {
         $(

@@ -416,6 +416,13 @@ impl SqliteStore {
         // events/s), and a filled 32 MB cache was the largest part of the server's RSS
         // growth under ingest with profiles on.
         let profiles = Db::open(&Self::profiles_path(path), 8_000, profiles::SCHEMA)?;
+        profiles::migrate(
+            &mut *profiles
+                .conn
+                .lock()
+                .map_err(|_| StoreError::Storage("profile store lock poisoned".into()))?,
+        )
+        .map_err(storage)?;
         move_profile_tables(&state, &profiles)?;
         Ok(SqliteStore {
             state,
@@ -499,8 +506,14 @@ fn move_profile_tables(state: &Db, profiles: &Db) -> Result<(), StoreError> {
     let copied = (|| {
         let tx = new.transaction()?;
         for t in &present {
+            // By name: the old table may lack columns added since (they take defaults).
+            let cols: Vec<String> = tx
+                .prepare(&format!("SELECT name FROM pragma_table_info('{t}', 'old')"))?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let cols = cols.join(", ");
             tx.execute_batch(&format!(
-                "INSERT OR REPLACE INTO main.{t} SELECT * FROM old.{t}"
+                "INSERT OR REPLACE INTO main.{t} ({cols}) SELECT {cols} FROM old.{t}"
             ))?;
         }
         tx.commit()
@@ -944,6 +957,89 @@ mod tests {
         names.map(Result::unwrap).collect()
     }
 
+    /// A profiles file of a version without `profile_events.msg_hash` opens migrated: the
+    /// column is added (0 on the rows there), the index replaced, and a copy of an event
+    /// filed before is still recognised as one.
+    #[tokio::test]
+    async fn a_profiles_file_without_message_hashes_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_path = dir.path().join("state.sqlite");
+        let rules = Arc::new(Rules::default());
+        let track = |m: &str| json!({"type": "track", "ts": 5, "messageId": m, "userId": "u1"});
+        {
+            let s = SqliteStore::open(&state_path).unwrap();
+            contract::feed(&s, &[track("m1"), track("m2")], &rules).await;
+            s.checkpoint().await.unwrap();
+        }
+        let profiles_path = SqliteStore::profiles_path(&state_path);
+        let schema = |c: &Connection| -> (Vec<String>, Vec<String>) {
+            let cols = c
+                .prepare("SELECT name FROM pragma_table_info('profile_events')")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let indexes = c
+                .prepare("SELECT name FROM pragma_index_list('profile_events') ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            (cols, indexes)
+        };
+        {
+            // The older layout: no msg_hash, the (ident_hash, ts) index.
+            let c = Connection::open(&profiles_path).unwrap();
+            c.execute_batch(
+                "DROP INDEX profile_events_by_key;
+                 ALTER TABLE profile_events DROP COLUMN msg_hash;
+                 CREATE INDEX profile_events_by_ident ON profile_events(ident_hash, ts);",
+            )
+            .unwrap();
+            let (cols, indexes) = schema(&c);
+            assert!(!cols.contains(&"msg_hash".to_string()), "{cols:?}");
+            assert_eq!(indexes, ["profile_events_by_ident"]);
+        }
+        let s = SqliteStore::open(&state_path).unwrap();
+        {
+            let c = Connection::open(&profiles_path).unwrap();
+            let (cols, indexes) = schema(&c);
+            assert!(cols.contains(&"msg_hash".to_string()), "{cols:?}");
+            assert_eq!(indexes, ["profile_events_by_key"]);
+            let zeros: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM profile_events WHERE msg_hash = 0",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(zeros, 2);
+        }
+        // A copy of m2 (filed before the migration) at offset 9, and a new event m3.
+        let later = vec![
+            contract::event(9, &track("m2"), &rules),
+            contract::event(10, &track("m3"), &rules),
+        ];
+        s.apply_profiles(later, rules.clone()).await.unwrap();
+        let listed = s
+            .profile_events(
+                vec!["u|user_id:u1".into()],
+                EventQuery {
+                    start_ms: None,
+                    end_ms: None,
+                    descending: false,
+                    after: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = listed.iter().map(|e| e.log_offset).collect();
+        assert_eq!(offsets, [1, 2, 10]);
+    }
+
     /// A data directory of a version that kept profiles in `state.sqlite` opens with its
     /// profiles intact, moved into `profiles.sqlite`; state rows stay where they were.
     #[tokio::test]
@@ -964,10 +1060,23 @@ mod tests {
         {
             let c = Connection::open(&state_path).unwrap();
             c.execute_batch(profiles::SCHEMA).unwrap();
+            // As those versions had it: without the message hashes.
+            c.execute_batch("ALTER TABLE profile_events DROP COLUMN msg_hash")
+                .unwrap();
             c.execute("ATTACH DATABASE ?1 AS p", [profiles_path.to_string_lossy()])
                 .unwrap();
             for t in PROFILE_TABLES {
-                c.execute_batch(&format!("INSERT INTO main.{t} SELECT * FROM p.{t}"))
+                let cols: Vec<String> = c
+                    .prepare(&format!(
+                        "SELECT name FROM pragma_table_info('{t}', 'main')"
+                    ))
+                    .unwrap()
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                let cols = cols.join(", ");
+                c.execute_batch(&format!("INSERT INTO main.{t} SELECT {cols} FROM p.{t}"))
                     .unwrap();
             }
             c.execute_batch("DETACH DATABASE p").unwrap();

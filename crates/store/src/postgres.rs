@@ -76,7 +76,10 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS profile_events (
         id BIGINT PRIMARY KEY, ident_hash BIGINT NOT NULL, ts BIGINT NOT NULL,
         message_id TEXT NOT NULL);
-    CREATE INDEX IF NOT EXISTS profile_events_by_ident ON profile_events(ident_hash, ts, id);
+    -- msg_hash: see the SQLite store (0 on rows filed before the column existed).
+    ALTER TABLE profile_events ADD COLUMN IF NOT EXISTS msg_hash BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS profile_events_by_key ON profile_events(ident_hash, ts, msg_hash);
+    DROP INDEX IF EXISTS profile_events_by_ident;
     CREATE TABLE IF NOT EXISTS links (
         user_ident TEXT NOT NULL, account_ident TEXT NOT NULL, ts BIGINT NOT NULL,
         PRIMARY KEY (user_ident, account_ident));
@@ -669,14 +672,20 @@ impl GraphTx for Pg<'_, '_> {
         let hashes: Vec<i64> = refs.iter().map(|r| r.1).collect();
         let times: Vec<i64> = refs.iter().map(|r| r.2).collect();
         let msgs: Vec<&str> = refs.iter().map(|r| r.3.as_str()).collect();
+        let msg_hashes: Vec<i64> = refs
+            .iter()
+            .map(|r| crate::profiles::msg_hash(&r.3))
+            .collect();
         self.execute(
-            "INSERT INTO profile_events (id, ident_hash, ts, message_id)
-             SELECT t.id, t.h, t.ts, t.m FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[])
-                 AS t(id, h, ts, m)
+            "INSERT INTO profile_events (id, ident_hash, ts, message_id, msg_hash)
+             SELECT t.id, t.h, t.ts, t.m, t.mh
+                 FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::int8[])
+                 AS t(id, h, ts, m, mh)
              WHERE NOT EXISTS (SELECT 1 FROM profile_events p
-                 WHERE p.ident_hash = t.h AND p.ts = t.ts AND p.message_id = t.m AND p.id <> t.id)
+                 WHERE p.ident_hash = t.h AND p.ts = t.ts AND p.msg_hash IN (t.mh, 0)
+                   AND p.message_id = t.m AND p.id <> t.id)
              ON CONFLICT DO NOTHING",
-            &[&ids, &hashes, &times, &msgs],
+            &[&ids, &hashes, &times, &msgs, &msg_hashes],
         )
         .map(|_| ())
     }

@@ -274,10 +274,108 @@ pub fn extract(event: &Value, rules: &Rules) -> Extracted {
     out
 }
 
+/// The fields of an event that [`extract`] and the event's time are read from: parsing
+/// only these skips `properties` and most of `context` without building them (a track
+/// call's bulk).
+#[derive(serde::Deserialize)]
+struct Fields {
+    #[serde(rename = "type")]
+    ty: Option<serde_json::Value>,
+    #[serde(rename = "userId")]
+    user_id: Option<serde_json::Value>,
+    #[serde(rename = "anonymousId")]
+    anonymous_id: Option<serde_json::Value>,
+    #[serde(rename = "groupId")]
+    group_id: Option<serde_json::Value>,
+    traits: Option<serde_json::Value>,
+    integrations: Option<serde_json::Value>,
+    timestamp: Option<serde_json::Value>,
+    context: Option<ContextFields>,
+}
+
+#[derive(serde::Deserialize)]
+struct ContextFields {
+    traits: Option<serde_json::Value>,
+    device: Option<serde_json::Value>,
+    integrations: Option<serde_json::Value>,
+    #[serde(rename = "externalIds")]
+    external_ids: Option<serde_json::Value>,
+}
+
+/// The event as [`extract`] reads it, from its JSON text: the fields of [`Fields`] that
+/// are there (a JSON null is absent either way). What is not an object, or is a shape the
+/// narrow parse refuses, is parsed whole.
+pub fn identity_fields(payload: &[u8]) -> serde_json::Result<serde_json::Value> {
+    let object = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let f: Fields = match serde_json::from_slice(payload) {
+        Ok(f) if object => f,
+        // Not an object, or a shape the narrow parse refuses (a field twice, `context`
+        // not an object): read it whole, as before.
+        _ => return serde_json::from_slice(payload),
+    };
+    let mut m = Map::new();
+    let put = |m: &mut Map<String, Value>, k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
+        }
+    };
+    put(&mut m, "type", f.ty);
+    put(&mut m, "userId", f.user_id);
+    put(&mut m, "anonymousId", f.anonymous_id);
+    put(&mut m, "groupId", f.group_id);
+    put(&mut m, "traits", f.traits);
+    put(&mut m, "integrations", f.integrations);
+    put(&mut m, "timestamp", f.timestamp);
+    if let Some(c) = f.context {
+        let mut cm = Map::new();
+        put(&mut cm, "traits", c.traits);
+        put(&mut cm, "device", c.device);
+        put(&mut cm, "integrations", c.integrations);
+        put(&mut cm, "externalIds", c.external_ids);
+        m.insert("context".into(), Value::Object(cm));
+    }
+    Ok(Value::Object(m))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The narrow parse gives `extract` and the event time exactly what the whole event
+    /// gives, for every shape that names identifiers, and falls back for shapes it refuses.
+    #[test]
+    fn identity_fields_extract_as_the_whole_event() {
+        let mut rules = Rules::default();
+        rules
+            .custom_traits
+            .insert("memberNo".into(), "member".into());
+        let events = [
+            r#"{"type":"identify","userId":"u1","anonymousId":"a1","timestamp":"2026-11-23T10:00:00.000Z","traits":{"email":" Ann@Example.com ","name":"Ann","member_no":7},"properties":{"big":[1,2,3]}}"#,
+            r#"{"type":"track","userId":"u1","event":"Order Completed","properties":{"total":3,"items":[{"sku":"a"}]},"context":{"page":{"path":"/"},"traits":{"email":"b@example.com"},"userAgent":"x"}}"#,
+            r#"{"type":"group","userId":"u1","groupId":"g1","traits":{"name":"Acme","email":"acme@example.com"},"context":{"traits":{"email":"u@example.com"}}}"#,
+            r#"{"type":"screen","anonymousId":"a2","context":{"device":{"type":"ios","id":"d1","advertisingId":"ad","adTrackingEnabled":true,"token":"t"},"integrations":{"Google Analytics":{"clientId":"ga.2"}},"externalIds":[{"id":"c-9","type":"Customer_Id","collection":"users","encoding":"none"}]}}"#,
+            r#"{"type":"page","anonymousId":"a3","integrations":{"Google Analytics":{"clientId":"ga.3"}},"userId":null,"traits":null,"context":null}"#,
+            // Shapes the narrow parse refuses: a key twice, context not an object.
+            r#"{"type":"track","userId":"first","userId":"second"}"#,
+            r#"{"type":"track","userId":"u5","context":"not an object"}"#,
+            r#"{"type":"alias","userId":"u6","previousId":"old","timestamp":7}"#,
+        ];
+        for raw in events {
+            let whole: serde_json::Value = serde_json::from_str(raw).unwrap();
+            let narrow = identity_fields(raw.as_bytes()).unwrap();
+            assert_eq!(extract(&narrow, &rules), extract(&whole, &rules), "{raw}");
+            assert_eq!(narrow.get("timestamp"), whole.get("timestamp"), "{raw}");
+            assert!(!extract(&narrow, &rules).users.is_empty(), "{raw}");
+        }
+        assert!(identity_fields(b"{not json").is_err());
+        // Not an object (the log holds none): read whole, naming nobody, as before.
+        for raw in [&b"[null,\"u1\",null,null,null,null,null,null]"[..], b" 7"] {
+            let whole: serde_json::Value = serde_json::from_slice(raw).unwrap();
+            assert_eq!(identity_fields(raw).unwrap(), whole);
+            assert!(extract(&whole, &rules).users.is_empty());
+        }
+    }
 
     fn keys(ids: &[Ident]) -> Vec<String> {
         ids.iter().map(Ident::key).collect()

@@ -215,8 +215,13 @@ impl ObsCache {
 
 use crate::graph::{self, ident_hash, GraphTx};
 
-/// The SQLite statements of the profile algorithm (`crate::graph`).
-struct Sqlite<'a, 'c>(&'a Transaction<'c>);
+/// The SQLite statements of the profile algorithm (`crate::graph`), and the batch's event
+/// references, kept back to be written in index order at [`GraphTx::finish`].
+struct Sqlite<'a, 'c>(&'a Transaction<'c>, Vec<EventRef>);
+
+/// An event reference to write: (ident_hash, ts, msg_hash, id, messageId), in the order
+/// of the index `(ident_hash, ts, msg_hash)` and then of the log.
+type EventRef = (i64, i64, i64, i64, String);
 
 impl GraphTx for Sqlite<'_, '_> {
     type Error = rusqlite::Error;
@@ -294,31 +299,41 @@ impl GraphTx for Sqlite<'_, '_> {
     }
 
     fn event_ref(&mut self, id: i64, ident_hash: i64, ts: i64, msg: &str) -> rusqlite::Result<()> {
-        let msg_hash = msg_hash(msg);
-        // A second copy of an event in the log (the Kafka log stores an event again when
-        // a node died between the broker's ack and its dedupe commit) is the same event:
-        // same identifier, time and messageId. The probe is one index entry (rows of
-        // older versions have msg_hash 0). Two statements, not `INSERT … SELECT … WHERE
-        // NOT EXISTS`: reading the table an INSERT writes makes SQLite build a temporary
-        // table for every row (a tenth of the consumer's time).
-        let copy: bool = self
-            .0
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM profile_events
-                   WHERE ident_hash = ?1 AND ts = ?2 AND msg_hash IN (?3, 0)
-                     AND message_id = ?4 AND id <> ?5)",
-            )?
-            .query_row(params![ident_hash, ts, msg_hash, msg, id], |r| r.get(0))?;
-        if copy {
-            return Ok(());
+        // Nothing reads event references while a batch is filed.
+        self.1
+            .push((ident_hash, ts, msg_hash(msg), id, msg.to_string()));
+        Ok(())
+    }
+
+    fn finish(&mut self) -> rusqlite::Result<()> {
+        // In index order, a batch's inserts walk the index once instead of landing on
+        // random pages.
+        let mut refs = std::mem::take(&mut self.1);
+        refs.sort_unstable();
+        let mut probe = self.0.prepare_cached(
+            // A second copy of an event in the log (the Kafka log stores an event again
+            // when a node died between the broker's ack and its dedupe commit) is the same
+            // event: same identifier, time and messageId; within a batch the first (by
+            // offset) is kept. The probe is one index entry (rows of older versions have
+            // msg_hash 0). Two statements, not `INSERT … SELECT … WHERE NOT EXISTS`:
+            // reading the table an INSERT writes makes SQLite build a temporary table for
+            // every row (a tenth of the consumer's time).
+            "SELECT EXISTS (SELECT 1 FROM profile_events
+               WHERE ident_hash = ?1 AND ts = ?2 AND msg_hash IN (?3, 0)
+                 AND message_id = ?4 AND id <> ?5)",
+        )?;
+        let mut insert = self.0.prepare_cached(
+            "INSERT OR IGNORE INTO profile_events (id, ident_hash, ts, message_id, msg_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for (ident_hash, ts, msg_hash, id, msg) in &refs {
+            let copy: bool =
+                probe.query_row(params![ident_hash, ts, msg_hash, msg, id], |r| r.get(0))?;
+            if !copy {
+                insert.execute(params![id, ident_hash, ts, msg, msg_hash])?;
+            }
         }
-        self.0
-            .prepare_cached(
-                "INSERT OR IGNORE INTO profile_events (id, ident_hash, ts, message_id, msg_hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![id, ident_hash, ts, msg, msg_hash])
-            .map(|_| ())
+        Ok(())
     }
 
     fn trait_put(
@@ -419,7 +434,7 @@ pub(crate) fn apply(
     rules: &Rules,
 ) -> rusqlite::Result<ProfileStepStats> {
     let tx = c.transaction()?;
-    let (stats, filed) = graph::apply(&mut Sqlite(&tx), cache, events, rules)?;
+    let (stats, filed) = graph::apply(&mut Sqlite(&tx, Vec::new()), cache, events, rules)?;
     tx.commit()?;
     // The stored key is the earliest of what was filed and what was there; remembering
     // the filed one can only make the cache miss (and look up) more, never skip wrongly.
@@ -590,7 +605,7 @@ pub(crate) fn erase(
     rules: &Rules,
 ) -> rusqlite::Result<ErasedProfiles> {
     let tx = c.transaction()?;
-    let out = graph::erase(&mut Sqlite(&tx), idents, rules)?;
+    let out = graph::erase(&mut Sqlite(&tx, Vec::new()), idents, rules)?;
     tx.commit()?;
     Ok(out)
 }

@@ -13,8 +13,9 @@
 //! - `profile_events(id, ident_hash, ts, message_id, msg_hash)`: events by anchor
 //!   identifier (bodies stay in the event log). The row id is `log_offset * 2 + slot`
 //!   (slot 1 for an account's copy of a group call), so rows are appended in log order and
-//!   only the small integer index `(ident_hash, ts, msg_hash)` takes random inserts: a
-//!   text-keyed table cost half the consumer's time. `msg_hash` ([`msg_hash`], never 0; 0
+//!   only the small integer index `(ident_hash, ts, msg_hash)` takes random inserts (a
+//!   text-keyed table cost half the consumer's time), and those a batch at a time in
+//!   index order (+8–11 % filing rate). `msg_hash` ([`msg_hash`], never 0; 0
 //!   on rows filed before the column existed) lets the check for a second copy of an event
 //!   probe one index entry instead of reading every event of the identifier with the same
 //!   timestamp (all of them, when a source sends one fixed timestamp).

@@ -273,6 +273,20 @@ pub async fn members(s: &dyn Store, key: &str) -> Option<(String, Vec<String>)> 
         .map(|p| (p.id, p.members.into_iter().map(|m| m.key).collect()))
 }
 
+/// Log offsets of the event references filed under these identifiers, oldest first (at
+/// most 100).
+pub async fn event_offsets(s: &dyn Store, idents: Vec<String>) -> Vec<u64> {
+    let query = EventQuery {
+        start_ms: None,
+        end_ms: None,
+        descending: false,
+        after: None,
+        limit: 100,
+    };
+    let refs = s.profile_events(idents, query).await.unwrap();
+    refs.iter().map(|e| e.log_offset).collect()
+}
+
 /// The merged traits of the profile holding `key`.
 pub async fn trait_map(s: &dyn Store, key: &str) -> BTreeMap<String, Value> {
     let p = s.profile(key).await.unwrap().unwrap();
@@ -612,23 +626,7 @@ pub async fn event_references_are_pruned_with_the_log_but_profiles_stay<H: Store
     assert_eq!(s.prune_profile_events(0..3).await.unwrap(), 2);
     let p = s.profile("u|anonymous_id:a1").await.unwrap().unwrap();
     let keys: Vec<String> = p.members.iter().map(|m| m.key.clone()).collect();
-    let left = s
-        .profile_events(
-            keys,
-            EventQuery {
-                start_ms: None,
-                end_ms: None,
-                descending: false,
-                after: None,
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        left.iter().map(|e| e.log_offset).collect::<Vec<_>>(),
-        [3, 10]
-    );
+    assert_eq!(event_offsets(s, keys).await, [3, 10]);
     assert_eq!(trait_map(s, "u|user_id:u1").await["plan"], "pro");
 }
 

@@ -948,13 +948,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn tables(path: &Path) -> Vec<String> {
-        let c = Connection::open(path).unwrap();
-        let mut stmt = c
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-            .unwrap();
+    /// The first column of a query's rows, as text.
+    fn names(c: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = c.prepare(sql).unwrap();
         let names = stmt.query_map([], |r| r.get(0)).unwrap();
         names.map(Result::unwrap).collect()
+    }
+
+    fn tables(path: &Path) -> Vec<String> {
+        let c = Connection::open(path).unwrap();
+        names(
+            &c,
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+        )
     }
 
     /// A profiles file of a version without `profile_events.msg_hash` opens migrated: the
@@ -972,22 +978,14 @@ mod tests {
             s.checkpoint().await.unwrap();
         }
         let profiles_path = SqliteStore::profiles_path(&state_path);
-        let schema = |c: &Connection| -> (Vec<String>, Vec<String>) {
-            let cols = c
-                .prepare("SELECT name FROM pragma_table_info('profile_events')")
-                .unwrap()
-                .query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            let indexes = c
-                .prepare("SELECT name FROM pragma_index_list('profile_events') ORDER BY name")
-                .unwrap()
-                .query_map([], |r| r.get(0))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            (cols, indexes)
+        let schema = |c: &Connection| {
+            (
+                names(c, "SELECT name FROM pragma_table_info('profile_events')"),
+                names(
+                    c,
+                    "SELECT name FROM pragma_index_list('profile_events') ORDER BY name",
+                ),
+            )
         };
         {
             // The older layout: no msg_hash, the (ident_hash, ts) index.
@@ -1023,21 +1021,10 @@ mod tests {
             contract::event(10, &track("m3"), &rules),
         ];
         s.apply_profiles(later, rules.clone()).await.unwrap();
-        let listed = s
-            .profile_events(
-                vec!["u|user_id:u1".into()],
-                EventQuery {
-                    start_ms: None,
-                    end_ms: None,
-                    descending: false,
-                    after: None,
-                    limit: 10,
-                },
-            )
-            .await
-            .unwrap();
-        let offsets: Vec<u64> = listed.iter().map(|e| e.log_offset).collect();
-        assert_eq!(offsets, [1, 2, 10]);
+        assert_eq!(
+            contract::event_offsets(&s, vec!["u|user_id:u1".into()]).await,
+            [1, 2, 10]
+        );
     }
 
     /// A data directory of a version that kept profiles in `state.sqlite` opens with its
@@ -1066,16 +1053,11 @@ mod tests {
             c.execute("ATTACH DATABASE ?1 AS p", [profiles_path.to_string_lossy()])
                 .unwrap();
             for t in PROFILE_TABLES {
-                let cols: Vec<String> = c
-                    .prepare(&format!(
-                        "SELECT name FROM pragma_table_info('{t}', 'main')"
-                    ))
-                    .unwrap()
-                    .query_map([], |r| r.get(0))
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect();
-                let cols = cols.join(", ");
+                let cols = names(
+                    &c,
+                    &format!("SELECT name FROM pragma_table_info('{t}', 'main')"),
+                )
+                .join(", ");
                 c.execute_batch(&format!("INSERT INTO main.{t} SELECT {cols} FROM p.{t}"))
                     .unwrap();
             }

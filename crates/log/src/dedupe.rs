@@ -118,6 +118,20 @@ impl KeyMap {
         self.shards.iter().map(Shard::len).sum()
     }
 
+    /// Bytes the tables hold: per slot the entry and hashbrown's control byte. A table of
+    /// 2^k slots (k ≥ 3) holds 7/8 of them; smaller ones all but one.
+    fn table_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(u64, u64)>() + 1;
+        self.shards
+            .iter()
+            .map(|s| match s.capacity() {
+                0 => 0,
+                c if c < 7 => (c + 1) * slot,
+                c => (c * 8 / 7).next_power_of_two() * slot,
+            })
+            .sum()
+    }
+
     fn reserve(&mut self, n: usize) {
         for s in &mut self.shards {
             s.reserve(n / SHARDS);
@@ -250,6 +264,7 @@ impl Dedupe {
         let entries = std::mem::take(&mut self.unsent);
         self.last_sent = Instant::now();
         metrics::gauge!("sluice_dedupe_entries").set(self.len() as f64);
+        metrics::gauge!("sluice_dedupe_bytes").set(self.map.table_bytes() as f64);
         if let Some(tx) = &self.jobs {
             let _ = tx.send(Job::Append(entries, covered));
         }
@@ -428,5 +443,21 @@ mod tests {
             (0, 0),
             "rebuild everything from the log"
         );
+    }
+
+    #[test]
+    fn table_bytes_follow_the_tables_doubling() {
+        let mut map = KeyMap::default();
+        // Keys spread evenly over the shards (bits 40–43), 4,096 in each.
+        for i in 0..65_536u64 {
+            map.insert(((i % 16) << 40) | (i / 16 + 1) | (1 << 63), i);
+        }
+        // 4,096 entries need more than 7/8 of 4,096 slots: 8,192 per shard.
+        assert_eq!(map.table_bytes(), 16 * 8192 * 17);
+        // One shard past 7/8 of its slots doubles alone.
+        for i in 0..(7168 - 4096 + 1) {
+            map.insert((1 << 62) | (i + 1) << 8, 0);
+        }
+        assert_eq!(map.table_bytes(), (15 * 8192 + 16384) * 17);
     }
 }

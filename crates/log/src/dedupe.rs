@@ -1,14 +1,17 @@
 //! The dedupe index of the SQLite log: which `(source, messageId)` pairs were stored, and
 //! when, for every event inside the dedupe window.
 //!
-//! Lookups are in memory: a hash map (in shards) of 16 bytes per entry, keyed by 64 bits of the
-//! 128-bit XXH3 hash of the pair, holding 32 more bits of it (a collision needs all 96 to
-//! match) and the time seen in whole seconds (rounded up). The map is persisted in an
-//! append-only journal file, written by its own thread:
+//! Lookups are in memory: a hash map (in shards) of 12 bytes per entry, keyed by 64 bits of
+//! the 128-bit XXH3 hash of the pair and holding the time seen in whole seconds (rounded up).
+//! Two pairs are taken for one when those 64 bits match: with N entries in the window a new
+//! event is taken for a duplicate with odds N / 2^64 (5 × 10^-13 at ten million entries).
+//! The map is persisted in an append-only journal file, written by its own thread:
 //!
 //! ```text
 //! header   "sluice-dedupe-v2"                                         16 bytes
-//! entry    key: u64 LE (never 0) | check: u32 << 32 | seen_s: u32, LE 16 bytes each
+//! entry    key: u64 LE (never 0) | seen_s: u64 LE (journals written before the map
+//!          held 12-byte slots kept 32 more bits of the hash in its upper half; ignored)
+//!                                                                     16 bytes each
 //! marker   key: 0                | covered offset: u64 LE             16 bytes
 //! ```
 //!
@@ -46,23 +49,42 @@ pub fn key(source: &str, message_id: &str) -> u128 {
     h.digest128()
 }
 
-/// Splits a key into the map key (never 0: 0 marks journal markers) and its check bits.
-fn split(key: u128) -> (u64, u64) {
-    let low = match key as u64 {
+/// The map key of a pair's key: its low 64 bits, never 0 (0 marks journal markers).
+fn map_key(key: u128) -> u64 {
+    match key as u64 {
         0 => 1,
         k => k,
-    };
-    (low, (key >> 64) as u32 as u64)
+    }
 }
 
-fn pack(check: u64, seen_ms: i64) -> u64 {
+fn secs(seen_ms: i64) -> u32 {
     // Whole seconds, rounded up: an entry lives at most one second longer, never shorter.
-    let secs = (seen_ms.max(0) as u64).div_ceil(1000).min(u32::MAX as u64);
-    (check << 32) | secs
+    (seen_ms.max(0) as u64).div_ceil(1000).min(u32::MAX as u64) as u32
 }
 
-fn seen_ms(packed: u64) -> i64 {
-    (packed & 0xffff_ffff) as i64 * 1000
+fn seen_ms(secs: u32) -> i64 {
+    i64::from(secs) * 1000
+}
+
+/// A map key as two `u32`s: with its `u32` of seconds a slot is 12 bytes, where a `u64`
+/// key's alignment made it 16.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key([u32; 2]);
+
+impl Key {
+    fn new(k: u64) -> Self {
+        Key([k as u32, (k >> 32) as u32])
+    }
+
+    fn get(self) -> u64 {
+        u64::from(self.0[0]) | u64::from(self.0[1]) << 32
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.get());
+    }
 }
 
 /// Keys are already uniform hashes: use their low bits as the map's hash.
@@ -83,7 +105,7 @@ impl Hasher for KeyHasher {
     }
 }
 
-type Shard = HashMap<u64, u64, BuildHasherDefault<KeyHasher>>;
+type Shard = HashMap<Key, u32, BuildHasherDefault<KeyHasher>>;
 
 /// Shards of the map: a hash map grows by allocating a table twice the size while the old
 /// one is still alive, which for the whole map meant a transient of three times its
@@ -106,12 +128,12 @@ impl KeyMap {
         &mut self.shards[(key >> 40) as usize % SHARDS]
     }
 
-    fn get(&self, key: &u64) -> Option<&u64> {
-        self.shard(*key).get(key)
+    fn get(&self, key: u64) -> Option<u32> {
+        self.shard(key).get(&Key::new(key)).copied()
     }
 
-    fn insert(&mut self, key: u64, value: u64) {
-        self.shard_mut(key).insert(key, value);
+    fn insert(&mut self, key: u64, secs: u32) {
+        self.shard_mut(key).insert(Key::new(key), secs);
     }
 
     fn len(&self) -> usize {
@@ -121,7 +143,7 @@ impl KeyMap {
     /// Bytes the tables hold: per slot the entry and hashbrown's control byte. A table of
     /// 2^k slots (k ≥ 3) holds 7/8 of them; smaller ones all but one.
     fn table_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(u64, u64)>() + 1;
+        let slot = std::mem::size_of::<(Key, u32)>() + 1;
         self.shards
             .iter()
             .map(|s| match s.capacity() {
@@ -142,25 +164,27 @@ impl KeyMap {
         self.shards.iter_mut().for_each(Shard::clear);
     }
 
-    fn retain(&mut self, mut keep: impl FnMut(&u64, &mut u64) -> bool) {
+    fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
         for s in &mut self.shards {
-            s.retain(&mut keep);
+            s.retain(|_, secs| keep(*secs));
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&u64, &u64)> {
-        self.shards.iter().flat_map(|s| s.iter())
+    fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, secs)| (k.get(), *secs)))
     }
 }
 
 enum Job {
-    Append(Vec<(u64, u64)>, u64),
-    Compact(Vec<(u64, u64)>, u64),
+    Append(Vec<(u64, u32)>, u64),
+    Compact(Vec<(u64, u32)>, u64),
 }
 
 pub struct Dedupe {
     map: KeyMap,
-    unsent: Vec<(u64, u64)>,
+    unsent: Vec<(u64, u32)>,
     last_sent: Instant,
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -190,8 +214,8 @@ impl Dedupe {
                         let v = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
                         if k == 0 {
                             covered = v;
-                        } else if seen_ms(v) > cutoff_ms {
-                            map.insert(k, v);
+                        } else if seen_ms(v as u32) > cutoff_ms {
+                            map.insert(k, v as u32);
                         }
                     }
                     true
@@ -210,7 +234,7 @@ impl Dedupe {
             covered = 0;
         }
         // Start from a compacted file: the loaded entries, and the marker they cover.
-        let snapshot: Vec<(u64, u64)> = map.iter().map(|(k, v)| (*k, *v)).collect();
+        let snapshot: Vec<(u64, u32)> = map.iter().collect();
         let file = write_snapshot(path, &snapshot, covered)?;
         let (tx, rx) = mpsc::channel();
         let journal_path = path.to_path_buf();
@@ -231,20 +255,15 @@ impl Dedupe {
 
     /// When the pair was last stored, if it is known.
     pub fn seen(&self, key: u128) -> Option<i64> {
-        let (low, check) = split(key);
-        match self.map.get(&low) {
-            Some(v) if v >> 32 == check => Some(seen_ms(*v)),
-            _ => None,
-        }
+        self.map.get(map_key(key)).map(seen_ms)
     }
 
     /// Records stored pairs (called after their commit).
     pub fn insert(&mut self, entries: impl IntoIterator<Item = (u128, i64)>) {
         for (key, at) in entries {
-            let (low, check) = split(key);
-            let v = pack(check, at);
-            self.map.insert(low, v);
-            self.unsent.push((low, v));
+            let (k, secs) = (map_key(key), secs(at));
+            self.map.insert(k, secs);
+            self.unsent.push((k, secs));
         }
     }
 
@@ -274,8 +293,8 @@ impl Dedupe {
     /// map. Returns how many entries were dropped.
     pub fn expire(&mut self, cutoff_ms: i64, covered: u64) -> usize {
         let before = self.map.len();
-        self.map.retain(|_, v| seen_ms(*v) > cutoff_ms);
-        let snapshot: Vec<(u64, u64)> = self.map.iter().map(|(k, v)| (*k, *v)).collect();
+        self.map.retain(|secs| seen_ms(secs) > cutoff_ms);
+        let snapshot: Vec<(u64, u32)> = self.map.iter().collect();
         self.unsent.clear();
         self.last_sent = Instant::now();
         if let Some(tx) = &self.jobs {
@@ -312,13 +331,13 @@ fn encode(out: &mut impl Write, key: u64, value: u64) -> std::io::Result<()> {
 
 /// Writes a complete journal (header, entries, marker) next to `path`, makes it durable and
 /// moves it into place. Returns the file, open for appending.
-fn write_snapshot(path: &Path, entries: &[(u64, u64)], covered: u64) -> std::io::Result<File> {
+fn write_snapshot(path: &Path, entries: &[(u64, u32)], covered: u64) -> std::io::Result<File> {
     let tmp: PathBuf = path.with_extension("tmp");
     {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         w.write_all(HEADER)?;
         for (k, v) in entries {
-            encode(&mut w, *k, *v)?;
+            encode(&mut w, *k, u64::from(*v))?;
         }
         w.flush()?;
         w.get_ref().sync_data()?;
@@ -371,10 +390,10 @@ fn journal_thread(path: PathBuf, file: File, jobs: mpsc::Receiver<Job>) {
     }
 }
 
-fn append(f: &mut File, entries: &[(u64, u64)], covered: u64) -> std::io::Result<()> {
+fn append(f: &mut File, entries: &[(u64, u32)], covered: u64) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity((entries.len() + 1) * RECORD);
     for (k, v) in entries {
-        encode(&mut buf, *k, *v)?;
+        encode(&mut buf, *k, u64::from(*v))?;
     }
     f.write_all(&buf)?;
     f.sync_data()?;
@@ -413,10 +432,10 @@ mod tests {
         assert_eq!(dedupe.seen(a), None, "expired by the cutoff");
         assert_eq!(dedupe.seen(b), Some(200_000));
         assert_eq!(dedupe.seen(c), Some(300_000));
-        // Same low 64 bits, other check bits: not the same pair.
-        assert_eq!(dedupe.seen(b ^ (1u128 << 70)), None);
+        // Only the low 64 bits of the key are kept.
+        assert_eq!(dedupe.seen(b ^ (1u128 << 70)), Some(200_000));
         // Times are kept in whole seconds, rounded up.
-        assert_eq!(pack(0, 1_001) & 0xffff_ffff, 2);
+        assert_eq!(secs(1_001), 2);
         drop(dedupe);
         // Opening compacted the file: header, two entries, one marker.
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * RECORD as u64);
@@ -450,14 +469,35 @@ mod tests {
         let mut map = KeyMap::default();
         // Keys spread evenly over the shards (bits 40–43), 4,096 in each.
         for i in 0..65_536u64 {
-            map.insert(((i % 16) << 40) | (i / 16 + 1) | (1 << 63), i);
+            map.insert(((i % 16) << 40) | (i / 16 + 1) | (1 << 63), i as u32);
         }
         // 4,096 entries need more than 7/8 of 4,096 slots: 8,192 per shard.
-        assert_eq!(map.table_bytes(), 16 * 8192 * 17);
+        assert_eq!(std::mem::size_of::<(Key, u32)>(), 12, "a slot's entry");
+        assert_eq!(map.table_bytes(), 16 * 8192 * 13);
         // One shard past 7/8 of its slots doubles alone.
         for i in 0..(7168 - 4096 + 1) {
             map.insert((1 << 62) | (i + 1) << 8, 0);
         }
-        assert_eq!(map.table_bytes(), (15 * 8192 + 16384) * 17);
+        assert_eq!(map.table_bytes(), (15 * 8192 + 16384) * 13);
+    }
+
+    #[test]
+    fn a_journal_with_check_bits_from_the_earlier_layout_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dedupe.journal");
+        let (a, b) = (key("web", "a"), key("web", "b"));
+        // As the 16-byte map wrote it: 32 more bits of the hash above the seconds.
+        let mut bytes = HEADER.to_vec();
+        for (k, s) in [(a, 100u64), (b, 300)] {
+            bytes.extend_from_slice(&map_key(k).to_le_bytes());
+            bytes.extend_from_slice(&(((k >> 64) as u32 as u64) << 32 | s).to_le_bytes());
+        }
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&2u64.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let Loaded { dedupe, covered } = Dedupe::open(&path, 200_000).unwrap();
+        assert_eq!(covered, 2);
+        assert_eq!(dedupe.seen(a), None, "100 s is before the cutoff");
+        assert_eq!(dedupe.seen(b), Some(300_000));
     }
 }

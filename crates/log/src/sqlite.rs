@@ -39,6 +39,13 @@ enum Command {
 }
 
 /// The SQLite event log. Cheap to share behind an `Arc`.
+/// Bytes SQLite holds on its heap in this process (page caches, statements, sorters) over
+/// all connections, the log's, the state store's and the profile store's alike.
+pub fn sqlite_memory_used() -> i64 {
+    // SAFETY: sqlite3_memory_used has no preconditions and is thread-safe.
+    unsafe { rusqlite::ffi::sqlite3_memory_used() }
+}
+
 pub struct SqliteLog {
     path: PathBuf,
     tx: Mutex<Option<mpsc::Sender<Command>>>,

@@ -4,6 +4,7 @@
 //! - `sluice_http_request_duration_seconds{route,status}` (histogram)
 //! - `sluice_log_write_duration_seconds`, `sluice_log_group_events` (histograms),
 //!   `sluice_log_write_errors_total`
+//! - `sluice_sqlite_memory_bytes` (SQLite's heap, all connections)
 //! - `process_resident_memory_bytes`, `process_cpu_seconds_total` (user + system)
 
 use std::sync::OnceLock;
@@ -36,6 +37,8 @@ pub fn install() {
 
 pub async fn render() -> String {
     metrics::gauge!("process_resident_memory_bytes").set(resident_bytes() as f64);
+    metrics::gauge!("sluice_sqlite_memory_bytes")
+        .set(sluice_log::sqlite::sqlite_memory_used() as f64);
     if let Some(cpu) = cpu_seconds("/proc/self/stat") {
         metrics::gauge!("process_cpu_seconds_total").set(cpu);
     }

@@ -128,6 +128,13 @@ fn health_readiness_and_metrics() {
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
+    // SQLite's heap: the log writer's page cache at least holds the pages it wrote.
+    let sqlite: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_sqlite_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sluice_sqlite_memory_bytes:\n{text}"));
+    assert!(sqlite > 0.0, "sluice_sqlite_memory_bytes {sqlite}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! both and sets KAFKA_BROKERS and DATABASE_URL). Each test gets a topic of 4 partitions
 //! and consumer groups of its own. Needs the servers, so it is not part of the plain
 //! `cargo test --workspace`: run it with
-//! `KAFKA_BROKERS=127.0.0.1:19092 DATABASE_URL=postgres://postgres@127.0.0.1:55432/postgres
+//! `KAFKA_BROKERS=127.0.0.1:19092 DATABASE_URL=postgres://postgres@127.0.0.1:15432/postgres
 //!  cargo test -p sluice-log --features kafka --test kafka_contract -- --ignored`.
 
 use async_trait::async_trait;

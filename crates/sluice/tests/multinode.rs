@@ -6,7 +6,7 @@
 //!
 //! Needs a broker and PostgreSQL, so it is not part of the plain `cargo test --workspace`:
 //! run it with `KAFKA_BROKERS=127.0.0.1:19092
-//! DATABASE_URL=postgres://postgres@127.0.0.1:55432/postgres
+//! DATABASE_URL=postgres://postgres@127.0.0.1:15432/postgres
 //! cargo test -p sluice --test multinode -- --ignored`.
 
 mod common;

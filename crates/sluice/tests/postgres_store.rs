@@ -1,7 +1,7 @@
 //! The server on the PostgreSQL state store (`[store] kind = "postgres"`), end to end:
 //! delivery with retries kept in PostgreSQL, profiles and the Profile API, a deletion
 //! regulation, and a restart that finds everything again. Needs a server (`.ci/run` starts
-//! one): `DATABASE_URL=postgres://postgres@127.0.0.1:55432/postgres cargo test -p sluice
+//! one): `DATABASE_URL=postgres://postgres@127.0.0.1:15432/postgres cargo test -p sluice
 //! --test postgres_store -- --ignored`.
 
 mod common;

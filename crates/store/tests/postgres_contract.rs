@@ -1,7 +1,7 @@
 //! The store contract against PostgreSQL (`.ci/run` starts a server and sets DATABASE_URL).
 //! Each test gets a schema of its own. Needs a server, so it is not part of the plain
 //! `cargo test --workspace`: run it with
-//! `DATABASE_URL=postgres://postgres@127.0.0.1:55432/postgres cargo test -p sluice-store --test postgres_contract -- --ignored`.
+//! `DATABASE_URL=postgres://postgres@127.0.0.1:15432/postgres cargo test -p sluice-store --test postgres_contract -- --ignored`.
 
 use std::sync::Arc;
 

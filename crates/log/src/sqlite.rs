@@ -38,7 +38,6 @@ enum Command {
     Erase(EraseFilter, Vec<u64>, Reply<u64>),
 }
 
-/// The SQLite event log. Cheap to share behind an `Arc`.
 /// Bytes SQLite holds on its heap in this process (page caches, statements, sorters) over
 /// all connections, the log's, the state store's and the profile store's alike.
 pub fn sqlite_memory_used() -> i64 {
@@ -46,6 +45,7 @@ pub fn sqlite_memory_used() -> i64 {
     unsafe { rusqlite::ffi::sqlite3_memory_used() }
 }
 
+/// The SQLite event log. Cheap to share behind an `Arc`.
 pub struct SqliteLog {
     path: PathBuf,
     tx: Mutex<Option<mpsc::Sender<Command>>>,

@@ -411,11 +411,13 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref();
         let state = Db::open(path, 16_000, STATE_SCHEMA)?;
-        // The profile writer's page cache: 8 MB filed as fast as 16 and 32 MB in `sluice
-        // bench profiles` (300,000 events, alternating runs: 40–47k vs 44–49k vs 43k
-        // events/s), and a filled 32 MB cache was the largest part of the server's RSS
-        // growth under ingest with profiles on.
-        let profiles = Db::open(&Self::profiles_path(path), 8_000, profiles::SCHEMA)?;
+        // The profile writer's page cache: 2 MB. A batch's inserts land on random pages of
+        // the identity-keyed indexes, so the pages a transaction dirties stay in the cache
+        // until it commits, beyond its size: measured with sqlite3_db_status under batch
+        // ingest, 23–28 MB at 8 MB and 15 MB at 2 MB (the server's SQLite heap 34–39 →
+        // 17–20 MB, peak RSS −15 MB). `sluice bench profiles` (200,000 events, alternating):
+        // 8 MB 50.9k · 53.1k events/s, 2 MB 48.4k · 51.6k. Earlier: 32 MB was no faster.
+        let profiles = Db::open(&Self::profiles_path(path), 2_000, profiles::SCHEMA)?;
         profiles::migrate(
             &mut *profiles
                 .conn

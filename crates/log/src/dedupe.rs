@@ -3,12 +3,16 @@
 //!
 //! Lookups are in memory: a hash map (in shards) of 12 bytes per entry, keyed by 64 bits of
 //! the 128-bit XXH3 hash of the pair and holding the time seen in whole seconds (rounded up).
+//! The hash is seeded with a random value chosen when the journal is created (kept in it):
+//! without it, anyone holding a write key (they are public in browsers) could search for
+//! messageIds whose hashes crowd one part of the table and slow every lookup in it.
 //! Two pairs are taken for one when those 64 bits match: with N entries in the window a new
 //! event is taken for a duplicate with odds N / 2^64 (5 × 10^-13 at ten million entries).
 //! The map is persisted in an append-only journal file, written by its own thread:
 //!
 //! ```text
-//! header   "sluice-dedupe-v2"                                         16 bytes
+//! header   "sluice-dedupe-v3"                                         16 bytes
+//! seed     seed: u64 LE          | 0: u64                             16 bytes
 //! entry    key: u64 LE (never 0) | seen_s: u64 LE (journals written before the map
 //!          held 12-byte slots kept 32 more bits of the hash in its upper half; ignored)
 //!                                                                     16 bytes each
@@ -22,6 +26,9 @@
 //! rebuild the rest. So the journal needs no fsync on the append path, and an
 //! acknowledged event is always recognised as a duplicate, also after a crash.
 //!
+//! A `v2` journal (no seed record) was written with the unseeded hash (seed 0): it keeps
+//! seed 0 while it holds entries, and takes a random one once it has none left.
+//!
 //! Expired entries leave the map at retention time, and the journal is then rewritten
 //! (compacted) from the map.
 
@@ -33,16 +40,18 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const HEADER: &[u8; 16] = b"sluice-dedupe-v2";
+const HEADER: &[u8; 16] = b"sluice-dedupe-v3";
+/// Journals before the seed: their keys were hashed with seed 0.
+const HEADER_V2: &[u8; 16] = b"sluice-dedupe-v2";
 const RECORD: usize = 16;
 /// New entries are handed to the journal thread at least this often...
 const SEND_INTERVAL: Duration = Duration::from_millis(500);
 /// ...or when this many are waiting.
 const SEND_ENTRIES: usize = 50_000;
 
-/// The key of a `(source, messageId)` pair.
-pub fn key(source: &str, message_id: &str) -> u128 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
+/// The key of a `(source, messageId)` pair under `seed` (see [`Dedupe::key`]).
+pub fn key(seed: u64, source: &str, message_id: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(seed);
     h.update(source.as_bytes());
     h.update(&[0xff]); // not valid UTF-8: cannot occur inside either string
     h.update(message_id.as_bytes());
@@ -183,6 +192,8 @@ enum Job {
 }
 
 pub struct Dedupe {
+    /// The hash seed of this journal's keys.
+    seed: u64,
     map: KeyMap,
     unsent: Vec<(u64, u32)>,
     last_sent: Instant,
@@ -203,13 +214,27 @@ impl Dedupe {
     pub fn open(path: &Path, cutoff_ms: i64) -> std::io::Result<Loaded> {
         let mut map = KeyMap::default();
         let mut covered = 0u64;
+        let mut seed = None;
         let valid = match File::open(path) {
             Ok(mut f) => {
                 let mut bytes = Vec::new();
                 f.read_to_end(&mut bytes)?;
-                if bytes.len() >= RECORD && &bytes[..RECORD] == HEADER {
-                    map.reserve((bytes.len() / RECORD).saturating_sub(1));
-                    for rec in bytes[RECORD..].chunks_exact(RECORD) {
+                let records = match bytes.get(..RECORD) {
+                    Some(h) if h == HEADER && bytes.len() >= 2 * RECORD => {
+                        seed = Some(u64::from_le_bytes(
+                            bytes[RECORD..RECORD + 8].try_into().unwrap_or_default(),
+                        ));
+                        Some(&bytes[2 * RECORD..])
+                    }
+                    Some(h) if h == HEADER_V2 => {
+                        seed = Some(0);
+                        Some(&bytes[RECORD..])
+                    }
+                    _ => None,
+                };
+                if let Some(records) = records {
+                    map.reserve(records.len() / RECORD);
+                    for rec in records.chunks_exact(RECORD) {
                         let k = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
                         let v = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
                         if k == 0 {
@@ -233,16 +258,24 @@ impl Dedupe {
             map.clear();
             covered = 0;
         }
+        // The loaded keys were hashed with the file's seed; with none loaded (a new
+        // journal, or every entry gone) the entries rebuilt from the log and all later
+        // ones can take a fresh one.
+        let seed = match seed {
+            Some(s) if map.len() > 0 => s,
+            _ => fresh_seed(),
+        };
         // Start from a compacted file: the loaded entries, and the marker they cover.
         let snapshot: Vec<(u64, u32)> = map.iter().collect();
-        let file = write_snapshot(path, &snapshot, covered)?;
+        let file = write_snapshot(path, seed, &snapshot, covered)?;
         let (tx, rx) = mpsc::channel();
         let journal_path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("sluice-log-dedupe".into())
-            .spawn(move || journal_thread(journal_path, file, rx))?;
+            .spawn(move || journal_thread(journal_path, seed, file, rx))?;
         Ok(Loaded {
             dedupe: Dedupe {
+                seed,
                 map,
                 unsent: Vec::new(),
                 last_sent: Instant::now(),
@@ -251,6 +284,11 @@ impl Dedupe {
             },
             covered,
         })
+    }
+
+    /// The key of a `(source, messageId)` pair in this index.
+    pub fn key(&self, source: &str, message_id: &str) -> u128 {
+        key(self.seed, source, message_id)
     }
 
     /// When the pair was last stored, if it is known.
@@ -329,13 +367,25 @@ fn encode(out: &mut impl Write, key: u64, value: u64) -> std::io::Result<()> {
     out.write_all(&rec)
 }
 
-/// Writes a complete journal (header, entries, marker) next to `path`, makes it durable and
-/// moves it into place. Returns the file, open for appending.
-fn write_snapshot(path: &Path, entries: &[(u64, u32)], covered: u64) -> std::io::Result<File> {
+/// A seed nobody can predict: std's `RandomState` keys come from the OS's randomness.
+fn fresh_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+}
+
+/// Writes a complete journal (header, seed, entries, marker) next to `path`, makes it
+/// durable and moves it into place. Returns the file, open for appending.
+fn write_snapshot(
+    path: &Path,
+    seed: u64,
+    entries: &[(u64, u32)],
+    covered: u64,
+) -> std::io::Result<File> {
     let tmp: PathBuf = path.with_extension("tmp");
     {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         w.write_all(HEADER)?;
+        encode(&mut w, seed, 0)?;
         for (k, v) in entries {
             encode(&mut w, *k, u64::from(*v))?;
         }
@@ -355,7 +405,7 @@ fn write_snapshot(path: &Path, entries: &[(u64, u32)], covered: u64) -> std::io:
     OpenOptions::new().append(true).open(path)
 }
 
-fn journal_thread(path: PathBuf, file: File, jobs: mpsc::Receiver<Job>) {
+fn journal_thread(path: PathBuf, seed: u64, file: File, jobs: mpsc::Receiver<Job>) {
     let mut file = Some(file);
     // After a failed write the file may lack entries: no marker may be written until a
     // compaction has rewritten it whole.
@@ -371,14 +421,16 @@ fn journal_thread(path: PathBuf, file: File, jobs: mpsc::Receiver<Job>) {
                     None => continue,
                 }
             }
-            Job::Compact(entries, covered) => match write_snapshot(&path, &entries, covered) {
-                Ok(f) => {
-                    file = Some(f);
-                    broken = false;
-                    Ok(())
+            Job::Compact(entries, covered) => {
+                match write_snapshot(&path, seed, &entries, covered) {
+                    Ok(f) => {
+                        file = Some(f);
+                        broken = false;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
         };
         if let Err(e) = result {
             tracing::error!(error = %e, path = %path.display(), "dedupe journal write failed; entries are rebuilt from the log after a restart");
@@ -410,7 +462,7 @@ mod tests {
     fn journal_round_trip_with_markers_expiry_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dedupe.journal");
-        let (a, b, c) = (key("web", "a"), key("web", "b"), key("app", "a"));
+        let (a, b, c) = (key(7, "web", "a"), key(7, "web", "b"), key(7, "app", "a"));
         assert_ne!(a, c, "the source is part of the key");
         {
             let Loaded {
@@ -437,8 +489,8 @@ mod tests {
         // Times are kept in whole seconds, rounded up.
         assert_eq!(secs(1_001), 2);
         drop(dedupe);
-        // Opening compacted the file: header, two entries, one marker.
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * RECORD as u64);
+        // Opening compacted the file: header, seed, two entries, one marker.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 5 * RECORD as u64);
     }
 
     #[test]
@@ -447,7 +499,10 @@ mod tests {
         let path = dir.path().join("dedupe.journal");
         {
             let Loaded { mut dedupe, .. } = Dedupe::open(&path, 0).unwrap();
-            dedupe.insert((1..=100).map(|i| (key("web", &i.to_string()), i * 1000)));
+            let entries: Vec<_> = (1..=100)
+                .map(|i| (dedupe.key("web", &i.to_string()), i * 1000))
+                .collect();
+            dedupe.insert(entries);
             assert_eq!(dedupe.expire(60_000, 100), 60);
             assert_eq!(dedupe.len(), 40);
             dedupe.close(100);
@@ -485,9 +540,9 @@ mod tests {
     fn a_journal_with_check_bits_from_the_earlier_layout_loads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dedupe.journal");
-        let (a, b) = (key("web", "a"), key("web", "b"));
+        let (a, b) = (key(0, "web", "a"), key(0, "web", "b"));
         // As the 16-byte map wrote it: 32 more bits of the hash above the seconds.
-        let mut bytes = HEADER.to_vec();
+        let mut bytes = HEADER_V2.to_vec();
         for (k, s) in [(a, 100u64), (b, 300)] {
             bytes.extend_from_slice(&map_key(k).to_le_bytes());
             bytes.extend_from_slice(&(((k >> 64) as u32 as u64) << 32 | s).to_le_bytes());
@@ -499,5 +554,34 @@ mod tests {
         assert_eq!(covered, 2);
         assert_eq!(dedupe.seen(a), None, "100 s is before the cutoff");
         assert_eq!(dedupe.seen(b), Some(300_000));
+        // Its keys were hashed with seed 0, and new pairs still are.
+        assert_eq!(dedupe.key("web", "b"), b);
+    }
+
+    #[test]
+    fn each_journal_has_its_own_seed_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p1, p2) = (dir.path().join("one"), dir.path().join("two"));
+        let Loaded { dedupe: mut d1, .. } = Dedupe::open(&p1, 0).unwrap();
+        let Loaded { dedupe: d2, .. } = Dedupe::open(&p2, 0).unwrap();
+        let k1 = d1.key("web", "m-1");
+        assert_ne!(
+            k1,
+            d2.key("web", "m-1"),
+            "fresh journals take different seeds"
+        );
+        assert_ne!(k1, key(0, "web", "m-1"), "not the unseeded hash");
+        // Seed 0 is XXH3's default: v2 journals' keys stay valid.
+        assert_eq!(
+            key(0, "web", "m-1"),
+            xxhash_rust::xxh3::xxh3_128(b"web\xffm-1".as_slice())
+        );
+        d1.insert([(k1, 5_000)]);
+        d1.close(1);
+        drop((d1, d2));
+        let Loaded { dedupe, covered } = Dedupe::open(&p1, 0).unwrap();
+        assert_eq!(covered, 1);
+        assert_eq!(dedupe.key("web", "m-1"), k1, "the seed survives a restart");
+        assert_eq!(dedupe.seen(dedupe.key("web", "m-1")), Some(5_000));
     }
 }

@@ -249,7 +249,7 @@ impl Writer {
             while let Some(row) = rows.next().map_err(storage)? {
                 for e in decode_row(row).map_err(storage)? {
                     if e.offset > covered {
-                        rebuilt.push((dedupe::key(&e.source, &e.message_id), e.received_at_ms));
+                        rebuilt.push((dedupe.key(&e.source, &e.message_id), e.received_at_ms));
                     }
                 }
             }
@@ -521,7 +521,7 @@ impl Writer {
                         let mut out = Vec::with_capacity(events.len());
                         for e in events {
                             let cutoff = e.received_at_ms - window;
-                            let key = dedupe::key(&e.source, &e.message_id);
+                            let key = self.dedupe.key(&e.source, &e.message_id);
                             let earlier = staged_keys
                                 .get(&key)
                                 .copied()

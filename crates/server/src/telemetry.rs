@@ -7,7 +7,8 @@
 //! - `sluice_sqlite_memory_bytes` (SQLite's heap, all connections)
 //! - `process_resident_memory_bytes`, `process_cpu_seconds_total` (user + system)
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -101,20 +102,39 @@ fn status_label(code: u16) -> metrics::SharedString {
     metrics::SharedString::const_str(known)
 }
 
+/// `sluice_http_request_duration_seconds` handles by route and status. Building the
+/// labelled key (the route as a `String`) and finding it in the registry on every request
+/// was a measurable part of a single `/v1/track` call; routes and statuses are few. A
+/// handle is bound to the recorder installed when it is made: `install` runs before the
+/// server takes requests.
+type Durations = HashMap<Box<str>, HashMap<u16, metrics::Histogram>>;
+static DURATIONS: OnceLock<Mutex<Durations>> = OnceLock::new();
+
+fn request_duration(route: &str, status: u16) -> metrics::Histogram {
+    let mut map = DURATIONS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = map.get(route).and_then(|s| s.get(&status)) {
+        return h.clone();
+    }
+    let h = metrics::histogram!(
+        "sluice_http_request_duration_seconds",
+        "route" => route.to_owned(),
+        "status" => status_label(status)
+    );
+    map.entry(route.into())
+        .or_default()
+        .insert(status, h.clone());
+    h
+}
+
 pub async fn track_requests(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let res = next.run(req).await;
-    metrics::histogram!(
-        "sluice_http_request_duration_seconds",
-        "route" => route,
-        "status" => status_label(res.status().as_u16())
-    )
-    .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    request_duration(route, res.status().as_u16()).record(started.elapsed().as_secs_f64());
     res
 }
 

@@ -107,9 +107,11 @@ async fn ingest(
     State(app): State<Arc<App>>,
     Path(kind): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Result<Json<IngestReply>, ApiError> {
+    // The headers are taken from the request, not cloned (as the `HeaderMap` extractor does).
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     let endpoint = Endpoint::from_path(&kind).ok_or_else(|| {
         ApiError::not_found(format!(
             "no Tracking API endpoint /v1/{kind}; use identify, track, page, screen, group, alias or batch"

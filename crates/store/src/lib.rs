@@ -411,12 +411,13 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref();
         let state = Db::open(path, 16_000, STATE_SCHEMA)?;
-        // The profile writer's page cache: 2 MB. A batch's inserts land on random pages of
-        // the identity-keyed indexes, so the pages a transaction dirties stay in the cache
-        // until it commits, beyond its size: measured with sqlite3_db_status under batch
-        // ingest, 23–28 MB at 8 MB and 15 MB at 2 MB (the server's SQLite heap 34–39 →
-        // 17–20 MB, peak RSS −15 MB). `sluice bench profiles` (200,000 events, alternating):
-        // 8 MB 50.9k · 53.1k events/s, 2 MB 48.4k · 51.6k. Earlier: 32 MB was no faster.
+        // The profile writer's page cache: 2 MB. Its size is not a hard bound: the bundled
+        // SQLite (SQLITE_ENABLE_MEMORY_MANAGEMENT) keeps one page-cache group for all
+        // connections, and a batch's inserts land on random pages of the identity-keyed
+        // indexes. Measured with sqlite3_db_status under batch ingest: 23–28 MB at 8 MB,
+        // 15 MB at 2 MB (the server's SQLite heap 34–39 → 17–20 MB, peak RSS −15 MB).
+        // `sluice bench profiles` (200,000 events, alternating): 8 MB 50.9k · 53.1k
+        // events/s, 2 MB 48.4k · 51.6k. Earlier: 32 MB was no faster.
         let profiles = Db::open(&Self::profiles_path(path), 2_000, profiles::SCHEMA)?;
         profiles::migrate(
             &mut *profiles

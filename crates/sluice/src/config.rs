@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     #[serde(default)]
     pub trust_forwarded_for: bool,
+    /// Threads that serve HTTP requests; `None`: one fewer than the CPUs (at least one).
+    pub workers: Option<usize>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -247,6 +249,18 @@ pub struct RateLimitConfig {
 pub use sluice_destinations::duration::HumanDuration;
 
 /// Reads and validates a config file.
+/// Most request threads a config may ask for.
+const MAX_WORKERS: usize = 1024;
+
+/// Request threads when the config sets none: one fewer than the CPUs, at least one. The
+/// embedded log's writer is a thread of its own that keeps most of a core busy under load,
+/// and the profile consumer uses what is left; on 2 cores one request thread served single
+/// calls at 49,000 requests/s against 42,000 with two, and batches no slower
+/// (bench/RESULTS.md, eighth session).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 pub fn load(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -329,6 +343,14 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
                 format!("must be an address like 127.0.0.1:8088, not {l:?}"),
             )
         })?;
+    }
+    if let Some(n) = cfg.workers {
+        if !(1..=MAX_WORKERS).contains(&n) {
+            return Err(err(
+                "workers",
+                format!("must be between 1 and {MAX_WORKERS}, not {n}"),
+            ));
+        }
     }
     if let Some(t) = &cfg.admin_token {
         if t.len() < 8 {
@@ -656,6 +678,18 @@ write_key = "wk_web_123"
             .unwrap_err()
             .to_string();
         assert!(e.contains("`listen`"), "{e}");
+        for bad in ["0", "1025"] {
+            let e = parse(&format!("workers = {bad}\n"), "w.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("w.toml") && e.contains("`workers`") && e.contains(bad),
+                "{e}"
+            );
+        }
+        let e = parse("workers = -1\n", "w.toml").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("workers"), "{e}");
+        assert_eq!(parse("workers = 3\n", "w.toml").unwrap().workers, Some(3));
         let e = parse(
             "[[sources]]\nname = \"a\"\nwrite_key = \"k\"\n[[sources]]\nname = \"b\"\nwrite_key = \"k\"\n",
             "d.toml",

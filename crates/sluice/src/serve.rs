@@ -43,6 +43,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => FileConfig::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.workers.unwrap_or_else(config::default_workers))
         .enable_all()
         .thread_name("sluice")
         .build()

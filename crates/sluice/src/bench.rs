@@ -135,6 +135,21 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         }
     );
 
+    // The baseline goes first, while the server under test is still quiet: measured after
+    // it, the baseline shared the CPU with whatever the server does once the load stops
+    // (the profile consumer catching up), which lowered it and flattered the ratio.
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        let (mut child, addr) = start_baseline()?;
+        let result = load(addr, &args, "baseline", CpuProbe::Pid(child.id())).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let b = result?;
+        report("baseline", &b);
+        Some(b)
+    };
+
     let rss_peak = Arc::new(AtomicU64::new(0));
     let sampling = Arc::new(AtomicBool::new(true));
     let sampler = tokio::spawn(sample_rss(target, rss_peak.clone(), sampling.clone()));
@@ -148,17 +163,6 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     }
     println!("  server RSS peak: {rss_mb:.1} MB");
 
-    let baseline = if args.no_baseline {
-        None
-    } else {
-        let (mut child, addr) = start_baseline()?;
-        let result = load(addr, &args, "baseline", CpuProbe::Pid(child.id())).await;
-        let _ = child.kill();
-        let _ = child.wait();
-        let b = result?;
-        report("baseline", &b);
-        Some(b)
-    };
     let ratio = baseline.as_ref().map(|b| server.rps() / b.rps());
     if let Some(r) = ratio {
         println!("  ratio to baseline (requests/s): {r:.3}");

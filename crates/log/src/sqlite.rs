@@ -45,6 +45,24 @@ pub fn sqlite_memory_used() -> i64 {
     unsafe { rusqlite::ffi::sqlite3_memory_used() }
 }
 
+/// Caps SQLite's heap in this process at about `bytes` (0: no cap), over every connection:
+/// past it SQLite recycles page-cache pages instead of allocating more. Returns the
+/// previous cap. `cache_size` alone bounds no connection: libsqlite3-sys builds SQLite with
+/// `SQLITE_ENABLE_MEMORY_MANAGEMENT`, which puts all connections of the process in one
+/// page-cache group, where a connection at its limit takes the group's least recently
+/// used page, possibly another connection's (bench/RESULTS.md, seventh session).
+pub fn limit_sqlite_memory(bytes: i64) -> i64 {
+    // SAFETY: sqlite3_soft_heap_limit64 is thread-safe and accepts any value (negative
+    // only reads the current cap).
+    unsafe { rusqlite::ffi::sqlite3_soft_heap_limit64(bytes.max(0)) }
+}
+
+/// The cap [`limit_sqlite_memory`] set last (0: none).
+pub fn sqlite_memory_limit() -> i64 {
+    // SAFETY: as above; a negative argument only reads the cap.
+    unsafe { rusqlite::ffi::sqlite3_soft_heap_limit64(-1) }
+}
+
 /// The SQLite event log. Cheap to share behind an `Arc`.
 pub struct SqliteLog {
     path: PathBuf,

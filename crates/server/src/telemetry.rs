@@ -4,7 +4,8 @@
 //! - `sluice_http_request_duration_seconds{route,status}` (histogram)
 //! - `sluice_log_write_duration_seconds`, `sluice_log_group_events` (histograms),
 //!   `sluice_log_write_errors_total`
-//! - `sluice_sqlite_memory_bytes` (SQLite's heap, all connections)
+//! - `sluice_sqlite_memory_bytes` (SQLite's heap, all connections) and
+//!   `sluice_sqlite_memory_limit_bytes` (its cap, `sqlite_memory_mb`; 0: none)
 //! - `process_resident_memory_bytes`, `process_cpu_seconds_total` (user + system)
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub async fn render() -> String {
     metrics::gauge!("process_resident_memory_bytes").set(resident_bytes() as f64);
     metrics::gauge!("sluice_sqlite_memory_bytes")
         .set(sluice_log::sqlite::sqlite_memory_used() as f64);
+    metrics::gauge!("sluice_sqlite_memory_limit_bytes")
+        .set(sluice_log::sqlite::sqlite_memory_limit() as f64);
     if let Some(cpu) = cpu_seconds("/proc/self/stat") {
         metrics::gauge!("process_cpu_seconds_total").set(cpu);
     }

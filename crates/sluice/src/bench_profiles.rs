@@ -58,6 +58,9 @@ pub struct ProfilesArgs {
     /// Scratch directory (default: a fresh temporary directory, removed afterwards).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Cap on SQLite's heap in MB, as the server's `sqlite_memory_mb` (0: none).
+    #[arg(long, default_value_t = crate::config::DEFAULT_SQLITE_MEMORY_MB)]
+    sqlite_memory_mb: u64,
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
@@ -212,6 +215,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub async fn profiles(args: ProfilesArgs) -> Result<()> {
+    sluice_log::sqlite::limit_sqlite_memory((args.sqlite_memory_mb << 20) as i64);
     let scratch;
     let dir = match &args.dir {
         Some(d) => {
@@ -441,6 +445,9 @@ async fn lookups(
             b99[run]
         );
     }
+    // SQLite's heap after the lookups (pooled readers' caches included), before the
+    // server's connections close.
+    let sqlite_heap_mb = sluice_log::sqlite::sqlite_memory_used() as f64 / (1024.0 * 1024.0);
     let _ = stop_tx.send(());
     let _ = server.await;
     let lookup_rps = median(rps);
@@ -456,6 +463,8 @@ async fn lookups(
         "traits_per_s": lookup_rps.round(),
         "baseline_healthz_p50_ms": round3(median(b50)),
         "baseline_healthz_p99_ms": round3(median(b99)),
+        "sqlite_heap_mb": round3(sqlite_heap_mb),
+        "sqlite_memory_cap_mb": args.sqlite_memory_mb,
         "seed_profiles_per_s": if reuse { None } else { Some((args.profiles as f64 / seed_s).round()) },
     });
     println!(

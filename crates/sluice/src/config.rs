@@ -20,6 +20,9 @@ pub struct FileConfig {
     pub trust_forwarded_for: bool,
     /// Threads that serve HTTP requests; `None`: one fewer than the CPUs (at least one).
     pub workers: Option<usize>,
+    /// Cap on SQLite's heap over all its connections, in MB (0: none); `None`:
+    /// [`DEFAULT_SQLITE_MEMORY_MB`].
+    pub sqlite_memory_mb: Option<u64>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -249,6 +252,12 @@ pub struct RateLimitConfig {
 pub use sluice_destinations::duration::HumanDuration;
 
 /// Reads and validates a config file.
+/// The default of `sqlite_memory_mb`.
+pub const DEFAULT_SQLITE_MEMORY_MB: u64 = 32;
+
+/// Largest `sqlite_memory_mb`.
+const MAX_SQLITE_MEMORY_MB: u64 = 1 << 20;
+
 /// Most request threads a config may ask for.
 const MAX_WORKERS: usize = 1024;
 
@@ -349,6 +358,14 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
             return Err(err(
                 "workers",
                 format!("must be between 1 and {MAX_WORKERS}, not {n}"),
+            ));
+        }
+    }
+    if let Some(mb) = cfg.sqlite_memory_mb {
+        if mb > MAX_SQLITE_MEMORY_MB {
+            return Err(err(
+                "sqlite_memory_mb",
+                format!("must be at most {MAX_SQLITE_MEMORY_MB} (1 TB), not {mb}"),
             ));
         }
     }
@@ -690,6 +707,26 @@ write_key = "wk_web_123"
         let e = parse("workers = -1\n", "w.toml").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("workers"), "{e}");
         assert_eq!(parse("workers = 3\n", "w.toml").unwrap().workers, Some(3));
+        let e = parse("sqlite_memory_mb = 1048577\n", "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.toml") && e.contains("`sqlite_memory_mb`"),
+            "{e}"
+        );
+        let e = parse("sqlite_memory_mb = \"32MB\"\n", "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1") && e.contains("sqlite_memory_mb"),
+            "{e}"
+        );
+        assert_eq!(
+            parse("sqlite_memory_mb = 0\n", "m.toml")
+                .unwrap()
+                .sqlite_memory_mb,
+            Some(0)
+        );
         let e = parse(
             "[[sources]]\nname = \"a\"\nwrite_key = \"k\"\n[[sources]]\nname = \"b\"\nwrite_key = \"k\"\n",
             "d.toml",

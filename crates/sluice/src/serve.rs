@@ -59,6 +59,10 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
+    let sqlite_mb = cfg
+        .sqlite_memory_mb
+        .unwrap_or(config::DEFAULT_SQLITE_MEMORY_MB);
+    sluice_log::sqlite::limit_sqlite_memory((sqlite_mb << 20) as i64);
 
     let store: Arc<dyn Store> = match (cfg.store.kind, cfg.store.url.clone()) {
         (crate::config::StoreKind::Postgres, Some(url)) => {

@@ -135,6 +135,35 @@ fn health_readiness_and_metrics() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no sluice_sqlite_memory_bytes:\n{text}"));
     assert!(sqlite > 0.0, "sluice_sqlite_memory_bytes {sqlite}");
+    assert_eq!(
+        gauge(&text, "sluice_sqlite_memory_limit_bytes"),
+        32.0 * 1048576.0
+    );
+}
+
+/// The value of an unlabelled gauge in a /metrics text.
+fn gauge(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name}:\n{text}"))
+}
+
+#[test]
+fn sqlite_memory_cap_comes_from_the_config() {
+    let s = Server::start(Some(&format!("sqlite_memory_mb = 5\n{WEB}")));
+    let text = s.request("GET", "/metrics", &[], None).body;
+    let text = text.as_str().unwrap();
+    assert_eq!(
+        gauge(text, "sluice_sqlite_memory_limit_bytes"),
+        5.0 * 1048576.0
+    );
+    let s = Server::start(Some(&format!("sqlite_memory_mb = 0\n{WEB}")));
+    let text = s.request("GET", "/metrics", &[], None).body;
+    assert_eq!(
+        gauge(text.as_str().unwrap(), "sluice_sqlite_memory_limit_bytes"),
+        0.0
+    );
 }
 
 #[test]

@@ -344,6 +344,8 @@ impl Db {
                     .map_err(storage)?;
                     c.busy_timeout(std::time::Duration::from_secs(10))
                         .map_err(storage)?;
+                    // Up to 16 MB each; the process-wide cap (`sqlite_memory_mb`, see
+                    // `sluice_log::sqlite::limit_sqlite_memory`) bounds them together.
                     c.pragma_update(None, "cache_size", -16_000)
                         .map_err(storage)?;
                     c

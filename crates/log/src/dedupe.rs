@@ -121,20 +121,54 @@ type Shard = HashMap<Key, u32, BuildHasherDefault<KeyHasher>>;
 /// steady size (~35 MB more at a million entries); a shard grows alone.
 const SHARDS: usize = 16;
 
+/// Each shard's share of the keys, in 1024ths: shard i's grows as 2^(i/16), so the largest
+/// holds twice the smallest's keys. With equal shares every shard reached its doubling
+/// point within a few thousand entries of the others, and the map's memory doubled in one
+/// step (+26 MB at 1.84 M entries); with these the 16 doublings are spread evenly over each
+/// doubling of the entries, and the map grows in steps of 3–6 %: 20–22 bytes per entry at
+/// any count, where equal shares swung between 15 and 30 (bench/RESULTS.md).
+const SHARE: [u16; SHARDS] = [
+    45, 47, 49, 52, 54, 56, 59, 61, 64, 67, 70, 73, 76, 80, 83, 88,
+];
+/// Key bits that choose a shard: bits 40–49, neither the table index (low bits) nor the
+/// tag the table keeps per slot (top seven).
+const ROUTE_SHIFT: u32 = 40;
+const ROUTE_SLOTS: usize = 1024;
+/// Which shard each value of the route bits belongs to.
+static ROUTE: [u8; ROUTE_SLOTS] = route();
+
+const fn route() -> [u8; ROUTE_SLOTS] {
+    let mut table = [0u8; ROUTE_SLOTS];
+    let (mut slot, mut shard) = (0, 0);
+    while shard < SHARDS {
+        let mut n = 0;
+        while n < SHARE[shard] {
+            table[slot] = shard as u8;
+            slot += 1;
+            n += 1;
+        }
+        shard += 1;
+    }
+    assert!(slot == ROUTE_SLOTS, "the shares must add up to ROUTE_SLOTS");
+    table
+}
+
+fn shard_of(key: u64) -> usize {
+    ROUTE[(key >> ROUTE_SHIFT) as usize % ROUTE_SLOTS] as usize
+}
+
 #[derive(Default)]
 struct KeyMap {
     shards: [Shard; SHARDS],
 }
 
 impl KeyMap {
-    /// Bits 40–43 of the key: neither the table index (low bits) nor the tag the table
-    /// keeps per slot (top seven).
     fn shard(&self, key: u64) -> &Shard {
-        &self.shards[(key >> 40) as usize % SHARDS]
+        &self.shards[shard_of(key)]
     }
 
     fn shard_mut(&mut self, key: u64) -> &mut Shard {
-        &mut self.shards[(key >> 40) as usize % SHARDS]
+        &mut self.shards[shard_of(key)]
     }
 
     fn get(&self, key: u64) -> Option<u32> {
@@ -164,8 +198,8 @@ impl KeyMap {
     }
 
     fn reserve(&mut self, n: usize) {
-        for s in &mut self.shards {
-            s.reserve(n / SHARDS);
+        for (s, share) in self.shards.iter_mut().zip(SHARE) {
+            s.reserve(n * usize::from(share) / ROUTE_SLOTS);
         }
     }
 
@@ -519,21 +553,74 @@ mod tests {
         );
     }
 
+    /// A key routed to `shard` whose low bits are `low` (< 2^40).
+    fn key_in(shard: usize, low: u64) -> u64 {
+        let slot = ROUTE.iter().position(|&s| usize::from(s) == shard).unwrap() as u64;
+        slot << ROUTE_SHIFT | low | 1 << 63
+    }
+
     #[test]
     fn table_bytes_follow_the_tables_doubling() {
         let mut map = KeyMap::default();
-        // Keys spread evenly over the shards (bits 40–43), 4,096 in each.
-        for i in 0..65_536u64 {
-            map.insert(((i % 16) << 40) | (i / 16 + 1) | (1 << 63), i as u32);
+        for shard in 0..SHARDS {
+            for i in 1..=4_096 {
+                map.insert(key_in(shard, i), 0);
+            }
         }
         // 4,096 entries need more than 7/8 of 4,096 slots: 8,192 per shard.
         assert_eq!(std::mem::size_of::<(Key, u32)>(), 12, "a slot's entry");
         assert_eq!(map.table_bytes(), 16 * 8192 * 13);
         // One shard past 7/8 of its slots doubles alone.
-        for i in 0..(7168 - 4096 + 1) {
-            map.insert((1 << 62) | (i + 1) << 8, 0);
+        for i in 4_097..=7_169 {
+            map.insert(key_in(5, i), 0);
         }
         assert_eq!(map.table_bytes(), (15 * 8192 + 16384) * 13);
+    }
+
+    #[test]
+    fn the_shards_double_at_different_sizes() {
+        assert_eq!(
+            SHARE.iter().map(|&s| usize::from(s)).sum::<usize>(),
+            ROUTE_SLOTS
+        );
+        // Uniform keys (as XXH3's are), 1,000 at a time, over a doubling of the map: with
+        // equal shares the sixteen tables doubled within 7 steps of each other, by up to
+        // 17 % at a time; with these, in 15 steps of 3–6 %.
+        let mut map = KeyMap::default();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut steps = Vec::new();
+        for _ in 0..800 {
+            for _ in 0..1_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                map.insert(x | 1, 0);
+            }
+            steps.push(map.table_bytes());
+        }
+        let (from, to) = (steps[299], steps[599]); // 300,000 → 600,000 entries
+        let jumps: Vec<f64> = steps[300..600]
+            .windows(2)
+            .map(|w| w[1] as f64 / w[0] as f64 - 1.0)
+            .filter(|&j| j > 0.0)
+            .collect();
+        assert!(to > from, "the map grew over a doubling of its entries");
+        assert!(
+            jumps.len() >= 14,
+            "grew in {} steps: {jumps:?}",
+            jumps.len()
+        );
+        let largest = jumps.iter().cloned().fold(0.0, f64::max);
+        assert!(largest < 0.08, "largest step +{:.0} %", largest * 100.0);
+        // Every shard holds close to its share.
+        for (s, share) in map.shards.iter().zip(SHARE) {
+            let expected = 800_000.0 * f64::from(share) / ROUTE_SLOTS as f64;
+            assert!(
+                (s.len() as f64 - expected).abs() < expected * 0.05,
+                "{} vs {expected}",
+                s.len()
+            );
+        }
     }
 
     #[test]

@@ -456,14 +456,10 @@ fn journal_thread(path: PathBuf, seed: u64, file: File, jobs: mpsc::Receiver<Job
                 }
             }
             Job::Compact(entries, covered) => {
-                match write_snapshot(&path, seed, &entries, covered) {
-                    Ok(f) => {
-                        file = Some(f);
-                        broken = false;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
+                write_snapshot(&path, seed, &entries, covered).map(|f| {
+                    file = Some(f);
+                    broken = false;
+                })
             }
         };
         if let Err(e) = result {

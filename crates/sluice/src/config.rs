@@ -251,7 +251,6 @@ pub struct RateLimitConfig {
 
 pub use sluice_destinations::duration::HumanDuration;
 
-/// Reads and validates a config file.
 /// The default of `sqlite_memory_mb`.
 pub const DEFAULT_SQLITE_MEMORY_MB: u64 = 32;
 
@@ -270,6 +269,7 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
+/// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;

@@ -413,8 +413,9 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref();
         let state = Db::open(path, 16_000, STATE_SCHEMA)?;
-        // The profile writer's page cache: 2 MB. Its size is not a hard bound: the bundled
-        // SQLite (SQLITE_ENABLE_MEMORY_MANAGEMENT) keeps one page-cache group for all
+        // The profile writer's page cache: 2 MB. Its size is not a hard bound (the
+        // process-wide `sqlite_memory_mb` is): the bundled SQLite
+        // (SQLITE_ENABLE_MEMORY_MANAGEMENT) keeps one page-cache group for all
         // connections, and a batch's inserts land on random pages of the identity-keyed
         // indexes. Measured with sqlite3_db_status under batch ingest: 23–28 MB at 8 MB,
         // 15 MB at 2 MB (the server's SQLite heap 34–39 → 17–20 MB, peak RSS −15 MB).

@@ -15,11 +15,23 @@ write_key = "wk_bench"
 TOML
 printf '%s\n' "${EXTRA_TOML:-}" >> "$work/sluice.toml"
 pid=
+# A server left over from an earlier run (another binary, another config) would answer
+# /readyz in place of the one started here, and every figure would be its: so the port
+# must be free before the start, and the server started must still run once ready.
 start() {
+  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+    echo "port $port is in use (a server left from an earlier run?); stop it first" >&2; exit 1
+  fi
   "$sluice" serve --config "$work/sluice.toml" --data-dir "$work/data" >"$work/out" 2>"$work/err" &
   pid=$!
-  for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return; sleep 0.05; done
-  echo "server did not start"; cat "$work/err"; exit 1
+  for _ in $(seq 200); do
+    if curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
+      kill -0 "$pid" 2>/dev/null && return
+      break
+    fi
+    sleep 0.05
+  done
+  echo "server did not start" >&2; cat "$work/err" >&2; exit 1
 }
 stop() { kill -TERM "$pid"; wait "$pid" || true; }
 fresh() { if [ -n "$pid" ]; then stop; fi; rm -rf "$work/data"; start; }

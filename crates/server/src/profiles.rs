@@ -270,7 +270,6 @@ async fn run_partition(app: Arc<App>, partition: u32, mut halt: watch::Receiver<
         }
     };
     let events_total = metrics::counter!("sluice_profile_events_total");
-    let lag = metrics::gauge!("sluice_profile_lag_events", "partition" => partition.to_string());
     let mut pipeline = Pipeline::new(app.store.clone(), rules.clone());
     let commit = |next: u64| {
         let app = app.clone();
@@ -321,7 +320,6 @@ async fn run_partition(app: Arc<App>, partition: u32, mut halt: watch::Receiver<
             }
             Ok(None) => {
                 if let Ok(end) = app.log.end_offset(partition).await {
-                    lag.set(end.saturating_sub(committed) as f64);
                     // Nothing after the cursor but, perhaps, erased events: skip those.
                     if end > cursor {
                         if Pipeline::prepare(app.log.as_ref(), &rules, cursor, 1)
@@ -351,6 +349,42 @@ async fn run_partition(app: Arc<App>, partition: u32, mut halt: watch::Receiver<
                 }
             }
         }
+    }
+}
+
+/// How far the profile consumer is behind the log, per partition: the events after its
+/// committed cursor. Read from the log and the cursor at every `/metrics` scrape
+/// ([`record_lag`]), not by the consumer: the consumer runs in the idle class, and a
+/// consumer that other processes starve of CPU would otherwise leave a stale figure.
+pub async fn lag(log: &dyn sluice_log::EventLog) -> Result<Vec<(u32, u64)>, sluice_log::LogError> {
+    let mut out = Vec::new();
+    for partition in 0..log.partitions() {
+        let end = log.end_offset(partition).await?;
+        // Without a cursor, every event of the partition is waiting (offsets start at 1).
+        let from = log
+            .cursor(CONSUMER, partition)
+            .await?
+            .unwrap_or(sluice_log::position(partition, 1));
+        out.push((partition, end.saturating_sub(from)));
+    }
+    Ok(out)
+}
+
+/// Sets `sluice_profile_lag_events{partition}` from [`lag`]; within `limit`, or leaves
+/// the figures as they were (a log that does not answer must not hold up a scrape).
+pub async fn record_lag(app: &App, limit: Duration) {
+    if !app.settings.profiles.enabled {
+        return;
+    }
+    match tokio::time::timeout(limit, lag(app.log.as_ref())).await {
+        Ok(Ok(lags)) => {
+            for (partition, events) in lags {
+                metrics::gauge!("sluice_profile_lag_events", "partition" => partition.to_string())
+                    .set(events as f64);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the profile consumer's lag"),
+        Err(_) => tracing::warn!("reading the profile consumer's lag took over {limit:?}; skipped"),
     }
 }
 
@@ -389,6 +423,45 @@ pub async fn caught_up(app: &App, ends: &[u64], limit: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_log::EventLog;
+
+    #[tokio::test]
+    async fn lag_counts_the_events_after_the_consumers_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = sluice_log::sqlite::SqliteLog::open(
+            dir.path().join("events.sqlite"),
+            sluice_log::LogOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(lag(&log).await.unwrap(), vec![(0, 0)], "an empty log");
+        let events = (0..10)
+            .map(|i| sluice_log::NewEvent {
+                source: "web".into(),
+                message_id: format!("m{i}"),
+                user_key: "u1".into(),
+                received_at_ms: 1_700_000_000_000,
+                payload: br#"{"type":"track"}"#.to_vec(),
+            })
+            .collect();
+        let appended = log.append(events).await.unwrap();
+        assert_eq!(appended.len(), 10);
+        // No cursor yet: all ten wait.
+        assert_eq!(lag(&log).await.unwrap(), vec![(0, 10)]);
+        let read = log.read(0, 4).await.unwrap();
+        log.commit(CONSUMER, read.last().unwrap().offset + 1)
+            .await
+            .unwrap();
+        assert_eq!(lag(&log).await.unwrap(), vec![(0, 6)]);
+        // Another consumer's cursor is not this one's.
+        log.commit("someone-else", 11).await.unwrap();
+        assert_eq!(lag(&log).await.unwrap(), vec![(0, 6)]);
+        let all = log.read(0, 100).await.unwrap();
+        log.commit(CONSUMER, all.last().unwrap().offset + 1)
+            .await
+            .unwrap();
+        assert_eq!(lag(&log).await.unwrap(), vec![(0, 0)]);
+        log.close().await;
+    }
 
     #[test]
     fn suppression_matches_user_ids_and_anonymous_ids() {

@@ -37,7 +37,10 @@ pub fn install() {
     });
 }
 
-pub async fn render() -> String {
+pub async fn render(
+    axum::extract::State(app): axum::extract::State<std::sync::Arc<crate::App>>,
+) -> String {
+    crate::profiles::record_lag(&app, std::time::Duration::from_secs(1)).await;
     metrics::gauge!("process_resident_memory_bytes").set(resident_bytes() as f64);
     metrics::gauge!("sluice_sqlite_memory_bytes")
         .set(sluice_log::sqlite::sqlite_memory_used() as f64);

@@ -71,6 +71,52 @@ fn finished(s: &Server, id: &str) -> Value {
     })
 }
 
+/// `sluice_profile_lag_events{partition="0"}` as `/metrics` shows it now.
+fn lag_gauge(s: &Server) -> Option<u64> {
+    let text = s.request("GET", "/metrics", &[], None).body;
+    text.as_str()?
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_profile_lag_events{partition=\"0\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// Re-reads the lag gauge until it shows `want` (every 20 ms).
+fn lag_until(s: &Server, want: u64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got = lag_gauge(s);
+        if got == Some(want) {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("the lag gauge shows {got:?}, never {want}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_lag_gauge_counts_what_the_consumer_could_not_file() {
+    let s = Server::start(Some(&config("")));
+    lag_until(&s, 0);
+    // The test holds the profile store's write lock: the consumer reads the events but
+    // cannot file them (as when other processes leave its idle-class threads no CPU).
+    let store = rusqlite::Connection::open(s.data_dir.join("profiles.sqlite")).unwrap();
+    store.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let items: Vec<Value> = (0..25)
+        .map(|i| json!({"type": "identify", "userId": format!("lag-{i}"), "traits": {"n": i}}))
+        .collect();
+    batch(&s, json!(items));
+    lag_until(&s, 25);
+    store.execute_batch("ROLLBACK").unwrap();
+    drop(store);
+    lag_until(&s, 0);
+    let r = profile_get(&s, "users/profiles/user_id:lag-24/traits", Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["traits"]["n"], 24, "{}", r.body);
+}
+
 #[test]
 fn profile_api_contract() {
     let s = Server::start(Some(&config("")));

@@ -7,6 +7,8 @@
 //! - `sluice_sqlite_memory_bytes` (SQLite's heap, all connections) and
 //!   `sluice_sqlite_memory_limit_bytes` (its cap, `sqlite_memory_mb`; 0: none)
 //! - `process_resident_memory_bytes`, `process_cpu_seconds_total` (user + system)
+//! - `sluice_profile_lag_events{partition}`, computed here at each scrape
+//!   (`profiles::record_lag`)
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};

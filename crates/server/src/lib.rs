@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod delivery_api;
 pub mod error;
+pub mod http;
 pub mod kafka_source;
 pub mod privacy;
 pub mod profile_api;
@@ -27,7 +28,6 @@ pub mod webhook_source;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +77,8 @@ pub struct Settings {
     pub delivery_retention: Duration,
     /// Profiles, identity rules and the Profile API.
     pub profiles: profiles::ProfileSettings,
+    /// The listener's idle, body and shutdown timeouts.
+    pub http: http::HttpSettings,
 }
 
 pub(crate) struct Source {
@@ -271,8 +273,9 @@ fn lower_priority() {
     }
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests,
-/// ends live streams and closes the log (flushing its last group commit).
+/// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests
+/// (for at most `http.shutdown_timeout`, see [`http`]), ends live streams and closes the
+/// log (flushing its last group commit).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
@@ -298,11 +301,13 @@ pub async fn serve(
         tracing::info!("shutting down: draining in-flight requests");
         stopping.begin_shutdown();
     };
-    let result = axum::serve(
+    http::run(
         listener,
-        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        router(app.clone()),
+        app.settings.http,
+        graceful,
+        app.shutdown.clone(),
     )
-    .with_graceful_shutdown(graceful)
     .await;
     retention.abort();
     #[cfg(feature = "kafka")]
@@ -324,7 +329,7 @@ pub async fn serve(
     if let Err(e) = app.store.checkpoint().await {
         tracing::warn!(error = %e, "state store checkpoint at shutdown failed");
     }
-    result
+    Ok(())
 }
 
 async fn retention_loop(app: Arc<App>) {

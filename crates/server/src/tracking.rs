@@ -125,21 +125,25 @@ async fn ingest(
         None => None,
     };
 
-    let raw = read_body(body, limits.max_request_bytes).await?;
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let result = decode_and_ingest(
-        &app,
-        endpoint,
-        &raw,
-        encoding,
-        header_source,
-        received_at,
-        &headers,
-        peer,
-    )
-    .await;
+    let result = match read_body(body, limits.max_request_bytes).await {
+        Ok(raw) => {
+            decode_and_ingest(
+                &app,
+                endpoint,
+                &raw,
+                encoding,
+                header_source,
+                received_at,
+                &headers,
+                peer,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     if let Err(e) = &result {
         if e.status.is_client_error() && e.status != StatusCode::UNAUTHORIZED {
             metrics::counter!("sluice_requests_rejected_total", "reason" => e.code).increment(1);
@@ -374,11 +378,12 @@ pub(crate) async fn read_body(body: Body, cap: usize) -> Result<Bytes, ApiError>
     let mut stream = body.into_data_stream();
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request(
+        let chunk = chunk.map_err(|e| match crate::http::body_timeout(&e) {
+            Some(t) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", t.to_string()),
+            None => ApiError::bad_request(
                 "unreadable_body",
                 format!("could not read the request body: {e}"),
-            )
+            ),
         })?;
         if buf.len() + chunk.len() > cap {
             return Err(RequestError::RequestTooLarge { limit: cap }.into());

@@ -377,6 +377,7 @@ async fn lookups(
             rules: rules.clone(),
             ..Default::default()
         },
+        http: Default::default(),
     };
     let app = sluice_server::App::new(settings, log.clone(), store.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -26,6 +26,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub dedupe: DedupeConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -98,6 +100,26 @@ impl Default for LimitsConfig {
             max_batch_bytes: l.max_batch_bytes,
             max_batch_events: l.max_batch_events,
             max_request_bytes: l.max_request_bytes,
+        }
+    }
+}
+
+/// `[http]`: the listener's timeouts (see `sluice_server::http`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub idle_timeout: HumanDuration,
+    pub body_timeout: HumanDuration,
+    pub shutdown_timeout: HumanDuration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let d = sluice_server::http::HttpSettings::default();
+        HttpConfig {
+            idle_timeout: HumanDuration(d.idle_timeout),
+            body_timeout: HumanDuration(d.body_timeout),
+            shutdown_timeout: HumanDuration(d.shutdown_timeout),
         }
     }
 }
@@ -506,11 +528,15 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
     if cfg.log.max_group_events == 0 {
         return Err(err("log.max_group_events", "must be greater than 0".into()));
     }
-    if cfg.log.retention_interval.0.is_zero() {
-        return Err(err(
-            "log.retention_interval",
-            "must be greater than 0".into(),
-        ));
+    for (name, d) in [
+        ("log.retention_interval", cfg.log.retention_interval.0),
+        ("http.idle_timeout", cfg.http.idle_timeout.0),
+        ("http.body_timeout", cfg.http.body_timeout.0),
+        ("http.shutdown_timeout", cfg.http.shutdown_timeout.0),
+    ] {
+        if d.is_zero() {
+            return Err(err(name, "must be greater than 0".into()));
+        }
     }
     let mut names = std::collections::HashSet::new();
     let mut keys = std::collections::HashSet::new();
@@ -761,6 +787,46 @@ write_key = "wk_web_123"
         ] {
             let e = parse(text, "q.toml").unwrap_err().to_string();
             assert!(e.contains("q.toml") && e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn http_timeouts_parse_default_and_refuse_zero() {
+        let d = parse("", "h.toml").unwrap().http;
+        assert_eq!(
+            (d.idle_timeout.0, d.body_timeout.0, d.shutdown_timeout.0),
+            (
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                Duration::from_secs(10)
+            )
+        );
+        let ok = parse(
+            "[http]\nidle_timeout = \"75s\"\nbody_timeout = \"2m\"\nshutdown_timeout = \"25s\"\n",
+            "h.toml",
+        )
+        .unwrap()
+        .http;
+        assert_eq!(
+            (ok.idle_timeout.0, ok.body_timeout.0, ok.shutdown_timeout.0),
+            (
+                Duration::from_secs(75),
+                Duration::from_secs(120),
+                Duration::from_secs(25)
+            )
+        );
+        for (text, needle) in [
+            ("[http]\nidle_timeout = \"0s\"\n", "http.idle_timeout"),
+            ("[http]\nbody_timeout = \"0s\"\n", "http.body_timeout"),
+            (
+                "[http]\nshutdown_timeout = \"0s\"\n",
+                "http.shutdown_timeout",
+            ),
+            ("[http]\nbody_timeout = \"soon\"\n", "body_timeout"),
+            ("[http]\nread_timeout = \"1s\"\n", "read_timeout"),
+        ] {
+            let e = parse(text, "h.toml").unwrap_err().to_string();
+            assert!(e.contains("h.toml") && e.contains(needle), "{text}: {e}");
         }
     }
 

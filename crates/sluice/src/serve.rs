@@ -122,6 +122,11 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
             rules: Arc::new(cfg.identity.clone()),
             rate_limit: (cfg.profiles.rate_limit > 0.0).then_some(cfg.profiles.rate_limit),
         },
+        http: sluice_server::http::HttpSettings {
+            idle_timeout: cfg.http.idle_timeout.0,
+            body_timeout: cfg.http.body_timeout.0,
+            shutdown_timeout: cfg.http.shutdown_timeout.0,
+        },
     };
     let listen = match args.listen {
         Some(l) => l,

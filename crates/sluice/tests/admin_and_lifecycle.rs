@@ -256,3 +256,142 @@ fn bad_config_fails_at_start_with_file_line_and_field() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 source, 0 destinations)"));
 }
+
+/// Opens a connection and sends a `/v1/track` request whose body stops after its first
+/// bytes (1,000 announced, 10 sent).
+fn stalled_track(s: &Server) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = s.url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    // A guard against a hang, not a synchronisation: every read below expects the
+    // server to act within seconds.
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /v1/track HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"userId\":",
+        common::basic(&s.write_key)
+    )
+    .unwrap();
+    conn
+}
+
+/// Reads one response head and its `Content-Length` body; `None` if the server closed
+/// the connection before sending anything.
+fn read_response(conn: &mut std::net::TcpStream) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn
+            .read(&mut chunk)
+            .expect("the server must answer or close");
+        if n == 0 {
+            assert!(buf.is_empty(), "connection closed mid-response");
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = &text[..end];
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return Some((status, text[end + 4..end + 4 + len].to_string()));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stalled_body_gets_408_and_does_not_hold_up_other_clients() {
+    let s = Server::start(Some(&format!("{WEB}\n[http]\nbody_timeout = \"1s\"\n")));
+    let mut stalled = stalled_track(&s);
+    // Others are served meanwhile.
+    let r = s.send("/v1/track", &json!({"userId": "u", "event": "Meanwhile"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (status, body) = read_response(&mut stalled).expect("an answer to the stalled request");
+    assert_eq!(status, 408, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "body_timeout", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("http.body_timeout"),
+        "{body}"
+    );
+    let metrics = s.request("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("sluice_requests_rejected_total{reason=\"body_timeout\"} 1"),
+        "{metrics}"
+    );
+    // Only the event that arrived whole is stored.
+    let events = s.events("web", 10);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event"], "Meanwhile");
+}
+
+#[test]
+fn sigterm_closes_a_stalled_connection_after_the_shutdown_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{WEB}\n[http]\nbody_timeout = \"1h\"\nshutdown_timeout = \"1s\"\n");
+    let mut s = Server::start_in(dir.path(), Some(&config));
+    let r = s.send(
+        "/v1/track",
+        &json!({"userId": "u", "event": "Before", "messageId": "before-stop"}),
+    );
+    assert_eq!(r.status, 200);
+    let mut stalled = stalled_track(&s);
+    // The request is in the server's hands once it answers another one on a second
+    // connection after it (connections are served concurrently, so this only orders
+    // the accept; the stalled body is read from as soon as its head is parsed).
+    assert_eq!(s.request("GET", "/healthz", &[], None).status, 200);
+    s.signal(libc::SIGTERM);
+    // Before http.shutdown_timeout existed the server never exited: graceful shutdown
+    // waited for the stalled body (body_timeout is an hour here).
+    let status = s.wait_at_most(std::time::Duration::from_secs(60));
+    assert!(status.success(), "SIGTERM should exit cleanly: {status:?}");
+    assert_eq!(
+        read_response(&mut stalled),
+        None,
+        "the stalled request gets no answer, its connection is closed"
+    );
+    drop(s);
+    let s = Server::start_in(dir.path(), Some(&config));
+    let events = s.events("web", 10);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["messageId"], "before-stop");
+}
+
+#[test]
+fn an_idle_connection_is_kept_alive_then_closed_after_the_idle_timeout() {
+    use std::io::Write;
+    let s = Server::start(Some(&format!("{WEB}\n[http]\nidle_timeout = \"1s\"\n")));
+    let addr = s.url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    for _ in 0..2 {
+        write!(conn, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut conn), Some((200, "ok".to_string())));
+    }
+    // Nothing more is sent: the server closes the connection.
+    let started = std::time::Instant::now();
+    assert_eq!(read_response(&mut conn), None);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "closed by the 1 s idle timeout, not by the read guard"
+    );
+}

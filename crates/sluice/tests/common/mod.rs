@@ -222,6 +222,23 @@ impl Server {
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
     }
+
+    /// Waits for the process to exit; fails the test if it is still running after
+    /// `limit` (a guard against a hang, far above the expected time).
+    #[track_caller]
+    pub fn wait_at_most(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server is still running {limit:?} after it was told to stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {

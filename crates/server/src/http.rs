@@ -1,0 +1,281 @@
+//! The HTTP/1.1 listener: accepts connections and serves the router on each, with the
+//! three bounds a server facing the internet needs and `axum::serve` does not set:
+//!
+//! - `idle_timeout`: a connection that sends no complete request head for this long is
+//!   closed (hyper's header read timeout; it also runs while a kept-alive connection waits
+//!   for its next request).
+//! - `body_timeout`: a body that stops arriving fails the request with 408 `body_timeout`
+//!   (see [`DeadlineBody`]). The timer is only started when the server first has to wait
+//!   for body bytes, so a body that is already in the buffer costs nothing.
+//! - `shutdown_timeout`: after the shutdown signal the listener stops accepting, asks
+//!   every connection to finish its request in flight and close, and waits this long;
+//!   connections still open then are closed without an answer. Before, one client that
+//!   stalled in the middle of a body kept a SIGTERM'd server alive for ever. A request
+//!   cut off this way got no 200: its client retries, and whatever it had handed to the
+//!   log is committed (the log is closed after the listener) and deduplicated on retry.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::serve::Listener;
+use axum::Router;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+/// The listener's bounds (`[http]` in `sluice.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains the connections
+/// (each sees `stop` turn true) for at most `settings.shutdown_timeout`.
+pub(crate) async fn run(
+    mut listener: tokio::net::TcpListener,
+    router: Router,
+    settings: HttpSettings,
+    shutdown: impl Future<Output = ()>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // `Listener::accept` retries on errors of one connection and backs off on
+        // others (out of file descriptors), logging them.
+        let (stream, peer) = tokio::select! {
+            accepted = Listener::accept(&mut listener) => accepted,
+            _ = &mut shutdown => break,
+        };
+        // One write per answer; nothing to gain from Nagle's delay.
+        let _ = stream.set_nodelay(true);
+        conns.spawn(connection(
+            stream,
+            peer,
+            router.clone(),
+            settings,
+            stop.clone(),
+        ));
+        // Reap finished connections so the set holds only open ones.
+        while conns.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let open = conns.len();
+    let drained = tokio::time::timeout(settings.shutdown_timeout, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open_at_signal = open,
+            still_open = conns.len(),
+            timeout = ?settings.shutdown_timeout,
+            "closing connections that did not finish within http.shutdown_timeout; \
+             their requests in flight get no answer"
+        );
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    settings: HttpSettings,
+    mut stop: watch::Receiver<bool>,
+) {
+    let body_timeout = settings.body_timeout;
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let mut req = req.map(|body| DeadlineBody::new(body, body_timeout));
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().call(req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.idle_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            // A dropped sender also means stop.
+            _ = stop.wait_for(|s| *s), if !draining => {
+                draining = true;
+                // Finishes the request in flight, if any, then closes.
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The request body did not arrive within `http.body_timeout`.
+#[derive(Debug)]
+pub struct BodyTimeout(pub Duration);
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body did not arrive within {} s (http.body_timeout)",
+            self.0.as_secs_f64()
+        )
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// A request body that fails with [`BodyTimeout`] once it has kept the server waiting
+/// for `timeout`, counted from the first time it had no bytes ready.
+pub struct DeadlineBody<B> {
+    inner: B,
+    timeout: Duration,
+    /// Started on the first `Pending` only.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> DeadlineBody<B> {
+    pub fn new(inner: B, timeout: Duration) -> DeadlineBody<B> {
+        DeadlineBody {
+            inner,
+            timeout,
+            deadline: None,
+        }
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(timeout))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The [`BodyTimeout`] behind a body read error, if that is what it was.
+pub fn body_timeout(e: &axum::Error) -> Option<&BodyTimeout> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(t) = err.downcast_ref::<BodyTimeout>() {
+            return Some(t);
+        }
+        source = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    /// A body that yields one chunk, then never another.
+    struct Stalled(bool);
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.0 {
+                Poll::Pending
+            } else {
+                self.0 = true;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"{\"a\":")))))
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_with_the_timeout_after_its_first_chunk() {
+        let body = axum::body::Body::new(DeadlineBody::new(Stalled(false), Duration::from_secs(5)));
+        let mut stream = body.into_data_stream();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"{\"a\":");
+        let started = tokio::time::Instant::now();
+        let err = stream.next().await.unwrap().unwrap_err();
+        // Paused time: the clock moved only by the timer that fired.
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        let t = body_timeout(&err).expect("a BodyTimeout behind the error");
+        assert_eq!(t.0, Duration::from_secs(5));
+        assert!(err.to_string().contains("http.body_timeout"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_is_ready_never_starts_the_timer() {
+        let mut body =
+            DeadlineBody::new(axum::body::Body::from("complete"), Duration::from_secs(5));
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), Bytes::from_static(b"complete"));
+        assert!(
+            body.deadline.is_none(),
+            "no timer for a body that never waited"
+        );
+    }
+
+    #[test]
+    fn other_body_errors_are_not_taken_for_timeouts() {
+        let e = axum::Error::new(std::io::Error::other("reset"));
+        assert!(body_timeout(&e).is_none());
+    }
+}

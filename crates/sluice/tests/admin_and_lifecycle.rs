@@ -379,6 +379,15 @@ fn sigterm_closes_a_stalled_connection_after_the_shutdown_timeout() {
 fn an_idle_connection_is_kept_alive_then_closed_after_the_idle_timeout() {
     use std::io::Write;
     let s = Server::start(Some(&format!("{WEB}\n[http]\nidle_timeout = \"1s\"\n")));
+    // A live stream is a response in progress, not an idle connection: it must outlive
+    // the idle timeout.
+    let live = ureq::get(&format!("{}/admin/v1/sources/web/live", s.url))
+        .set("Authorization", "Bearer change-me")
+        .call()
+        .unwrap();
+    let mut live = BufReader::new(live.into_reader()).lines();
+    assert!(live.next().unwrap().unwrap().starts_with(": live events"));
+
     let addr = s.url.trim_start_matches("http://");
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
@@ -394,4 +403,16 @@ fn an_idle_connection_is_kept_alive_then_closed_after_the_idle_timeout() {
         started.elapsed() < std::time::Duration::from_secs(30),
         "closed by the 1 s idle timeout, not by the read guard"
     );
+
+    // The idle timeout has passed (the connection above saw it): the stream still works.
+    s.send(
+        "/v1/track",
+        &json!({"userId": "u", "event": "After Idle", "messageId": "after-idle"}),
+    );
+    let data = live
+        .map(|l| l.unwrap())
+        .find_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .expect("the live stream ended");
+    let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(v["messageId"], "after-idle");
 }

@@ -267,6 +267,11 @@ pub fn baseline(listen: SocketAddr) -> Result<()> {
         println!("baseline listening on {}", listener.local_addr()?);
         use std::io::Write;
         std::io::stdout().flush()?;
+        // The same socket option as the server's listener (`sluice_server::http`).
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app).await?;
         Ok(())
     })

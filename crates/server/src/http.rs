@@ -80,6 +80,7 @@ pub(crate) async fn run(
         while conns.try_join_next().is_some() {}
     }
     drop(listener);
+    while conns.try_join_next().is_some() {}
     let open = conns.len();
     let drained = tokio::time::timeout(settings.shutdown_timeout, async {
         while conns.join_next().await.is_some() {}

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +16,7 @@ use sluice_destinations::{DestinationConfig, Router as Destinations};
 use sluice_store::{DeadLetter, DeadLetterFilter};
 
 use crate::error::ApiError;
+use crate::tracking::BodyBytes;
 use crate::App;
 
 const MAX_LIMIT: usize = 1000;
@@ -68,7 +68,7 @@ async fn show(
 async fn put(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
     let mut raw: Value = json_body(&body, "JSON object")?;
     let Some(obj) = raw.as_object_mut() else {
@@ -124,7 +124,7 @@ async fn delivery(
 async fn test(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<Value>, ApiError> {
     let event = if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -142,7 +142,7 @@ async fn test(
 async fn preview(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<Value>, ApiError> {
     let v: Value = json_body(&body, "JSON object (the event)")?;
     let event = match v.get("event") {
@@ -280,7 +280,7 @@ async fn dead_letters(
 async fn replay_dead_letters(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<Value>, ApiError> {
     #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields)]
@@ -322,7 +322,7 @@ async fn replay_dead_letters(
 async fn replay_window(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]

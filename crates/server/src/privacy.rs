@@ -21,12 +21,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_log::EraseFilter;
 
 use crate::error::ApiError;
+use crate::tracking::BodyBytes;
 use crate::App;
 
 /// Most subject ids one regulation may name (Segment's limit).
@@ -186,7 +186,10 @@ fn parse(body: &[u8]) -> Result<(RegulationType, SubjectType, Vec<String>), ApiE
     Ok((regulation_type, subject_type, out))
 }
 
-async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn create(
+    State(app): State<Arc<App>>,
+    BodyBytes(body): BodyBytes,
+) -> Result<Json<Value>, ApiError> {
     let (regulation_type, subject_type, subject_ids) = parse(&body)?;
     let reg = Regulation {
         id: format!("reg_{}", uuid::Uuid::new_v4().simple()),

@@ -373,6 +373,21 @@ async fn refuse(
     ApiError::from(e)
 }
 
+/// A handler's whole body, read by [`read_body`] up to `limits.max_request_bytes`: the
+/// admin API's bodies fail with the same JSON errors as ingest (413 `request_too_large`,
+/// 408 `body_timeout`), not axum's plain-text rejections.
+pub(crate) struct BodyBytes(pub Bytes);
+
+impl axum::extract::FromRequest<Arc<App>> for BodyBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        read_body(req.into_body(), app.settings.limits.max_request_bytes)
+            .await
+            .map(BodyBytes)
+    }
+}
+
 /// Reads the body up to `cap` bytes; beyond it, 413 without reading further.
 pub(crate) async fn read_body(body: Body, cap: usize) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();

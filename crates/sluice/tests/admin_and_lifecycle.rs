@@ -257,9 +257,9 @@ fn bad_config_fails_at_start_with_file_line_and_field() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 source, 0 destinations)"));
 }
 
-/// Opens a connection and sends a `/v1/track` request whose body stops after its first
-/// bytes (1,000 announced, 10 sent).
-fn stalled_track(s: &Server) -> std::net::TcpStream {
+/// Opens a connection and sends `request_line` with `authorization` and a JSON body
+/// that stops after its first bytes (1,000 announced, 10 sent).
+fn stalled(s: &Server, request_line: &str, authorization: &str) -> std::net::TcpStream {
     use std::io::Write;
     let addr = s.url.trim_start_matches("http://");
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
@@ -269,12 +269,15 @@ fn stalled_track(s: &Server) -> std::net::TcpStream {
         .unwrap();
     write!(
         conn,
-        "POST /v1/track HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
+        "{request_line} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {authorization}\r\n\
          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"userId\":",
-        common::basic(&s.write_key)
     )
     .unwrap();
     conn
+}
+
+fn stalled_track(s: &Server) -> std::net::TcpStream {
+    stalled(s, "POST /v1/track", &common::basic(&s.write_key))
 }
 
 /// Reads one response head and its `Content-Length` body; `None` if the server closed
@@ -314,11 +317,11 @@ fn read_response(conn: &mut std::net::TcpStream) -> Option<(u16, String)> {
 #[test]
 fn a_stalled_body_gets_408_and_does_not_hold_up_other_clients() {
     let s = Server::start(Some(&format!("{WEB}\n[http]\nbody_timeout = \"1s\"\n")));
-    let mut stalled = stalled_track(&s);
+    let mut slow = stalled_track(&s);
     // Others are served meanwhile.
     let r = s.send("/v1/track", &json!({"userId": "u", "event": "Meanwhile"}));
     assert_eq!(r.status, 200, "{}", r.body);
-    let (status, body) = read_response(&mut stalled).expect("an answer to the stalled request");
+    let (status, body) = read_response(&mut slow).expect("an answer to the stalled request");
     assert_eq!(status, 408, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["code"], "body_timeout", "{body}");
@@ -341,6 +344,12 @@ fn a_stalled_body_gets_408_and_does_not_hold_up_other_clients() {
     let events = s.events("web", 10);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["event"], "Meanwhile");
+    // The admin API's bodies are bounded the same way, with the same JSON error.
+    let mut admin = stalled(&s, "PUT /admin/v1/destinations/hooks", "Bearer change-me");
+    let (status, body) = read_response(&mut admin).expect("an answer to the stalled request");
+    assert_eq!(status, 408, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "body_timeout", "{body}");
 }
 
 #[test]
@@ -353,7 +362,7 @@ fn sigterm_closes_a_stalled_connection_after_the_shutdown_timeout() {
         &json!({"userId": "u", "event": "Before", "messageId": "before-stop"}),
     );
     assert_eq!(r.status, 200);
-    let mut stalled = stalled_track(&s);
+    let mut slow = stalled_track(&s);
     // The request is in the server's hands once it answers another one on a second
     // connection after it (connections are served concurrently, so this only orders
     // the accept; the stalled body is read from as soon as its head is parsed).
@@ -364,7 +373,7 @@ fn sigterm_closes_a_stalled_connection_after_the_shutdown_timeout() {
     let status = s.wait_at_most(std::time::Duration::from_secs(60));
     assert!(status.success(), "SIGTERM should exit cleanly: {status:?}");
     assert_eq!(
-        read_response(&mut stalled),
+        read_response(&mut slow),
         None,
         "the stalled request gets no answer, its connection is closed"
     );

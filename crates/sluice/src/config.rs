@@ -790,6 +790,203 @@ write_key = "wk_web_123"
         }
     }
 
+    /// Values by the type a field expects, each at the boundaries the fields check (zero,
+    /// negative, too large, malformed, an unset environment variable, empty).
+    const INT: &[&str] = &[
+        "0",
+        "-1",
+        "1",
+        "3",
+        "4097",
+        "65536",
+        "2147483648",
+        "9223372036854775807",
+    ];
+    const FLOAT: &[&str] = &["0", "1.5", "-0.5", "nan", "inf"];
+    const DUR: &[&str] = &[
+        "\"0s\"",
+        "\"1s\"",
+        "\"100ms\"",
+        "\"10m\"",
+        "\"24h\"",
+        "\"7d\"",
+        "\"-5s\"",
+        "\"soon\"",
+    ];
+    const STR: &[&str] = &[
+        "\"\"",
+        "\"x\"",
+        "\"web\"",
+        "\"${SLUICE_CONFIG_PROPTEST_UNSET}\"",
+        "\"127.0.0.1:0\"",
+        "\"http://h:1\"",
+        "\"a/b\"",
+        "\"pat_12345678\"",
+        "\"has space\"",
+        "\"k:ey\"",
+    ];
+    const BOOL: &[&str] = &["true", "false"];
+    const LOG_KIND: &[&str] = &["\"sqlite\"", "\"kafka\"", "\"other\""];
+    const STORE_KIND: &[&str] = &["\"sqlite\"", "\"postgres\"", "\"other\""];
+    const SOURCE_KIND: &[&str] = &["\"http\"", "\"segment_webhook\"", "\"kafka\"", "\"other\""];
+    const RATE: &[&str] = &[
+        "{ events_per_second = 0 }",
+        "{ events_per_second = 5, burst = 1 }",
+        "{ events_per_second = 5 }",
+        "{ burst = 3 }",
+        "{ events_per_second = -1 }",
+    ];
+    const LIST: &[&str] = &["[]", "[\"a\"]", "[\"short\"]", "[\"pat_12345678\"]", "[1]"];
+    const MAP: &[&str] = &[
+        "{}",
+        "{ userId = \"$.a..b\" }",
+        "{ userId = \"context.traits.id\" }",
+        "{ plan = \"Has Space\" }",
+        "{ member_number = \"member\" }",
+    ];
+    /// Any value, for a field of another type.
+    const ANY: &[&[&str]] = &[INT, FLOAT, DUR, STR, BOOL, RATE, LIST, MAP];
+
+    type Fields = &'static [(&'static str, &'static [&'static str])];
+    const TOP: Fields = &[
+        ("listen", STR),
+        ("data_dir", STR),
+        ("admin_token", STR),
+        ("public_url", STR),
+        ("trust_forwarded_for", BOOL),
+        ("workers", INT),
+        ("sqlite_memory_mb", INT),
+    ];
+    const SECTIONS: &[(&str, Fields)] = &[
+        (
+            "limits",
+            &[
+                ("max_event_bytes", INT),
+                ("max_batch_bytes", INT),
+                ("max_batch_events", INT),
+                ("max_request_bytes", INT),
+            ],
+        ),
+        ("dedupe", &[("window", DUR)]),
+        (
+            "log",
+            &[
+                ("kind", LOG_KIND),
+                ("retention", DUR),
+                ("max_size_mb", INT),
+                ("max_group_events", INT),
+                ("retention_interval", DUR),
+                ("brokers", STR),
+                ("topic", STR),
+                ("partitions", INT),
+                ("replication", INT),
+                ("lease", DUR),
+            ],
+        ),
+        (
+            "http",
+            &[
+                ("idle_timeout", DUR),
+                ("body_timeout", DUR),
+                ("shutdown_timeout", DUR),
+            ],
+        ),
+        (
+            "profiles",
+            &[
+                ("enabled", BOOL),
+                ("space", STR),
+                ("access_tokens", LIST),
+                ("rate_limit", FLOAT),
+            ],
+        ),
+        ("store", &[("kind", STORE_KIND), ("url", STR)]),
+        (
+            "identity",
+            &[
+                ("max_merges", INT),
+                ("blocked_values", LIST),
+                ("custom_traits", MAP),
+            ],
+        ),
+        ("rejected", &[("retention", DUR)]),
+    ];
+    const SOURCE: Fields = &[
+        ("name", STR),
+        ("write_key", STR),
+        ("enabled", BOOL),
+        ("collect_ip", BOOL),
+        ("kind", SOURCE_KIND),
+        ("shared_secret", STR),
+        ("rate_limit", RATE),
+        ("field_mapping", MAP),
+    ];
+
+    /// One `key = value` line of `fields`: mostly a value of the field's type, one in
+    /// eight of any type.
+    fn line(fields: Fields, (k, pick, other, wrong): (usize, usize, usize, u8)) -> (usize, String) {
+        let k = k % fields.len();
+        let (name, values) = fields[k];
+        let values = if wrong == 0 {
+            ANY[other % ANY.len()]
+        } else {
+            values
+        };
+        (k, format!("{name} = {}\n", values[pick % values.len()]))
+    }
+
+    /// A `sluice.toml` of known sections and fields, each field at most once.
+    fn config_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::collection::vec;
+        let pick = || (0..16usize, 0..64usize, 0..8usize, 0..8u8);
+        (
+            vec(pick(), 0..5),
+            vec((0..SECTIONS.len(), pick()), 0..10),
+            vec(vec(pick(), 0..7), 0..3),
+        )
+            .prop_map(|(top, sections, sources)| {
+                let lines = |fields: Fields, base: &[(usize, String)], picks: Vec<_>| {
+                    let mut by_key: BTreeMap<usize, String> = base.iter().cloned().collect();
+                    by_key.extend(picks.into_iter().map(|p| line(fields, p)));
+                    by_key.into_values().collect::<String>()
+                };
+                let mut out = lines(TOP, &[], top);
+                let mut by_section: BTreeMap<usize, Vec<_>> = BTreeMap::new();
+                for (sec, p) in sections {
+                    by_section.entry(sec).or_default().push(p);
+                }
+                for (sec, picks) in by_section {
+                    let (name, fields) = SECTIONS[sec];
+                    out.push_str(&format!("[{name}]\n{}", lines(fields, &[], picks)));
+                }
+                // Each source starts valid (its name and key unique); the picks may
+                // replace either.
+                for (i, picks) in sources.into_iter().enumerate() {
+                    let base = [
+                        (0, format!("name = \"s{i}\"\n")),
+                        (1, format!("write_key = \"k{i}\"\n")),
+                    ];
+                    out.push_str(&format!("[[sources]]\n{}", lines(SOURCE, &base, picks)));
+                }
+                out
+            })
+    }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// Any mix of fields and values is accepted or refused with a message naming the
+        /// file, never a panic.
+        #[test]
+        fn any_mix_of_fields_parses_or_is_refused_naming_the_file(text in config_text()) {
+            if let Err(e) = parse(&text, "mix.toml") {
+                let e = e.to_string();
+                proptest::prop_assert!(e.contains("mix.toml"), "{}\n---\n{}", text, e);
+            }
+        }
+    }
+
     #[test]
     fn http_timeouts_parse_default_and_refuse_zero() {
         let d = parse("", "h.toml").unwrap().http;

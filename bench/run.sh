@@ -29,7 +29,7 @@ run() { # name, args...
 import json, statistics, sys
 name, path = sys.argv[1], sys.argv[2]
 rows = [json.loads(l) for l in open(path)]
-keys = ["events_per_s", "requests_per_s", "p50_ms", "p99_ms", "baseline_requests_per_s", "ratio_to_baseline", "server_rss_mb",
+keys = ["events_per_s", "requests_per_s", "p50_ms", "p99_ms", "baseline_requests_per_s", "ratio_to_baseline", "server_rss_mb", "server_rss_hwm_mb",
         "server_cpu_us_per_request", "generator_cpu_us_per_request", "baseline_cpu_us_per_request"]
 med = {k: statistics.median(r[k] for r in rows if r.get(k) is not None) for k in keys if any(r.get(k) is not None for r in rows)}
 print(f"MEDIAN {name} ({len(rows)} runs): " + json.dumps(med))

@@ -6,7 +6,8 @@
 //!   `sluice_log_write_errors_total`
 //! - `sluice_sqlite_memory_bytes` (SQLite's heap, all connections) and
 //!   `sluice_sqlite_memory_limit_bytes` (its cap, `sqlite_memory_mb`; 0: none)
-//! - `process_resident_memory_bytes`, `process_cpu_seconds_total` (user + system)
+//! - `process_resident_memory_bytes`, `process_resident_memory_peak_bytes` (the
+//!   high-water mark since start, `VmHWM`), `process_cpu_seconds_total` (user + system)
 //! - `sluice_profile_lag_events{partition}`, computed here at each scrape
 //!   (`profiles::record_lag`)
 
@@ -44,6 +45,12 @@ pub async fn render(
 ) -> String {
     crate::profiles::record_lag(&app, std::time::Duration::from_secs(1)).await;
     metrics::gauge!("process_resident_memory_bytes").set(resident_bytes() as f64);
+    if let Some(peak) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| peak_resident_bytes_of(&s))
+    {
+        metrics::gauge!("process_resident_memory_peak_bytes").set(peak as f64);
+    }
     metrics::gauge!("sluice_sqlite_memory_bytes")
         .set(sluice_log::sqlite::sqlite_memory_used() as f64);
     metrics::gauge!("sluice_sqlite_memory_limit_bytes")
@@ -70,6 +77,14 @@ pub fn resident_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * page.max(0) as u64
+}
+
+/// The resident set's high-water mark (`VmHWM`, in kB) of a `/proc/<pid>/status` text.
+fn peak_resident_bytes_of(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let mut parts = line["VmHWM:".len()..].split_whitespace();
+    let kb: u64 = parts.next()?.parse().ok()?;
+    (parts.next()? == "kB").then_some(kb * 1024)
 }
 
 /// The CPU time (user + system, all threads) of the process whose `/proc/<pid>/stat` this
@@ -149,6 +164,22 @@ pub async fn track_requests(req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peak_resident_set_is_vmhwm_in_bytes() {
+        let status =
+            "Name:\tsluice\nVmPeak:\t  900000 kB\nVmHWM:\t  129496 kB\nVmRSS:\t  118424 kB\n";
+        assert_eq!(peak_resident_bytes_of(status), Some(129_496 * 1024));
+        assert_eq!(peak_resident_bytes_of("VmRSS:\t 1 kB\n"), None);
+        assert_eq!(peak_resident_bytes_of("VmHWM:\t 12 MB\n"), None);
+        assert_eq!(peak_resident_bytes_of("VmHWM:\t x kB\n"), None);
+        // The resident set read first can only be at or below the high-water mark read
+        // after it (other tests allocate meanwhile).
+        let rss = resident_bytes();
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        let peak = peak_resident_bytes_of(&own).expect("Linux reports VmHWM");
+        assert!(rss > 0 && peak >= rss, "{peak} < {rss}");
+    }
 
     #[test]
     fn cpu_time_is_utime_plus_stime_after_the_command_name() {

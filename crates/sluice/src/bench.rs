@@ -161,7 +161,17 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     if let Some(e) = &server.first_error {
         println!("  first error: {e}");
     }
-    println!("  server RSS peak: {rss_mb:.1} MB");
+    // The server's own high-water mark: what the samples every 250 ms may have missed
+    // (over the server's whole life: start it fresh for a per-run figure, as run.sh does).
+    let rss_hwm_mb = scrape_metric(target, "process_resident_memory_peak_bytes")
+        .await
+        .ok()
+        .flatten()
+        .map(|b| b / (1024.0 * 1024.0));
+    println!("  server RSS peak: {rss_mb:.1} MB sampled every 250 ms");
+    if let Some(hwm) = rss_hwm_mb {
+        println!("  server RSS high-water mark since its start: {hwm:.1} MB");
+    }
 
     let ratio = baseline.as_ref().map(|b| server.rps() / b.rps());
     if let Some(r) = ratio {
@@ -178,6 +188,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
             "baseline_requests_per_s": baseline.as_ref().map(|b| b.rps().round()),
             "ratio_to_baseline": ratio.map(round3),
             "server_rss_mb": round3(rss_mb),
+            "server_rss_hwm_mb": rss_hwm_mb.map(round3),
             "server_cpu_us_per_request": server.per_request_us(server.server_cpu).map(round3),
             "generator_cpu_us_per_request": server.per_request_us(server.generator_cpu).map(round3),
             "baseline_cpu_us_per_request": baseline

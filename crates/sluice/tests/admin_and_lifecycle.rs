@@ -139,6 +139,12 @@ fn health_readiness_and_metrics() {
         gauge(&text, "sluice_sqlite_memory_limit_bytes"),
         32.0 * 1048576.0
     );
+    // The high-water mark is never below the resident set of the same scrape.
+    let (rss, peak) = (
+        gauge(&text, "process_resident_memory_bytes"),
+        gauge(&text, "process_resident_memory_peak_bytes"),
+    );
+    assert!(rss > 0.0 && peak >= rss, "peak {peak}, resident {rss}");
 }
 
 /// The value of an unlabelled gauge in a /metrics text.

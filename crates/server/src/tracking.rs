@@ -128,22 +128,22 @@ async fn ingest(
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let result = match read_body(body, limits.max_request_bytes).await {
-        Ok(raw) => {
-            decode_and_ingest(
-                &app,
-                endpoint,
-                &raw,
-                encoding,
-                header_source,
-                received_at,
-                &headers,
-                peer,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    // Body read errors (413, 408) are counted below like every other refusal.
+    let result = async {
+        let raw = read_body(body, limits.max_request_bytes).await?;
+        decode_and_ingest(
+            &app,
+            endpoint,
+            &raw,
+            encoding,
+            header_source,
+            received_at,
+            &headers,
+            peer,
+        )
+        .await
+    }
+    .await;
     if let Err(e) = &result {
         if e.status.is_client_error() && e.status != StatusCode::UNAUTHORIZED {
             metrics::counter!("sluice_requests_rejected_total", "reason" => e.code).increment(1);

@@ -369,9 +369,9 @@ fn sigterm_closes_a_stalled_connection_after_the_shutdown_timeout() {
     );
     assert_eq!(r.status, 200);
     let mut slow = stalled_track(&s);
-    // The request is in the server's hands once it answers another one on a second
-    // connection after it (connections are served concurrently, so this only orders
-    // the accept; the stalled body is read from as soon as its head is parsed).
+    // The listener accepts in order: once a request on a later connection is answered,
+    // the stalled connection is being served, its head (already in its buffer) parsed
+    // and its handler waiting for the body.
     assert_eq!(s.request("GET", "/healthz", &[], None).status, 200);
     s.signal(libc::SIGTERM);
     // Before http.shutdown_timeout existed the server never exited: graceful shutdown

@@ -304,6 +304,7 @@ pub async fn serve(
     http::run(
         listener,
         router(app.clone()),
+        app.clone(),
         app.settings.http,
         graceful,
         app.shutdown.clone(),

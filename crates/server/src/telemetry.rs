@@ -157,8 +157,14 @@ pub async fn track_requests(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let res = next.run(req).await;
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    request_duration(route, res.status().as_u16()).record(started.elapsed().as_secs_f64());
+    record_request(route, res.status(), started);
     res
+}
+
+/// Records one request in `sluice_http_request_duration_seconds`: what
+/// [`track_requests`] does for the router, and the Tracking API's direct path itself.
+pub(crate) fn record_request(route: &str, status: axum::http::StatusCode, started: Instant) {
+    request_duration(route, status.as_u16()).record(started.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]

@@ -52,6 +52,20 @@ fn every_path_and_alias_stores_events_with_the_right_type() {
         assert_eq!(r.status, 200, "/v1/{path}: {}", r.body);
         assert_eq!(r.body["accepted"], 1);
     }
+    // An escaped path is served by the router rather than the listener's direct path
+    // (`tracking::direct_ingest_kind`), by the same handler: same answer, same event.
+    let r = s.request(
+        "POST",
+        "/v1/tr%61ck",
+        &[("Origin", "https://shop.example.com")],
+        Some(br#"{"writeKey":"wk_web_123","userId":"u1","event":"E","messageId":"escaped"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["accepted"], 1);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example.com")
+    );
     for (i, path) in ["batch", "b", "import"].iter().enumerate() {
         let r = s.send(
             &format!("/v1/{path}"),
@@ -60,7 +74,9 @@ fn every_path_and_alias_stores_events_with_the_right_type() {
         assert_eq!(r.status, 200, "/v1/{path}: {}", r.body);
     }
     let events = s.events("web", 100);
-    assert_eq!(events.len(), singles.len() + 3);
+    assert_eq!(events.len(), singles.len() + 4);
+    let escaped = events.iter().find(|e| e["messageId"] == "escaped");
+    assert_eq!(escaped.expect("stored")["type"], "track");
     for (i, (_, ty, _)) in singles.iter().enumerate() {
         let e = events
             .iter()

@@ -248,6 +248,19 @@ fn cors_preflight_and_analytics_js_settings() {
         r.header("access-control-allow-origin"),
         Some("https://shop.example.com")
     );
+    // Refusals carry the header too, or the browser hides their reason from the page.
+    let r = s.request(
+        "POST",
+        "/v1/t",
+        &[("Origin", "https://shop.example.com")],
+        Some(br#"{"writeKey":"wk_wrong","anonymousId":"a","event":"E"}"#),
+    );
+    r.assert_error(401, "unknown_write_key");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example.com")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
 
     let r = s.request("GET", "/v1/projects/wk_web_123/settings", &[], None);
     assert_eq!(r.status, 200);

@@ -299,19 +299,15 @@ impl Dedupe {
         // The loaded keys were hashed with the file's seed; with none loaded (a new
         // journal, or every entry gone) the entries rebuilt from the log and all later
         // ones can take a fresh one.
-        let (seed, file) = match seed {
-            // Rewriting a clean journal at every start cost up to a quarter of a second
-            // with a million entries (bench/RESULTS.md, eleventh session). Entries it holds
+        let kept = seed.filter(|_| map.len() > 0);
+        let (seed, file) = match kept {
+            // Rewriting a clean journal at every start was about half of the time to ready
+            // with ~1.4 M entries (bench/RESULTS.md, eleventh session). Entries it holds
             // past the window are skipped at each load and dropped at the next retention
             // run, which compacts the journal.
-            Some(s) if map.len() > 0 && appendable => {
-                (s, OpenOptions::new().append(true).open(path)?)
-            }
-            kept => {
-                let seed = match kept {
-                    Some(s) if map.len() > 0 => s,
-                    _ => fresh_seed(),
-                };
+            Some(s) if appendable => (s, OpenOptions::new().append(true).open(path)?),
+            _ => {
+                let seed = kept.unwrap_or_else(fresh_seed);
                 // Start from a compacted file: the loaded entries, and the marker they cover.
                 let snapshot: Vec<(u64, u32)> = map.iter().collect();
                 (seed, write_snapshot(path, seed, &snapshot, covered)?)

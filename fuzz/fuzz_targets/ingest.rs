@@ -23,10 +23,11 @@ fuzz_target!(|data: &[u8]| {
         max_batch_events: 8,
         max_request_bytes: 32 * 1024,
     };
-    let Ok(decoded) = sluice_spec::decode::decode_body(body, encoding, &limits) else {
+    let cap = limits.max_body_bytes(endpoint);
+    let Ok(decoded) = sluice_spec::decode::decode_body(body, encoding, &limits, cap) else {
         return;
     };
-    assert!(decoded.len() <= limits.max_request_bytes);
+    assert!(decoded.len() <= cap || encoding.is_none());
     let Ok(doc) = sluice_spec::parse(endpoint, &decoded, &limits) else {
         return;
     };
@@ -37,9 +38,13 @@ fuzz_target!(|data: &[u8]| {
             // Every accepted event is a JSON object with the fields the log relies on.
             assert!(!event.message_id.is_empty() && event.message_id.len() <= 100);
             assert!(!event.user_key.is_empty());
+            // ...that every reader can parse, within the limits as stored.
+            assert!(event.json.len() <= limits.max_stored_event_bytes());
             let json: serde_json::Value = serde_json::from_slice(&event.json).unwrap();
             assert!(json.get("receivedAt").is_some() && json.get("timestamp").is_some());
         }
+        let stored: usize = outcome.accepted.iter().map(|e| e.json.len()).sum();
+        assert!(stored <= limits.max_stored_request_bytes());
         for r in &outcome.rejected {
             assert!(!r.error.code.is_empty());
         }

@@ -231,6 +231,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// stay unused; readers skip them), for deletion regulations. Returns how many.
     async fn erase(&self, filter: EraseFilter) -> Result<u64, LogError>;
 
+    /// How many more bytes the log can take before appends fail for want of space: the
+    /// free space of its disk or the room left under its size limit, whichever is less.
+    /// `None` when the log cannot tell (a broker's disks are the broker's). Readiness
+    /// uses it, so a load balancer stops sending to a node that would refuse every event.
+    async fn room(&self) -> Result<Option<u64>, LogError> {
+        Ok(None)
+    }
+
     /// Finishes pending appends and stops. Later calls fail with [`LogError::Closed`].
     async fn close(&self);
 }

@@ -66,6 +66,8 @@ pub fn sqlite_memory_limit() -> i64 {
 /// The SQLite event log. Cheap to share behind an `Arc`.
 pub struct SqliteLog {
     path: PathBuf,
+    /// `log.max_size_mb` in bytes, if set.
+    max_bytes: Option<u64>,
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -86,6 +88,7 @@ impl SqliteLog {
                 .map_err(storage)?;
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let max_bytes = options.max_bytes;
         let writer = Writer::new(conn, options, &path.with_extension("dedupe"))?;
         let checkpoint_conn = open_connection(&path, false)?;
         let handle = std::thread::Builder::new()
@@ -105,6 +108,7 @@ impl SqliteLog {
             .map_err(|e| LogError::Storage(format!("cannot start writer thread: {e}")))?;
         Ok(SqliteLog {
             path,
+            max_bytes,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -226,6 +230,24 @@ fn init_schema(conn: &Connection) -> Result<(), LogError> {
             .map_err(storage)?;
     }
     Ok(())
+}
+
+/// The bytes an unprivileged writer can still put on the file system holding `path`.
+fn free_disk_bytes(path: &Path) -> Result<u64, LogError> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| LogError::Storage(format!("{} holds a NUL byte", dir.display())))?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(LogError::Storage(format!(
+            "cannot read the free space of {}: {e}",
+            dir.display()
+        )));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 fn storage(e: rusqlite::Error) -> LogError {
@@ -832,6 +854,23 @@ impl EventLog for SqliteLog {
 
     async fn enforce_retention(&self, now_ms: i64) -> Result<u64, LogError> {
         self.send(|reply| Command::Retain(now_ms, reply)).await
+    }
+
+    async fn room(&self) -> Result<Option<u64>, LogError> {
+        let disk = free_disk_bytes(&self.path)?;
+        let Some(max) = self.max_bytes else {
+            return Ok(Some(disk));
+        };
+        // Pages on the free list are reused before the file grows.
+        let used = self
+            .with_reader(|c| {
+                let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+                Ok((pages - free).max(0) as u64 * size as u64)
+            })
+            .await?;
+        Ok(Some(disk.min(max.saturating_sub(used))))
     }
 
     async fn erase(&self, filter: EraseFilter) -> Result<u64, LogError> {

@@ -48,11 +48,11 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
         })
         .map(str::trim)
         .map(str::to_owned);
+    // Percent-decoded, as every query value: a token with `+` or `%` in it arrives encoded.
     let query_token = req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "token")
-            .map(|(_, v)| v.to_owned())
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
     });
     let Some(given) = header_token.or(query_token) else {
         return ApiError::new(

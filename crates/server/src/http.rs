@@ -37,6 +37,9 @@ use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tower_service::Service;
 
+use axum::response::IntoResponse;
+
+use crate::error::ApiError;
 use crate::{tracking, App};
 
 /// The listener's bounds (`[http]` in `sluice.toml`).
@@ -118,7 +121,18 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let body_timeout = settings.body_timeout;
+    let max_body = app.settings.limits.max_request_bytes;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        if let Some(refusal) = malformed(&req, max_body) {
+            let mut res = refusal.into_response();
+            // The body is not read as a request: the connection closes after the answer.
+            res.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            tokio::spawn(linger(req.into_body()));
+            return Either::Left(async move { Ok(res) }.boxed());
+        }
         let mut req = req.map(|body| DeadlineBody::new(body, body_timeout));
         // The Tracking API's ingest calls, nearly all of the traffic, skip the router.
         if tracking::direct_ingest_kind(&req).is_some() {
@@ -154,6 +168,89 @@ async fn connection(
         }
     }
 }
+
+/// What a strict HTTP/1.1 server refuses before any handler runs, for every route:
+///
+/// - an HTTP/1.1 request without `Host` (RFC 9112 §3.2: "MUST respond with 400");
+/// - a `Transfer-Encoding` other than `chunked` (RFC 9112 §6.1: a coding the server does
+///   not implement gets 501; hyper would take `gzip, chunked` as plain `chunked` and hand
+///   the handler compressed bytes);
+/// - more than one `Content-Encoding` coding (two headers, or a list): only one of gzip or
+///   identity is undone, and ignoring the others would read the wrong bytes;
+/// - a declared `Content-Length` above `limits.max_request_bytes`: 413 before a byte of
+///   the body is read.
+pub(crate) fn malformed<B>(req: &hyper::Request<B>, max_body: usize) -> Option<ApiError> {
+    use axum::http::{header, StatusCode, Version};
+    let headers = req.headers();
+    if req.version() == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+        return Some(ApiError::bad_request(
+            "missing_host",
+            "an HTTP/1.1 request must carry a Host header",
+        ));
+    }
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let text = value.to_str().unwrap_or("?");
+        if text
+            .split(',')
+            .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+        {
+            return Some(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported_transfer_encoding",
+                format!("Transfer-Encoding {text:?} is not supported: send the body plain or chunked (compress it with Content-Encoding: gzip)"),
+            ));
+        }
+    }
+    let encodings: Vec<&str> = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?"))
+        .collect();
+    if encodings.len() > 1 || encodings.iter().any(|e| e.contains(',')) {
+        return Some(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!(
+                "Content-Encoding names more than one coding ({}); send exactly one: gzip, or none",
+                encodings.join(", ")
+            ),
+        ));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&n| n > max_body as u64) {
+        return Some(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("Content-Length {len} exceeds the hard cap of {max_body} bytes per request"),
+        ));
+    }
+    None
+}
+
+/// Reads and drops up to [`LINGER_BYTES`] of a refused request's body, for at most
+/// [`LINGER_TIME`], before the connection closes: a client that sends its whole body
+/// before reading the answer then reads the refusal, where closing on unread bytes would
+/// reset the connection under it (nginx's "lingering close"). A larger body is cut off.
+async fn linger(body: Incoming) {
+    use futures_util::StreamExt;
+    let mut stream = axum::body::Body::new(body).into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > LINGER_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// The request body did not arrive within `http.body_timeout`.
 #[derive(Debug)]

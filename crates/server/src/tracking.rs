@@ -204,7 +204,12 @@ async fn decode_and_ingest(
     peer: SocketAddr,
 ) -> Result<Json<IngestReply>, ApiError> {
     let limits = &app.settings.limits;
-    let body = match sluice_spec::decode::decode_body(raw, encoding, limits) {
+    let body = match sluice_spec::decode::decode_body(
+        raw,
+        encoding,
+        limits,
+        limits.max_body_bytes(endpoint),
+    ) {
         Ok(b) => b,
         Err(e) => return Err(refuse(app, header_source.as_deref(), e, raw, received_at).await),
     };

@@ -80,10 +80,20 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         ),
     };
     let sources = sources(&cfg, store.as_ref()).await?;
-    let admin_token = match (&cfg.admin_token, std::env::var("SLUICE_ADMIN_TOKEN")) {
-        (Some(t), _) => t.clone(),
-        (None, Ok(t)) if !t.is_empty() => t,
-        _ => generated(store.as_ref(), "admin_token", "adm_").await?,
+    let (admin_token, token_origin) = match (&cfg.admin_token, std::env::var("SLUICE_ADMIN_TOKEN"))
+    {
+        (Some(t), _) => (t.clone(), TokenOrigin::Config),
+        (None, Ok(t)) if !t.is_empty() => (t, TokenOrigin::Environment),
+        _ => {
+            let existing = store.get_setting("admin_token").await?.is_some();
+            let token = generated(store.as_ref(), "admin_token", "adm_").await?;
+            let origin = if existing {
+                TokenOrigin::Kept
+            } else {
+                TokenOrigin::GeneratedNow
+            };
+            (token, origin)
+        }
     };
 
     let log_options = LogOptions {
@@ -155,7 +165,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     .context("cannot start the destinations")?;
     let _ = app.destinations.set(destinations);
     // Last: the banner is the readiness signal, and consumers must have their cursors.
-    print_banner(addr, &data_dir, &app.settings);
+    print_banner(addr, &data_dir, &app.settings, token_origin);
     sluice_server::serve(listener, app, shutdown)
         .await
         .context("server failed")?;
@@ -280,7 +290,18 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn print_banner(addr: SocketAddr, data_dir: &Path, settings: &Settings) {
+/// Where the admin token came from: the banner shows a token only the one time the
+/// server generates it, never one the operator supplied (it would land in journald and
+/// container logs at every start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenOrigin {
+    Config,
+    Environment,
+    GeneratedNow,
+    Kept,
+}
+
+fn print_banner(addr: SocketAddr, data_dir: &Path, settings: &Settings, origin: TokenOrigin) {
     let url = format!("http://{addr}");
     let mut out = String::new();
     out.push_str(&format!(
@@ -288,7 +309,27 @@ fn print_banner(addr: SocketAddr, data_dir: &Path, settings: &Settings) {
         env!("CARGO_PKG_VERSION")
     ));
     out.push_str(&format!("  data directory: {}\n", data_dir.display()));
-    out.push_str(&format!("  admin token:    {}\n", settings.admin_token));
+    let shown_token = match origin {
+        TokenOrigin::GeneratedNow => {
+            out.push_str(&format!(
+                "  admin token:    {}   (generated now, kept in the state store; shown this once)\n",
+                settings.admin_token
+            ));
+            settings.admin_token.as_str()
+        }
+        TokenOrigin::Kept => {
+            out.push_str("  admin token:    (generated at the first start and shown then; set admin_token or SLUICE_ADMIN_TOKEN to choose one)\n");
+            "<admin token>"
+        }
+        TokenOrigin::Config => {
+            out.push_str("  admin token:    (admin_token in the config file)\n");
+            "<admin token>"
+        }
+        TokenOrigin::Environment => {
+            out.push_str("  admin token:    (from SLUICE_ADMIN_TOKEN)\n");
+            "<admin token>"
+        }
+    };
     for s in &settings.sources {
         out.push_str(&format!(
             "  source {:<10} write key: {}\n",
@@ -310,7 +351,7 @@ Point a Segment client here (only the host changes):
   Python:       segment.analytics.write_key = '{wk}'; segment.analytics.host = '{url}'
   Node:         new Analytics({{ writeKey: '{wk}', host: '{url}' }})
 "#,
-            token = settings.admin_token,
+            token = shown_token,
             name = s.name,
         ));
     }

@@ -12,11 +12,14 @@ use crate::raw::{self, RawObject};
 use crate::Limits;
 
 /// Undoes the request's `Content-Encoding`. The decompressed size is bounded by
-/// `limits.max_request_bytes` so that a small gzip bomb cannot exhaust memory.
+/// `max_decoded` (the most the endpoint takes: [`Limits::max_body_bytes`]) and by
+/// `limits.max_request_bytes`, so a small gzip bomb costs no more memory than the largest
+/// body the endpoint accepts; decompression stops at the first byte past it.
 pub fn decode_body<'a>(
     raw: &'a [u8],
     content_encoding: Option<&str>,
     limits: &Limits,
+    max_decoded: usize,
 ) -> Result<Cow<'a, [u8]>, RequestError> {
     let encoding = content_encoding.map(str::trim).unwrap_or("");
     if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
@@ -30,14 +33,18 @@ pub fn decode_body<'a>(
     if !(encoding.eq_ignore_ascii_case("gzip") || encoding.eq_ignore_ascii_case("x-gzip")) {
         return Err(RequestError::UnsupportedEncoding(encoding.to_string()));
     }
-    let cap = limits.max_request_bytes;
+    let cap = limits.max_request_bytes.min(max_decoded);
     let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(cap));
     let mut reader = flate2::read::MultiGzDecoder::new(raw).take(cap as u64 + 1);
     reader
         .read_to_end(&mut out)
         .map_err(|e| RequestError::BadGzip(e.to_string()))?;
     if out.len() > cap {
-        return Err(RequestError::RequestTooLarge { limit: cap });
+        return Err(if cap < limits.max_request_bytes {
+            RequestError::DecodedTooLarge { limit: cap }
+        } else {
+            RequestError::RequestTooLarge { limit: cap }
+        });
     }
     Ok(Cow::Owned(out))
 }
@@ -110,12 +117,7 @@ pub fn parse_single<'a>(body: &'a [u8], limits: &Limits) -> Result<Document<'a>,
     let text = utf8(body)?;
     not_an_object(text)?;
     let event = RawObject::parse(text).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
-    if let Some(n) = raw::unrepresentable_number(text) {
-        return Err(RequestError::InvalidJson(format!(
-            "number {} is too large to represent",
-            &n[..n.len().min(40)]
-        )));
-    }
+    crate::normalize::check_item(text, &event).map_err(RequestError::Invalid)?;
     let write_key = event
         .get("writeKey")
         .and_then(raw::as_str)
@@ -161,8 +163,8 @@ pub fn parse_batch<'a>(body: &'a [u8], limits: &Limits) -> Result<Document<'a>, 
             }
         })?,
     };
-    let context = object_field(raw.context, "context")?;
-    let integrations = object_field(raw.integrations, "integrations")?;
+    let context = object_field(raw.context, "context", limits)?;
+    let integrations = object_field(raw.integrations, "integrations", limits)?;
     let sent_at = match non_null(raw.sent_at) {
         None => None,
         Some(v) => match serde_json::from_str::<Value>(v.get()) {
@@ -195,19 +197,43 @@ fn non_null(v: Option<&RawValue>) -> Option<&RawValue> {
     v.filter(|v| v.get().trim() != "null")
 }
 
+/// An envelope object that is merged into every item: it must fit in an event and be
+/// readable one level below the item's top (where it lands).
 fn object_field(
     v: Option<&RawValue>,
     field: &'static str,
+    limits: &Limits,
 ) -> Result<Option<Map<String, Value>>, RequestError> {
     match non_null(v) {
         None => Ok(None),
-        Some(v) => match serde_json::from_str::<Value>(v.get()) {
-            Ok(Value::Object(m)) => Ok(Some(m)),
-            _ => Err(RequestError::InvalidEnvelope {
-                field,
-                reason: "must be an object",
-            }),
-        },
+        Some(v) if v.get().len() > limits.max_event_bytes => Err(RequestError::EnvelopeTooLarge {
+            field,
+            size: v.get().len(),
+            limit: limits.max_event_bytes,
+        }),
+        Some(v) => {
+            if let Err(problem) = raw::check_readable(v.get(), raw::MAX_DEPTH - 1) {
+                return Err(RequestError::EnvelopeUnreadable {
+                    field,
+                    code: problem.code(),
+                    reason: problem.to_string(),
+                });
+            }
+            object_value(v, field)
+        }
+    }
+}
+
+fn object_value(
+    v: &RawValue,
+    field: &'static str,
+) -> Result<Option<Map<String, Value>>, RequestError> {
+    match serde_json::from_str::<Value>(v.get()) {
+        Ok(Value::Object(m)) => Ok(Some(m)),
+        _ => Err(RequestError::InvalidEnvelope {
+            field,
+            reason: "must be an object",
+        }),
     }
 }
 
@@ -230,23 +256,35 @@ mod tests {
         };
         let body = br#"{"batch":[]}"#;
         let zipped = gzip(body);
-        let out = decode_body(&zipped, Some("gzip"), &limits).unwrap();
+        let out = decode_body(&zipped, Some("gzip"), &limits, usize::MAX).unwrap();
         assert_eq!(&out[..], body);
         // 10x the cap of zeros compresses to a few bytes but must be refused.
         let bomb = gzip(&vec![b'0'; 10_000]);
         assert!(bomb.len() < 1000);
         assert!(matches!(
-            decode_body(&bomb, Some("gzip"), &limits),
+            decode_body(&bomb, Some("gzip"), &limits, usize::MAX),
             Err(RequestError::RequestTooLarge { limit: 1000 })
         ));
         assert!(matches!(
-            decode_body(b"not gzip", Some("gzip"), &limits),
+            decode_body(b"not gzip", Some("gzip"), &limits, usize::MAX),
             Err(RequestError::BadGzip(_))
         ));
         assert!(matches!(
-            decode_body(b"{}", Some("br"), &limits),
+            decode_body(b"{}", Some("br"), &limits, usize::MAX),
             Err(RequestError::UnsupportedEncoding(_))
         ));
+        // Below the hard cap, the endpoint's own limit stops decompression.
+        let batch = gzip(&vec![b' '; 600]);
+        assert!(matches!(
+            decode_body(&batch, Some("gzip"), &limits, 500),
+            Err(RequestError::DecodedTooLarge { limit: 500 })
+        ));
+        assert_eq!(
+            decode_body(&batch, Some("gzip"), &limits, 600)
+                .unwrap()
+                .len(),
+            600
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ use thiserror::Error;
 pub enum RequestError {
     #[error("request body exceeds the hard cap of {limit} bytes (after decompression)")]
     RequestTooLarge { limit: usize },
+    #[error("body decompresses to more than {limit} bytes, the most this endpoint takes")]
+    DecodedTooLarge { limit: usize },
     #[error("unsupported Content-Encoding {0:?}: send gzip or no encoding")]
     UnsupportedEncoding(String),
     #[error("body is not valid gzip: {0}")]
@@ -23,6 +25,18 @@ pub enum RequestError {
         field: &'static str,
         reason: &'static str,
     },
+    #[error("batch envelope field `{field}` holds {size} bytes, more than the limit of {limit} bytes per event; it is merged into every item")]
+    EnvelopeTooLarge {
+        field: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    #[error("batch envelope field `{field}`: {reason}")]
+    EnvelopeUnreadable {
+        field: &'static str,
+        code: &'static str,
+        reason: String,
+    },
     #[error("batch of {size} bytes exceeds the limit of {limit} bytes per batch request")]
     BatchTooLarge { size: usize, limit: usize },
     #[error("event of {size} bytes exceeds the limit of {limit} bytes per event")]
@@ -34,13 +48,17 @@ pub enum RequestError {
 impl RequestError {
     pub fn code(&self) -> &'static str {
         match self {
-            RequestError::RequestTooLarge { .. } => "request_too_large",
+            RequestError::RequestTooLarge { .. } | RequestError::DecodedTooLarge { .. } => {
+                "request_too_large"
+            }
             RequestError::UnsupportedEncoding(_) => "unsupported_encoding",
             RequestError::BadGzip(_) => "invalid_gzip",
             RequestError::InvalidJson(_) => "invalid_json",
             RequestError::NotAnObject => "invalid_json",
             RequestError::MissingBatch => "missing_batch",
             RequestError::InvalidEnvelope { .. } => "invalid_envelope",
+            RequestError::EnvelopeTooLarge { .. } => "event_too_large",
+            RequestError::EnvelopeUnreadable { code, .. } => code,
             RequestError::BatchTooLarge { .. } => "batch_too_large",
             RequestError::EventTooLarge { .. } => "event_too_large",
             RequestError::Invalid(e) => e.code,
@@ -51,7 +69,7 @@ impl RequestError {
     /// above the hard cap.
     pub fn status(&self) -> u16 {
         match self {
-            RequestError::RequestTooLarge { .. } => 413,
+            RequestError::RequestTooLarge { .. } | RequestError::DecodedTooLarge { .. } => 413,
             RequestError::UnsupportedEncoding(_) => 415,
             _ => 400,
         }
@@ -60,7 +78,9 @@ impl RequestError {
     /// The field or limit the error is about, for the JSON error body.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            RequestError::InvalidEnvelope { field, .. } => Some(field),
+            RequestError::InvalidEnvelope { field, .. }
+            | RequestError::EnvelopeTooLarge { field, .. }
+            | RequestError::EnvelopeUnreadable { field, .. } => Some(field),
             RequestError::MissingBatch => Some("batch"),
             RequestError::Invalid(e) => e.field,
             _ => None,
@@ -70,8 +90,10 @@ impl RequestError {
     pub fn limit(&self) -> Option<usize> {
         match self {
             RequestError::RequestTooLarge { limit }
+            | RequestError::DecodedTooLarge { limit }
             | RequestError::BatchTooLarge { limit, .. }
-            | RequestError::EventTooLarge { limit, .. } => Some(*limit),
+            | RequestError::EventTooLarge { limit, .. }
+            | RequestError::EnvelopeTooLarge { limit, .. } => Some(*limit),
             _ => None,
         }
     }

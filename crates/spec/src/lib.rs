@@ -111,6 +111,41 @@ impl Default for Limits {
     }
 }
 
+/// Bytes the server itself may add to an event as it stores it (`type`, `messageId`,
+/// `receivedAt`, the corrected `timestamp`, `originalTimestamp`, the envelope's `sentAt`,
+/// `context.ip`): together at most ~400, so 512 covers them.
+pub const SERVER_FIELDS_ALLOWANCE: usize = 512;
+
+impl Limits {
+    /// The largest event as stored, after the envelope's `context` and `integrations` are
+    /// merged in and the server's fields added: what the client may send plus
+    /// [`SERVER_FIELDS_ALLOWANCE`]. Merged envelope bytes count in full.
+    pub fn max_stored_event_bytes(&self) -> usize {
+        self.max_event_bytes.saturating_add(SERVER_FIELDS_ALLOWANCE)
+    }
+
+    /// The largest decoded body an endpoint takes: a single call's is one event, a
+    /// batch's the batch limit (never above the hard cap).
+    pub fn max_body_bytes(&self, endpoint: Endpoint) -> usize {
+        let limit = match endpoint {
+            Endpoint::Single(_) => self.max_event_bytes,
+            Endpoint::Batch => self.max_batch_bytes,
+        };
+        limit.min(self.max_request_bytes)
+    }
+
+    /// The most bytes one request's accepted events may take as stored: 4 × the larger of
+    /// the batch and event limits (2 MB by default). A batch within Segment's limits
+    /// stores ~1.5 × its body; only an envelope `context` merged into thousands of items
+    /// comes near this, and the items past it are refused one by one. It bounds what one
+    /// request makes the server hold (docs/api.md, "Memory").
+    pub fn max_stored_request_bytes(&self) -> usize {
+        self.max_batch_bytes
+            .max(self.max_event_bytes)
+            .saturating_mul(4)
+    }
+}
+
 /// Parses a decoded body for an endpoint.
 pub fn parse<'a>(
     endpoint: Endpoint,

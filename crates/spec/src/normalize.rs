@@ -83,8 +83,8 @@ pub fn normalize_document(
     match doc {
         Document::Single { event, .. } => {
             let call = endpoint_call.unwrap_or(CallType::Track);
-            let ev =
-                normalize_event(Some(call), event, None, ctx).map_err(RequestError::Invalid)?;
+            let ev = normalize_event(Some(call), event, None, ctx, limits)
+                .map_err(RequestError::Invalid)?;
             Ok(Outcome {
                 accepted: vec![ev],
                 rejected: vec![],
@@ -101,6 +101,8 @@ fn normalize_batch(env: &BatchEnvelope<'_>, ctx: &Context<'_>, limits: &Limits) 
         accepted: Vec::with_capacity(env.items.len().min(limits.max_batch_events)),
         rejected: Vec::new(),
     };
+    let max_stored = limits.max_stored_request_bytes();
+    let mut stored = 0usize;
     for (index, raw) in env.items.iter().enumerate() {
         let text = raw.get();
         let reject = |error: ItemError, message_id: Option<String>| Rejected {
@@ -138,17 +140,6 @@ fn normalize_batch(env: &BatchEnvelope<'_>, ctx: &Context<'_>, limits: &Limits) 
             ));
             continue;
         }
-        if let Some(n) = raw::unrepresentable_number(text) {
-            out.rejected.push(reject(
-                ItemError::new(
-                    "invalid_number",
-                    None,
-                    format!("number {} is too large to represent", &n[..n.len().min(40)]),
-                ),
-                message_id_of_raw(text),
-            ));
-            continue;
-        }
         let obj = match RawObject::parse(text) {
             Ok(o) => o,
             Err(_) => {
@@ -159,17 +150,73 @@ fn normalize_batch(env: &BatchEnvelope<'_>, ctx: &Context<'_>, limits: &Limits) 
                 continue;
             }
         };
+        if let Err(e) = check_item(text, &obj) {
+            out.rejected.push(reject(e, message_id_of_raw(text)));
+            continue;
+        }
         let message_id = obj
             .get("messageId")
             .and_then(raw::as_str)
             .map(|s| s.into_owned());
-        match normalize_event(None, obj, Some(env), ctx) {
-            Ok(ev) => out.accepted.push(ev),
+        match normalize_event(None, obj, Some(env), ctx, limits) {
+            Ok(ev) if stored + ev.json.len() > max_stored => out.rejected.push(reject(
+                ItemError::new(
+                    "batch_too_large",
+                    None,
+                    format!(
+                        "the batch's events as stored (the envelope's context and integrations merged into each) exceed {max_stored} bytes; this one is past the limit"
+                    ),
+                ),
+                message_id,
+            )),
+            Ok(ev) => {
+                stored += ev.json.len();
+                out.accepted.push(ev);
+            }
             Err(e) => out.rejected.push(reject(e, message_id)),
         }
     }
     out
 }
+
+/// The one definition of a readable event, applied to every item ingest accepts (single
+/// calls, batch items, and through them the webhook and Kafka sources): its text must
+/// pass [`raw::check_readable`] with [`raw::MAX_DEPTH`]. The error names the top-level
+/// field that holds the problem.
+pub fn check_item(text: &str, obj: &RawObject<'_>) -> Result<(), ItemError> {
+    let Err(problem) = raw::check_readable(text, raw::MAX_DEPTH) else {
+        return Ok(());
+    };
+    let at = text.as_ptr() as usize + problem.offset();
+    let member = obj.members.iter().find(|(_, v)| {
+        let start = v.get().as_ptr() as usize;
+        (start..start + v.get().len()).contains(&at)
+    });
+    let (field, message) = match member {
+        Some((name, _)) => (
+            KNOWN_FIELDS.iter().copied().find(|f| *f == name.as_ref()),
+            format!("field {:?}: {problem}", name.as_ref()),
+        ),
+        None => (None, problem.to_string()),
+    };
+    Err(ItemError::new(problem.code(), field, message))
+}
+
+/// The top-level fields an error can name as its `field`.
+const KNOWN_FIELDS: [&str; 12] = [
+    "properties",
+    "traits",
+    "context",
+    "integrations",
+    "userId",
+    "anonymousId",
+    "previousId",
+    "groupId",
+    "event",
+    "name",
+    "messageId",
+    "category",
+];
 
 fn message_id_of_raw(text: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -199,6 +246,7 @@ pub fn normalize_event(
     mut obj: RawObject<'_>,
     envelope: Option<&BatchEnvelope<'_>>,
     ctx: &Context<'_>,
+    limits: &Limits,
 ) -> Result<Event, ItemError> {
     // Explicit nulls mean "absent" (analytics-python sends them); a repeated name keeps
     // its last value.
@@ -423,11 +471,23 @@ pub fn normalize_event(
         out.string("receivedAt", &times.received);
     }
 
+    let json = out.finish();
+    if json.len() > limits.max_stored_event_bytes() {
+        return Err(ItemError::new(
+            "event_too_large",
+            None,
+            format!(
+                "event of {} bytes as stored (after the batch envelope's context and integrations are merged in) exceeds the limit of {} bytes per event",
+                json.len(),
+                limits.max_stored_event_bytes()
+            ),
+        ));
+    }
     Ok(Event {
         call,
         message_id,
         user_key,
-        json: out.finish(),
+        json,
     })
 }
 
@@ -538,11 +598,8 @@ fn id_field(obj: &RawObject<'_>, field: &'static str) -> Result<Option<String>, 
         b'"' => Ok(raw::as_str(v)
             .filter(|s| !s.is_empty())
             .map(|s| s.into_owned())),
-        b'-' | b'0'..=b'9' => Ok(Some(
-            serde_json::from_str::<serde_json::Number>(v.get())
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| v.get().to_string()),
-        )),
+        // The literal as sent: a 30-digit id must keep every digit (an f64 would not).
+        b'-' | b'0'..=b'9' => Ok(Some(v.get().to_string())),
         _ => Err(ItemError::new(
             "invalid_id",
             Some(field),

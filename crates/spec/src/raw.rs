@@ -102,6 +102,163 @@ impl<'a> RawObject<'a> {
     }
 }
 
+/// How deep a stored event may nest: the event object is level 1, `properties` level 2.
+/// Every reader of the log must be able to parse what ingest accepts, and serde_json (like
+/// most JSON parsers) refuses more than 128 levels; 64 leaves room for the envelopes
+/// readers wrap an event in (a webhook's batch, a Kafka record, the admin API's pages).
+pub const MAX_DEPTH: usize = 64;
+
+/// Why a JSON text that is valid by the grammar cannot be stored: every reader of the
+/// log must be able to parse it back into the same value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Arrays and objects nest `depth` levels deep, beyond `limit`; `at` is the byte
+    /// offset where the limit was crossed.
+    TooDeep {
+        depth: usize,
+        limit: usize,
+        at: usize,
+    },
+    /// A `\uD800`–`\uDFFF` escape without its pair: no Unicode text holds it.
+    LoneSurrogate { escape: String, at: usize },
+    /// A number literal no f64 can hold (`9e999`).
+    NumberTooLarge { literal: String, at: usize },
+}
+
+impl Unreadable {
+    /// The byte offset of the problem in the text checked.
+    pub fn offset(&self) -> usize {
+        match self {
+            Unreadable::TooDeep { at, .. }
+            | Unreadable::LoneSurrogate { at, .. }
+            | Unreadable::NumberTooLarge { at, .. } => *at,
+        }
+    }
+
+    /// The stable machine code of the refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Unreadable::TooDeep { .. } => "too_deep",
+            Unreadable::LoneSurrogate { .. } => "invalid_string",
+            Unreadable::NumberTooLarge { .. } => "invalid_number",
+        }
+    }
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unreadable::TooDeep { limit, .. } => write!(
+                f,
+                "objects and arrays nest more than {limit} levels deep (the event itself is level 1)"
+            ),
+            Unreadable::LoneSurrogate { escape, .. } => write!(
+                f,
+                "a string holds the escape {escape}, half of a UTF-16 surrogate pair without its other half; strings must be valid Unicode"
+            ),
+            Unreadable::NumberTooLarge { literal, .. } => write!(
+                f,
+                "number {} is too large to represent",
+                &literal[..literal.len().min(40)]
+            ),
+        }
+    }
+}
+
+/// Checks that a JSON text (valid by the grammar: serde_json accepted it) can be read
+/// back by every reader: at most `max_depth` levels of arrays and objects (the outermost
+/// value counts as 1), no lone surrogate escapes, no number beyond an f64. Cheap when
+/// nothing is wrong: the full scan runs only when a fast count says it might find
+/// something.
+pub fn check_readable(text: &str, max_depth: usize) -> Result<(), Unreadable> {
+    let b = text.as_bytes();
+    let may_be_deep = b.iter().filter(|&&c| c == b'{' || c == b'[').count() > max_depth;
+    let may_have_surrogate =
+        memchr::memmem::find_iter(b, b"\\u").any(|i| matches!(b.get(i + 2), Some(b'd' | b'D')));
+    if may_be_deep || may_have_surrogate {
+        scan_structure(b, max_depth)?;
+    }
+    if let Some(n) = unrepresentable_number(text) {
+        let at = n.as_ptr() as usize - text.as_ptr() as usize;
+        return Err(Unreadable::NumberTooLarge {
+            literal: n.to_string(),
+            at,
+        });
+    }
+    Ok(())
+}
+
+/// The depth and surrogate part of [`check_readable`], byte by byte.
+fn scan_structure(b: &[u8], max_depth: usize) -> Result<(), Unreadable> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(Unreadable::TooDeep {
+                        depth,
+                        limit: max_depth,
+                        at: i,
+                    });
+                }
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() {
+                    match b[i] {
+                        b'\\' if b.get(i + 1) == Some(&b'u') => {
+                            let unit = hex4(b, i + 2);
+                            match unit {
+                                Some(0xD800..=0xDBFF) => {
+                                    let low = (b.get(i + 6) == Some(&b'\\')
+                                        && b.get(i + 7) == Some(&b'u'))
+                                    .then(|| hex4(b, i + 8))
+                                    .flatten();
+                                    if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                                        return Err(lone(b, i));
+                                    }
+                                    i += 12;
+                                }
+                                Some(0xDC00..=0xDFFF) => return Err(lone(b, i)),
+                                _ => i += 6,
+                            }
+                        }
+                        b'\\' => i += 2,
+                        b'"' => {
+                            i += 1;
+                            break;
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+fn hex4(b: &[u8], at: usize) -> Option<u32> {
+    let digits = b.get(at..at + 4)?;
+    let text = std::str::from_utf8(digits).ok()?;
+    u32::from_str_radix(text, 16).ok()
+}
+
+fn lone(b: &[u8], at: usize) -> Unreadable {
+    let end = (at + 6).min(b.len());
+    Unreadable::LoneSurrogate {
+        escape: String::from_utf8_lossy(&b[at..end]).into_owned(),
+        at,
+    }
+}
+
 /// Finds a number literal too large for an f64. JSON's grammar allows `9e999`, but
 /// serde_json (and most consumers of the stored events) refuse it, and copying raw values
 /// through would store events that cannot be read back. Returns the offending literal.

@@ -125,6 +125,16 @@ fn numeric_ids_become_strings() {
     assert_eq!(ev.body()["userId"], "123");
     assert_eq!(ev.body()["anonymousId"], "4.5");
     assert_eq!(ev.user_key, "123");
+    // Beyond 64 bits, every digit is kept (an f64 would give "1.2345678901234568e29").
+    let raw = br#"{"userId":123456789012345678901234567890,"event":"E"}"#;
+    let doc = parse(Endpoint::Single(CallType::Track), raw, &Limits::default()).unwrap();
+    let out = normalize::normalize_document(Some(CallType::Track), doc, &ctx(), &Limits::default())
+        .unwrap();
+    assert_eq!(out.accepted[0].user_key, "123456789012345678901234567890");
+    assert_eq!(
+        out.accepted[0].body()["userId"],
+        "123456789012345678901234567890"
+    );
 }
 
 #[test]
@@ -356,7 +366,7 @@ proptest! {
         let c = Context { received_at: received, received_at_text: None, client_ip: None, collect_ip: false };
         let text = serde_json::to_string(&m).unwrap();
         let obj = crate::raw::RawObject::parse(&text).unwrap();
-        let ev = normalize::normalize_event(Some(CallType::Track), obj, None, &c).unwrap();
+        let ev = normalize::normalize_event(Some(CallType::Track), obj, None, &c, &Limits::default()).unwrap();
         let corrected = parse_timestamp(ev.body()["timestamp"].as_str().unwrap()).unwrap();
         prop_assert_eq!(corrected, received - (sent - ts));
         prop_assert_eq!(corrected, ts - Duration::milliseconds(skew_ms));
@@ -431,7 +441,10 @@ fn numbers_too_large_for_f64_are_refused_not_stored() {
     let limits = Limits::default();
     let single = br#"{"userId":"u","event":"E","properties":{"a":[1,9e99999999]}}"#;
     let err = parse(Endpoint::Single(CallType::Track), single, &limits).unwrap_err();
-    assert_eq!(err.code(), "invalid_json");
+    assert_eq!(
+        (err.code(), err.field()),
+        ("invalid_number", Some("properties"))
+    );
     assert!(err.to_string().contains("9e99999999"), "{err}");
     let out = run(
         Endpoint::Batch,
@@ -449,4 +462,235 @@ fn numbers_too_large_for_f64_are_refused_not_stored() {
     assert_eq!(out.accepted.len(), 1);
     assert_eq!(out.rejected[0].error.code, "invalid_number");
     assert_eq!(out.rejected[0].message_id.as_deref(), Some("big"));
+}
+
+/// `properties` nested so that the event is `depth` levels deep (the event is level 1).
+fn nested_event(depth: usize) -> String {
+    let inner = depth - 2; // the properties object is level 2
+    format!(
+        r#"{{"type":"track","userId":"u","event":"E","properties":{{"a":{}1{}}}}}"#,
+        "[".repeat(inner),
+        "]".repeat(inner)
+    )
+}
+
+#[test]
+fn nesting_beyond_the_limit_is_refused_everywhere_and_at_the_limit_reads_back() {
+    let limits = Limits::default();
+    let ok = nested_event(raw::MAX_DEPTH);
+    let deep = nested_event(raw::MAX_DEPTH + 1);
+    // Single calls.
+    let doc = parse(Endpoint::Single(CallType::Track), ok.as_bytes(), &limits).unwrap();
+    let out = normalize::normalize_document(Some(CallType::Track), doc, &ctx(), &limits).unwrap();
+    let back: Value = serde_json::from_slice(&out.accepted[0].json).unwrap();
+    assert_eq!(
+        back["properties"],
+        serde_json::from_str::<Value>(&ok).unwrap()["properties"]
+    );
+    let err = parse(Endpoint::Single(CallType::Track), deep.as_bytes(), &limits).unwrap_err();
+    assert_eq!(
+        (err.code(), err.field(), err.status()),
+        ("too_deep", Some("properties"), 400)
+    );
+    assert!(
+        err.to_string().contains("\"properties\"") && err.to_string().contains("64"),
+        "{err}"
+    );
+    // 200 levels: what serde_json itself cannot read.
+    let very = nested_event(200);
+    assert_eq!(
+        parse(Endpoint::Single(CallType::Track), very.as_bytes(), &limits)
+            .unwrap_err()
+            .code(),
+        "too_deep"
+    );
+    // Batch items: the deep one is refused, its neighbour kept.
+    let body = format!(r#"{{"batch":[{very},{ok}]}}"#);
+    let doc = parse(Endpoint::Batch, body.as_bytes(), &limits).unwrap();
+    let out = normalize::normalize_document(None, doc, &ctx(), &limits).unwrap();
+    assert_eq!(out.accepted.len(), 1);
+    assert_eq!(out.rejected[0].error.code, "too_deep");
+    assert_eq!(out.rejected[0].index, 0);
+    // The envelope's context lands one level below the item's top.
+    let ctx_ok = format!(
+        "{}1{}",
+        "[".repeat(raw::MAX_DEPTH - 2),
+        "]".repeat(raw::MAX_DEPTH - 2)
+    );
+    let body = format!(
+        r#"{{"batch":[{{"type":"track","userId":"u","event":"E"}}],"context":{{"a":{ctx_ok}}}}}"#
+    );
+    let doc = parse(Endpoint::Batch, body.as_bytes(), &limits).unwrap();
+    let out = normalize::normalize_document(None, doc, &ctx(), &limits).unwrap();
+    serde_json::from_slice::<Value>(&out.accepted[0].json).unwrap();
+    let body = format!(
+        r#"{{"batch":[{{"type":"track","userId":"u","event":"E"}}],"context":{{"a":[{ctx_ok}]}}}}"#
+    );
+    let err = parse(Endpoint::Batch, body.as_bytes(), &limits).unwrap_err();
+    assert_eq!((err.code(), err.field()), ("too_deep", Some("context")));
+}
+
+#[test]
+fn lone_surrogates_are_refused_and_pairs_kept() {
+    let limits = Limits::default();
+    for (escape, ok) in [
+        (r"\ud800", false),
+        (r"\uDBFF", false),
+        (r"\udc00", false),
+        (r"\ud800\u0041", false),
+        (r"x\ud83d", false),
+        (r"\ud83d\ude00", true),
+        (r"\\ud800", true), // an escaped backslash, then plain text
+        (r"\u00e9", true),
+    ] {
+        let body = format!(r#"{{"userId":"u","event":"E","properties":{{"s":"{escape}"}}}}"#);
+        let res = parse(Endpoint::Single(CallType::Track), body.as_bytes(), &limits);
+        match (ok, res) {
+            (true, Ok(doc)) => {
+                let out =
+                    normalize::normalize_document(Some(CallType::Track), doc, &ctx(), &limits)
+                        .unwrap();
+                let back: Value = serde_json::from_slice(&out.accepted[0].json).unwrap();
+                let sent: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(back["properties"], sent["properties"], "{escape}");
+            }
+            (false, Err(e)) => {
+                assert_eq!(
+                    (e.code(), e.field()),
+                    ("invalid_string", Some("properties")),
+                    "{escape}"
+                );
+                assert!(e.to_string().contains("surrogate"), "{e}");
+            }
+            (ok, res) => panic!("{escape}: expected ok={ok}, got {res:?}"),
+        }
+    }
+    // A batch item and the envelope's context alike.
+    let body = r#"{"batch":[{"type":"track","userId":"u","event":"\ud800"},{"type":"track","userId":"u","event":"E"}]}"#;
+    let doc = parse(Endpoint::Batch, body.as_bytes(), &limits).unwrap();
+    let out = normalize::normalize_document(None, doc, &ctx(), &limits).unwrap();
+    assert_eq!(out.accepted.len(), 1);
+    assert_eq!(out.rejected[0].error.code, "invalid_string");
+    assert_eq!(out.rejected[0].error.field, Some("event"));
+    let body = r#"{"batch":[],"context":{"s":"\udfff"}}"#;
+    let err = parse(Endpoint::Batch, body.as_bytes(), &limits).unwrap_err();
+    assert_eq!(
+        (err.code(), err.field()),
+        ("invalid_string", Some("context"))
+    );
+}
+
+#[test]
+fn the_envelope_cannot_grow_events_past_the_limits() {
+    let limits = Limits::default();
+    // An envelope context larger than an event may be is refused before any item is built.
+    let big = "x".repeat(limits.max_event_bytes);
+    let body = format!(
+        r#"{{"batch":[{{"type":"track","userId":"u","event":"E"}}],"context":{{"pad":"{big}"}}}}"#
+    );
+    let err = parse(Endpoint::Batch, body.as_bytes(), &limits).unwrap_err();
+    assert_eq!(
+        (err.code(), err.field(), err.status()),
+        ("event_too_large", Some("context"), 400)
+    );
+    // Within the limit alone, but not with the item's own properties: the item is refused.
+    let pad = "y".repeat(limits.max_event_bytes / 2 + 1000);
+    let body = format!(
+        r#"{{"batch":[{{"type":"track","userId":"u","event":"E","properties":{{"p":"{pad}"}}}},{{"type":"track","userId":"u","event":"small"}}],"context":{{"pad":"{pad}"}}}}"#
+    );
+    let doc = parse(Endpoint::Batch, body.as_bytes(), &limits).unwrap();
+    let out = normalize::normalize_document(None, doc, &ctx(), &limits).unwrap();
+    assert_eq!(out.rejected.len(), 1);
+    assert_eq!(out.rejected[0].error.code, "event_too_large");
+    assert!(out.rejected[0].error.message.contains("as stored"));
+    assert_eq!(out.accepted.len(), 1);
+    assert!(out.accepted[0].json.len() <= limits.max_stored_event_bytes());
+    // Thousands of tiny items under a large context: the request's events as stored stop
+    // at the stated bound, and the rest are refused one by one.
+    let pad = "z".repeat(20_000);
+    let items = vec![r#"{"type":"track","userId":"u","event":"E"}"#; 2000].join(",");
+    let body = format!(r#"{{"batch":[{items}],"context":{{"pad":"{pad}"}}}}"#);
+    assert!(body.len() < limits.max_batch_bytes);
+    let doc = parse(Endpoint::Batch, body.as_bytes(), &limits).unwrap();
+    let out = normalize::normalize_document(None, doc, &ctx(), &limits).unwrap();
+    let stored: usize = out.accepted.iter().map(|e| e.json.len()).sum();
+    assert!(stored <= limits.max_stored_request_bytes(), "{stored}");
+    assert!(!out.accepted.is_empty());
+    assert_eq!(out.accepted.len() + out.rejected.len(), 2000);
+    assert!(out
+        .rejected
+        .iter()
+        .all(|r| r.error.code == "batch_too_large"));
+}
+
+/// JSON text as hostile clients write it: deep nesting around the limit, surrogate
+/// escapes (paired and lone), numbers at and past an f64's range, escapes of every kind.
+fn hostile_value(depth: u32) -> BoxedStrategy<String> {
+    let leaf = prop_oneof![
+        Just("1".to_string()),
+        Just("-0.0".to_string()),
+        Just("1e308".to_string()),
+        Just("1e309".to_string()),
+        Just("123456789012345678901234567890".to_string()),
+        Just(r#""\ud83d\ude00""#.to_string()),
+        Just(r#""\ud800""#.to_string()),
+        Just(r#""\udc00x""#.to_string()),
+        Just(r#""\\ud800""#.to_string()),
+        Just(r#""\u0000\n\t\"\/""#.to_string()),
+        "[a-zé€😀]{0,6}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        (50usize..70).prop_map(|n| format!("{}0{}", "[".repeat(n), "]".repeat(n))),
+    ];
+    if depth == 0 {
+        return leaf.boxed();
+    }
+    prop_oneof![
+        3 => leaf,
+        1 => prop::collection::vec(hostile_value(depth - 1), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
+        1 => prop::collection::vec(("[a-z]{1,3}", hostile_value(depth - 1)), 0..3).prop_map(|v| {
+            let m: Vec<String> = v.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", m.join(","))
+        }),
+    ]
+    .boxed()
+}
+
+proptest! {
+    /// Whatever ingest accepts, every reader can parse back, equal to what was sent;
+    /// whatever it refuses, it refuses with one of the readability codes.
+    #[test]
+    fn every_accepted_event_reads_back_equal(props in hostile_value(3), batch in any::<bool>()) {
+        let limits = Limits::default();
+        let item = format!(r#"{{"type":"track","userId":"u","event":"E","properties":{{"p":{props}}}}}"#);
+        let (endpoint, body) = if batch {
+            (Endpoint::Batch, format!(r#"{{"batch":[{item}]}}"#))
+        } else {
+            (Endpoint::Single(CallType::Track), item.clone())
+        };
+        let sent: Result<Value, _> = serde_json::from_str(&item);
+        let outcome = parse(endpoint, body.as_bytes(), &limits)
+            .and_then(|doc| normalize::normalize_document(endpoint.call(), doc, &ctx(), &limits));
+        let accepted = match outcome {
+            Ok(mut o) if !o.accepted.is_empty() => Some(o.accepted.remove(0)),
+            Ok(o) => {
+                prop_assert!(["too_deep", "invalid_string", "invalid_number"].contains(&o.rejected[0].error.code));
+                None
+            }
+            Err(e) => {
+                prop_assert!(["too_deep", "invalid_string", "invalid_number"].contains(&e.code()), "{}", e);
+                None
+            }
+        };
+        match accepted {
+            Some(ev) => {
+                let back: Value = serde_json::from_slice(&ev.json).expect("an accepted event reads back");
+                prop_assert_eq!(&back["properties"], &sent.expect("what was accepted parses")["properties"]);
+            }
+            // Refused: a reader could not have parsed it at serde_json's own limit, or
+            // it nests past ours.
+            None => {
+                let opens = item.bytes().filter(|b| *b == b'[' || *b == b'{').count();
+                prop_assert!(sent.is_err() || opens > raw::MAX_DEPTH);
+            }
+        }
+    }
 }

@@ -11,6 +11,8 @@ use serde_json::Value;
 
 pub struct Server {
     pub child: Child,
+    /// Every line the server wrote, stdout and stderr, as it arrives.
+    pub output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub url: String,
     pub write_key: String,
     pub admin_token: String,
@@ -44,6 +46,12 @@ impl Reply {
     }
 }
 
+/// The `admin_token` a test's config file sets.
+fn config_admin_token(config: &str) -> Option<String> {
+    let doc: toml::Value = toml::from_str(config).ok()?;
+    doc.get("admin_token")?.as_str().map(str::to_string)
+}
+
 impl Server {
     /// Starts a server on a fresh data directory with an optional config file body.
     pub fn start(config: Option<&str>) -> Server {
@@ -52,12 +60,31 @@ impl Server {
     }
 
     pub fn start_in(data_dir: &Path, config: Option<&str>) -> Server {
+        Server::start_with(data_dir, config, &[], None)
+    }
+
+    /// Starts a server with extra environment variables, and optionally through a
+    /// wrapper command (`wrapper[0]` is run with `wrapper[1..]`, then the server's own
+    /// command line as further arguments).
+    pub fn start_with(
+        data_dir: &Path,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        wrapper: Option<&[&str]>,
+    ) -> Server {
         let cfg_file = config.map(|c| {
             let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
             std::io::Write::write_all(&mut f, c.as_bytes()).unwrap();
             f
         });
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(env!("CARGO_BIN_EXE_sluice"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -75,6 +102,10 @@ impl Server {
         if let Some(f) = &cfg_file {
             cmd.arg("--config").arg(f.path());
         }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut child = cmd.spawn().expect("start sluice");
         // The servers' logs, each line marked with the node (its data directory), so the
         // logs of several nodes in one test can be told apart.
@@ -83,9 +114,11 @@ impl Server {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let stderr = child.stderr.take().unwrap();
+        let kept = output.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[{node}] {line}");
+                kept.lock().unwrap().push(line);
             }
         });
         let stdout = child.stdout.take().unwrap();
@@ -95,22 +128,38 @@ impl Server {
         // signal, no sleeping needed.
         for line in lines.by_ref() {
             let line = line.expect("read banner");
+            output.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 url = Some(rest.trim().to_string());
             } else if let Some(rest) = line.trim().strip_prefix("admin token:") {
-                admin_token = Some(rest.trim().to_string());
+                // Shown only when generated now; otherwise the config's (below).
+                admin_token = rest
+                    .split_whitespace()
+                    .next()
+                    .filter(|t| !t.starts_with('('))
+                    .map(str::to_string);
             } else if line.contains("write key:") && write_key.is_none() {
                 write_key = line.split_whitespace().last().map(str::to_string);
             } else if line.starts_with("Send an event") {
                 break;
             }
         }
-        std::thread::spawn(move || for _ in lines {});
+        let kept = output.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
         Server {
             child,
+            output,
             url: url.expect("server printed no address"),
             write_key: write_key.expect("server printed no write key"),
-            admin_token: admin_token.expect("server printed no admin token"),
+            // A kept generated token is not shown again: the test that restarts a server
+            // sets it from the first start.
+            admin_token: admin_token
+                .or_else(|| config.and_then(config_admin_token))
+                .unwrap_or_default(),
             data_dir: data_dir.to_path_buf(),
             _config: cfg_file,
         }

@@ -474,7 +474,11 @@ fn journal_thread(path: PathBuf, seed: u64, file: File, jobs: mpsc::Receiver<Job
             }
         };
         if let Err(e) = result {
-            tracing::error!(error = %e, path = %path.display(), "dedupe journal write failed; entries are rebuilt from the log after a restart");
+            static QUIET: crate::throttle::Throttle =
+                crate::throttle::Throttle::new(crate::throttle::STORAGE_WARNING_EVERY);
+            if let Some(skipped) = QUIET.allow() {
+                tracing::error!(error = %e, skipped, path = %path.display(), "dedupe journal write failed; entries are rebuilt from the log after a restart");
+            }
             broken = true;
         }
     }

@@ -26,6 +26,7 @@ mod dedupe;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod sqlite;
+pub mod throttle;
 
 use async_trait::async_trait;
 use thiserror::Error;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::chunk;
 use crate::dedupe::{self, Dedupe, Loaded};
+use crate::throttle::{Throttle, STORAGE_WARNING_EVERY};
 use crate::{Appended, EraseFilter, EventLog, LogError, LogOptions, NewEvent, StoredEvent};
 
 /// Rows one retention step deletes before letting appends through again.
@@ -370,7 +371,10 @@ impl Writer {
                     self.conn
                         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                 {
-                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                    static QUIET: Throttle = Throttle::new(STORAGE_WARNING_EVERY);
+                    if let Some(skipped) = QUIET.allow() {
+                        tracing::warn!(error = %e, skipped, "WAL checkpoint failed");
+                    }
                 }
             }
             // One retention step between groups: appends are never stalled for long.
@@ -426,7 +430,14 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, events = n_events, "event log write failed; group rolled back");
+                // A full disk fails every group: one line a minute (the server logs the
+                // condition itself); other failures each.
+                static FULL: Throttle = Throttle::new(STORAGE_WARNING_EVERY);
+                if !matches!(e, LogError::Full(_)) {
+                    tracing::error!(error = %e, events = n_events, "event log write failed; group rolled back");
+                } else if let Some(skipped) = FULL.allow() {
+                    tracing::error!(error = %e, events = n_events, skipped, "event log write failed; group rolled back");
+                }
                 metrics::counter!("sluice_log_write_errors_total").increment(1);
                 for cmd in work {
                     match cmd {
@@ -672,7 +683,10 @@ fn checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
             _ => return,
         }
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+            static QUIET: Throttle = Throttle::new(STORAGE_WARNING_EVERY);
+            if let Some(skipped) = QUIET.allow() {
+                tracing::warn!(error = %e, skipped, "WAL checkpoint failed");
+            }
         }
     }
 }

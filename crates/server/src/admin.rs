@@ -35,6 +35,20 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .layer(axum::middleware::from_fn_with_state(app, require_token))
 }
 
+/// `/metrics`: open when `[http] public_metrics` (by default on a loopback listener),
+/// otherwise behind the admin token like the admin API (Prometheus: `authorization` with
+/// `credentials`).
+pub(crate) async fn metrics_token(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if app.settings.http.public_metrics {
+        return next.run(req).await;
+    }
+    require_token(State(app), req, next).await
+}
+
 /// Accepts `Authorization: Bearer <token>`, or `?token=` for browsers' EventSource, which
 /// cannot set headers.
 async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {

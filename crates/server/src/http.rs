@@ -48,6 +48,8 @@ pub struct HttpSettings {
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// `/metrics` answers without the admin token.
+    pub public_metrics: bool,
 }
 
 impl Default for HttpSettings {
@@ -56,6 +58,7 @@ impl Default for HttpSettings {
             idle_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
+            public_metrics: true,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`telemetry`]: Prometheus metrics and the per-request latency layer.
 //! - [`error`]: the one place where errors become HTTP answers.
 //! - [`ratelimit`]: per-source token buckets.
+//! - [`storage`]: whether the node can store events (readiness when the log is full).
 //!
 //! [`App`] holds the shared state; [`router`] builds the routes; [`serve`] runs them until a
 //! shutdown future resolves, then drains in-flight requests.
@@ -22,6 +23,7 @@ pub mod privacy;
 pub mod profile_api;
 pub mod profiles;
 pub mod ratelimit;
+pub mod storage;
 pub mod telemetry;
 pub mod tracking;
 pub mod webhook_source;
@@ -125,6 +127,8 @@ pub struct App {
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
     ready: AtomicBool,
+    /// Whether the log has room: readiness fails while it refuses appends for want of it.
+    pub storage: storage::StorageHealth,
     /// Counts this node's appends: its consumers wait on it (and poll the log every
     /// [`sluice_log::EventLog::idle_poll`] for events other nodes appended).
     pub log_end: watch::Sender<u64>,
@@ -171,6 +175,7 @@ impl App {
             shutdown,
             shutdown_tx,
             ready: AtomicBool::new(true),
+            storage: storage::StorageHealth::default(),
             profiles_done: watch::channel(0u64).0,
             suppressions: profiles::Suppressions::default(),
             regulations_running: Default::default(),
@@ -200,7 +205,13 @@ pub fn router(app: Arc<App>) -> Router {
         .nest("/admin/v1", admin::routes(app.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(telemetry::render))
+        .route(
+            "/metrics",
+            get(telemetry::render).layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                admin::metrics_token,
+            )),
+        )
         .layer(axum::middleware::from_fn(telemetry::track_requests))
         .with_state(app)
 }
@@ -212,9 +223,19 @@ async fn readyz(
     if !app.is_ready() {
         return error::ApiError::unavailable("shutting down").into_response();
     }
-    match app.log.end_offset(0).await {
-        Ok(_) => "ready".into_response(),
-        Err(e) => error::ApiError::unavailable(e.to_string()).into_response(),
+    if let Err(e) = app.log.end_offset(0).await {
+        return error::ApiError::unavailable(e.to_string()).into_response();
+    }
+    // Room for one more of the largest requests than when the log filled.
+    let needed = app.settings.limits.max_stored_request_bytes() as u64;
+    match app.storage.ready(app.log.as_ref(), needed).await {
+        Ok(()) => "ready".into_response(),
+        Err(why) => error::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "storage_full",
+            why,
+        )
+        .into_response(),
     }
 }
 

@@ -303,7 +303,12 @@ async fn run_partition(app: Arc<App>, partition: u32, mut halt: watch::Receiver<
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, partition, "profile consumer cannot write profiles; retrying");
+                static QUIET: sluice_log::throttle::Throttle = sluice_log::throttle::Throttle::new(
+                    sluice_log::throttle::STORAGE_WARNING_EVERY,
+                );
+                if let Some(skipped) = QUIET.allow() {
+                    tracing::warn!(error = %e, partition, skipped, "profile consumer cannot write profiles; retrying");
+                }
                 cursor = committed;
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {},

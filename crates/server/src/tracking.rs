@@ -345,10 +345,16 @@ pub(crate) async fn store_outcome(
     } else {
         Vec::new()
     };
-    let results = app.log.append(events).await.map_err(|e| {
-        tracing::error!(error = %e, source = %name, "append failed; answering 503");
-        ApiError::unavailable(format!("events were not stored: {e}"))
-    })?;
+    let results = match app.log.append(events).await {
+        Ok(r) => r,
+        Err(e) => {
+            app.storage.append_failed(app.log.as_ref(), &e).await;
+            return Err(ApiError::unavailable(format!(
+                "events were not stored: {e}"
+            )));
+        }
+    };
+    app.storage.append_succeeded();
 
     let mut accepted = 0;
     let mut duplicates = 0;

@@ -111,6 +111,8 @@ pub struct HttpConfig {
     pub idle_timeout: HumanDuration,
     pub body_timeout: HumanDuration,
     pub shutdown_timeout: HumanDuration,
+    /// `/metrics` without the admin token; unset: only on a loopback listener.
+    pub public_metrics: Option<bool>,
 }
 
 impl Default for HttpConfig {
@@ -120,6 +122,7 @@ impl Default for HttpConfig {
             idle_timeout: HumanDuration(d.idle_timeout),
             body_timeout: HumanDuration(d.body_timeout),
             shutdown_timeout: HumanDuration(d.shutdown_timeout),
+            public_metrics: None,
         }
     }
 }
@@ -889,6 +892,7 @@ write_key = "wk_web_123"
                 ("idle_timeout", DUR),
                 ("body_timeout", DUR),
                 ("shutdown_timeout", DUR),
+                ("public_metrics", BOOL),
             ],
         ),
         (

@@ -111,7 +111,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     };
 
     sluice_server::telemetry::install();
-    let settings = Settings {
+    let mut settings = Settings {
         sources,
         limits: sluice_spec::Limits {
             max_event_bytes: cfg.limits.max_event_bytes,
@@ -136,6 +136,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
             idle_timeout: cfg.http.idle_timeout.0,
             body_timeout: cfg.http.body_timeout.0,
             shutdown_timeout: cfg.http.shutdown_timeout.0,
+            public_metrics: false,
         },
     };
     let listen = match args.listen {
@@ -151,6 +152,12 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    // /metrics is open on a loopback listener (the scraper runs on the machine) and asks
+    // for the admin token on any other, unless `[http] public_metrics` says otherwise.
+    settings.http.public_metrics = cfg
+        .http
+        .public_metrics
+        .unwrap_or_else(|| addr.ip().is_loopback());
     let shutdown = shutdown_signal()?;
     let source_names = settings.sources.iter().map(|s| s.name.clone()).collect();
     let app = App::new(settings, log.clone(), store.clone());

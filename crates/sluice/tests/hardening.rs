@@ -461,3 +461,142 @@ hooks = [{{ hook = "{url}/in?key={s5}" }}]
         );
     }
 }
+
+/// Random hex (the log compresses payloads, so padding must not compress).
+fn noise(seed: &mut u64, n: usize) -> String {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            char::from_digit((*seed >> 60) as u32, 16).unwrap_or('0')
+        })
+        .collect()
+}
+
+/// A real full disk: the data directory is a 32 MB tmpfs (mounted in a mount namespace of
+/// the server's own, `unshare`), most of it taken by a ballast file that a helper deletes
+/// when the test writes to a FIFO. Before the fix, `/readyz` stayed ready while every
+/// ingest call got 503, and each refusal logged a warning.
+#[test]
+fn a_full_disk_fails_readiness_logs_once_and_recovers_when_space_is_freed() {
+    let ctl = tempfile::tempdir().unwrap();
+    let fifo = ctl.path().join("free");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let data = tempfile::tempdir().unwrap();
+    let script = r#"
+        mount -t tmpfs -o size=32m tmpfs "$SLUICE_TEST_DIR" || exit 90
+        head -c 26M /dev/zero > "$SLUICE_TEST_DIR/ballast"
+        ( read -r _ < "$SLUICE_TEST_FIFO"; rm -f "$SLUICE_TEST_DIR/ballast" ) &
+        exec setpriv --pdeathsig KILL "$@"
+    "#;
+    let mut s = Server::start_with(
+        data.path(),
+        Some(WEB),
+        &[
+            ("SLUICE_TEST_DIR", data.path().to_str().unwrap()),
+            ("SLUICE_TEST_FIFO", fifo.to_str().unwrap()),
+            ("RUST_LOG", "warn"),
+        ],
+        Some(&["unshare", "-rm", "sh", "-c", script, "sh"]),
+    );
+    assert_eq!(s.request("GET", "/readyz", &[], None).status, 200);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for round in 0..400 {
+        let items: Vec<Value> = (0..8)
+            .map(|i| {
+                json!({"type": "track", "userId": "u", "event": "Fill",
+                            "messageId": format!("fill-{round}-{i}"),
+                            "properties": {"pad": noise(&mut seed, 20_000)}})
+            })
+            .collect();
+        let r = s.send("/v1/batch", &json!({ "batch": items }));
+        match r.status {
+            200 => acked.extend((0..8).map(|i| format!("fill-{round}-{i}"))),
+            503 => {
+                refused += 1;
+                if refused == 30 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    assert_eq!(refused, 30, "the 6 MB left on the disk never filled");
+    let ready = s.request("GET", "/readyz", &[], None);
+    ready.assert_error(503, "storage_full");
+    assert_eq!(s.request("GET", "/healthz", &[], None).status, 200);
+    // One warning for the condition, not one per refused request.
+    let warnings = s
+        .output
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .cloned()
+        .collect::<Vec<_>>();
+    // Each condition (the log's write, its checkpoints, the dedupe journal, the profile
+    // consumer, the server's readiness) at most once, whatever the 30 refused requests.
+    assert!(
+        warnings.len() <= 8,
+        "{} warnings: {warnings:#?}",
+        warnings.len()
+    );
+    let count = |what: &str| warnings.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count("the event log is full"), 1, "{warnings:#?}");
+    assert!(count("group rolled back") <= 1, "{warnings:#?}");
+
+    // The operator frees space; readiness comes back without a restart.
+    std::fs::write(&fifo, "go\n").unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while s.request("GET", "/readyz", &[], None).status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = s.send(
+        "/v1/track",
+        &json!({"userId": "u", "event": "After", "messageId": "after-free"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    acked.push("after-free".into());
+    let stored: std::collections::HashSet<String> = s
+        .events("web", 1000)
+        .iter()
+        .map(|e| e["messageId"].as_str().unwrap().to_string())
+        .collect();
+    for id in &acked {
+        assert!(
+            stored.contains(id),
+            "{id} was acknowledged but is not stored"
+        );
+    }
+    assert_eq!(stored.len(), acked.len());
+    s.signal(libc::SIGTERM);
+    assert!(s.wait_at_most(WAIT).success());
+}
+
+/// `/metrics` answered anyone; off a loopback listener (or with `public_metrics = false`)
+/// it now asks for the admin token.
+#[test]
+fn metrics_can_require_the_admin_token() {
+    let open = Server::start(Some(WEB));
+    assert_eq!(open.request("GET", "/metrics", &[], None).status, 200);
+    let closed = Server::start(Some(&format!("{WEB}\n[http]\npublic_metrics = false\n")));
+    closed
+        .request("GET", "/metrics", &[], None)
+        .assert_error(401, "missing_admin_token");
+    let r = closed.request(
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer test-admin-token")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.body.as_str().unwrap().contains("sluice_"), "{}", r.body);
+}

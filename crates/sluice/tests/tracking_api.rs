@@ -551,6 +551,8 @@ fn full_log_answers_503_and_never_acknowledges_unstored_events() {
             "{id} was acknowledged but is not stored"
         );
     }
-    // Health stays up; readiness reflects the log, which can still read.
+    // Health stays up; readiness fails: the node would refuse every event.
     assert_eq!(s.request("GET", "/healthz", &[], None).status, 200);
+    s.request("GET", "/readyz", &[], None)
+        .assert_error(503, "storage_full");
 }

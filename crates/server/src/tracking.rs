@@ -441,8 +441,12 @@ impl axum::extract::FromRequest<Arc<App>> for BodyBytes {
 
 /// Reads the body up to `cap` bytes; beyond it, 413 without reading further.
 pub(crate) async fn read_body(body: Body, cap: usize) -> Result<Bytes, ApiError> {
+    // Sized once from Content-Length (bounded by the cap): a buffer grown by doubling
+    // would hold up to twice the body.
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
+    let mut buf =
+        bytes::BytesMut::with_capacity(declared.map_or(0, |n| n.min(cap as u64 + 1)) as usize);
     let mut stream = body.into_data_stream();
-    let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| match crate::http::body_timeout(&e) {
             Some(t) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", t.to_string()),

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::receiver::Receiver;
-use common::{basic, gzip, Server};
+use common::{basic, gzip, noise, Server};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -460,18 +460,6 @@ hooks = [{{ hook = "{url}/in?key={s5}" }}]
             "{secret} appears in the server's output:\n{output}"
         );
     }
-}
-
-/// Random hex (the log compresses payloads, so padding must not compress).
-fn noise(seed: &mut u64, n: usize) -> String {
-    (0..n)
-        .map(|_| {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            char::from_digit((*seed >> 60) as u32, 16).unwrap_or('0')
-        })
-        .collect()
 }
 
 /// A real full disk: the data directory is a 32 MB tmpfs (mounted in a mount namespace of

@@ -511,16 +511,7 @@ fn full_log_answers_503_and_never_acknowledges_unstored_events() {
     let mut saw_503 = false;
     // Random hex: the log compresses payloads, so the padding must not compress.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut pad = || -> String {
-        (0..1500)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                char::from_digit((seed >> 60) as u32, 16).unwrap_or('0')
-            })
-            .collect()
-    };
+    let mut pad = || common::noise(&mut seed, 1500);
     for round in 0..200 {
         let items: Vec<Value> = (0..20)
             .map(|i| json!({"type": "track", "userId": "u", "event": "Fill", "messageId": format!("fill-{round}-{i}"),

@@ -343,3 +343,15 @@ pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Random hex from a xorshift seed: padding the log cannot compress away.
+pub fn noise(seed: &mut u64, n: usize) -> String {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            char::from_digit((*seed >> 60) as u32, 16).unwrap_or('0')
+        })
+        .collect()
+}

@@ -37,8 +37,10 @@ use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+use crate::runs::{self, Run};
 
 const HEADER: &[u8; 16] = b"sluice-dedupe-v3";
 /// Journals before the seed: their keys were hashed with seed 0.
@@ -223,12 +225,46 @@ impl KeyMap {
 enum Job {
     Append(Vec<(u64, u32)>, u64),
     Compact(Vec<(u64, u32)>, u64),
+    /// Write the frozen map (merged with `merge`, dropping entries at or before
+    /// `cutoff_secs`) as run `seq`, then empty the journal down to its marker.
+    Freeze {
+        frozen: Arc<KeyMap>,
+        covered: u64,
+        seq: u64,
+        merge: Vec<Arc<Run>>,
+        cutoff_secs: u32,
+    },
 }
+
+/// What the journal thread tells the writer about a freeze.
+enum Frozen {
+    Ready { run: Arc<Run>, replaced: Vec<u64> },
+    Failed,
+}
+
+/// Runs beyond this many are merged into one at the next freeze: each lookup of a new key
+/// checks every run's filter.
+const MAX_RUNS: usize = 4;
+/// After a freeze failed (a full disk), the next is tried this much later.
+const FREEZE_RETRY: Duration = Duration::from_secs(60);
+/// The map may use at least this much, whatever the runs' filters take.
+const MIN_MAP_BYTES: usize = 1 << 20;
 
 pub struct Dedupe {
     /// The hash seed of this journal's keys.
     seed: u64,
     map: KeyMap,
+    /// The map being written as a run (lookups still read it until the run is ready).
+    frozen: Option<Arc<KeyMap>>,
+    /// Entries that left memory, oldest first.
+    runs: Vec<Arc<Run>>,
+    next_seq: u64,
+    /// `[dedupe] max_memory_mb` in bytes: the map, a frozen map and the runs' filters.
+    max_memory: usize,
+    /// The last expiry's cutoff, in seconds: merges drop what is older.
+    cutoff_secs: u32,
+    retry_freeze_at: Option<Instant>,
+    ready: mpsc::Receiver<Frozen>,
     unsent: Vec<(u64, u32)>,
     last_sent: Instant,
     jobs: Option<mpsc::Sender<Job>>,
@@ -245,7 +281,7 @@ pub struct Loaded {
 impl Dedupe {
     /// Reads the journal at `path` (creating it if missing), keeping entries seen after
     /// `cutoff_ms`, and starts the journal thread.
-    pub fn open(path: &Path, cutoff_ms: i64) -> std::io::Result<Loaded> {
+    pub fn open(path: &Path, cutoff_ms: i64, max_memory: usize) -> std::io::Result<Loaded> {
         let mut map = KeyMap::default();
         let mut covered = 0u64;
         let mut seed = None;
@@ -292,6 +328,31 @@ impl Dedupe {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(e),
         };
+        // The runs were written with the journal's seed and are covered by its marker:
+        // they count only beside a valid journal, and all of them or none.
+        let mut loaded_runs = Vec::new();
+        let mut next_seq = 1;
+        let found = runs::list(path)?;
+        if let (true, Some(seed)) = (valid, seed) {
+            for (seq, run_path) in &found {
+                next_seq = next_seq.max(seq + 1);
+                match Run::open(run_path, *seq, seed) {
+                    Ok(run) => loaded_runs.push(Arc::new(run)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dedupe run unreadable; rebuilding the dedupe index from the log");
+                        loaded_runs.clear();
+                        map.clear();
+                        covered = 0;
+                        break;
+                    }
+                }
+            }
+        }
+        if !valid || (loaded_runs.is_empty() && !found.is_empty()) {
+            for (_, p) in &found {
+                let _ = std::fs::remove_file(p);
+            }
+        }
         if !valid {
             map.clear();
             covered = 0;
@@ -299,7 +360,7 @@ impl Dedupe {
         // The loaded keys were hashed with the file's seed; with none loaded (a new
         // journal, or every entry gone) the entries rebuilt from the log and all later
         // ones can take a fresh one.
-        let kept = seed.filter(|_| map.len() > 0);
+        let kept = seed.filter(|_| map.len() > 0 || !loaded_runs.is_empty());
         let (seed, file) = match kept {
             // Rewriting a clean journal at every start was about half of the time to ready
             // with ~1.4 M entries (bench/RESULTS.md, eleventh session). Entries it holds
@@ -314,14 +375,22 @@ impl Dedupe {
             }
         };
         let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready) = mpsc::channel();
         let journal_path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("sluice-log-dedupe".into())
-            .spawn(move || journal_thread(journal_path, seed, file, rx))?;
+            .spawn(move || journal_thread(journal_path, seed, file, rx, ready_tx))?;
         Ok(Loaded {
             dedupe: Dedupe {
                 seed,
                 map,
+                frozen: None,
+                runs: loaded_runs,
+                next_seq,
+                max_memory,
+                cutoff_secs: 0,
+                retry_freeze_at: None,
+                ready,
                 unsent: Vec::new(),
                 last_sent: Instant::now(),
                 jobs: Some(tx),
@@ -336,9 +405,115 @@ impl Dedupe {
         key(self.seed, source, message_id)
     }
 
-    /// When the pair was last stored, if it is known.
+    /// When the pair was last stored, if it is known: the map, then a map being frozen,
+    /// then the runs from the newest (a pair stored again after its window has its latest
+    /// time in the newest place).
     pub fn seen(&self, key: u128) -> Option<i64> {
-        self.map.get(map_key(key)).map(seen_ms)
+        let k = map_key(key);
+        if let Some(s) = self.map.get(k) {
+            return Some(seen_ms(s));
+        }
+        if let Some(s) = self.frozen.as_ref().and_then(|f| f.get(k)) {
+            return Some(seen_ms(s));
+        }
+        for run in self.runs.iter().rev() {
+            match run.get(k) {
+                Ok(Some(s)) => return Some(seen_ms(s)),
+                Ok(None) => {}
+                Err(e) => {
+                    // A duplicate may then be stored again (delivered twice), never an
+                    // event lost.
+                    static QUIET: crate::throttle::Throttle =
+                        crate::throttle::Throttle::new(crate::throttle::STORAGE_WARNING_EVERY);
+                    if let Some(skipped) = QUIET.allow() {
+                        tracing::error!(error = %e, skipped, path = %run.path.display(), "cannot read a dedupe run");
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Bytes the index holds in memory: the map's tables, a frozen map's, the runs'
+    /// filters and fences.
+    pub fn memory_bytes(&self) -> usize {
+        self.map.table_bytes()
+            + self.frozen.as_ref().map_or(0, |f| f.table_bytes())
+            + self.runs.iter().map(|r| r.memory_bytes()).sum::<usize>()
+    }
+
+    /// Takes the journal thread's answer to a freeze, if it came.
+    fn poll_frozen(&mut self) {
+        while let Ok(answer) = self.ready.try_recv() {
+            match answer {
+                Frozen::Ready { run, replaced } => {
+                    self.runs.retain(|r| !replaced.contains(&r.seq));
+                    self.runs.push(run);
+                    self.frozen = None;
+                }
+                Frozen::Failed => {
+                    // Back into the map; the journal still holds every entry.
+                    if let Some(f) = self.frozen.take() {
+                        for (k, s) in f.iter() {
+                            if self.map.get(k).is_none_or(|m| m < s) {
+                                self.map.insert(k, s);
+                            }
+                        }
+                    }
+                    self.retry_freeze_at = Some(Instant::now() + FREEZE_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Waits for a freeze in flight to finish (tests: the journal thread's timing out of
+    /// the picture).
+    #[cfg(test)]
+    fn wait_frozen(&mut self) {
+        if self.frozen.is_some() {
+            if let Ok(answer) = self.ready.recv() {
+                // Handled as poll_frozen would, by putting it back in front of the queue.
+                let (tx, rx) = mpsc::channel();
+                let _ = tx.send(answer);
+                let real = std::mem::replace(&mut self.ready, rx);
+                self.poll_frozen();
+                self.ready = real;
+            }
+        }
+    }
+
+    /// Moves the map to a run on disk when it has outgrown its share of the budget.
+    fn maybe_freeze(&mut self, covered: u64) {
+        if self.frozen.is_some() || self.retry_freeze_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let filters: usize = self.runs.iter().map(|r| r.memory_bytes()).sum();
+        // A frozen map and the new one live side by side until the run is written.
+        let share = (self.max_memory.saturating_sub(filters) / 2).max(MIN_MAP_BYTES);
+        if self.map.table_bytes() <= share {
+            return;
+        }
+        let Some(tx) = &self.jobs else { return };
+        // Every frozen entry reaches the journal first: if the run cannot be written, the
+        // journal still covers them.
+        let pending = std::mem::take(&mut self.unsent);
+        let _ = tx.send(Job::Append(pending, covered));
+        let frozen = Arc::new(std::mem::take(&mut self.map));
+        let merge = if self.runs.len() >= MAX_RUNS {
+            self.runs.clone()
+        } else {
+            Vec::new()
+        };
+        let _ = tx.send(Job::Freeze {
+            frozen: frozen.clone(),
+            covered,
+            seq: self.next_seq,
+            merge,
+            cutoff_secs: self.cutoff_secs,
+        });
+        self.next_seq += 1;
+        self.frozen = Some(frozen);
+        self.retry_freeze_at = None;
     }
 
     /// Records stored pairs (called after their commit).
@@ -350,13 +525,19 @@ impl Dedupe {
         }
     }
 
+    /// Entries in memory and on disk (a pair stored again after its window may count
+    /// twice until its older entry expires).
     pub fn len(&self) -> usize {
         self.map.len()
+            + self.frozen.as_ref().map_or(0, |f| f.len())
+            + self.runs.iter().map(|r| r.len() as usize).sum::<usize>()
     }
 
     /// Hands new entries to the journal thread when due. `covered`: every event up to this
     /// offset has its entry in the map.
     pub fn maybe_send(&mut self, covered: u64, force: bool) {
+        self.poll_frozen();
+        self.maybe_freeze(covered);
         let due = force
             || self.unsent.len() >= SEND_ENTRIES
             || (!self.unsent.is_empty() && self.last_sent.elapsed() >= SEND_INTERVAL);
@@ -366,7 +547,8 @@ impl Dedupe {
         let entries = std::mem::take(&mut self.unsent);
         self.last_sent = Instant::now();
         metrics::gauge!("sluice_dedupe_entries").set(self.len() as f64);
-        metrics::gauge!("sluice_dedupe_bytes").set(self.map.table_bytes() as f64);
+        metrics::gauge!("sluice_dedupe_bytes").set(self.memory_bytes() as f64);
+        metrics::gauge!("sluice_dedupe_runs").set(self.runs.len() as f64);
         if let Some(tx) = &self.jobs {
             let _ = tx.send(Job::Append(entries, covered));
         }
@@ -375,15 +557,30 @@ impl Dedupe {
     /// Forgets entries seen at or before `cutoff_ms` and rewrites the journal from the
     /// map. Returns how many entries were dropped.
     pub fn expire(&mut self, cutoff_ms: i64, covered: u64) -> usize {
-        let before = self.map.len();
+        self.poll_frozen();
+        let before = self.len();
+        self.cutoff_secs = secs(cutoff_ms);
         self.map.retain(|secs| seen_ms(secs) > cutoff_ms);
-        let snapshot: Vec<(u64, u32)> = self.map.iter().collect();
+        // A run whose newest entry is past the window goes whole.
+        self.runs.retain(|r| {
+            let keep = seen_ms(r.max_secs) > cutoff_ms;
+            if !keep {
+                let _ = std::fs::remove_file(&r.path);
+            }
+            keep
+        });
+        // The journal keeps what is not in a run yet: the map, and a map being frozen
+        // (its run may still fail).
+        let mut snapshot: Vec<(u64, u32)> = self.map.iter().collect();
+        if let Some(f) = &self.frozen {
+            snapshot.extend(f.iter().filter(|&(_, s)| seen_ms(s) > cutoff_ms));
+        }
         self.unsent.clear();
         self.last_sent = Instant::now();
         if let Some(tx) = &self.jobs {
             let _ = tx.send(Job::Compact(snapshot, covered));
         }
-        before - self.map.len()
+        before.saturating_sub(self.len())
     }
 
     /// Writes what is pending with its marker and stops the journal thread.
@@ -450,7 +647,13 @@ fn write_snapshot(
     OpenOptions::new().append(true).open(path)
 }
 
-fn journal_thread(path: PathBuf, seed: u64, file: File, jobs: mpsc::Receiver<Job>) {
+fn journal_thread(
+    path: PathBuf,
+    seed: u64,
+    file: File,
+    jobs: mpsc::Receiver<Job>,
+    ready: mpsc::Sender<Frozen>,
+) {
     let mut file = Some(file);
     // After a failed write the file may lack entries: no marker may be written until a
     // compaction has rewritten it whole.
@@ -472,6 +675,32 @@ fn journal_thread(path: PathBuf, seed: u64, file: File, jobs: mpsc::Receiver<Job
                     broken = false;
                 })
             }
+            Job::Freeze {
+                frozen,
+                covered,
+                seq,
+                merge,
+                cutoff_secs,
+            } => match freeze(&path, seed, &frozen, covered, seq, &merge, cutoff_secs) {
+                Ok((run, f)) => {
+                    file = Some(f);
+                    broken = false;
+                    for old in &merge {
+                        let _ = std::fs::remove_file(&old.path);
+                    }
+                    let replaced = merge.iter().map(|r| r.seq).collect();
+                    let _ = ready.send(Frozen::Ready {
+                        run: Arc::new(run),
+                        replaced,
+                    });
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(runs::run_path(&path, seq));
+                    let _ = ready.send(Frozen::Failed);
+                    Err(e)
+                }
+            },
         };
         if let Err(e) = result {
             static QUIET: crate::throttle::Throttle =
@@ -485,6 +714,32 @@ fn journal_thread(path: PathBuf, seed: u64, file: File, jobs: mpsc::Receiver<Job
     if let Some(f) = file {
         let _ = f.sync_data();
     }
+}
+
+/// Writes a frozen map (merged with older runs) as run `seq`, durably, then rewrites the
+/// journal down to its marker: the run now holds what the journal did.
+fn freeze(
+    path: &Path,
+    seed: u64,
+    frozen: &KeyMap,
+    covered: u64,
+    seq: u64,
+    merge: &[Arc<Run>],
+    cutoff_secs: u32,
+) -> std::io::Result<(Run, File)> {
+    let mut entries: Vec<(u64, u32)> = frozen.iter().collect();
+    entries.sort_unstable();
+    if !merge.is_empty() {
+        let mut parts = vec![entries];
+        for r in merge {
+            parts.push(r.entries()?);
+        }
+        entries = runs::merge(parts, cutoff_secs);
+    }
+    let run = Run::write(path, seq, seed, &entries)?;
+    drop(entries);
+    let journal = write_snapshot(path, seed, &[], covered)?;
+    Ok((run, journal))
 }
 
 fn append(f: &mut File, entries: &[(u64, u32)], covered: u64) -> std::io::Result<()> {
@@ -513,7 +768,7 @@ mod tests {
             let Loaded {
                 mut dedupe,
                 covered,
-            } = Dedupe::open(&path, 0).unwrap();
+            } = Dedupe::open(&path, 0, usize::MAX).unwrap();
             assert_eq!(covered, 0);
             dedupe.insert([(a, 100_000), (b, 200_000)]);
             dedupe.maybe_send(2, true);
@@ -524,7 +779,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[7u8; 10]).unwrap();
         drop(f);
-        let Loaded { dedupe, covered } = Dedupe::open(&path, 150_000).unwrap();
+        let Loaded { dedupe, covered } = Dedupe::open(&path, 150_000, usize::MAX).unwrap();
         assert_eq!(covered, 3);
         assert_eq!(dedupe.seen(a), None, "expired by the cutoff");
         assert_eq!(dedupe.seen(b), Some(200_000));
@@ -543,7 +798,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dedupe.journal");
         let seed = {
-            let Loaded { mut dedupe, .. } = Dedupe::open(&path, 0).unwrap();
+            let Loaded { mut dedupe, .. } = Dedupe::open(&path, 0, usize::MAX).unwrap();
             dedupe.insert([
                 (dedupe.key("web", "a"), 100_000),
                 (dedupe.key("web", "b"), 200_000),
@@ -559,7 +814,7 @@ mod tests {
             let Loaded {
                 mut dedupe,
                 covered,
-            } = Dedupe::open(&path, 150_000).unwrap();
+            } = Dedupe::open(&path, 150_000, usize::MAX).unwrap();
             assert_eq!((dedupe.len(), covered), (1, 2));
             assert_eq!(dedupe.seed, seed, "the journal's seed is kept");
             assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
@@ -571,7 +826,7 @@ mod tests {
             std::fs::metadata(&path).unwrap().len(),
             len + 2 * RECORD as u64
         );
-        let Loaded { dedupe, covered } = Dedupe::open(&path, 0).unwrap();
+        let Loaded { dedupe, covered } = Dedupe::open(&path, 0, usize::MAX).unwrap();
         assert_eq!(covered, 3);
         for (id, at) in [("a", 100_000), ("b", 200_000), ("c", 300_000)] {
             assert_eq!(dedupe.seen(dedupe.key("web", id)), Some(at), "{id}");
@@ -583,7 +838,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dedupe.journal");
         {
-            let Loaded { mut dedupe, .. } = Dedupe::open(&path, 0).unwrap();
+            let Loaded { mut dedupe, .. } = Dedupe::open(&path, 0, usize::MAX).unwrap();
             let entries: Vec<_> = (1..=100)
                 .map(|i| (dedupe.key("web", &i.to_string()), i * 1000))
                 .collect();
@@ -592,16 +847,100 @@ mod tests {
             assert_eq!(dedupe.len(), 40);
             dedupe.close(100);
         }
-        let Loaded { dedupe, covered } = Dedupe::open(&path, 0).unwrap();
+        let Loaded { dedupe, covered } = Dedupe::open(&path, 0, usize::MAX).unwrap();
         assert_eq!((dedupe.len(), covered), (40, 100));
         drop(dedupe);
         std::fs::write(&path, b"garbage").unwrap();
-        let Loaded { dedupe, covered } = Dedupe::open(&path, 0).unwrap();
+        let Loaded { dedupe, covered } = Dedupe::open(&path, 0, usize::MAX).unwrap();
         assert_eq!(
             (dedupe.len(), covered),
             (0, 0),
             "rebuild everything from the log"
         );
+    }
+
+    #[test]
+    fn past_its_memory_budget_the_index_moves_to_runs_and_stays_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.dedupe");
+        let budget = 4 << 20;
+        let n = 400_000u64;
+        let at = |i: u64| 1_000_000 + i as i64 * 10; // 10 ms apart: 4,000 s in all
+        let id = |i: u64| format!("m-{i}");
+        {
+            let Loaded { mut dedupe, .. } = Dedupe::open(&path, 0, budget).unwrap();
+            for chunk in (0..n).collect::<Vec<_>>().chunks(2_000) {
+                let entries: Vec<_> = chunk
+                    .iter()
+                    .map(|&i| (dedupe.key("web", &id(i)), at(i)))
+                    .collect();
+                dedupe.insert(entries);
+                dedupe.maybe_send(chunk[chunk.len() - 1] + 1, false);
+                dedupe.wait_frozen();
+                // The map, a frozen map and the filters stay within the budget (a shard
+                // table may overshoot by one doubling step, ~6 %).
+                assert!(
+                    dedupe.memory_bytes() <= budget + budget / 10,
+                    "{} bytes",
+                    dedupe.memory_bytes()
+                );
+            }
+            assert!(!dedupe.runs.is_empty(), "nothing moved to disk");
+            assert!(
+                dedupe.runs.len() <= MAX_RUNS + 1,
+                "{} runs",
+                dedupe.runs.len()
+            );
+            // Exact: every stored pair is found with its time, and no other is.
+            for i in (0..n).step_by(7) {
+                let secs_then = secs(at(i));
+                assert_eq!(
+                    dedupe.seen(dedupe.key("web", &id(i))),
+                    Some(seen_ms(secs_then))
+                );
+                assert_eq!(dedupe.seen(dedupe.key("app", &id(i))), None);
+            }
+            dedupe.close(n);
+        }
+        // After a restart: the runs are loaded back, the journal holds the rest.
+        let Loaded {
+            mut dedupe,
+            covered,
+        } = Dedupe::open(&path, 0, budget).unwrap();
+        assert_eq!(covered, n);
+        assert!(!dedupe.runs.is_empty());
+        for i in (0..n).step_by(13) {
+            assert_eq!(
+                dedupe.seen(dedupe.key("web", &id(i))),
+                Some(seen_ms(secs(at(i))))
+            );
+        }
+        // Expiry drops runs wholly past the window; what is inside it is still found.
+        let cutoff = at(n * 3 / 4);
+        dedupe.expire(cutoff, n);
+        for r in &dedupe.runs {
+            assert!(seen_ms(r.max_secs) > cutoff);
+        }
+        for i in (n * 3 / 4 + 1..n).step_by(11) {
+            assert_eq!(
+                dedupe.seen(dedupe.key("web", &id(i))),
+                Some(seen_ms(secs(at(i))))
+            );
+        }
+        let files = runs::list(&path).unwrap();
+        assert_eq!(files.len(), dedupe.runs.len(), "expired runs are deleted");
+        // A damaged run: the whole index is rebuilt from the log.
+        dedupe.close(n);
+        drop(dedupe);
+        if let Some((_, p)) = files.first() {
+            let mut bytes = std::fs::read(p).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+            std::fs::write(p, bytes).unwrap();
+            let Loaded { dedupe, covered } = Dedupe::open(&path, 0, budget).unwrap();
+            assert_eq!((covered, dedupe.runs.len()), (0, 0));
+            assert!(runs::list(&path).unwrap().is_empty());
+        }
     }
 
     /// A key routed to `shard` whose low bits are `low` (< 2^40).
@@ -688,7 +1027,7 @@ mod tests {
         bytes.extend_from_slice(&0u64.to_le_bytes());
         bytes.extend_from_slice(&2u64.to_le_bytes());
         std::fs::write(&path, bytes).unwrap();
-        let Loaded { dedupe, covered } = Dedupe::open(&path, 200_000).unwrap();
+        let Loaded { dedupe, covered } = Dedupe::open(&path, 200_000, usize::MAX).unwrap();
         assert_eq!(covered, 2);
         assert_eq!(dedupe.seen(a), None, "100 s is before the cutoff");
         assert_eq!(dedupe.seen(b), Some(300_000));
@@ -700,8 +1039,8 @@ mod tests {
     fn each_journal_has_its_own_seed_and_keeps_it() {
         let dir = tempfile::tempdir().unwrap();
         let (p1, p2) = (dir.path().join("one"), dir.path().join("two"));
-        let Loaded { dedupe: mut d1, .. } = Dedupe::open(&p1, 0).unwrap();
-        let Loaded { dedupe: d2, .. } = Dedupe::open(&p2, 0).unwrap();
+        let Loaded { dedupe: mut d1, .. } = Dedupe::open(&p1, 0, usize::MAX).unwrap();
+        let Loaded { dedupe: d2, .. } = Dedupe::open(&p2, 0, usize::MAX).unwrap();
         let k1 = d1.key("web", "m-1");
         assert_ne!(
             k1,
@@ -717,7 +1056,7 @@ mod tests {
         d1.insert([(k1, 5_000)]);
         d1.close(1);
         drop((d1, d2));
-        let Loaded { dedupe, covered } = Dedupe::open(&p1, 0).unwrap();
+        let Loaded { dedupe, covered } = Dedupe::open(&p1, 0, usize::MAX).unwrap();
         assert_eq!(covered, 1);
         assert_eq!(dedupe.key("web", "m-1"), k1, "the seed survives a restart");
         assert_eq!(dedupe.seen(dedupe.key("web", "m-1")), Some(5_000));

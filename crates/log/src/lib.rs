@@ -25,6 +25,7 @@ pub mod contract;
 mod dedupe;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+mod runs;
 pub mod sqlite;
 pub mod throttle;
 
@@ -130,6 +131,9 @@ pub struct LogOptions {
     pub retention_ms: i64,
     /// A messageId seen within this window for the same source is a duplicate.
     pub dedupe_window_ms: i64,
+    /// Memory the dedupe index may use (`[dedupe] max_memory_mb`): entries beyond it move
+    /// to sorted files on disk with a filter each in memory, and deduplication stays exact.
+    pub dedupe_memory_bytes: usize,
     /// Upper bound on the log's size on disk; appends beyond it fail with
     /// [`LogError::Full`]. `None`: as large as the disk allows.
     pub max_bytes: Option<u64>,
@@ -142,6 +146,7 @@ impl Default for LogOptions {
         LogOptions {
             retention_ms: 7 * 24 * 3600 * 1000,
             dedupe_window_ms: 24 * 3600 * 1000,
+            dedupe_memory_bytes: 64 << 20,
             max_bytes: None,
             max_group_events: 20_000,
         }

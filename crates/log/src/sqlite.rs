@@ -275,7 +275,7 @@ impl Writer {
         let Loaded {
             mut dedupe,
             covered,
-        } = Dedupe::open(journal, i64::MIN).map_err(|e| {
+        } = Dedupe::open(journal, i64::MIN, options.dedupe_memory_bytes).map_err(|e| {
             LogError::Storage(format!(
                 "cannot open dedupe journal {}: {e}",
                 journal.display()
@@ -283,25 +283,33 @@ impl Writer {
         })?;
         // Events after the covered offset may lack journaled entries (a crash before the
         // journal caught up): rebuild them from the log itself.
-        let mut rebuilt = Vec::new();
+        // Chunk by chunk, so the index's memory bound holds while it is rebuilt.
+        let mut rebuilt = 0usize;
         {
             let mut stmt = conn.prepare(CHUNKS_FROM_SQL).map_err(storage)?;
             let mut rows = stmt.query([covered as i64]).map_err(storage)?;
             while let Some(row) = rows.next().map_err(storage)? {
-                for e in decode_row(row).map_err(storage)? {
-                    if e.offset > covered {
-                        rebuilt.push((dedupe.key(&e.source, &e.message_id), e.received_at_ms));
-                    }
-                }
+                let mut last = covered;
+                let chunk: Vec<(u128, i64)> = decode_row(row)
+                    .map_err(storage)?
+                    .into_iter()
+                    .filter(|e| e.offset > covered)
+                    .map(|e| {
+                        last = last.max(e.offset);
+                        (dedupe.key(&e.source, &e.message_id), e.received_at_ms)
+                    })
+                    .collect();
+                rebuilt += chunk.len();
+                dedupe.insert(chunk);
+                dedupe.maybe_send(last, false);
             }
         }
-        if !rebuilt.is_empty() {
+        if rebuilt > 0 {
             tracing::info!(
-                entries = rebuilt.len(),
+                entries = rebuilt,
                 "rebuilt dedupe entries from the log after an unclean stop"
             );
         }
-        dedupe.insert(rebuilt);
         let last_offset: i64 = conn
             .query_row(HIGH_WATER_SQL, [], |r| r.get(0))
             .map_err(storage)?;

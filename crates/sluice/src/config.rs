@@ -131,12 +131,15 @@ impl Default for HttpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DedupeConfig {
     pub window: HumanDuration,
+    /// Memory the dedupe index may hold; the rest of the window is on disk.
+    pub max_memory_mb: u64,
 }
 
 impl Default for DedupeConfig {
     fn default() -> Self {
         DedupeConfig {
             window: HumanDuration(Duration::from_secs(24 * 3600)),
+            max_memory_mb: 64,
         }
     }
 }
@@ -870,7 +873,7 @@ write_key = "wk_web_123"
                 ("max_request_bytes", INT),
             ],
         ),
-        ("dedupe", &[("window", DUR)]),
+        ("dedupe", &[("window", DUR), ("max_memory_mb", INT)]),
         (
             "log",
             &[

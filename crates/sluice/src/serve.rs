@@ -99,6 +99,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     let log_options = LogOptions {
         retention_ms: cfg.log.retention.0.as_millis() as i64,
         dedupe_window_ms: cfg.dedupe.window.0.as_millis() as i64,
+        dedupe_memory_bytes: (cfg.dedupe.max_memory_mb as usize).saturating_mul(1 << 20),
         max_bytes: (cfg.log.max_size_mb > 0).then_some(cfg.log.max_size_mb * 1024 * 1024),
         max_group_events: cfg.log.max_group_events,
     };

@@ -488,8 +488,10 @@ impl Dedupe {
             return;
         }
         let filters: usize = self.runs.iter().map(|r| r.memory_bytes()).sum();
-        // A frozen map and the new one live side by side until the run is written.
-        let share = (self.max_memory.saturating_sub(filters) / 2).max(MIN_MAP_BYTES);
+        // A frozen map, its sorted copy in the journal thread (16 bytes an entry, under
+        // the map's 20-22) and the new map live side by side until the run is written: a
+        // third each keeps them within the budget.
+        let share = (self.max_memory.saturating_sub(filters) / 3).max(MIN_MAP_BYTES);
         if self.map.table_bytes() <= share {
             return;
         }
@@ -727,17 +729,28 @@ fn freeze(
     merge: &[Arc<Run>],
     cutoff_secs: u32,
 ) -> std::io::Result<(Run, File)> {
+    // Sorted in memory (16 bytes an entry of the frozen map, less than its tables),
+    // merged with the older runs streamed from their files.
     let mut entries: Vec<(u64, u32)> = frozen.iter().collect();
     entries.sort_unstable();
-    if !merge.is_empty() {
-        let mut parts = vec![entries];
+    let run = if merge.is_empty() {
+        Run::write(path, seq, seed, &entries)?
+    } else {
+        let most = entries.len() + merge.iter().map(|r| r.len() as usize).sum::<usize>();
+        let mut streams: Vec<runs::Stream<'_>> = vec![Box::new(entries.iter().map(|&e| Ok(e)))];
         for r in merge {
-            parts.push(r.entries()?);
+            streams.push(Box::new(r.reader()?));
         }
-        entries = runs::merge(parts, cutoff_secs);
-    }
-    let run = Run::write(path, seq, seed, &entries)?;
+        Run::write_from(
+            path,
+            seq,
+            seed,
+            runs::merge_streams(streams, cutoff_secs),
+            most,
+        )?
+    };
     drop(entries);
+
     let journal = write_snapshot(path, seed, &[], covered)?;
     Ok((run, journal))
 }

@@ -79,31 +79,56 @@ impl Run {
         seed: u64,
         entries: &[(u64, u32)],
     ) -> std::io::Result<Run> {
+        Run::write_from(
+            journal,
+            seq,
+            seed,
+            entries.iter().map(|&e| Ok(e)),
+            entries.len(),
+        )
+    }
+
+    /// Writes the entries `entries` yields (sorted by key, unique; at most `most` of them)
+    /// as run `seq`, durably, and opens it. Streams: the filter and fences are built as it
+    /// goes, so writing holds none of the entries in memory.
+    pub fn write_from(
+        journal: &Path,
+        seq: u64,
+        seed: u64,
+        entries: impl Iterator<Item = std::io::Result<(u64, u32)>>,
+        most: usize,
+    ) -> std::io::Result<Run> {
         let path = run_path(journal, seq);
         let tmp = path.with_extension("tmp");
-        let (min, max) = entries
-            .iter()
-            .fold((u32::MAX, 0), |(lo, hi), &(_, s)| (lo.min(s), hi.max(s)));
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut index = Index::new(most);
+        let (mut count, mut min, mut max) = (0u64, u32::MAX, 0u32);
         {
             let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-            w.write_all(HEADER)?;
-            w.write_all(&seed.to_le_bytes())?;
-            w.write_all(&(entries.len() as u64).to_le_bytes())?;
-            w.write_all(&min.to_le_bytes())?;
-            w.write_all(&max.to_le_bytes())?;
-            // The checksum is written last, over the entries, at its place in the header.
-            w.write_all(&0u64.to_le_bytes())?;
-            for &(k, s) in entries {
+            // The header is written last, once the count, times and checksum are known.
+            w.write_all(&[0u8; HEAD_BYTES as usize])?;
+            for entry in entries {
+                let (k, s) = entry?;
                 let mut rec = [0u8; ENTRY];
                 rec[..8].copy_from_slice(&k.to_le_bytes());
                 rec[8..].copy_from_slice(&s.to_le_bytes());
                 hasher.update(&rec);
                 w.write_all(&rec)?;
+                index.add(count, k);
+                count += 1;
+                min = min.min(s);
+                max = max.max(s);
             }
             w.flush()?;
-            let f = w.get_ref();
-            f.write_all_at(&hasher.digest().to_le_bytes(), 40)?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            let mut head = [0u8; HEAD_BYTES as usize];
+            head[..16].copy_from_slice(HEADER);
+            head[16..24].copy_from_slice(&seed.to_le_bytes());
+            head[24..32].copy_from_slice(&count.to_le_bytes());
+            head[32..36].copy_from_slice(&min.to_le_bytes());
+            head[36..40].copy_from_slice(&max.to_le_bytes());
+            head[40..48].copy_from_slice(&hasher.digest().to_le_bytes());
+            f.write_all_at(&head, 0)?;
             f.sync_data()?;
         }
         std::fs::rename(&tmp, &path)?;
@@ -113,14 +138,23 @@ impl Run {
             }
         }
         let file = File::open(&path)?;
-        Ok(Run::index(
-            path,
-            seq,
-            file,
-            entries.len() as u64,
-            max,
-            entries,
-        ))
+        Ok(index.finish(path, seq, file, count, max))
+    }
+
+    /// The run's entries in key order, read from a handle of their own.
+    pub fn reader(&self) -> std::io::Result<impl Iterator<Item = std::io::Result<(u64, u32)>>> {
+        let mut file = File::open(&self.path)?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(HEAD_BYTES))?;
+        let mut r = BufReader::with_capacity(1 << 20, file);
+        let mut left = self.count;
+        Ok(std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            left -= 1;
+            let mut rec = [0u8; ENTRY];
+            Some(r.read_exact(&mut rec).map(|()| decode(&rec)))
+        }))
     }
 
     /// Loads run `path`, checking its header, seed and checksum.
@@ -178,24 +212,11 @@ impl Run {
         max: u32,
         entries: &[(u64, u32)],
     ) -> Run {
-        let n_lines = (entries.len() * BITS_PER_ENTRY).div_ceil(512).max(1);
-        let mut lines = vec![[0u64; 8]; n_lines];
-        for &(k, _) in entries {
-            let (line, bits) = probes(k, n_lines);
-            for b in bits {
-                lines[line][(b / 64) as usize] |= 1 << (b % 64);
-            }
+        let mut index = Index::new(entries.len());
+        for (i, &(k, _)) in entries.iter().enumerate() {
+            index.add(i as u64, k);
         }
-        let fences = entries.iter().step_by(BLOCK).map(|&(k, _)| k).collect();
-        Run {
-            path,
-            seq,
-            file,
-            count,
-            max_secs: max,
-            lines,
-            fences,
-        }
+        index.finish(path, seq, file, count, max)
     }
 
     pub fn len(&self) -> u64 {
@@ -239,23 +260,103 @@ impl Run {
         }
         Ok(None)
     }
+}
 
-    /// Every entry, in key order (for merging runs).
-    pub fn entries(&self) -> std::io::Result<Vec<(u64, u32)>> {
-        const STEP: usize = 1 << 16;
-        let mut out = Vec::with_capacity(self.count as usize);
-        let mut buf = vec![0u8; STEP * ENTRY];
-        let mut done = 0usize;
-        while done < self.count as usize {
-            let n = (self.count as usize - done).min(STEP);
-            let chunk = &mut buf[..n * ENTRY];
-            self.file
-                .read_exact_at(chunk, HEAD_BYTES + (done * ENTRY) as u64)?;
-            out.extend(chunk.chunks_exact(ENTRY).map(decode));
-            done += n;
+/// A run's in-memory part, built entry by entry.
+struct Index {
+    lines: Vec<[u64; 8]>,
+    fences: Vec<u64>,
+}
+
+impl Index {
+    /// For at most `most` entries.
+    fn new(most: usize) -> Index {
+        let n_lines = (most * BITS_PER_ENTRY).div_ceil(512).max(1);
+        Index {
+            lines: vec![[0u64; 8]; n_lines],
+            fences: Vec::with_capacity(most / BLOCK + 1),
         }
-        Ok(out)
     }
+
+    fn add(&mut self, i: u64, key: u64) {
+        let (line, bits) = probes(key, self.lines.len());
+        for b in bits {
+            self.lines[line][(b / 64) as usize] |= 1 << (b % 64);
+        }
+        if i.is_multiple_of(BLOCK as u64) {
+            self.fences.push(key);
+        }
+    }
+
+    fn finish(self, path: PathBuf, seq: u64, file: File, count: u64, max: u32) -> Run {
+        Run {
+            path,
+            seq,
+            file,
+            count,
+            max_secs: max,
+            lines: self.lines,
+            fences: self.fences,
+        }
+    }
+}
+
+/// A sorted stream of entries.
+pub type Stream<'a> = Box<dyn Iterator<Item = std::io::Result<(u64, u32)>> + 'a>;
+
+/// Merges sorted streams into one sorted stream, the newest time winning for a key in
+/// several, dropping entries seen at or before `cutoff_secs`. Holds one entry per stream.
+pub fn merge_streams<'a>(
+    mut streams: Vec<Stream<'a>>,
+    cutoff_secs: u32,
+) -> impl Iterator<Item = std::io::Result<(u64, u32)>> + 'a {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut heap = BinaryHeap::new();
+    let mut failed: Option<std::io::Error> = None;
+    for (i, s) in streams.iter_mut().enumerate() {
+        match s.next() {
+            Some(Ok((k, t))) => heap.push(Reverse((k, t, i))),
+            Some(Err(e)) => failed = Some(e),
+            None => {}
+        }
+    }
+    // Pulls the next entry of stream `i` into the heap.
+    let refill = move |streams: &mut Vec<Stream<'a>>,
+                       heap: &mut BinaryHeap<Reverse<(u64, u32, usize)>>,
+                       i: usize|
+          -> std::io::Result<()> {
+        match streams[i].next() {
+            Some(Ok((k, t))) => {
+                heap.push(Reverse((k, t, i)));
+                Ok(())
+            }
+            Some(Err(e)) => Err(e),
+            None => Ok(()),
+        }
+    };
+    std::iter::from_fn(move || loop {
+        if let Some(e) = failed.take() {
+            return Some(Err(e));
+        }
+        let Reverse((key, mut secs, i)) = heap.pop()?;
+        if let Err(e) = refill(&mut streams, &mut heap, i) {
+            return Some(Err(e));
+        }
+        while let Some(&Reverse((k, t, j))) = heap.peek() {
+            if k != key {
+                break;
+            }
+            heap.pop();
+            secs = secs.max(t);
+            if let Err(e) = refill(&mut streams, &mut heap, j) {
+                return Some(Err(e));
+            }
+        }
+        if secs > cutoff_secs {
+            return Some(Ok((key, secs)));
+        }
+    })
 }
 
 fn decode(rec: &[u8]) -> (u64, u32) {
@@ -276,26 +377,6 @@ fn probes(key: u64, lines: usize) -> (usize, [u32; PROBES as usize]) {
         *b = h1.wrapping_add((i as u32).wrapping_mul(h2)) % 512;
     }
     (line, bits)
-}
-
-/// Merges runs' entries (each sorted) into one sorted list, the newest time winning for
-/// a key in several, dropping entries seen at or before `cutoff_secs`.
-pub fn merge(mut parts: Vec<Vec<(u64, u32)>>, cutoff_secs: u32) -> Vec<(u64, u32)> {
-    let total = parts.iter().map(Vec::len).sum();
-    let mut all = Vec::with_capacity(total);
-    for p in parts.drain(..) {
-        all.extend(p);
-    }
-    all.sort_unstable();
-    let mut out: Vec<(u64, u32)> = Vec::with_capacity(all.len());
-    for (k, s) in all {
-        match out.last_mut() {
-            Some(last) if last.0 == k => last.1 = last.1.max(s),
-            _ => out.push((k, s)),
-        }
-    }
-    out.retain(|&(_, s)| s > cutoff_secs);
-    out
 }
 
 #[cfg(test)]
@@ -342,7 +423,14 @@ mod tests {
         // Loaded back, the same; a wrong seed or a flipped byte is refused.
         let again = Run::open(&run.path, 3, 42).unwrap();
         assert_eq!(again.get(entries[777].0).unwrap(), Some(entries[777].1));
-        assert_eq!(again.entries().unwrap(), entries);
+        assert_eq!(
+            again
+                .reader()
+                .unwrap()
+                .collect::<std::io::Result<Vec<_>>>()
+                .unwrap(),
+            entries
+        );
         assert!(Run::open(&run.path, 3, 43).is_err());
         let mut bytes = std::fs::read(&run.path).unwrap();
         let n = bytes.len();
@@ -354,7 +442,18 @@ mod tests {
 
     #[test]
     fn merge_keeps_the_newest_time_and_drops_the_expired() {
-        let merged = merge(vec![vec![(1, 10), (5, 50)], vec![(1, 30), (3, 5)]], 6);
-        assert_eq!(merged, vec![(1, 30), (5, 50)]);
+        let stream = |v: Vec<(u64, u32)>| -> Stream<'static> { Box::new(v.into_iter().map(Ok)) };
+        let merged: Vec<_> = merge_streams(
+            vec![
+                stream(vec![(1, 10), (5, 50)]),
+                stream(vec![(1, 30), (3, 5)]),
+                stream(vec![(1, 20), (9, 90)]),
+                stream(vec![]),
+            ],
+            6,
+        )
+        .collect::<std::io::Result<_>>()
+        .unwrap();
+        assert_eq!(merged, vec![(1, 30), (5, 50), (9, 90)]);
     }
 }

@@ -410,6 +410,29 @@ impl Writer {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     }
 
+    /// Commits a one-row change (a counter in `meta`) so that its frames take the place
+    /// of a failed commit's in the WAL (see `run_group`). Tried a few times; if the disk
+    /// refuses even that, a crash before the next successful commit may show the failed
+    /// group's events (their clients, told 503, retry, and the retries are deduplicated).
+    fn overwrite_failed_frames(&mut self) {
+        for _ in 0..3 {
+            let done = self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('write_barrier', 1)
+                 ON CONFLICT (key) DO UPDATE SET value = value + 1",
+                [],
+            );
+            match done {
+                Ok(_) => return,
+                Err(e) => {
+                    static QUIET: Throttle = Throttle::new(STORAGE_WARNING_EVERY);
+                    if let Some(skipped) = QUIET.allow() {
+                        tracing::error!(error = %e, skipped, "cannot overwrite a failed commit's WAL frames");
+                    }
+                }
+            }
+        }
+    }
+
     fn run_group(&mut self, work: Vec<Command>) {
         let started = Instant::now();
         let n_events: usize = work.iter().map(command_events).sum();
@@ -447,6 +470,14 @@ impl Writer {
                     tracing::error!(error = %e, events = n_events, skipped, "event log write failed; group rolled back");
                 }
                 metrics::counter!("sluice_log_write_errors_total").increment(1);
+                // Before anyone hears of the failure: a commit whose sync failed has left
+                // its frames, commit frame included, in the WAL file (in the page cache at
+                // least), past the last frame SQLite counts as committed. After a crash,
+                // recovery would find them valid and show events their clients were told
+                // were not stored. The next commit writes its frames from the same place;
+                // the failed group's later frames then break the checksum chain and
+                // recovery stops before them. So commit something small now.
+                self.overwrite_failed_frames();
                 for cmd in work {
                     match cmd {
                         Command::Append(_, reply) => {

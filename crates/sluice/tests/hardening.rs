@@ -588,3 +588,111 @@ fn metrics_can_require_the_admin_token() {
     assert_eq!(r.status, 200);
     assert!(r.body.as_str().unwrap().contains("sluice_"), "{}", r.body);
 }
+
+/// Failing syncs, failing writes and partial writes in the log's own files (an
+/// `LD_PRELOAD` shim, `tests/faults/faulty_io.c`, armed and disarmed through a control
+/// file): every request a fault hits is refused with 503, nothing acknowledged is lost,
+/// and nothing refused becomes visible: while the faults last, after them, and after a
+/// SIGKILL and a restart without them.
+#[test]
+fn faults_in_the_logs_write_path_lose_nothing_acknowledged_and_show_nothing_refused() {
+    let tools = tempfile::tempdir().unwrap();
+    let shim = tools.path().join("faulty_io.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/faults/faulty_io.c"
+        ))
+        .arg("-ldl")
+        .status()
+        .expect("a C compiler (cc) builds the fault shim");
+    assert!(status.success());
+    let ctl = tools.path().join("fault");
+    let data = tempfile::tempdir().unwrap();
+    let mut s = Server::start_with(
+        data.path(),
+        Some(WEB),
+        &[
+            ("LD_PRELOAD", shim.to_str().unwrap()),
+            ("SLUICE_FAULT_FILE", ctl.to_str().unwrap()),
+            ("SLUICE_FAULT_MATCH", "events.sqlite"),
+        ],
+        None,
+    );
+    let mut acked = std::collections::HashSet::new();
+    let mut refused = std::collections::HashSet::new();
+    let stored_ids = |s: &Server| -> std::collections::HashSet<String> {
+        s.events("web", 1000)
+            .iter()
+            .map(|e| e["messageId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The last phase's fault is still armed when the server is killed: no successful
+    // commit overwrites what the failed ones left in the page cache.
+    let phases = [
+        "none", "sync", "none", "partial", "none", "write", "none", "sync",
+    ];
+    for (phase, fault) in phases.into_iter().enumerate() {
+        if fault == "none" {
+            let _ = std::fs::remove_file(&ctl);
+        } else {
+            std::fs::write(&ctl, fault).unwrap();
+        }
+        let mut refusals = 0;
+        for round in 0..4 {
+            let ids: Vec<String> = (0..5)
+                .map(|i| format!("{fault}-{phase}-{round}-{i}"))
+                .collect();
+            let items: Vec<Value> = ids
+                .iter()
+                .map(|id| json!({"type": "track", "userId": "u", "event": "E", "messageId": id}))
+                .collect();
+            let r = s.send("/v1/batch", &json!({ "batch": items }));
+            match r.status {
+                200 => acked.extend(ids),
+                503 => {
+                    refusals += 1;
+                    refused.extend(ids);
+                }
+                other => panic!("{fault}: unexpected {other}: {}", r.body),
+            }
+        }
+        if fault != "none" {
+            assert!(refusals > 0, "the {fault} fault never bit");
+        }
+        let stored = stored_ids(&s);
+        for id in &acked {
+            assert!(
+                stored.contains(id),
+                "after {fault}: {id} acknowledged, not stored"
+            );
+        }
+        for id in &refused {
+            assert!(
+                !stored.contains(id),
+                "after {fault}: {id} refused, yet visible"
+            );
+        }
+    }
+    assert!(!acked.is_empty() && !refused.is_empty());
+    // A crash, then a start without faults: the same holds on disk.
+    s.signal(libc::SIGKILL);
+    s.wait();
+    drop(s);
+    let s = Server::start_in(data.path(), Some(WEB));
+    let stored = stored_ids(&s);
+    for id in &acked {
+        assert!(
+            stored.contains(id),
+            "after the restart: {id} acknowledged, not stored"
+        );
+    }
+    for id in &refused {
+        assert!(
+            !stored.contains(id),
+            "after the restart: {id} refused, yet visible"
+        );
+    }
+}

@@ -308,7 +308,12 @@ pub(crate) async fn store_outcome(
             .collect();
         if let Err(e) = app.store.add_rejected(records).await {
             // The refusal itself is answered either way; losing its record is logged.
-            tracing::warn!(error = %e, source = %name, "could not record rejected items");
+            // A full state store fails every record: one line a minute.
+            static QUIET: sluice_log::throttle::Throttle =
+                sluice_log::throttle::Throttle::new(sluice_log::throttle::STORAGE_WARNING_EVERY);
+            if let Some(skipped) = QUIET.allow() {
+                tracing::warn!(error = %e, source = %name, skipped, "could not record rejected items");
+            }
         }
     }
 
@@ -418,7 +423,11 @@ async fn refuse(
             raw: String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned(),
         };
         if let Err(err) = app.store.add_rejected(vec![record]).await {
-            tracing::warn!(error = %err, "could not record rejected request");
+            static QUIET: sluice_log::throttle::Throttle =
+                sluice_log::throttle::Throttle::new(sluice_log::throttle::STORAGE_WARNING_EVERY);
+            if let Some(skipped) = QUIET.allow() {
+                tracing::warn!(error = %err, skipped, "could not record rejected request");
+            }
         }
     }
     ApiError::from(e)

@@ -103,6 +103,7 @@ fn normalize_batch(env: &BatchEnvelope<'_>, ctx: &Context<'_>, limits: &Limits) 
     };
     let max_stored = limits.max_stored_request_bytes();
     let mut stored = 0usize;
+    let mut over_budget = false;
     for (index, raw) in env.items.iter().enumerate() {
         let text = raw.get();
         let reject = |error: ItemError, message_id: Option<String>| Rejected {
@@ -158,17 +159,26 @@ fn normalize_batch(env: &BatchEnvelope<'_>, ctx: &Context<'_>, limits: &Limits) 
             .get("messageId")
             .and_then(raw::as_str)
             .map(|s| s.into_owned());
-        match normalize_event(None, obj, Some(env), ctx, limits) {
-            Ok(ev) if stored + ev.json.len() > max_stored => out.rejected.push(reject(
-                ItemError::new(
-                    "batch_too_large",
-                    None,
-                    format!(
-                        "the batch's events as stored (the envelope's context and integrations merged into each) exceed {max_stored} bytes; this one is past the limit"
-                    ),
+        let past_budget = || {
+            ItemError::new(
+                "batch_too_large",
+                None,
+                format!(
+                    "the batch's events as stored (the envelope's context and integrations merged into each) exceed {max_stored} bytes; this one is past the limit"
                 ),
-                message_id,
-            )),
+            )
+        };
+        // Once one item is past the budget, the rest are too, without building them: an
+        // envelope merged into thousands of items must not cost their whole size in CPU.
+        if over_budget {
+            out.rejected.push(reject(past_budget(), message_id));
+            continue;
+        }
+        match normalize_event(None, obj, Some(env), ctx, limits) {
+            Ok(ev) if stored + ev.json.len() > max_stored => {
+                over_budget = true;
+                out.rejected.push(reject(past_budget(), message_id));
+            }
             Ok(ev) => {
                 stored += ev.json.len();
                 out.accepted.push(ev);

@@ -623,12 +623,6 @@ fn faults_in_the_logs_write_path_lose_nothing_acknowledged_and_show_nothing_refu
     );
     let mut acked = std::collections::HashSet::new();
     let mut refused = std::collections::HashSet::new();
-    let stored_ids = |s: &Server| -> std::collections::HashSet<String> {
-        s.events("web", 1000)
-            .iter()
-            .map(|e| e["messageId"].as_str().unwrap().to_string())
-            .collect()
-    };
     // The last phase's fault is still armed when the server is killed: no successful
     // commit overwrites what the failed ones left in the page cache.
     let phases = [
@@ -662,19 +656,7 @@ fn faults_in_the_logs_write_path_lose_nothing_acknowledged_and_show_nothing_refu
         if fault != "none" {
             assert!(refusals > 0, "the {fault} fault never bit");
         }
-        let stored = stored_ids(&s);
-        for id in &acked {
-            assert!(
-                stored.contains(id),
-                "after {fault}: {id} acknowledged, not stored"
-            );
-        }
-        for id in &refused {
-            assert!(
-                !stored.contains(id),
-                "after {fault}: {id} refused, yet visible"
-            );
-        }
+        exactly_the_acknowledged(&s, &acked, &refused, fault);
     }
     assert!(!acked.is_empty() && !refused.is_empty());
     // A crash, then a start without faults: the same holds on disk.
@@ -682,17 +664,32 @@ fn faults_in_the_logs_write_path_lose_nothing_acknowledged_and_show_nothing_refu
     s.wait();
     drop(s);
     let s = Server::start_in(data.path(), Some(WEB));
-    let stored = stored_ids(&s);
-    for id in &acked {
+    exactly_the_acknowledged(&s, &acked, &refused, "the restart");
+}
+
+/// Every acknowledged id is stored and no refused one is visible.
+#[track_caller]
+fn exactly_the_acknowledged(
+    s: &Server,
+    acked: &std::collections::HashSet<String>,
+    refused: &std::collections::HashSet<String>,
+    when: &str,
+) {
+    let stored: std::collections::HashSet<String> = s
+        .events("web", 1000)
+        .iter()
+        .map(|e| e["messageId"].as_str().unwrap().to_string())
+        .collect();
+    for id in acked {
         assert!(
             stored.contains(id),
-            "after the restart: {id} acknowledged, not stored"
+            "after {when}: {id} acknowledged, not stored"
         );
     }
-    for id in &refused {
+    for id in refused {
         assert!(
             !stored.contains(id),
-            "after the restart: {id} refused, yet visible"
+            "after {when}: {id} refused, yet visible"
         );
     }
 }

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         max_request_bytes: 32 * 1024,
     };
     let cap = limits.max_body_bytes(endpoint);
-    let Ok(decoded) = sluice_spec::decode::decode_body(body, encoding, &limits, cap) else {
+    let Ok(decoded) = sluice_spec::decode::decode_body(body, encoding, &limits, endpoint) else {
         return;
     };
     assert!(decoded.len() <= cap || encoding.is_none());

@@ -442,26 +442,30 @@ impl Dedupe {
             + self.runs.iter().map(|r| r.memory_bytes()).sum::<usize>()
     }
 
-    /// Takes the journal thread's answer to a freeze, if it came.
+    /// Takes the journal thread's answers to freezes, if they came.
     fn poll_frozen(&mut self) {
         while let Ok(answer) = self.ready.try_recv() {
-            match answer {
-                Frozen::Ready { run, replaced } => {
-                    self.runs.retain(|r| !replaced.contains(&r.seq));
-                    self.runs.push(run);
-                    self.frozen = None;
-                }
-                Frozen::Failed => {
-                    // Back into the map; the journal still holds every entry.
-                    if let Some(f) = self.frozen.take() {
-                        for (k, s) in f.iter() {
-                            if self.map.get(k).is_none_or(|m| m < s) {
-                                self.map.insert(k, s);
-                            }
+            self.apply_frozen(answer);
+        }
+    }
+
+    fn apply_frozen(&mut self, answer: Frozen) {
+        match answer {
+            Frozen::Ready { run, replaced } => {
+                self.runs.retain(|r| !replaced.contains(&r.seq));
+                self.runs.push(run);
+                self.frozen = None;
+            }
+            Frozen::Failed => {
+                // Back into the map; the journal still holds every entry.
+                if let Some(f) = self.frozen.take() {
+                    for (k, s) in f.iter() {
+                        if self.map.get(k).is_none_or(|m| m < s) {
+                            self.map.insert(k, s);
                         }
                     }
-                    self.retry_freeze_at = Some(Instant::now() + FREEZE_RETRY);
                 }
+                self.retry_freeze_at = Some(Instant::now() + FREEZE_RETRY);
             }
         }
     }
@@ -472,12 +476,7 @@ impl Dedupe {
     fn wait_frozen(&mut self) {
         if self.frozen.is_some() {
             if let Ok(answer) = self.ready.recv() {
-                // Handled as poll_frozen would, by putting it back in front of the queue.
-                let (tx, rx) = mpsc::channel();
-                let _ = tx.send(answer);
-                let real = std::mem::replace(&mut self.ready, rx);
-                self.poll_frozen();
-                self.ready = real;
+                self.apply_frozen(answer);
             }
         }
     }
@@ -730,27 +729,23 @@ fn freeze(
     cutoff_secs: u32,
 ) -> std::io::Result<(Run, File)> {
     // Sorted in memory (16 bytes an entry of the frozen map, less than its tables),
-    // merged with the older runs streamed from their files.
+    // merged with the older runs read from their files.
     let mut entries: Vec<(u64, u32)> = frozen.iter().collect();
     entries.sort_unstable();
-    let run = if merge.is_empty() {
-        Run::write(path, seq, seed, &entries)?
-    } else {
-        let most = entries.len() + merge.iter().map(|r| r.len() as usize).sum::<usize>();
-        let mut streams: Vec<runs::Stream<'_>> = vec![Box::new(entries.iter().map(|&e| Ok(e)))];
-        for r in merge {
-            streams.push(Box::new(r.reader()?));
-        }
-        Run::write_from(
-            path,
-            seq,
-            seed,
-            runs::merge_streams(streams, cutoff_secs),
-            most,
-        )?
-    };
-    drop(entries);
-
+    let most = entries.len() + merge.iter().map(|r| r.len() as usize).sum::<usize>();
+    let mut streams: Vec<runs::Stream<'_>> = vec![Box::new(entries.iter().map(|&e| Ok(e)))];
+    streams.extend(
+        merge
+            .iter()
+            .map(|r| Box::new(r.reader()) as runs::Stream<'_>),
+    );
+    let run = Run::write_from(
+        path,
+        seq,
+        seed,
+        runs::merge_streams(streams, cutoff_secs),
+        most,
+    )?;
     let journal = write_snapshot(path, seed, &[], covered)?;
     Ok((run, journal))
 }

@@ -72,22 +72,6 @@ pub fn list(journal: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 }
 
 impl Run {
-    /// Writes `entries` (sorted by key, unique) as run `seq`, durably, and opens it.
-    pub fn write(
-        journal: &Path,
-        seq: u64,
-        seed: u64,
-        entries: &[(u64, u32)],
-    ) -> std::io::Result<Run> {
-        Run::write_from(
-            journal,
-            seq,
-            seed,
-            entries.iter().map(|&e| Ok(e)),
-            entries.len(),
-        )
-    }
-
     /// Writes the entries `entries` yields (sorted by key, unique; at most `most` of them)
     /// as run `seq`, durably, and opens it. Streams: the filter and fences are built as it
     /// goes, so writing holds none of the entries in memory.
@@ -141,20 +125,33 @@ impl Run {
         Ok(index.finish(path, seq, file, count, max))
     }
 
-    /// The run's entries in key order, read from a handle of their own.
-    pub fn reader(&self) -> std::io::Result<impl Iterator<Item = std::io::Result<(u64, u32)>>> {
-        let mut file = File::open(&self.path)?;
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(HEAD_BYTES))?;
-        let mut r = BufReader::with_capacity(1 << 20, file);
-        let mut left = self.count;
-        Ok(std::iter::from_fn(move || {
-            if left == 0 {
+    /// The run's entries in key order, read through the run's own open file (which stays
+    /// readable when retention has already unlinked it).
+    pub fn reader(&self) -> impl Iterator<Item = std::io::Result<(u64, u32)>> + '_ {
+        const STEP: usize = 1 << 16;
+        let mut buf = Vec::new();
+        let (mut next, mut at) = (0u64, 0usize);
+        std::iter::from_fn(move || {
+            if next == self.count {
                 return None;
             }
-            left -= 1;
-            let mut rec = [0u8; ENTRY];
-            Some(r.read_exact(&mut rec).map(|()| decode(&rec)))
-        }))
+            if at == buf.len() {
+                let n = (self.count - next).min(STEP as u64) as usize;
+                buf.resize(n * ENTRY, 0);
+                at = 0;
+                if let Err(e) = self
+                    .file
+                    .read_exact_at(&mut buf, HEAD_BYTES + next * ENTRY as u64)
+                {
+                    next = self.count;
+                    return Some(Err(e));
+                }
+            }
+            let entry = decode(&buf[at..at + ENTRY]);
+            at += ENTRY;
+            next += 1;
+            Some(Ok(entry))
+        })
     }
 
     /// Loads run `path`, checking its header, seed and checksum.
@@ -182,41 +179,21 @@ impl Run {
         if file.metadata()?.len() != HEAD_BYTES + count * ENTRY as u64 {
             return Err(bad("its length does not match its count"));
         }
-        let mut entries = Vec::with_capacity(count as usize);
+        // The filter and fences are built as the entries are read and checked: loading
+        // holds none of them in memory.
+        let mut index = Index::new(count as usize);
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut rec = [0u8; ENTRY];
-        for _ in 0..count {
+        for i in 0..count {
             r.read_exact(&mut rec)?;
             hasher.update(&rec);
-            entries.push(decode(&rec));
+            index.add(i, decode(&rec).0);
         }
         if hasher.digest() != sum {
             return Err(bad("checksum mismatch"));
         }
         drop(r);
-        Ok(Run::index(
-            path.to_path_buf(),
-            seq,
-            file,
-            count,
-            max,
-            &entries,
-        ))
-    }
-
-    fn index(
-        path: PathBuf,
-        seq: u64,
-        file: File,
-        count: u64,
-        max: u32,
-        entries: &[(u64, u32)],
-    ) -> Run {
-        let mut index = Index::new(entries.len());
-        for (i, &(k, _)) in entries.iter().enumerate() {
-            index.add(i as u64, k);
-        }
-        index.finish(path, seq, file, count, max)
+        Ok(index.finish(path.to_path_buf(), seq, file, count, max))
     }
 
     pub fn len(&self) -> u64 {
@@ -245,9 +222,10 @@ impl Run {
         };
         let first = block * BLOCK;
         let n = (self.count as usize - first).min(BLOCK);
-        let mut buf = vec![0u8; n * ENTRY];
+        let mut block_buf = [0u8; BLOCK * ENTRY];
+        let buf = &mut block_buf[..n * ENTRY];
         self.file
-            .read_exact_at(&mut buf, HEAD_BYTES + (first * ENTRY) as u64)?;
+            .read_exact_at(buf, HEAD_BYTES + (first * ENTRY) as u64)?;
         let (mut lo, mut hi) = (0, n);
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -402,7 +380,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = dir.path().join("events.dedupe");
         let entries = keys(20_000, 0x9e37_79b9_7f4a_7c15);
-        let run = Run::write(&journal, 3, 42, &entries).unwrap();
+        let run = Run::write_from(
+            &journal,
+            3,
+            42,
+            entries.iter().map(|&e| Ok(e)),
+            entries.len(),
+        )
+        .unwrap();
         for &(k, s) in &entries {
             assert_eq!(run.get(k).unwrap(), Some(s));
         }
@@ -424,11 +409,7 @@ mod tests {
         let again = Run::open(&run.path, 3, 42).unwrap();
         assert_eq!(again.get(entries[777].0).unwrap(), Some(entries[777].1));
         assert_eq!(
-            again
-                .reader()
-                .unwrap()
-                .collect::<std::io::Result<Vec<_>>>()
-                .unwrap(),
+            again.reader().collect::<std::io::Result<Vec<_>>>().unwrap(),
             entries
         );
         assert!(Run::open(&run.path, 3, 43).is_err());

@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use axum::serve::Listener;
 use axum::Router;
 use bytes::Bytes;
@@ -36,8 +37,6 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tower_service::Service;
-
-use axum::response::IntoResponse;
 
 use crate::error::ApiError;
 use crate::{tracking, App};

@@ -9,18 +9,16 @@
 //!   a log that cannot tell its room, [`RETRY_UNKNOWN_ROOM`] after the last refusal; the
 //!   first append that succeeds clears the condition.
 //! - The condition is logged once when it begins, then at most once per
-//!   [`REPEAT_WARNING`] with the count of refused requests, and once when it ends: not
-//!   one line per refused request.
+//!   [`STORAGE_WARNING_EVERY`] with the count of refused requests, and once when it ends:
+//!   not one line per refused request.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sluice_log::throttle::Throttle;
+use sluice_log::throttle::{Throttle, STORAGE_WARNING_EVERY};
 use sluice_log::{EventLog, LogError};
 
-/// How often a continuing full condition is logged again.
-pub const REPEAT_WARNING: Duration = Duration::from_secs(60);
 /// For a log that cannot tell its room: readiness is tried again this long after the last
 /// refusal.
 pub const RETRY_UNKNOWN_ROOM: Duration = Duration::from_secs(10);
@@ -31,9 +29,7 @@ struct Full {
     /// The log's room when it filled (None: it cannot tell).
     room_then: Option<u64>,
     last_refusal: Instant,
-    last_warning: Instant,
-    /// Requests refused since the last warning, and in all.
-    refused_since_warning: u64,
+    /// Requests refused while it lasts.
     refused: u64,
 }
 
@@ -42,6 +38,8 @@ pub struct StorageHealth {
     /// Whether `full` is set: read on every append without taking the lock.
     is_full: AtomicBool,
     full: Mutex<Option<Full>>,
+    /// The "still full" lines, while the condition lasts.
+    repeats: Throttle,
     /// A log near full flaps between refusing and taking appends: the lines for the
     /// condition's start and end are throttled together.
     transitions: Throttle,
@@ -52,17 +50,18 @@ impl Default for StorageHealth {
         StorageHealth {
             is_full: AtomicBool::new(false),
             full: Mutex::new(None),
-            transitions: Throttle::new(REPEAT_WARNING),
+            repeats: Throttle::new(STORAGE_WARNING_EVERY),
+            transitions: Throttle::new(STORAGE_WARNING_EVERY),
         }
     }
 }
 
 impl StorageHealth {
-    /// Records an append that failed; logs the condition when it begins and, while it
-    /// lasts, once per [`REPEAT_WARNING`].
-    pub async fn append_failed(&self, log: &dyn EventLog, error: &LogError) {
+    /// Records an append of `source`'s events that failed; logs the condition when it
+    /// begins and, while it lasts, once per [`STORAGE_WARNING_EVERY`].
+    pub async fn append_failed(&self, log: &dyn EventLog, error: &LogError, source: &str) {
         if !matches!(error, LogError::Full(_)) {
-            tracing::error!(error = %error, "append failed; answering 503");
+            tracing::error!(error = %error, source, "append failed; answering 503");
             return;
         }
         let now = Instant::now();
@@ -70,17 +69,14 @@ impl StorageHealth {
             let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(f) = full.as_mut() {
                 f.refused += 1;
-                f.refused_since_warning += 1;
                 f.last_refusal = now;
-                if now.duration_since(f.last_warning) >= REPEAT_WARNING {
+                if let Some(skipped) = self.repeats.allow() {
                     tracing::warn!(
-                        refused = f.refused_since_warning,
+                        refused = skipped + 1,
                         full_for_s = now.duration_since(f.since).as_secs(),
                         error = %error,
                         "the event log is still full; ingest answers 503 and /readyz fails"
                     );
-                    f.last_warning = now;
-                    f.refused_since_warning = 0;
                 }
                 return;
             }
@@ -96,13 +92,13 @@ impl StorageHealth {
                     "the event log is full: ingest answers 503 and /readyz fails until there is room (free disk space or raise log.max_size_mb); repeated at most once a minute"
                 );
             }
+            // The first "still full" line comes a period after this one.
+            let _ = self.repeats.allow();
             self.is_full.store(true, Ordering::Release);
             *full = Some(Full {
                 since: now,
                 room_then,
                 last_refusal: now,
-                last_warning: now,
-                refused_since_warning: 0,
                 refused: 1,
             });
         }

@@ -204,12 +204,7 @@ async fn decode_and_ingest(
     peer: SocketAddr,
 ) -> Result<Json<IngestReply>, ApiError> {
     let limits = &app.settings.limits;
-    let body = match sluice_spec::decode::decode_body(
-        raw,
-        encoding,
-        limits,
-        limits.max_body_bytes(endpoint),
-    ) {
+    let body = match sluice_spec::decode::decode_body(raw, encoding, limits, endpoint) {
         Ok(b) => b,
         Err(e) => return Err(refuse(app, header_source.as_deref(), e, raw, received_at).await),
     };
@@ -353,7 +348,7 @@ pub(crate) async fn store_outcome(
     let results = match app.log.append(events).await {
         Ok(r) => r,
         Err(e) => {
-            app.storage.append_failed(app.log.as_ref(), &e).await;
+            app.storage.append_failed(app.log.as_ref(), &e, name).await;
             return Err(ApiError::unavailable(format!(
                 "events were not stored: {e}"
             )));

@@ -145,13 +145,9 @@ async fn receive(
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
-    let body = sluice_spec::decode::decode_body(
-        &raw,
-        encoding,
-        limits,
-        limits.max_body_bytes(sluice_spec::Endpoint::Batch),
-    )
-    .map_err(ApiError::from)?;
+    let body =
+        sluice_spec::decode::decode_body(&raw, encoding, limits, sluice_spec::Endpoint::Batch)
+            .map_err(ApiError::from)?;
     let unsigned = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -84,16 +84,10 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     {
         (Some(t), _) => (t.clone(), TokenOrigin::Config),
         (None, Ok(t)) if !t.is_empty() => (t, TokenOrigin::Environment),
-        _ => {
-            let existing = store.get_setting("admin_token").await?.is_some();
-            let token = generated(store.as_ref(), "admin_token", "adm_").await?;
-            let origin = if existing {
-                TokenOrigin::Kept
-            } else {
-                TokenOrigin::GeneratedNow
-            };
-            (token, origin)
-        }
+        _ => match generated(store.as_ref(), "admin_token", "adm_").await? {
+            (token, true) => (token, TokenOrigin::GeneratedNow),
+            (token, false) => (token, TokenOrigin::Kept),
+        },
     };
 
     let log_options = LogOptions {
@@ -111,8 +105,17 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         crate::config::LogKind::Kafka => open_kafka_log(&cfg, log_options).await?,
     };
 
+    let listen = match args.listen {
+        Some(l) => l,
+        None => cfg
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN)
+            .parse()
+            .context("invalid listen address")?,
+    };
     sluice_server::telemetry::install();
-    let mut settings = Settings {
+    let settings = Settings {
         sources,
         limits: sluice_spec::Limits {
             max_event_bytes: cfg.limits.max_event_bytes,
@@ -137,28 +140,18 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
             idle_timeout: cfg.http.idle_timeout.0,
             body_timeout: cfg.http.body_timeout.0,
             shutdown_timeout: cfg.http.shutdown_timeout.0,
-            public_metrics: false,
+            // /metrics is open on a loopback listener (the scraper runs on the machine)
+            // and asks for the admin token on any other, unless the config says.
+            public_metrics: cfg
+                .http
+                .public_metrics
+                .unwrap_or_else(|| listen.ip().is_loopback()),
         },
-    };
-    let listen = match args.listen {
-        Some(l) => l,
-        None => cfg
-            .listen
-            .as_deref()
-            .unwrap_or(DEFAULT_LISTEN)
-            .parse()
-            .context("invalid listen address")?,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    // /metrics is open on a loopback listener (the scraper runs on the machine) and asks
-    // for the admin token on any other, unless `[http] public_metrics` says otherwise.
-    settings.http.public_metrics = cfg
-        .http
-        .public_metrics
-        .unwrap_or_else(|| addr.ip().is_loopback());
     let shutdown = shutdown_signal()?;
     let source_names = settings.sources.iter().map(|s| s.name.clone()).collect();
     let app = App::new(settings, log.clone(), store.clone());
@@ -183,7 +176,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
 
 async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettings>> {
     if cfg.sources.is_empty() {
-        let key = generated(store, "default_write_key", "wk_").await?;
+        let (key, _) = generated(store, "default_write_key", "wk_").await?;
         return Ok(vec![SourceSettings {
             name: "default".into(),
             write_key: key,
@@ -246,10 +239,11 @@ async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettin
         .collect::<Result<Vec<_>>>()
 }
 
-/// A secret generated once and kept in the state store, so it survives restarts.
-async fn generated(store: &dyn Store, key: &str, prefix: &str) -> Result<String> {
+/// A secret generated once and kept in the state store, so it survives restarts; `true`
+/// when it was generated now.
+async fn generated(store: &dyn Store, key: &str, prefix: &str) -> Result<(String, bool)> {
     if let Some(v) = store.get_setting(key).await? {
-        return Ok(v);
+        return Ok((v, false));
     }
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
@@ -258,7 +252,7 @@ async fn generated(store: &dyn Store, key: &str, prefix: &str) -> Result<String>
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
     store.put_setting(key, &value).await?;
-    Ok(value)
+    Ok((value, true))
 }
 
 /// Holds an exclusive lock on the data directory for the life of the process, so two

@@ -9,17 +9,17 @@ use serde_json::{Map, Value};
 
 use crate::error::RequestError;
 use crate::raw::{self, RawObject};
-use crate::Limits;
+use crate::{Endpoint, Limits};
 
-/// Undoes the request's `Content-Encoding`. The decompressed size is bounded by
-/// `max_decoded` (the most the endpoint takes: [`Limits::max_body_bytes`]) and by
-/// `limits.max_request_bytes`, so a small gzip bomb costs no more memory than the largest
-/// body the endpoint accepts; decompression stops at the first byte past it.
+/// Undoes the request's `Content-Encoding`. The decompressed size is bounded by what
+/// `endpoint` takes ([`Limits::max_body_bytes`], never above `limits.max_request_bytes`),
+/// so a small gzip bomb costs no more memory than the largest body the endpoint accepts;
+/// decompression stops at the first byte past it.
 pub fn decode_body<'a>(
     raw: &'a [u8],
     content_encoding: Option<&str>,
     limits: &Limits,
-    max_decoded: usize,
+    endpoint: Endpoint,
 ) -> Result<Cow<'a, [u8]>, RequestError> {
     let encoding = content_encoding.map(str::trim).unwrap_or("");
     if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
@@ -33,7 +33,7 @@ pub fn decode_body<'a>(
     if !(encoding.eq_ignore_ascii_case("gzip") || encoding.eq_ignore_ascii_case("x-gzip")) {
         return Err(RequestError::UnsupportedEncoding(encoding.to_string()));
     }
-    let cap = limits.max_request_bytes.min(max_decoded);
+    let cap = limits.max_body_bytes(endpoint);
     let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(cap));
     let mut reader = flate2::read::MultiGzDecoder::new(raw).take(cap as u64 + 1);
     reader
@@ -219,21 +219,14 @@ fn object_field(
                     reason: problem.to_string(),
                 });
             }
-            object_value(v, field)
+            match serde_json::from_str::<Value>(v.get()) {
+                Ok(Value::Object(m)) => Ok(Some(m)),
+                _ => Err(RequestError::InvalidEnvelope {
+                    field,
+                    reason: "must be an object",
+                }),
+            }
         }
-    }
-}
-
-fn object_value(
-    v: &RawValue,
-    field: &'static str,
-) -> Result<Option<Map<String, Value>>, RequestError> {
-    match serde_json::from_str::<Value>(v.get()) {
-        Ok(Value::Object(m)) => Ok(Some(m)),
-        _ => Err(RequestError::InvalidEnvelope {
-            field,
-            reason: "must be an object",
-        }),
     }
 }
 
@@ -256,31 +249,41 @@ mod tests {
         };
         let body = br#"{"batch":[]}"#;
         let zipped = gzip(body);
-        let out = decode_body(&zipped, Some("gzip"), &limits, usize::MAX).unwrap();
+        let out = decode_body(&zipped, Some("gzip"), &limits, Endpoint::Batch).unwrap();
         assert_eq!(&out[..], body);
         // 10x the cap of zeros compresses to a few bytes but must be refused.
         let bomb = gzip(&vec![b'0'; 10_000]);
         assert!(bomb.len() < 1000);
         assert!(matches!(
-            decode_body(&bomb, Some("gzip"), &limits, usize::MAX),
+            decode_body(&bomb, Some("gzip"), &limits, Endpoint::Batch),
             Err(RequestError::RequestTooLarge { limit: 1000 })
         ));
         assert!(matches!(
-            decode_body(b"not gzip", Some("gzip"), &limits, usize::MAX),
+            decode_body(b"not gzip", Some("gzip"), &limits, Endpoint::Batch),
             Err(RequestError::BadGzip(_))
         ));
         assert!(matches!(
-            decode_body(b"{}", Some("br"), &limits, usize::MAX),
+            decode_body(b"{}", Some("br"), &limits, Endpoint::Batch),
             Err(RequestError::UnsupportedEncoding(_))
         ));
         // Below the hard cap, the endpoint's own limit stops decompression.
+        let limits = Limits {
+            max_event_bytes: 500,
+            max_batch_bytes: 600,
+            ..limits
+        };
         let batch = gzip(&vec![b' '; 600]);
         assert!(matches!(
-            decode_body(&batch, Some("gzip"), &limits, 500),
+            decode_body(
+                &batch,
+                Some("gzip"),
+                &limits,
+                Endpoint::Single(crate::CallType::Track)
+            ),
             Err(RequestError::DecodedTooLarge { limit: 500 })
         ));
         assert_eq!(
-            decode_body(&batch, Some("gzip"), &limits, 600)
+            decode_body(&batch, Some("gzip"), &limits, Endpoint::Batch)
                 .unwrap()
                 .len(),
             600

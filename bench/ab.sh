@@ -3,7 +3,7 @@
 # each run on a fresh data directory with bench/lib.sh's config (profile consumer on), and
 # prints per run: binary, events/s, p99 ms, peak server RSS (MB) and the dedupe gauges
 # (entries, MB) from /metrics at the end. Build the binaries first (e.g. one per commit);
-# the first one drives every run, so all runs share one generator.
+# sluice-bench (built by bench/lib.sh) drives every run.
 # usage: ROUNDS=3 DURATION=8 bash bench/ab.sh OLD_BINARY NEW_BINARY [...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ for _ in $(seq "$rounds"); do
   for bin in "$@"; do
     sluice=$bin
     fresh
-    out=$("$1" bench ingest --url "http://127.0.0.1:$port" --write-key wk_bench --duration "$duration" \
+    out=$("$sluice_bench" ingest --url "http://127.0.0.1:$port" --write-key wk_bench --duration "$duration" \
       --connections 16 --batch 100 --json --no-baseline | tail -1)
     gauges=$(curl -fs "http://127.0.0.1:$port/metrics" \
       | awk '/^sluice_dedupe_entries / {e=$2} /^sluice_dedupe_bytes / {b=$2/1048576} END {printf "dedupe_entries=%d dedupe_mb=%.1f", e, b}')

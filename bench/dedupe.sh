@@ -2,11 +2,15 @@
 # The dedupe index's memory with EVENTS (default 10,000,000) events inside the window,
 # and batch ingest beside it: for each binary given (the first is the baseline), RUNS times
 # (default 2), start `sluice serve` on a fresh data directory (profiles off: the index
-# alone), load it with `sluice bench ingest --batch 100 --connections 16` in 10 s steps
+# alone), load it with `sluice-bench ingest --batch 100 --connections 16` in 10 s steps
 # until EVENTS are accepted, and print one JSON line: events/s of the first step (an
 # empty window) and of the last, the server's RSS and its dedupe gauges at the end.
 #   bash bench/dedupe.sh /tmp/sluice-old target/release/sluice
 set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
+cargo build --release -q -p sluice-bench
+sluice_bench="$CARGO_TARGET_DIR/release/sluice-bench"
 EVENTS=${EVENTS:-10000000}
 RUNS=${RUNS:-2}
 port=18191
@@ -22,7 +26,7 @@ for run in $(seq "$RUNS"); do
     first=""
     last=""
     while [ "$(metric sluice_events_accepted_total)" -lt "$EVENTS" ]; do
-      last=$("$bin" bench ingest --url "http://127.0.0.1:$port" --write-key wk_bench --connections 16 \
+      last=$("$sluice_bench" ingest --url "http://127.0.0.1:$port" --write-key wk_bench --connections 16 \
         --batch 100 --duration 10 --no-baseline --json | tail -1)
       [ -n "$first" ] || first=$last
     done

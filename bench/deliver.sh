@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the delivery figures of bench/RESULTS.md: runs `sluice bench deliver` RUNS
+# Reproduces the delivery figures of bench/RESULTS.md: runs `sluice-bench deliver` RUNS
 # times per scenario, each against a release sluice on a fresh data directory, and prints
 # the median of every figure. The receiver and the generator run in the bench process on
 # the same machine. DEAD_EVENTS (default 1,000,000) sizes the dead-destination run.
@@ -11,7 +11,7 @@ DEAD_EVENTS=${DEAD_EVENTS:-1000000}
 port=18191
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-bench() { "$sluice" bench deliver --url "http://127.0.0.1:$port" --write-key wk_bench --source bench \
+bench() { "$sluice_bench" deliver --url "http://127.0.0.1:$port" --write-key wk_bench --source bench \
   --admin-token bench-admin-token --duration "$DURATION" --json "$@"; }
 
 run() { # name, args...

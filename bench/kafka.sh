@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces the Kafka deployment's figures of bench/RESULTS.md (issue 6): `sluice bench
-# ingest` (batches of 100) and `sluice bench deliver` (batched webhook delivery) against a
+# Reproduces the Kafka deployment's figures of bench/RESULTS.md (issue 6): `sluice-bench
+# ingest` (batches of 100) and `sluice-bench deliver` (batched webhook delivery) against a
 # release sluice on `[log] kind = "kafka"` + `[store] kind = "postgres"`, and the same two
 # against the embedded default in the same session. Every run starts fresh: a new topic,
 # consumer-group prefix and database on the Kafka side, an empty data directory on the
@@ -55,10 +55,10 @@ run() { # name, config, ingest|deliver, args...
     "${config}_config"
     fresh
     if [ "$what" = ingest ]; then
-      "$sluice" bench ingest --url "http://127.0.0.1:$port" --write-key wk_bench \
+      "$sluice_bench" ingest --url "http://127.0.0.1:$port" --write-key wk_bench \
         --duration "$DURATION" --json "$@"
     else
-      "$sluice" bench deliver --url "http://127.0.0.1:$port" --write-key wk_bench --source bench \
+      "$sluice_bench" deliver --url "http://127.0.0.1:$port" --write-key wk_bench --source bench \
         --admin-token bench-admin-token --duration "$DURATION" --json "$@"
     fi | tail -1 | tee -a "$work/$name.jsonl"
   done

@@ -3,8 +3,9 @@
 # start / stop / fresh (a server on an empty data directory) and the cleanup trap.
 # Needs: port set by the caller. EXTRA_TOML (optional) is appended to the config.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
-cargo build --release -q -p sluice
+cargo build --release -q -p sluice -p sluice-bench
 sluice="$CARGO_TARGET_DIR/release/sluice"
+sluice_bench="$CARGO_TARGET_DIR/release/sluice-bench"
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 cat > "$work/sluice.toml" <<TOML
 listen = "127.0.0.1:$port"

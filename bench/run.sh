@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces bench/RESULTS.md: runs `sluice bench ingest` RUNS times per scenario, each
+# Reproduces bench/RESULTS.md: runs `sluice-bench ingest` RUNS times per scenario, each
 # run against a release sluice started on a fresh data directory (every run starts from
 # the same state; the baseline server is measured in the same run), prints the median of
 # every figure, then measures startup-to-ready with ~1,000,000 events in the log.
@@ -22,7 +22,7 @@ run() { # name, args...
   : > "$work/$name.jsonl"
   for i in $(seq "$RUNS"); do
     fresh
-    "$sluice" bench ingest --url "http://127.0.0.1:$port" --write-key wk_bench --duration "$DURATION" --json "$@" \
+    "$sluice_bench" ingest --url "http://127.0.0.1:$port" --write-key wk_bench --duration "$DURATION" --json "$@" \
       | tail -1 | tee -a "$work/$name.jsonl"
   done
   python3 - "$name" "$work/$name.jsonl" <<'PY'
@@ -49,7 +49,7 @@ fresh
 # In 2-second steps, so that a fast machine does not overshoot by millions.
 accepted() { curl -fs "http://127.0.0.1:$port/metrics" | awk '/^sluice_events_accepted_total/ {s+=$2} END {print int(s)}'; }
 while [ "$(accepted)" -lt 1000000 ]; do
-  "$sluice" bench ingest --url "http://127.0.0.1:$port" --write-key wk_bench --connections 16 --batch 100 \
+  "$sluice_bench" ingest --url "http://127.0.0.1:$port" --write-key wk_bench --connections 16 --batch 100 \
     --duration 2 --no-baseline | tail -1
 done
 stop

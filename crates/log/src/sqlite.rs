@@ -46,12 +46,15 @@ pub fn sqlite_memory_used() -> i64 {
     unsafe { rusqlite::ffi::sqlite3_memory_used() }
 }
 
+/// The default of `sqlite_memory_mb`: the process-wide cap [`limit_sqlite_memory`] sets.
+pub const DEFAULT_SQLITE_MEMORY_MB: u64 = 32;
+
 /// Caps SQLite's heap in this process at about `bytes` (0: no cap), over every connection:
 /// past it SQLite recycles page-cache pages instead of allocating more. Returns the
 /// previous cap. `cache_size` alone bounds no connection: libsqlite3-sys builds SQLite with
 /// `SQLITE_ENABLE_MEMORY_MANAGEMENT`, which puts all connections of the process in one
 /// page-cache group, where a connection at its limit takes the group's least recently
-/// used page, possibly another connection's (bench/RESULTS.md, seventh session).
+/// used page, possibly another connection's.
 pub fn limit_sqlite_memory(bytes: i64) -> i64 {
     // SAFETY: sqlite3_soft_heap_limit64 is thread-safe and accepts any value (negative
     // only reads the current cap).

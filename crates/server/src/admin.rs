@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::ApiError;
-use crate::{App, Source};
+use sluice_ingest::Source;
+
+use crate::App;
 
 const MAX_LIMIT: usize = 1000;
 
@@ -76,7 +78,7 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
         )
         .into_response();
     };
-    if !constant_time_eq(given.as_bytes(), app.settings.admin_token.as_bytes()) {
+    if !sluice_ingest::constant_time_eq(given.as_bytes(), app.settings.admin_token.as_bytes()) {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_admin_token",
@@ -85,13 +87,6 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
         .into_response();
     }
     next.run(req).await
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Deserialize)]
@@ -116,8 +111,8 @@ fn parse_limit(q: &LimitQuery) -> Result<usize, ApiError> {
 }
 
 fn source<'a>(app: &'a App, name: &str) -> Result<&'a Arc<Source>, ApiError> {
-    app.by_name
-        .get(name)
+    app.ingest
+        .source(name)
         .ok_or_else(|| ApiError::not_found(format!("no source named {name:?}")))
 }
 
@@ -212,7 +207,7 @@ async fn source_live(
     Path(name): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     source(&app, &name)?;
-    let rx = app.live.subscribe();
+    let rx = app.ingest.live.subscribe();
     let shutdown = app.shutdown.clone();
     let stream = futures_util::stream::unfold(
         (rx, shutdown, name, true),

@@ -5,6 +5,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use sluice_ingest::{IngestError, Status};
 use sluice_spec::RequestError;
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +61,33 @@ impl From<RequestError> for ApiError {
             field: e.field().map(Into::into),
             limit: e.limit(),
             retry_after_s: None,
+        }
+    }
+}
+
+/// The one mapping of ingest's transport-free statuses to HTTP.
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        let status = match e.status() {
+            Status::Invalid => match &e {
+                IngestError::Request(r) => {
+                    StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST)
+                }
+                _ => StatusCode::BAD_REQUEST,
+            },
+            Status::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Status::Forbidden => StatusCode::FORBIDDEN,
+            Status::NotFound => StatusCode::NOT_FOUND,
+            Status::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Status::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let retry_after_s = e.retry_after_s();
+        match e {
+            IngestError::Request(r) => ApiError::from(r),
+            e => ApiError {
+                retry_after_s,
+                ..ApiError::new(status, e.code(), e.to_string())
+            },
         }
     }
 }

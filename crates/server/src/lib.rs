@@ -8,8 +8,6 @@
 //!   reports, the event tester, dead letters, replay, one event's journey).
 //! - [`telemetry`]: Prometheus metrics and the per-request latency layer.
 //! - [`error`]: the one place where errors become HTTP answers.
-//! - [`ratelimit`]: per-source token buckets.
-//! - [`storage`]: whether the node can store events (readiness when the log is full).
 //!
 //! [`App`] holds the shared state; [`router`] builds the routes; [`serve`] runs them until a
 //! shutdown future resolves, then drains in-flight requests.
@@ -18,17 +16,13 @@ pub mod admin;
 pub mod delivery_api;
 pub mod error;
 pub mod http;
-pub mod kafka_source;
 pub mod privacy;
 pub mod profile_api;
 pub mod profiles;
-pub mod ratelimit;
-pub mod storage;
 pub mod telemetry;
 pub mod tracking;
 pub mod webhook_source;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,29 +30,14 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
 use sluice_destinations::Router as Destinations;
+use sluice_ingest::Ingest;
 use sluice_log::EventLog;
 use sluice_spec::Limits;
 use sluice_store::Store;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
-pub use ratelimit::RateLimit;
-
-/// A configured source: where events come from and the key they authenticate with.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SourceSettings {
-    pub name: String,
-    pub write_key: String,
-    pub enabled: bool,
-    /// Fill `context.ip` from the request for every event (client-side sources).
-    pub collect_ip: bool,
-    pub rate_limit: Option<RateLimit>,
-    /// A `segment_webhook` source: also fed by `POST /v1/webhooks/{name}`.
-    pub webhook: Option<webhook_source::WebhookSource>,
-    /// A `kafka` source: also fed by a topic.
-    pub kafka: Option<kafka_source::KafkaSource>,
-}
+pub use sluice_ingest::{LiveEvent, RateLimit, SourceSettings};
 
 /// Everything the server needs that does not change while it runs.
 #[derive(Debug, Clone)]
@@ -83,84 +62,37 @@ pub struct Settings {
     pub http: http::HttpSettings,
 }
 
-pub(crate) struct Source {
-    pub settings: SourceSettings,
-    pub bucket: Option<ratelimit::Bucket>,
-    pub metrics: SourceMetrics,
-}
-
-/// Per-source metric handles, registered once (a labelled `counter!` per request costs
-/// an allocation and a registry lookup).
-pub(crate) struct SourceMetrics {
-    pub accepted: metrics::Counter,
-    pub duplicates: metrics::Counter,
-    pub bytes: metrics::Counter,
-}
-
-impl SourceMetrics {
-    fn new(source: &str) -> SourceMetrics {
-        let label = source.to_string();
-        SourceMetrics {
-            accepted: metrics::counter!("sluice_events_accepted_total", "source" => label.clone()),
-            duplicates: metrics::counter!("sluice_events_duplicate_total", "source" => label.clone()),
-            bytes: metrics::counter!("sluice_ingest_bytes_total", "source" => label),
-        }
-    }
-}
-
-/// One accepted event for the live debugger.
-#[derive(Debug, Clone)]
-pub struct LiveEvent {
-    pub source: Arc<str>,
-    pub offset: u64,
-    pub payload: Bytes,
-}
-
 /// Shared state of the server.
 pub struct App {
     pub settings: Settings,
     pub log: Arc<dyn EventLog>,
     pub store: Arc<dyn Store>,
-    pub(crate) by_key: HashMap<String, Arc<Source>>,
-    pub(crate) by_name: HashMap<String, Arc<Source>>,
-    pub(crate) live: broadcast::Sender<Arc<LiveEvent>>,
+    /// Where events enter: the sources and the one path into the log.
+    pub ingest: Arc<Ingest>,
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
     ready: AtomicBool,
-    /// Whether the log has room: readiness fails while it refuses appends for want of it.
-    pub storage: storage::StorageHealth,
-    /// Counts this node's appends: its consumers wait on it (and poll the log every
-    /// [`sluice_log::EventLog::idle_poll`] for events other nodes appended).
-    pub log_end: watch::Sender<u64>,
     /// The destinations (set once at start; absent in servers without routing).
     pub destinations: std::sync::OnceLock<Arc<Destinations>>,
     /// Counts the profile consumer's commits on this node (waiters then read the cursors).
     pub profiles_done: watch::Sender<u64>,
-    /// Subjects whose events are dropped at ingest.
-    pub suppressions: profiles::Suppressions,
     /// The Profile API's request bucket (when `[profiles] rate_limit` is set).
-    pub(crate) profile_bucket: Option<ratelimit::Bucket>,
+    pub(crate) profile_bucket: Option<sluice_ingest::ratelimit::Bucket>,
     /// Regulations being carried out (ids), so each runs once.
     pub(crate) regulations_running: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl App {
     pub fn new(settings: Settings, log: Arc<dyn EventLog>, store: Arc<dyn Store>) -> Arc<App> {
-        let mut by_key = HashMap::new();
-        let mut by_name = HashMap::new();
-        for s in &settings.sources {
-            let source = Arc::new(Source {
-                bucket: s.rate_limit.map(ratelimit::Bucket::new),
-                metrics: SourceMetrics::new(&s.name),
-                settings: s.clone(),
-            });
-            by_key.insert(s.write_key.clone(), source.clone());
-            by_name.insert(s.name.clone(), source);
-        }
-        let (live, _) = broadcast::channel(1024);
+        let ingest = Arc::new(Ingest::new(
+            &settings.sources,
+            settings.limits.clone(),
+            log.clone(),
+            store.clone(),
+        ));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let profile_bucket = settings.profiles.rate_limit.map(|per_second| {
-            ratelimit::Bucket::new(RateLimit {
+            sluice_ingest::ratelimit::Bucket::new(RateLimit {
                 per_second,
                 burst: per_second.max(1.0),
             })
@@ -169,18 +101,13 @@ impl App {
             settings,
             log,
             store,
-            by_key,
-            by_name,
-            live,
+            ingest,
             shutdown,
             shutdown_tx,
             ready: AtomicBool::new(true),
-            storage: storage::StorageHealth::default(),
             profiles_done: watch::channel(0u64).0,
-            suppressions: profiles::Suppressions::default(),
             regulations_running: Default::default(),
             profile_bucket,
-            log_end: watch::channel(0).0,
             destinations: std::sync::OnceLock::new(),
         })
     }
@@ -228,7 +155,7 @@ async fn readyz(
     }
     // Room for one more of the largest requests than when the log filled.
     let needed = app.settings.limits.max_stored_request_bytes() as u64;
-    match app.storage.ready(app.log.as_ref(), needed).await {
+    match app.ingest.storage.ready(app.log.as_ref(), needed).await {
         Ok(()) => "ready".into_response(),
         Err(why) => error::ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -314,7 +241,13 @@ pub async fn serve(
         .sources
         .iter()
         .filter(|s| s.kafka.is_some() && s.enabled)
-        .map(|s| tokio::spawn(kafka_source::run(app.clone(), s.name.clone())))
+        .map(|s| {
+            tokio::spawn(sluice_ingest::sources::kafka::run(
+                app.ingest.clone(),
+                s.name.clone(),
+                app.shutdown.clone(),
+            ))
+        })
         .collect();
     let stopping = app.clone();
     let graceful = async move {

@@ -223,7 +223,7 @@ fn subjects(reg: &Regulation) -> Vec<String> {
     let ty = reg.subject_type.identifier_type();
     reg.subject_ids
         .iter()
-        .map(|s| crate::profiles::subject_entry(ty, s))
+        .map(|s| sluice_ingest::suppress::subject_entry(ty, s))
         .collect()
 }
 
@@ -233,7 +233,7 @@ fn forget_subjects(reg: &mut Regulation) {
     let ty = reg.subject_type.identifier_type();
     for s in &mut reg.subject_ids {
         if !s.starts_with("sha256:") {
-            let entry = crate::profiles::subject_entry(ty, s);
+            let entry = sluice_ingest::suppress::subject_entry(ty, s);
             *s = format!("sha256:{}", &entry[ty.len() + 1..]);
         }
     }
@@ -259,7 +259,7 @@ async fn apply_suppression(app: &App, reg: &Regulation) -> Result<(), ApiError> 
         .suppressed()
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    app.suppressions.load(&all);
+    app.ingest.suppressions.load(&all);
     Ok(())
 }
 
@@ -282,7 +282,7 @@ fn start(app: &Arc<App>, reg: Regulation) {
 /// Loads the suppression list and restarts unfinished regulations (at server start).
 pub async fn resume(app: &Arc<App>) {
     match app.store.suppressed().await {
-        Ok(all) => app.suppressions.load(&all),
+        Ok(all) => app.ingest.suppressions.load(&all),
         Err(e) => tracing::error!(error = %e, "cannot load the suppression list"),
     }
     let docs = match app.store.regulations().await {

@@ -92,7 +92,7 @@ fn authorized(app: &App, headers: &HeaderMap) -> Result<(), ProfileError> {
         ));
     };
     let settings = &app.settings;
-    let eq = |t: &str| crate::admin::constant_time_eq(t.as_bytes(), token.as_bytes());
+    let eq = |t: &str| sluice_ingest::constant_time_eq(t.as_bytes(), token.as_bytes());
     let ok = !token.is_empty()
         && (eq(&settings.admin_token) || settings.profiles.access_tokens.iter().any(|t| eq(t)));
     if ok {

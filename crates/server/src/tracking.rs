@@ -2,9 +2,8 @@
 //! aliases `/v1/{i,t,p,s,g,a,b,import}`, CORS for browsers, and
 //! `GET /v1/projects/{writeKey}/settings` for unmodified analytics.js.
 //!
-//! A request goes: read the body (bounded) → decode gzip → authenticate (header key
-//! first, so a wrong key costs no parsing) → parse → rate limit → validate and normalise
-//! → record refused items → append to the log (durable) → answer.
+//! A request goes: authenticate the header's key (a wrong key costs no reading) → read
+//! the body (bounded) → [`sluice_ingest::Ingest::tracking`] → answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,14 +19,13 @@ use axum::{Json, Router};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::Serialize;
 use serde_json::json;
-use sluice_log::{Appended, NewEvent};
-use sluice_spec::{Endpoint, Outcome, RequestError};
-use sluice_store::RejectedRecord;
+use sluice_ingest::sources::tracking::Call;
+use sluice_ingest::{IngestError, Receipt, Status};
+use sluice_spec::{Endpoint, RequestError};
 
 use crate::error::ApiError;
-use crate::{App, LiveEvent, Source};
+use crate::App;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -75,34 +73,6 @@ fn add_origin(h: &mut HeaderMap, origin: Option<HeaderValue>) {
     h.insert(header::VARY, HeaderValue::from_static("Origin"));
 }
 
-/// What a successful ingest answers.
-#[derive(Serialize)]
-pub(crate) struct IngestReply {
-    success: bool,
-    accepted: usize,
-    duplicates: usize,
-    /// Events of suppressed users: acknowledged, not stored.
-    #[serde(skip_serializing_if = "is_zero")]
-    suppressed: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    rejected: Vec<RejectedItem>,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-#[derive(Serialize)]
-struct RejectedItem {
-    index: usize,
-    #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
-    message_id: Option<String>,
-    code: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'static str>,
-    reason: String,
-}
-
 /// The route of the Tracking API's ingest calls, as the router and the metrics name it.
 pub(crate) const INGEST_ROUTE: &str = "/v1/{kind}";
 
@@ -120,8 +90,8 @@ pub(crate) fn direct_ingest_kind<B>(req: &axum::http::Request<B>) -> Option<&str
 
 /// A Tracking API ingest call served without the router: what the router's
 /// [`INGEST_ROUTE`] does, with its two layers (the CORS origin and the request duration)
-/// applied here. The router's dispatch and layers cost a single `/v1/track` call a fifth
-/// of the request thread's time (bench/RESULTS.md, eleventh session).
+/// applied here: the router's dispatch and layers are a large share of a single call's
+/// work on the request thread.
 pub(crate) async fn ingest_direct(app: Arc<App>, peer: SocketAddr, req: Request) -> Response {
     let started = Instant::now();
     let origin = req.headers().get(header::ORIGIN).cloned();
@@ -139,7 +109,7 @@ async fn ingest(
     Path(kind): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
-) -> Result<Json<IngestReply>, ApiError> {
+) -> Result<Json<Receipt>, ApiError> {
     ingest_at(&app, &kind, peer, req).await
 }
 
@@ -148,7 +118,7 @@ async fn ingest_at(
     kind: &str,
     peer: SocketAddr,
     req: Request,
-) -> Result<Json<IngestReply>, ApiError> {
+) -> Result<Json<Receipt>, ApiError> {
     // The headers are taken from the request, not cloned (as the `HeaderMap` extractor does).
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
@@ -158,10 +128,10 @@ async fn ingest_at(
         ))
     })?;
     let received_at = chrono::Utc::now();
-    let limits = &app.settings.limits;
+    let ingest = &app.ingest;
 
-    let header_source = match header_write_key(&headers)? {
-        Some(key) => Some(authenticate(app, Some(&key))?),
+    let credential = match header_write_key(&headers)? {
+        Some(key) => Some(ingest.authenticate(Some(&key))?),
         None => None,
     };
 
@@ -170,262 +140,31 @@ async fn ingest_at(
         .and_then(|v| v.to_str().ok());
     // Body read errors (413, 408) are counted below like every other refusal.
     let result = async {
-        let raw = read_body(body, limits.max_request_bytes).await?;
-        decode_and_ingest(
-            app,
+        let raw = read_body(body, ingest.limits.max_request_bytes).await?;
+        let client_ip = client_ip(&headers, peer, app.settings.trust_forwarded_for);
+        let call = Call {
             endpoint,
-            &raw,
+            body: &raw,
             encoding,
-            header_source,
+            credential,
+            client_ip: &client_ip,
             received_at,
-            &headers,
-            peer,
-        )
-        .await
+        };
+        Ok(Json(ingest.tracking(call).await?))
     }
     .await;
     if let Err(e) = &result {
-        if e.status.is_client_error() && e.status != StatusCode::UNAUTHORIZED {
-            metrics::counter!("sluice_requests_rejected_total", "reason" => e.code).increment(1);
-        }
+        count_refusal(e);
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn decode_and_ingest(
-    app: &Arc<App>,
-    endpoint: Endpoint,
-    raw: &[u8],
-    encoding: Option<&str>,
-    header_source: Option<Arc<Source>>,
-    received_at: chrono::DateTime<chrono::Utc>,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-) -> Result<Json<IngestReply>, ApiError> {
-    let limits = &app.settings.limits;
-    let body = match sluice_spec::decode::decode_body(raw, encoding, limits, endpoint) {
-        Ok(b) => b,
-        Err(e) => return Err(refuse(app, header_source.as_deref(), e, raw, received_at).await),
-    };
-    let doc = match sluice_spec::parse(endpoint, &body, limits) {
-        Ok(d) => d,
-        Err(e) => return Err(refuse(app, header_source.as_deref(), e, &body, received_at).await),
-    };
-    let source = match header_source {
-        Some(s) => s,
-        None => authenticate(app, doc.write_key())?,
-    };
-    let settings = &source.settings;
-    if let (Some(bucket), Some(limit)) = (&source.bucket, settings.rate_limit) {
-        if let Err(wait) = bucket.take(doc.len().max(1), Instant::now()) {
-            metrics::counter!("sluice_rate_limited_total", "source" => settings.name.clone())
-                .increment(doc.len() as u64);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "source {:?} is limited to {} events per second (burst {})",
-                    settings.name, limit.per_second, limit.burst
-                ),
-            )
-            .retry_after(wait));
-        }
+/// Counts a refused ingest call by its code (wrong credentials are not counted: they
+/// are not a source's traffic).
+pub(crate) fn count_refusal(e: &ApiError) {
+    if e.status.is_client_error() && e.status != StatusCode::UNAUTHORIZED {
+        metrics::counter!("sluice_requests_rejected_total", "reason" => e.code).increment(1);
     }
-    let client_ip = client_ip(headers, peer, app.settings.trust_forwarded_for);
-    let ctx = sluice_spec::Context::new(received_at, Some(&client_ip), settings.collect_ip);
-    let outcome =
-        match sluice_spec::normalize::normalize_document(endpoint.call(), doc, &ctx, limits) {
-            Ok(o) => o,
-            Err(e) => return Err(refuse(app, Some(&source), e, &body, received_at).await),
-        };
-    source.metrics.bytes.increment(raw.len() as u64);
-    store_outcome(app, &source, outcome, received_at).await
-}
-
-/// Events that arrived another way than the Tracking API (a webhook source, a Kafka
-/// topic), as JSON values: validated and normalised as one batch, then stored like any.
-pub(crate) async fn ingest_events(
-    app: &Arc<App>,
-    source: &Source,
-    events: Vec<serde_json::Value>,
-    received_at: chrono::DateTime<chrono::Utc>,
-    client_ip: Option<&str>,
-) -> Result<Json<IngestReply>, ApiError> {
-    let limits = &app.settings.limits;
-    let doc_bytes = serde_json::to_vec(&serde_json::json!({ "batch": events }))
-        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
-    let doc = sluice_spec::parse(Endpoint::Batch, &doc_bytes, limits).map_err(ApiError::from)?;
-    let ctx = sluice_spec::Context::new(received_at, client_ip, source.settings.collect_ip);
-    let outcome = sluice_spec::normalize::normalize_document(None, doc, &ctx, limits)
-        .map_err(ApiError::from)?;
-    store_outcome(app, source, outcome, received_at).await
-}
-
-pub(crate) async fn store_outcome(
-    app: &Arc<App>,
-    source: &Source,
-    outcome: Outcome,
-    received_at: chrono::DateTime<chrono::Utc>,
-) -> Result<Json<IngestReply>, ApiError> {
-    let name = &source.settings.name;
-    let received_ms = received_at.timestamp_millis();
-    let rejected: Vec<RejectedItem> = outcome
-        .rejected
-        .iter()
-        .map(|r| RejectedItem {
-            index: r.index,
-            message_id: r.message_id.clone(),
-            code: r.error.code,
-            field: r.error.field,
-            reason: r.error.message.clone(),
-        })
-        .collect();
-    if !outcome.rejected.is_empty() {
-        for r in &outcome.rejected {
-            metrics::counter!("sluice_events_rejected_total", "source" => name.clone(), "reason" => r.error.code)
-                .increment(1);
-        }
-        let records = outcome
-            .rejected
-            .into_iter()
-            .map(|r| RejectedRecord {
-                id: 0,
-                source: name.clone(),
-                received_at_ms: received_ms,
-                index: r.index as i64,
-                message_id: r.message_id,
-                code: r.error.code.to_string(),
-                field: r.error.field.map(str::to_string),
-                reason: r.error.message,
-                raw: r.raw,
-            })
-            .collect();
-        if let Err(e) = app.store.add_rejected(records).await {
-            // The refusal itself is answered either way; losing its record is logged.
-            // A full state store fails every record: one line a minute.
-            static QUIET: sluice_log::throttle::Throttle =
-                sluice_log::throttle::Throttle::new(sluice_log::throttle::STORAGE_WARNING_EVERY);
-            if let Some(skipped) = QUIET.allow() {
-                tracing::warn!(error = %e, source = %name, skipped, "could not record rejected items");
-            }
-        }
-    }
-
-    let live = app.live.receiver_count() > 0;
-    let mut accepted_events = outcome.accepted;
-    let mut suppressed = 0;
-    if !app.suppressions.is_empty() {
-        accepted_events.retain(|e| {
-            let drop = app.suppressions.matches(&e.user_key, &e.json);
-            suppressed += drop as usize;
-            !drop
-        });
-        if suppressed > 0 {
-            metrics::counter!("sluice_events_suppressed_total", "source" => name.clone())
-                .increment(suppressed as u64);
-        }
-    }
-    let events: Vec<NewEvent> = accepted_events
-        .into_iter()
-        .map(|e| NewEvent {
-            payload: e.json,
-            source: name.clone(),
-            message_id: e.message_id,
-            user_key: e.user_key,
-            received_at_ms: received_ms,
-        })
-        .collect();
-    // Only the live debugger needs a copy of the payloads, and only while someone watches.
-    let payloads: Vec<Bytes> = if live {
-        events
-            .iter()
-            .map(|e| Bytes::from(e.payload.clone()))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let results = match app.log.append(events).await {
-        Ok(r) => r,
-        Err(e) => {
-            app.storage.append_failed(app.log.as_ref(), &e, name).await;
-            return Err(ApiError::unavailable(format!(
-                "events were not stored: {e}"
-            )));
-        }
-    };
-    app.storage.append_succeeded();
-
-    let mut accepted = 0;
-    let mut duplicates = 0;
-    if results.iter().any(|r| matches!(r, Appended::Stored { .. })) {
-        // Wakes the consumers of this node (other nodes' consumers poll the log).
-        app.log_end.send_modify(|n| *n = n.wrapping_add(1));
-    }
-    let source_name: Option<Arc<str>> = live.then(|| Arc::from(name.as_str()));
-    let mut payloads = payloads.into_iter();
-    for r in &results {
-        let payload = payloads.next();
-        match r {
-            Appended::Stored { offset } => {
-                accepted += 1;
-                if let (Some(payload), Some(source_name)) = (payload, &source_name) {
-                    let _ = app.live.send(Arc::new(LiveEvent {
-                        source: source_name.clone(),
-                        offset: *offset,
-                        payload,
-                    }));
-                }
-            }
-            Appended::Duplicate => duplicates += 1,
-        }
-    }
-    source.metrics.accepted.increment(accepted as u64);
-    if duplicates > 0 {
-        source.metrics.duplicates.increment(duplicates as u64);
-    }
-    Ok(Json(IngestReply {
-        success: true,
-        accepted,
-        duplicates,
-        suppressed,
-        rejected,
-    }))
-}
-
-/// Answers a refused request, keeping the refusal (with an excerpt of the body) for the
-/// admin API when the source is known.
-async fn refuse(
-    app: &App,
-    source: Option<&Source>,
-    e: RequestError,
-    body: &[u8],
-    received_at: chrono::DateTime<chrono::Utc>,
-) -> ApiError {
-    if let Some(source) = source {
-        let name = &source.settings.name;
-        metrics::counter!("sluice_events_rejected_total", "source" => name.clone(), "reason" => e.code())
-            .increment(1);
-        let record = RejectedRecord {
-            id: 0,
-            source: name.clone(),
-            received_at_ms: received_at.timestamp_millis(),
-            index: 0,
-            message_id: None,
-            code: e.code().to_string(),
-            field: e.field().map(str::to_string),
-            reason: e.to_string(),
-            raw: String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned(),
-        };
-        if let Err(err) = app.store.add_rejected(vec![record]).await {
-            static QUIET: sluice_log::throttle::Throttle =
-                sluice_log::throttle::Throttle::new(sluice_log::throttle::STORAGE_WARNING_EVERY);
-            if let Some(skipped) = QUIET.allow() {
-                tracing::warn!(error = %err, skipped, "could not record rejected request");
-            }
-        }
-    }
-    ApiError::from(e)
 }
 
 /// A handler's whole body, read by [`read_body`] up to `limits.max_request_bytes`: the
@@ -473,13 +212,7 @@ fn header_write_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let invalid = |why: &str| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_authorization",
-            format!("Authorization header {why}; send Basic base64(\"<writeKey>:\")"),
-        )
-    };
+    let invalid = |why: &'static str| ApiError::from(IngestError::InvalidAuthorization(why));
     let value = value.to_str().map_err(|_| invalid("is not ASCII"))?.trim();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if scheme.eq_ignore_ascii_case("bearer") {
@@ -497,31 +230,6 @@ fn header_write_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         return Ok(None);
     }
     Ok(Some(key.to_string()))
-}
-
-fn authenticate(app: &App, key: Option<&str>) -> Result<Arc<Source>, ApiError> {
-    let Some(key) = key.filter(|k| !k.is_empty()) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_write_key",
-            "no write key: send it as the Basic auth user name or as `writeKey` in the body",
-        ));
-    };
-    let Some(source) = app.by_key.get(key) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unknown_write_key",
-            "the write key does not belong to any source",
-        ));
-    };
-    if !source.settings.enabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "source_disabled",
-            format!("source {:?} is disabled", source.settings.name),
-        ));
-    }
-    Ok(source.clone())
 }
 
 pub(crate) fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded: bool) -> String {
@@ -547,13 +255,13 @@ async fn project_settings(
     Path(write_key): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let source = authenticate(&app, Some(&write_key)).map_err(|e| {
-        if e.status == StatusCode::UNAUTHORIZED {
-            ApiError::not_found("no source has this write key")
-        } else {
-            e
-        }
-    })?;
+    let source = app
+        .ingest
+        .authenticate(Some(&write_key))
+        .map_err(|e| match e.status() {
+            Status::Unauthenticated => ApiError::not_found("no source has this write key"),
+            _ => ApiError::from(e),
+        })?;
     let (protocol, host) = match &app.settings.public_url {
         Some(url) => {
             let (p, rest) = url.split_once("://").unwrap_or(("https", url));

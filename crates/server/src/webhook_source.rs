@@ -1,118 +1,20 @@
-//! Sources of kind `segment_webhook`: `POST /v1/webhooks/{source}` accepts what Segment's
-//! (or any) Webhooks destination posts — one event, or an array of events as Webhooks
-//! (Actions) batches them — so Sluice can run downstream of an existing Segment workspace
-//! during a migration.
-//!
-//! The body's `X-Signature` (lowercase hex HMAC-SHA1 with the source's shared secret) is
-//! checked over the body, or, for an array, over its first element (Webhooks (Actions)
-//! signs only that); 401 otherwise. Each event's user id and anonymous id are taken from the
-//! source's `field_mapping` paths when set (the "Field mapping" step of partner guides),
-//! Segment's `sentAt` and `receivedAt` are dropped (Segment's `timestamp` is already
-//! corrected for clock skew; re-correcting with the old `sentAt` would add the delivery
-//! delay), and the events go through the same validation, dedupe (on Segment's messageId,
-//! so Segment's retries are dropped) and log as Tracking API events.
+//! `POST /v1/webhooks/{source}`: the HTTP side of the `segment_webhook` source
+//! ([`sluice_ingest::sources::webhook`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::routing::post;
 use axum::{Json, Router};
-use hmac::{Hmac, Mac};
-use serde_json::value::RawValue;
-use serde_json::Value;
+use sluice_ingest::sources::webhook::Post;
+use sluice_ingest::Receipt;
 
 use crate::error::ApiError;
-use crate::tracking::{client_ip, ingest_events, read_body, IngestReply};
+use crate::tracking::{client_ip, read_body};
 use crate::App;
-
-/// A path into an event: `traits.customer_id`, `$.context.device.id`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldPath(Vec<String>);
-
-impl FieldPath {
-    pub fn parse(text: &str) -> Result<FieldPath, String> {
-        let rest = text.strip_prefix("$.").unwrap_or(text);
-        let parts: Vec<String> = rest.split('.').map(str::to_string).collect();
-        if rest.is_empty() || parts.iter().any(|p| p.is_empty()) {
-            return Err(format!(
-                "must be a dotted path like \"traits.customer_id\" or \"$.context.device.id\", not {text:?}"
-            ));
-        }
-        Ok(FieldPath(parts))
-    }
-
-    /// The value at the path, as an id (strings and numbers only).
-    pub fn id_in(&self, event: &Value) -> Option<String> {
-        let mut v = event;
-        for p in &self.0 {
-            v = v.get(p)?;
-        }
-        match v {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        }
-    }
-}
-
-/// A `segment_webhook` source's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookSource {
-    pub shared_secret: String,
-    pub user_id: Option<FieldPath>,
-    pub anonymous_id: Option<FieldPath>,
-}
-
-impl WebhookSource {
-    fn signature(&self, body: &[u8]) -> Vec<u8> {
-        // HMAC takes keys of any length.
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(self.shared_secret.as_bytes())
-            .expect("HMAC accepts any key length");
-        mac.update(body);
-        mac.finalize().into_bytes().to_vec()
-    }
-
-    /// Whether `X-Signature` signs the body, or (an array) its first element.
-    pub fn verify(&self, given_hex: &str, body: &[u8], first: Option<&[u8]>) -> bool {
-        let Some(given) = hex(given_hex.trim()) else {
-            return false;
-        };
-        let eq = |want: Vec<u8>| crate::admin::constant_time_eq(&want, &given);
-        eq(self.signature(body)) || first.is_some_and(|f| eq(self.signature(f)))
-    }
-
-    /// One posted event, ready for normalisation.
-    pub fn prepare(&self, mut event: Value) -> Value {
-        if let Some(obj) = event.as_object_mut() {
-            let snapshot = Value::Object(obj.clone());
-            for (field, path) in [
-                ("userId", &self.user_id),
-                ("anonymousId", &self.anonymous_id),
-            ] {
-                if let Some(id) = path.as_ref().and_then(|p| p.id_in(&snapshot)) {
-                    obj.insert(field.into(), Value::String(id));
-                }
-            }
-            for dropped in ["sentAt", "receivedAt", "writeKey"] {
-                obj.remove(dropped);
-            }
-        }
-        event
-    }
-}
-
-fn hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/v1/webhooks/{source}", post(receive))
@@ -124,127 +26,20 @@ async fn receive(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<IngestReply>, ApiError> {
+) -> Result<Json<Receipt>, ApiError> {
     let received_at = chrono::Utc::now();
-    let source = app
-        .by_name
-        .get(&name)
-        .filter(|s| s.settings.webhook.is_some())
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("no segment_webhook source named {name:?}")))?;
-    let hook = source.settings.webhook.as_ref().expect("filtered above");
-    if !source.settings.enabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "source_disabled",
-            format!("source {name:?} is disabled"),
-        ));
-    }
-    let limits = &app.settings.limits;
-    let raw = read_body(body, limits.max_request_bytes).await?;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let body =
-        sluice_spec::decode::decode_body(&raw, encoding, limits, sluice_spec::Endpoint::Batch)
-            .map_err(ApiError::from)?;
-    let unsigned = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_signature",
-            "X-Signature must be the lowercase hex HMAC-SHA1 of the body with this source's shared secret",
-        )
-    };
-    let given = headers
-        .get("x-signature")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(unsigned)?;
-    let items: Vec<&RawValue> = match serde_json::from_slice::<&RawValue>(&body) {
-        Ok(v) if v.get().trim_start().starts_with('[') => {
-            serde_json::from_str(v.get()).map_err(|e| {
-                ApiError::bad_request(
-                    "invalid_json",
-                    format!("the body is not a JSON array of events: {e}"),
-                )
-            })?
-        }
-        Ok(v) => vec![v],
-        Err(e) => {
-            // Check the signature first: an unsigned sender learns nothing about the body.
-            if !hook.verify(given, &body, None) {
-                return Err(unsigned());
-            }
-            return Err(ApiError::bad_request(
-                "invalid_json",
-                format!("the body is not JSON: {e}"),
-            ));
-        }
-    };
-    let is_array = body.trim_ascii_start().starts_with(b"[");
-    let first = is_array
-        .then(|| items.first().map(|f| f.get().as_bytes()))
-        .flatten();
-    if !hook.verify(given, &body, first) {
-        metrics::counter!("sluice_requests_rejected_total", "reason" => "invalid_signature")
-            .increment(1);
-        return Err(unsigned());
-    }
-    let mut batch = Vec::with_capacity(items.len());
-    for item in &items {
-        let v: Value = serde_json::from_str(item.get()).unwrap_or(Value::Null);
-        batch.push(hook.prepare(v));
-    }
-    source.metrics.bytes.increment(raw.len() as u64);
+    // Unknown and disabled sources are refused before the body is read.
+    let source = app.ingest.webhook_source(&name)?;
+    let raw = read_body(body, app.settings.limits.max_request_bytes).await?;
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let client_ip = client_ip(&headers, peer, app.settings.trust_forwarded_for);
-    ingest_events(&app, &source, batch, received_at, Some(&client_ip)).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn source() -> WebhookSource {
-        WebhookSource {
-            shared_secret: "s3cret".into(),
-            user_id: Some(FieldPath::parse("traits.member_id").unwrap()),
-            anonymous_id: Some(FieldPath::parse("$.context.device.id").unwrap()),
-        }
-    }
-
-    fn sign(body: &[u8]) -> String {
-        source()
-            .signature(body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    #[test]
-    fn signatures_over_the_body_or_the_first_element() {
-        let s = source();
-        let body = br#"{"type":"track"}"#;
-        assert!(s.verify(&sign(body), body, None));
-        assert!(!s.verify(&sign(b"other"), body, None));
-        assert!(!s.verify("zz", body, None));
-        assert!(!s.verify("", body, None));
-        let arr = br#"[{"a":1},{"b":2}]"#;
-        assert!(s.verify(&sign(br#"{"a":1}"#), arr, Some(br#"{"a":1}"#)));
-        assert!(s.verify(&sign(arr), arr, Some(br#"{"a":1}"#)));
-        assert!(!s.verify(&sign(br#"{"b":2}"#), arr, Some(br#"{"a":1}"#)));
-    }
-
-    #[test]
-    fn field_mapping_renames_ids_and_drops_segment_times() {
-        let e = serde_json::json!({"type": "track", "userId": "seg-1", "sentAt": "x", "receivedAt": "y",
-                                   "traits": {"member_id": 42}, "context": {"device": {"id": "dev-9"}}});
-        let out = source().prepare(e);
-        assert_eq!(out["userId"], "42");
-        assert_eq!(out["anonymousId"], "dev-9");
-        assert!(out.get("sentAt").is_none() && out.get("receivedAt").is_none());
-        // Without a value at the path the event's own id stays.
-        let out = source().prepare(serde_json::json!({"userId": "seg-2"}));
-        assert_eq!(out["userId"], "seg-2");
-        assert!(FieldPath::parse("a..b").is_err());
-        assert!(FieldPath::parse("$.").is_err());
-    }
+    let post = Post {
+        source,
+        body: &raw,
+        encoding: header(header::CONTENT_ENCODING),
+        signature: header(header::HeaderName::from_static("x-signature")),
+        client_ip: &client_ip,
+        received_at,
+    };
+    Ok(Json(app.ingest.webhook(post).await?))
 }

@@ -279,8 +279,7 @@ pub struct RateLimitConfig {
 
 pub use sluice_destinations::duration::HumanDuration;
 
-/// The default of `sqlite_memory_mb`.
-pub const DEFAULT_SQLITE_MEMORY_MB: u64 = 32;
+pub use sluice_log::sqlite::DEFAULT_SQLITE_MEMORY_MB;
 
 /// Largest `sqlite_memory_mb`.
 const MAX_SQLITE_MEMORY_MB: u64 = 1 << 20;
@@ -442,7 +441,7 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
             }
             _ => {}
         }
-        if !sluice_server::kafka_source::SUPPORTED {
+        if !sluice_ingest::sources::kafka::SUPPORTED {
             return Err(err(
                 "log.kind",
                 "is \"kafka\" but this build has no Kafka support (cargo feature `kafka`)".into(),
@@ -606,7 +605,7 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
                 ))
             }
             (SourceKind::Kafka, Some(k)) => {
-                if !sluice_server::kafka_source::SUPPORTED {
+                if !sluice_ingest::sources::kafka::SUPPORTED {
                     return Err(err(
                         &format!("sources[{i}].kind"),
                         "is \"kafka\", but this build has no Kafka support (cargo feature `kafka`)"
@@ -645,7 +644,7 @@ fn validate(cfg: &FileConfig, origin: &str) -> Result<()> {
         if let Some(m) = &s.field_mapping {
             for (field, path) in [("userId", &m.user_id), ("anonymousId", &m.anonymous_id)] {
                 if let Some(p) = path {
-                    sluice_server::webhook_source::FieldPath::parse(p)
+                    sluice_ingest::sources::webhook::FieldPath::parse(p)
                         .map_err(|why| err(&format!("sources[{i}].field_mapping.{field}"), why))?;
                 }
             }

@@ -1,8 +1,6 @@
-//! The `sluice` binary: `serve`, `check`, `catalog`, `preview`, `replay`, `bench`.
+//! The `sluice` binary: `serve`, `check`, `catalog`, `preview`, `replay`. The load
+//! generators are the separate `sluice-bench` (tools/bench).
 
-mod bench;
-mod bench_deliver;
-mod bench_profiles;
 mod catalog_cmd;
 mod config;
 mod preview;
@@ -32,10 +30,10 @@ mod allocator {
     /// `mi_option_purge_delay` in mimalloc v3's `mi_option_t` (the crate's default build).
     const PURGE_DELAY: c_int = 15;
 
-    /// mimalloc v3 keeps freed memory 1 s before returning it to the OS (v2: 10 ms).
-    /// Under batch ingest with the profile consumer that held ~40 MB of RSS
-    /// (bench/RESULTS.md, 2026-11-29); return it after 10 ms, as v2 did — unless the
-    /// operator set `MIMALLOC_PURGE_DELAY`, which mimalloc has read already.
+    /// mimalloc v3 keeps freed memory 1 s before returning it to the OS (v2: 10 ms), which
+    /// under batch ingest with the profile consumer holds tens of MB of RSS that is not in
+    /// use; return it after 10 ms, as v2 did — unless the operator set
+    /// `MIMALLOC_PURGE_DELAY`, which mimalloc has read already.
     pub fn tune() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
             // SAFETY: mimalloc's documented option API; any value is valid for it.
@@ -92,17 +90,6 @@ enum Command {
     Preview(preview::PreviewArgs),
     /// Re-deliver to one destination: its dead letters, or a window of the event log.
     Replay(replay::ReplayArgs),
-    /// Benchmarks against a running server.
-    Bench {
-        #[command(subcommand)]
-        which: bench::BenchCommand,
-    },
-    /// A server that only reads the body and answers 200 (the benchmark's baseline).
-    #[command(hide = true)]
-    BenchBaseline {
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
-    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -124,8 +111,6 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Catalog { which } => catalog_cmd::run(which),
         Command::Preview(args) => preview::run(args),
-        Command::Bench { which } => bench::run(which),
-        Command::BenchBaseline { listen } => bench::baseline(listen),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

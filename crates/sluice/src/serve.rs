@@ -158,7 +158,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     let destinations = sluice_destinations::Router::start(
         log,
         store,
-        app.log_end.subscribe(),
+        app.ingest.log_end.subscribe(),
         source_names,
         cfg.destinations,
     )
@@ -204,11 +204,11 @@ async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettin
                     crate::config::SourceKind::SegmentWebhook => {
                         let path = |p: &Option<String>| {
                             p.as_deref()
-                                .map(sluice_server::webhook_source::FieldPath::parse)
+                                .map(sluice_ingest::sources::webhook::FieldPath::parse)
                                 .transpose()
                         };
                         let m = s.field_mapping.as_ref();
-                        Some(sluice_server::webhook_source::WebhookSource {
+                        Some(sluice_ingest::sources::webhook::WebhookSource {
                             shared_secret: s.shared_secret.clone().unwrap_or_default(),
                             user_id: path(&m.and_then(|m| m.user_id.clone()))
                                 .map_err(|e| anyhow::anyhow!(e))?,
@@ -220,7 +220,7 @@ async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettin
                 },
                 kafka: match &s.kafka {
                     None => None,
-                    Some(k) => Some(sluice_server::kafka_source::KafkaSource {
+                    Some(k) => Some(sluice_ingest::sources::kafka::KafkaSource {
                         brokers: k.brokers.clone(),
                         topic: k.topic.clone(),
                         group: k

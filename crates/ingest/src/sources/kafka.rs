@@ -88,8 +88,10 @@ mod consumer {
     use rdkafka::Message;
     use sluice_store::RejectedRecord;
 
+    use tokio::sync::watch;
+
     use super::{event_of, KafkaSource};
-    use crate::App;
+    use crate::Ingest;
 
     /// Most messages one batch takes (one log append).
     const BATCH: usize = 500;
@@ -112,15 +114,14 @@ mod consumer {
         Ok(c)
     }
 
-    /// Runs one Kafka source until the server shuts down.
-    pub async fn run(app: Arc<App>, source_name: String) {
-        let Some(source) = app.by_name.get(&source_name).cloned() else {
+    /// Runs one Kafka source until `stop` turns true.
+    pub async fn run(ingest: Arc<Ingest>, source_name: String, mut stop: watch::Receiver<bool>) {
+        let Some(source) = ingest.source(&source_name).cloned() else {
             return;
         };
         let Some(k) = source.settings.kafka.clone() else {
             return;
         };
-        let mut stop = app.shutdown.clone();
         let retry = Duration::from_secs(1);
         let consumer = loop {
             match consumer(&k) {
@@ -184,10 +185,7 @@ mod consumer {
                             m.partition(),
                             m.offset()
                         ),
-                        raw: {
-                            let p = m.payload().unwrap_or_default();
-                            String::from_utf8_lossy(&p[..p.len().min(64 * 1024)]).into_owned()
-                        },
+                        raw: crate::excerpt(m.payload().unwrap_or_default()),
                     }),
                 }
             }
@@ -197,27 +195,24 @@ mod consumer {
                 if !refused.is_empty() {
                     metrics::counter!("sluice_events_rejected_total", "source" => source_name.clone(), "reason" => "kafka_message")
                         .increment(refused.len() as u64);
-                    if let Err(e) = app.store.add_rejected(refused.clone()).await {
+                    if let Err(e) = ingest.store.add_rejected(refused.clone()).await {
                         tracing::warn!(source = %source_name, error = %e, "cannot record refused kafka messages; retrying");
                         ok = false;
                     }
                 }
                 if ok && !events.is_empty() {
-                    if let Err(e) = crate::tracking::ingest_events(
-                        &app,
-                        &source,
-                        events.clone(),
-                        received_at,
-                        None,
-                    )
-                    .await
+                    if let Err(e) = ingest
+                        .accept_values(&source, events.clone(), received_at, None)
+                        .await
                     {
-                        // A refused batch as a whole (its items were refused one by one otherwise)
-                        // or the log cannot write: try again, nothing is acknowledged.
-                        tracing::warn!(source = %source_name, error = %e.message, "kafka batch not stored; retrying");
-                        ok = e.status.is_client_error();
+                        // A batch refused as a whole (its items are refused one by one
+                        // otherwise) is skipped; when the log cannot write, it is tried
+                        // again and nothing is acknowledged.
+                        ok = e.status() == crate::Status::Invalid;
                         if ok {
-                            tracing::error!(source = %source_name, error = %e.message, "kafka batch refused as a whole; skipped");
+                            tracing::error!(source = %source_name, error = %e, "kafka batch refused as a whole; skipped");
+                        } else {
+                            tracing::warn!(source = %source_name, error = %e, "kafka batch not stored; retrying");
                         }
                     }
                 }

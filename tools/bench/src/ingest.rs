@@ -1,6 +1,7 @@
-//! `sluice bench ingest`: drives a running server over HTTP/1.1 keep-alive with unique,
+//! `sluice-bench ingest`: drives a running server over HTTP/1.1 keep-alive with unique,
 //! realistic events and measures it against a baseline server (one that only reads the
-//! body and answers 200) started from this same binary and driven by the same generator.
+//! body and answers 200: `sluice-bench baseline`) started from this same binary and
+//! driven by the same generator.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -12,17 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-#[derive(clap::Subcommand)]
-pub enum BenchCommand {
-    /// Load the Tracking API of a running server.
-    Ingest(IngestArgs),
-    /// Ingest → webhook delivery → a local receiver: end-to-end events/s and latency.
-    Deliver(crate::bench_deliver::DeliverArgs),
-    /// The profile consumer's events/s and the Profile API's traits lookup latency, on
-    /// scratch stores (no running server needed).
-    Profiles(crate::bench_profiles::ProfilesArgs),
-}
 
 #[derive(clap::Args, Clone)]
 pub struct IngestArgs {
@@ -51,17 +41,6 @@ pub struct IngestArgs {
     /// Print one JSON object as the last line.
     #[arg(long)]
     json: bool,
-}
-
-pub fn run(cmd: BenchCommand) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    match cmd {
-        BenchCommand::Ingest(args) => runtime.block_on(ingest(args)),
-        BenchCommand::Deliver(args) => runtime.block_on(crate::bench_deliver::deliver(args)),
-        BenchCommand::Profiles(args) => runtime.block_on(crate::bench_profiles::profiles(args)),
-    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -117,7 +96,7 @@ impl Measured {
     }
 }
 
-async fn ingest(args: IngestArgs) -> Result<()> {
+pub async fn ingest(args: IngestArgs) -> Result<()> {
     let target = parse_url(&args.url)?;
     println!(
         "bench ingest: {} connections, {}, {} s{}",
@@ -245,7 +224,7 @@ pub(crate) fn parse_url(url: &str) -> Result<SocketAddr> {
 fn start_baseline() -> Result<(Child, SocketAddr)> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
-        .args(["bench-baseline", "--listen", "127.0.0.1:0"])
+        .args(["baseline", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -262,11 +241,8 @@ fn start_baseline() -> Result<(Child, SocketAddr)> {
 }
 
 /// The baseline: reads the whole body and answers 200 with a small JSON body.
-pub fn baseline(listen: SocketAddr) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
+pub async fn baseline(listen: SocketAddr) -> Result<()> {
+    {
         let app = axum::Router::new().route(
             "/v1/{kind}",
             axum::routing::post(|body: axum::body::Bytes| async move {
@@ -285,7 +261,7 @@ pub fn baseline(listen: SocketAddr) -> Result<()> {
         });
         axum::serve(listener, app).await?;
         Ok(())
-    })
+    }
 }
 
 pub(crate) async fn sample_rss(addr: SocketAddr, peak: Arc<AtomicU64>, running: Arc<AtomicBool>) {

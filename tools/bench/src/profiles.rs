@@ -1,4 +1,4 @@
-//! `sluice bench profiles`: the profile consumer's throughput and the Profile API's traits
+//! `sluice-bench profiles`: the profile consumer's throughput and the Profile API's traits
 //! lookup latency, on the embedded stores in a scratch directory (no running server
 //! needed: the benchmark owns its log, state store and an in-process server).
 //!
@@ -25,7 +25,7 @@ use sluice_log::{EventLog, LogOptions, NewEvent, SqliteLog};
 use sluice_server::profiles::{Pipeline, READ_MAX};
 use sluice_store::{ProfileEvent, SqliteStore, Store};
 
-use crate::bench::{base64_encode, round3, Conn};
+use crate::ingest::{base64_encode, round3, Conn};
 
 #[derive(clap::Args, Clone)]
 pub struct ProfilesArgs {
@@ -59,7 +59,7 @@ pub struct ProfilesArgs {
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
     /// Cap on SQLite's heap in MB, as the server's `sqlite_memory_mb` (0: none).
-    #[arg(long, default_value_t = crate::config::DEFAULT_SQLITE_MEMORY_MB)]
+    #[arg(long, default_value_t = sluice_log::sqlite::DEFAULT_SQLITE_MEMORY_MB)]
     sqlite_memory_mb: u64,
     /// Print one JSON object as the last line.
     #[arg(long)]

@@ -1,4 +1,4 @@
-//! `sluice bench deliver`: ingest → webhook delivery → a receiver in this process, all on
+//! `sluice-bench deliver`: ingest → webhook delivery → a receiver in this process, all on
 //! one machine. The benchmark creates a webhook destination on the running server over
 //! the admin API (pointing at its own receiver), sends stamped events through the
 //! Tracking API, and measures at the receiver: events/s arriving and the latency from
@@ -23,7 +23,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::bench::{base64_encode, parse_url, round3, scrape_rss, Conn, Generator};
+use crate::ingest::{base64_encode, parse_url, round3, scrape_rss, Conn, Generator};
 
 #[derive(clap::Args, Clone)]
 pub struct DeliverArgs {

@@ -33,7 +33,7 @@ struct Full {
     refused: u64,
 }
 
-/// The node's storage condition (one per [`crate::App`]).
+/// The node's storage condition (one per [`crate::Ingest`]).
 pub struct StorageHealth {
     /// Whether `full` is set: read on every append without taking the lock.
     is_full: AtomicBool,

@@ -8,7 +8,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Value};
 use sluice_destinations::actions::Plan;
-use sluice_destinations::config::{DestinationConfig, Kind};
+use sluice_destinations::config::DestinationConfig;
 
 // The allocator the `sluice` binary runs with.
 #[global_allocator]
@@ -54,9 +54,12 @@ fn bench(c: &mut Criterion) {
         "actions": actions
     }))
     .unwrap();
-    let Kind::Actions(kind) = cfg.validate(&["web"]).unwrap().kind else {
-        panic!("insider is a catalog destination")
-    };
+    let dest = cfg.validate(&["web"]).unwrap();
+    let kind = dest
+        .kind
+        .catalog()
+        .expect("insider is a catalog destination")
+        .clone();
     let bytes = event();
     match kind.plan(&bytes, false) {
         Plan::Send(reqs) => assert_eq!(reqs.len(), 2, "{reqs:?}"),

@@ -19,7 +19,10 @@ use serde_json::{json, Map, Value};
 use sluice_mapping::{Mapping, Subscription, TypedMapping};
 
 use crate::catalog::{Action, Entry};
-use crate::http::Prepared;
+use crate::http::{Answer, Prepared};
+use crate::kind::{blocked_reason, DeletionError, DestinationKind, PreviewEntry, Requests};
+use crate::retry::Verdict;
+use crate::routing::Route;
 
 /// Prefix of a preview's `skipped_reason` when a field asked to skip the action.
 const SKIP: &str = "skipped: ";
@@ -618,17 +621,98 @@ pub fn settings(
     Ok((Value::Object(out.into_iter().collect()), endpoint))
 }
 
+impl DestinationKind for ActionsKind {
+    fn display_name(&self) -> &str {
+        self.entry.name.as_str()
+    }
+
+    /// One event per lane turn: a catalog destination batches per action instead
+    /// (`plan_batch`, through [`DestinationKind::catalog`]).
+    fn requests(&self, payloads: &[&[u8]], _batched: bool, allow_private: bool) -> Requests {
+        let payload = payloads.first().copied().unwrap_or(b"{}");
+        match self.plan(payload, allow_private) {
+            Plan::Send(reqs) => Requests::Send(reqs.into_iter().map(|(_, r)| r).collect()),
+            Plan::NoMatch(why) => Requests::NoMatch(why),
+            Plan::Invalid(why) => Requests::Invalid(why),
+        }
+    }
+
+    /// Every matched action's request must be delivered.
+    fn combine(&self, answers: &[Answer]) -> Verdict {
+        crate::retry::all_delivered(answers)
+    }
+
+    fn deletion(
+        &self,
+        message: &Value,
+        allow_private: bool,
+    ) -> Result<Vec<Prepared>, DeletionError> {
+        ActionsKind::deletion(self, message, allow_private)
+            .map(|r| r.into_iter().collect())
+            .map_err(DeletionError)
+    }
+
+    /// A `delete` message previews the deletion hook (filters do not apply to it);
+    /// anything else previews every enabled action.
+    fn preview(
+        &self,
+        event: &Value,
+        route: &Route,
+        _batched: bool,
+        allow_private: bool,
+    ) -> Vec<PreviewEntry> {
+        if event.get("type") == Some(&json!("delete")) {
+            let (requests, reason) = match ActionsKind::deletion(self, event, allow_private) {
+                Ok(Some(r)) => (vec![r], None),
+                Ok(None) => (
+                    Vec::new(),
+                    Some(format!(
+                        "{} has no deletion hook, or nothing to delete for this subject",
+                        self.entry.id
+                    )),
+                ),
+                Err(why) => (Vec::new(), Some(why)),
+            };
+            return vec![PreviewEntry {
+                action: "delete".into(),
+                matched: !requests.is_empty(),
+                requests,
+                skipped_reason: reason,
+            }];
+        }
+        let blocked = blocked_reason(route);
+        ActionsKind::preview(self, event, allow_private)
+            .into_iter()
+            .map(|p| PreviewEntry {
+                action: p.action,
+                matched: p.matched && blocked.is_none(),
+                requests: match (p.request, &blocked) {
+                    (Some(r), None) => vec![r],
+                    _ => Vec::new(),
+                },
+                skipped_reason: blocked.clone().or(p.skipped_reason),
+            })
+            .collect()
+    }
+
+    fn catalog(&self) -> Option<&ActionsKind> {
+        Some(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DestinationConfig, Kind};
+    use crate::config::DestinationConfig;
 
     fn kind(v: Value) -> Result<ActionsKind, crate::ConfigError> {
         let cfg: DestinationConfig = serde_json::from_value(v).unwrap();
-        cfg.validate(&["web"]).map(|d| match d.kind {
-            Kind::Actions(a) => a,
-            Kind::Webhook(_) => panic!("not a catalog destination"),
-        })
+        cfg.validate(&["web"])
+            .map(|d| d.kind.catalog().expect("a catalog destination").clone())
     }
 
     fn track() -> Value {
@@ -804,14 +888,12 @@ mod tests {
 #[cfg(test)]
 mod batch_tests {
     use super::*;
-    use crate::config::{DestinationConfig, Kind};
+    use crate::config::DestinationConfig;
 
     fn kind(v: Value) -> ActionsKind {
         let cfg: DestinationConfig = serde_json::from_value(v).unwrap();
-        match cfg.validate(&["web"]).unwrap().kind {
-            Kind::Actions(a) => a,
-            Kind::Webhook(_) => panic!("not a catalog destination"),
-        }
+        let d = cfg.validate(&["web"]).unwrap();
+        d.kind.catalog().expect("a catalog destination").clone()
     }
 
     fn bytes(v: &[Value]) -> Vec<Vec<u8>> {

@@ -3,6 +3,7 @@
 //! Every error names the destination and the field.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
@@ -10,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::duration::HumanDuration;
+use crate::kind::DestinationKind;
 use crate::retry::RetryPolicy;
 use crate::ssrf;
 
@@ -169,24 +171,8 @@ pub struct Destination {
     pub enrich_profile: bool,
     pub timeout: Duration,
     pub retry: RetryPolicy,
-    pub kind: Kind,
-}
-
-/// Type-specific, validated settings.
-#[derive(Debug, Clone)]
-pub enum Kind {
-    Webhook(WebhookSettings),
-    Actions(crate::actions::ActionsKind),
-}
-
-impl Kind {
-    /// The name Segment shows for this type: also honoured as an `integrations` key.
-    pub fn display_name(&self) -> &'static str {
-        match self {
-            Kind::Webhook(_) => "Webhooks",
-            Kind::Actions(a) => a.entry.name.as_str(),
-        }
-    }
+    /// What the type does with events (its validated settings).
+    pub kind: Arc<dyn DestinationKind>,
 }
 
 /// Segment's classic Webhooks settings.
@@ -308,13 +294,13 @@ impl DestinationConfig {
                             .into(),
                     ));
                 }
-                Kind::Webhook(webhook_settings(
+                Arc::new(webhook_settings(
                     &self.settings,
                     self.allow_private_networks,
                     &err,
-                )?)
+                )?) as Arc<dyn DestinationKind>
             }
-            Some(entry) => Kind::Actions(self.actions_kind(entry, &err)?),
+            Some(entry) => Arc::new(self.actions_kind(entry, &err)?),
         };
         Ok(Destination {
             name: self.name.clone(),
@@ -574,9 +560,7 @@ hooks = [{ hook = "http://127.0.0.1:9000/in" }]
 "#,
         );
         let d = cfg.validate(&["web"]).unwrap();
-        let Kind::Webhook(w) = &d.kind else {
-            panic!("not a webhook")
-        };
+        let w: &WebhookSettings = d.kind.as_any().downcast_ref().expect("a webhook");
         assert_eq!(w.shared_secret.as_deref(), Some("s3cret"));
         assert_eq!(w.hooks[0].url.as_str(), "http://127.0.0.1:9000/in");
         assert_eq!(d.timeout, Duration::from_secs(5));
@@ -655,9 +639,7 @@ hooks = [{ hook = "http://127.0.0.1:9000/in" }]
         }))
         .unwrap();
         let d = cfg.validate(&["web"]).unwrap();
-        let Kind::Webhook(w) = &d.kind else {
-            panic!("not a webhook")
-        };
+        let w: &WebhookSettings = d.kind.as_any().downcast_ref().expect("a webhook");
         assert_eq!(w.hooks[0].headers[0].0.as_str(), "authorization");
         assert!(w.shared_secret.is_none());
         assert!(d.events.allows("track", Some("Order Completed")));

@@ -10,6 +10,8 @@
 //! - [`worker`]: one destination's consumer — read, route, send through lanes, record,
 //!   retry, commit. Its module docs state the delivery and ordering guarantees.
 //! - [`routing`]: the `integrations` object and event filters (pure).
+//! - [`kind`]: the `DestinationKind` trait: what a type does with events, implemented by
+//!   [`webhook`] and [`actions`].
 //! - [`webhook`]: Segment's classic Webhooks requests and signature (pure).
 //! - [`http`]: the outbound client shared by every type (timeouts, no redirects).
 //! - [`retry`]: the retry classifier and the backoff schedule (pure).
@@ -23,6 +25,7 @@ pub mod config;
 pub mod duration;
 pub mod enrich;
 pub mod http;
+pub mod kind;
 pub mod retry;
 pub mod router;
 pub mod routing;
@@ -32,4 +35,5 @@ pub mod webhook;
 pub mod worker;
 
 pub use config::{ConfigError, Destination, DestinationConfig};
+pub use kind::DestinationKind;
 pub use router::{DeletionOutcome, ReplayJob, Router, RouterError};

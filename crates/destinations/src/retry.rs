@@ -104,6 +104,31 @@ impl RetryPolicy {
     }
 }
 
+/// Every request of a catalog destination's event must succeed: delivered when all were;
+/// else retried when any failure is retryable (the event is sent again as a whole, so
+/// the actions that succeeded see it twice, same messageId); else permanent.
+pub fn all_delivered(answers: &[crate::http::Answer]) -> Verdict {
+    let mut retry: Option<Option<std::time::Duration>> = None;
+    let mut permanent = false;
+    for a in answers {
+        match a.verdict {
+            Verdict::Delivered => {}
+            Verdict::Permanent => permanent = true,
+            Verdict::Retry { after } => {
+                retry = Some(match (retry.flatten(), after) {
+                    (Some(x), Some(y)) => Some(x.max(y)),
+                    (x, y) => x.or(y),
+                })
+            }
+        }
+    }
+    match (retry, permanent) {
+        (Some(after), _) => Verdict::Retry { after },
+        (None, true) => Verdict::Permanent,
+        (None, false) => Verdict::Delivered,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

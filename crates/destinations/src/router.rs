@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_log::EventLog;
@@ -604,7 +603,6 @@ impl Router {
             Err(_) => return Vec::new(),
         };
         let mut out = Vec::new();
-        let body = Bytes::from(message.to_string());
         for (name, enabled, ctx) in ctxs {
             let ctx = match ctx {
                 Ok(ctx) => ctx,
@@ -616,17 +614,16 @@ impl Router {
                     continue;
                 }
             };
-            let reqs = match &ctx.dest.kind {
-                crate::config::Kind::Webhook(s) => crate::webhook::requests(s, &[&body[..]], false),
-                crate::config::Kind::Actions(a) => {
-                    match a.deletion(message, ctx.dest.allow_private_networks) {
-                        Ok(Some(r)) => vec![r],
-                        Ok(None) => continue,
-                        Err(why) => {
-                            out.push(DeletionOutcome::failed(&name, why));
-                            continue;
-                        }
-                    }
+            let reqs = match ctx
+                .dest
+                .kind
+                .deletion(message, ctx.dest.allow_private_networks)
+            {
+                Ok(reqs) if reqs.is_empty() => continue,
+                Ok(reqs) => reqs,
+                Err(why) => {
+                    out.push(DeletionOutcome::failed(&name, why.0));
+                    continue;
                 }
             };
             if !enabled {
@@ -647,15 +644,9 @@ impl Router {
                     reqs.iter().map(|r| crate::http::send(&ctx.client, r)),
                 )
                 .await;
-                // Webhooks: any hook accepting is success (as for events); catalog: all.
-                let ok = match &ctx.dest.kind {
-                    crate::config::Kind::Webhook(_) => answers
-                        .iter()
-                        .any(|a| a.verdict == crate::retry::Verdict::Delivered),
-                    crate::config::Kind::Actions(_) => answers
-                        .iter()
-                        .all(|a| a.verdict == crate::retry::Verdict::Delivered),
-                };
+                // As for events: any hook accepting is success for Webhooks; every
+                // request for a catalog destination.
+                let ok = ctx.dest.kind.combine(&answers) == crate::retry::Verdict::Delivered;
                 last = answers
                     .iter()
                     .map(|a| match (a.status, &a.error) {
@@ -719,60 +710,24 @@ pub fn preview_destination(dest: &crate::config::Destination, event: &Value) -> 
         json!({"method": r.method.as_str(), "url": r.url.as_str(), "headers": headers, "body": body})
     };
     let route = crate::routing::route(dest, &body);
-    let actions: Vec<Value> = match &dest.kind {
-        crate::config::Kind::Webhook(s) => {
-            let reqs = crate::webhook::requests(s, &[&body], dest.batch_size > 1);
-            vec![json!({
-                "action": "webhook",
-                "matched": route == crate::routing::Route::Send,
-                "requests": if route == crate::routing::Route::Send {
-                    reqs.iter().map(request_json).collect::<Vec<_>>()
-                } else {
-                    Vec::new()
-                },
-                "skipped_reason": match &route {
-                    crate::routing::Route::Send => Value::Null,
-                    crate::routing::Route::Filtered(w) | crate::routing::Route::DroppedByIntegrations(w) => json!(w),
-                },
-            })]
-        }
-        crate::config::Kind::Actions(a) if event.get("type") == Some(&json!("delete")) => {
-            let (requests, reason) = match a.deletion(event, dest.allow_private_networks) {
-                Ok(Some(r)) => (vec![request_json(&r)], Value::Null),
-                Ok(None) => (
-                    Vec::new(),
-                    json!(format!(
-                        "{} has no deletion hook, or nothing to delete for this subject",
-                        a.entry.id
-                    )),
-                ),
-                Err(why) => (Vec::new(), json!(why)),
-            };
-            vec![
-                json!({"action": "delete", "matched": !requests.is_empty(), "requests": requests, "skipped_reason": reason}),
-            ]
-        }
-        crate::config::Kind::Actions(a) => a
-            .preview(event, dest.allow_private_networks)
-            .into_iter()
-            .map(|p| {
-                let blocked = match &route {
-                    crate::routing::Route::Send => None,
-                    crate::routing::Route::Filtered(w)
-                    | crate::routing::Route::DroppedByIntegrations(w) => Some(w.clone()),
-                };
-                json!({
-                    "action": p.action,
-                    "matched": p.matched && blocked.is_none(),
-                    "requests": match (&p.request, &blocked) {
-                        (Some(r), None) => vec![request_json(r)],
-                        _ => Vec::new(),
-                    },
-                    "skipped_reason": blocked.or(p.skipped_reason),
-                })
+    let actions: Vec<Value> = dest
+        .kind
+        .preview(
+            event,
+            &route,
+            dest.batch_size > 1,
+            dest.allow_private_networks,
+        )
+        .into_iter()
+        .map(|p| {
+            json!({
+                "action": p.action,
+                "matched": p.matched,
+                "requests": p.requests.iter().map(request_json).collect::<Vec<_>>(),
+                "skipped_reason": p.skipped_reason,
             })
-            .collect(),
-    };
+        })
+        .collect();
     json!({ "destination": name, "actions": actions })
 }
 

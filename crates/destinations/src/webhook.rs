@@ -14,9 +14,15 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::Method;
 use sha1::Sha1;
 
+use std::any::Any;
+
+use serde_json::Value;
+
 use crate::config::WebhookSettings;
 use crate::http::{Answer, Prepared};
+use crate::kind::{blocked_reason, DeletionError, DestinationKind, PreviewEntry, Requests};
 use crate::retry::Verdict;
+use crate::routing::Route;
 
 /// Lowercase hex HMAC-SHA1 of `body` keyed with `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
@@ -102,6 +108,55 @@ pub fn combine(answers: &[Answer]) -> Verdict {
     match retry {
         Some(after) => Verdict::Retry { after },
         None => Verdict::Permanent,
+    }
+}
+
+impl DestinationKind for WebhookSettings {
+    fn display_name(&self) -> &str {
+        "Webhooks"
+    }
+
+    /// The hooks were checked against private networks when the destination was validated.
+    fn requests(&self, payloads: &[&[u8]], batched: bool, _allow_private: bool) -> Requests {
+        Requests::Send(requests(self, payloads, batched))
+    }
+
+    fn combine(&self, answers: &[Answer]) -> Verdict {
+        combine(answers)
+    }
+
+    /// The deletion message itself goes to every hook, as events do.
+    fn deletion(
+        &self,
+        message: &Value,
+        _allow_private: bool,
+    ) -> Result<Vec<Prepared>, DeletionError> {
+        let body = message.to_string();
+        Ok(requests(self, &[body.as_bytes()], false))
+    }
+
+    fn preview(
+        &self,
+        event: &Value,
+        route: &Route,
+        batched: bool,
+        _allow_private: bool,
+    ) -> Vec<PreviewEntry> {
+        let body = serde_json::to_vec(event).unwrap_or_default();
+        let blocked = blocked_reason(route);
+        vec![PreviewEntry {
+            action: "webhook".into(),
+            matched: blocked.is_none(),
+            requests: match blocked {
+                None => requests(self, &[&body], batched),
+                Some(_) => Vec::new(),
+            },
+            skipped_reason: blocked,
+        }]
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

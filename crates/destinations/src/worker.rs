@@ -31,12 +31,12 @@ use sluice_store::{Attempt, DeadLetter, DeliveryBatch, DeliveryRecord, PendingDe
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-use crate::config::{Destination, Kind};
+use crate::config::Destination;
 use crate::http::{self, Answer};
+use crate::kind::Requests;
 use crate::retry::Verdict;
 use crate::routing::{self, Route};
 use crate::stats::{Outcome, RecentError, Stats};
-use crate::webhook;
 
 /// Attempts kept per event (the oldest are dropped beyond this).
 const MAX_ATTEMPTS_KEPT: usize = 50;
@@ -79,22 +79,17 @@ impl Ctx {
     /// destination's event may need no request (no action matched) or be refused (a
     /// matched action cannot build its request).
     pub async fn send(&self, payloads: &[&[u8]]) -> (Vec<http::Prepared>, Vec<Answer>, Sent) {
-        let reqs = match &self.dest.kind {
-            Kind::Webhook(s) => webhook::requests(s, payloads, self.dest.batch_size > 1),
-            Kind::Actions(a) => {
-                // Catalog destinations send one event per lane turn (batch_size is 1).
-                let payload = payloads.first().copied().unwrap_or(b"{}");
-                match a.plan(payload, self.dest.allow_private_networks) {
-                    crate::actions::Plan::Send(reqs) => reqs.into_iter().map(|(_, r)| r).collect(),
-                    crate::actions::Plan::NoMatch(why) => {
-                        return (Vec::new(), Vec::new(), Sent::NoMatch(why))
-                    }
-                    crate::actions::Plan::Invalid(why) => {
-                        return (Vec::new(), Vec::new(), Sent::Invalid(why))
-                    }
-                }
-            }
-        };
+        let batched = self.dest.batch_size > 1;
+        let reqs =
+            match self
+                .dest
+                .kind
+                .requests(payloads, batched, self.dest.allow_private_networks)
+            {
+                Requests::Send(reqs) => reqs,
+                Requests::NoMatch(why) => return (Vec::new(), Vec::new(), Sent::NoMatch(why)),
+                Requests::Invalid(why) => return (Vec::new(), Vec::new(), Sent::Invalid(why)),
+            };
         let answers =
             futures_util::future::join_all(reqs.iter().map(|r| http::send(&self.client, r))).await;
         let now = now_ms();
@@ -102,10 +97,7 @@ impl Ctx {
             self.stats
                 .attempt(now, a.duration.as_secs_f64() * 1000.0, a.verdict);
         }
-        let verdict = match &self.dest.kind {
-            Kind::Webhook(_) => webhook::combine(&answers),
-            Kind::Actions(_) => all_of(&answers),
-        };
+        let verdict = self.dest.kind.combine(&answers);
         (reqs, answers, Sent::Answered(verdict))
     }
 }
@@ -172,7 +164,7 @@ impl Ctx {
                         items: vec![w],
                         started_ms,
                         urls,
-                        sent: Sent::Answered(all_of(&mine)),
+                        sent: Sent::Answered(crate::retry::all_delivered(&mine)),
                         answers: mine,
                     });
                     continue;
@@ -198,31 +190,6 @@ pub enum Sent {
     NoMatch(String),
     /// A matched action cannot build its request: never sent, never retried.
     Invalid(String),
-}
-
-/// Every request of a catalog destination's event must succeed: delivered when all were;
-/// else retried when any failure is retryable (the event is sent again as a whole, so
-/// the actions that succeeded see it twice, same messageId); else permanent.
-fn all_of(answers: &[Answer]) -> Verdict {
-    let mut retry: Option<Option<std::time::Duration>> = None;
-    let mut permanent = false;
-    for a in answers {
-        match a.verdict {
-            Verdict::Delivered => {}
-            Verdict::Permanent => permanent = true,
-            Verdict::Retry { after } => {
-                retry = Some(match (retry.flatten(), after) {
-                    (Some(x), Some(y)) => Some(x.max(y)),
-                    (x, y) => x.or(y),
-                })
-            }
-        }
-    }
-    match (retry, permanent) {
-        (Some(after), _) => Verdict::Retry { after },
-        (None, true) => Verdict::Permanent,
-        (None, false) => Verdict::Delivered,
-    }
 }
 
 /// The consumer's name in the log for a destination's main cursor.
@@ -320,7 +287,7 @@ async fn lane(
             }
         }
         let started_ms = now_ms();
-        if let (Kind::Actions(a), true) = (&ctx.dest.kind, batch_size > 1) {
+        if let (Some(a), true) = (ctx.dest.kind.catalog(), batch_size > 1) {
             for msg in ctx.send_catalog_batch(a, items, started_ms).await {
                 if done.send(msg).is_err() {
                     return;

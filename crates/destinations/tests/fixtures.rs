@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use sluice_destinations::actions::Plan;
-use sluice_destinations::config::{DestinationConfig, Kind};
+use sluice_destinations::config::DestinationConfig;
 use sluice_destinations::routing::{route, Route};
 
 fn check(path: &Path) -> Result<(), String> {
@@ -28,7 +28,7 @@ fn check(path: &Path) -> Result<(), String> {
     let cfg: DestinationConfig =
         serde_json::from_value(cfg).map_err(|e| format!("destination: {e}"))?;
     let dest = cfg.validate(&["web"]).map_err(|e| e.to_string())?;
-    let Kind::Actions(actions) = &dest.kind else {
+    let Some(actions) = dest.kind.catalog() else {
         return Err("not a catalog destination".into());
     };
     // The stored bytes: `event_bytes` when the fixture gives them (field order as stored),

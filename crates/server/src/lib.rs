@@ -25,11 +25,15 @@ pub mod webhook_source;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
+use sluice_consumers::privacy::Regulations;
+use sluice_consumers::profiles::ProfileConsumer;
+use sluice_consumers::retention::Retention;
+use sluice_consumers::runtime::background;
 use sluice_destinations::Router as Destinations;
 use sluice_ingest::Ingest;
 use sluice_log::EventLog;
@@ -73,13 +77,13 @@ pub struct App {
     shutdown_tx: watch::Sender<bool>,
     ready: AtomicBool,
     /// The destinations (set once at start; absent in servers without routing).
-    pub destinations: std::sync::OnceLock<Arc<Destinations>>,
-    /// Counts the profile consumer's commits on this node (waiters then read the cursors).
-    pub profiles_done: watch::Sender<u64>,
+    pub destinations: Arc<OnceLock<Arc<Destinations>>>,
+    /// The profile consumer (it runs when `settings.profiles.enabled`).
+    pub profiles: Arc<ProfileConsumer>,
+    /// Regulations: suppression and deletion.
+    pub regulations: Arc<Regulations>,
     /// The Profile API's request bucket (when `[profiles] rate_limit` is set).
     pub(crate) profile_bucket: Option<sluice_ingest::ratelimit::Bucket>,
-    /// Regulations being carried out (ids), so each runs once.
-    pub(crate) regulations_running: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl App {
@@ -91,6 +95,23 @@ impl App {
             store.clone(),
         ));
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let profiles = Arc::new(ProfileConsumer {
+            log: log.clone(),
+            store: store.clone(),
+            rules: settings.profiles.rules.clone(),
+            enabled: settings.profiles.enabled,
+            appended: ingest.log_end.subscribe(),
+            done: watch::channel(0u64).0,
+            stop: shutdown.clone(),
+        });
+        let destinations = Arc::new(OnceLock::new());
+        let regulations = Arc::new(Regulations::new(
+            log.clone(),
+            store.clone(),
+            ingest.clone(),
+            profiles.clone(),
+            destinations.clone(),
+        ));
         let profile_bucket = settings.profiles.rate_limit.map(|per_second| {
             sluice_ingest::ratelimit::Bucket::new(RateLimit {
                 per_second,
@@ -105,10 +126,10 @@ impl App {
             shutdown,
             shutdown_tx,
             ready: AtomicBool::new(true),
-            profiles_done: watch::channel(0u64).0,
-            regulations_running: Default::default(),
+            profiles,
+            regulations,
             profile_bucket,
-            destinations: std::sync::OnceLock::new(),
+            destinations,
         })
     }
 
@@ -166,61 +187,6 @@ async fn readyz(
     }
 }
 
-/// Runs a background consumer on a runtime of its own whose threads (its workers and its
-/// blocking pool, where its log reads and store transactions run) run at idle priority
-/// (`SCHED_IDLE`, see [`lower_priority`]): the consumer uses the CPU the request path
-/// leaves, lags under load (`sluice_profile_lag_events`) and catches up when ingest is
-/// idle. Resolves when the task ends.
-fn background<F>(
-    name: &'static str,
-    task: impl FnOnce() -> F + Send + 'static,
-) -> tokio::sync::oneshot::Receiver<()>
-where
-    F: Future<Output = ()> + 'static,
-{
-    let (done, ended) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            lower_priority();
-            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .enable_all()
-                .thread_name(name)
-                .on_thread_start(lower_priority)
-                .build()
-            {
-                Ok(runtime) => runtime.block_on(task()),
-                Err(e) => tracing::error!(error = %e, name, "cannot start a background runtime"),
-            }
-            let _ = done.send(());
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, name, "cannot start a background thread");
-    }
-    ended
-}
-
-/// Puts the calling thread in Linux's idle scheduling class (`SCHED_IDLE`; policies are
-/// per thread). A request-path thread that wakes always preempts it, and the scheduler
-/// places woken threads on a CPU that runs only idle-class threads as if it were free, so
-/// the consumer takes no CPU the request path wants and still gets every idle cycle.
-/// Nice +10, used before, left it its full time slice when a request thread woke: single
-/// calls with the profile consumer on ran at 27,500 requests/s against 38,000 now
-/// (bench/RESULTS.md). Where the class cannot be set, falls back to nice +10.
-fn lower_priority() {
-    // SAFETY: syscalls about the calling thread with a valid parameter block; a failure
-    // leaves its scheduling as it was.
-    unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-        }
-    }
-}
-
 /// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests
 /// (for at most `http.shutdown_timeout`, see [`http`]), ends live streams and closes the
 /// log (flushing its last group commit).
@@ -229,12 +195,20 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let retention = tokio::spawn(retention_loop(app.clone()));
+    let retention = tokio::spawn(sluice_consumers::retention::run(Retention {
+        log: app.log.clone(),
+        store: app.store.clone(),
+        interval: app.settings.retention_interval,
+        rejected: app.settings.rejected_retention,
+        deliveries: app.settings.delivery_retention,
+    }));
     let profile_consumer = app.settings.profiles.enabled.then(|| {
-        let app = app.clone();
-        background("sluice-profiles", move || profiles::run(app))
+        let consumer = app.profiles.clone();
+        background("sluice-profiles", move || {
+            sluice_consumers::profiles::run(consumer)
+        })
     });
-    privacy::resume(&app).await;
+    app.regulations.resume().await;
     #[cfg(feature = "kafka")]
     let kafka_sources: Vec<_> = app
         .settings
@@ -285,73 +259,4 @@ pub async fn serve(
         tracing::warn!(error = %e, "state store checkpoint at shutdown failed");
     }
     Ok(())
-}
-
-async fn retention_loop(app: Arc<App>) {
-    let mut tick = tokio::time::interval(app.settings.retention_interval);
-    loop {
-        tick.tick().await;
-        let now = chrono::Utc::now().timestamp_millis();
-        match app.log.enforce_retention(now).await {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "log retention"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "log retention failed"),
-        }
-        let before = now - app.settings.rejected_retention.as_millis() as i64;
-        if let Err(e) = app.store.prune_rejected(before).await {
-            tracing::warn!(error = %e, "pruning rejected records failed");
-        }
-        // Delivery records go with their events; dead letters keep their own clock.
-        let before = now - app.settings.delivery_retention.as_millis() as i64;
-        for p in 0..app.log.partitions() {
-            let oldest_kept = match app.log.offset_at(p, before).await {
-                Ok(o) => o,
-                Err(e) => {
-                    tracing::warn!(error = %e, partition = p, "cannot find the retention offset");
-                    continue;
-                }
-            };
-            let gone = sluice_log::position(p, 0)..oldest_kept;
-            if let Err(e) = app.store.prune_deliveries(gone.clone(), before).await {
-                tracing::warn!(error = %e, "pruning delivery records failed");
-            }
-            // Profiles keep their identifiers and traits; event references go with the
-            // events.
-            if let Err(e) = app.store.prune_profile_events(gone).await {
-                tracing::warn!(error = %e, "pruning profile event references failed");
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// The scheduling policy of the calling thread.
-    fn policy() -> i32 {
-        // SAFETY: reads the calling thread's policy.
-        unsafe { libc::sched_getscheduler(0) }
-    }
-
-    #[tokio::test]
-    async fn background_work_runs_in_the_idle_class_and_the_caller_does_not() {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let ended = super::background("sluice-test-bg", move || async move {
-            let worker = policy();
-            let blocking = tokio::task::spawn_blocking(policy).await.unwrap();
-            tx.send((worker, blocking)).unwrap();
-        });
-        ended.await.expect("the background task ends");
-        let (worker, blocking) = rx.recv().unwrap();
-        assert_eq!(worker, libc::SCHED_IDLE, "the runtime's worker thread");
-        assert_eq!(
-            blocking,
-            libc::SCHED_IDLE,
-            "the runtime's blocking pool thread"
-        );
-        assert_eq!(
-            policy(),
-            libc::SCHED_OTHER,
-            "the calling thread keeps its class"
-        );
-    }
 }

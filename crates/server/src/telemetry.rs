@@ -9,7 +9,7 @@
 //! - `process_resident_memory_bytes`, `process_resident_memory_peak_bytes` (the
 //!   high-water mark since start, `VmHWM`), `process_cpu_seconds_total` (user + system)
 //! - `sluice_profile_lag_events{partition}`, computed here at each scrape
-//!   (`profiles::record_lag`)
+//!   (`sluice_consumers::profiles::record_lag`)
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -43,7 +43,7 @@ pub fn install() {
 pub async fn render(
     axum::extract::State(app): axum::extract::State<std::sync::Arc<crate::App>>,
 ) -> String {
-    crate::profiles::record_lag(&app, std::time::Duration::from_secs(1)).await;
+    sluice_consumers::profiles::record_lag(&app.profiles, std::time::Duration::from_secs(1)).await;
     metrics::gauge!("process_resident_memory_bytes").set(resident_bytes() as f64);
     if let Some(peak) = std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use sluice_consumers::profiles::{Pipeline, READ_MAX};
 use sluice_identity::Rules;
 use sluice_log::{EventLog, LogOptions, NewEvent, SqliteLog};
-use sluice_server::profiles::{Pipeline, READ_MAX};
 use sluice_store::{ProfileEvent, SqliteStore, Store};
 
 use crate::ingest::{base64_encode, round3, Conn};

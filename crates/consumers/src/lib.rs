@@ -1,0 +1,17 @@
+//! The consumers of the event log that are not destinations: each reads the log from a
+//! committed cursor of its own (`EventLog::cursor` / `commit`), in the background, and
+//! never holds up ingest. Destinations are consumers too; they live in
+//! `sluice-destinations`, which this crate's consumers sit beside.
+//!
+//! Module map:
+//! - [`profiles`]: the profile consumer (identity resolution and traits into the state
+//!   store), its lag, and waiting for it to catch up.
+//! - [`privacy`]: regulations: suppression, and deletion everywhere Sluice keeps a
+//!   subject's data, forwarded to destinations.
+//! - [`retention`]: the timer that deletes what has outlived its setting.
+//! - [`runtime`]: the idle-priority runtime background consumers run on.
+
+pub mod privacy;
+pub mod profiles;
+pub mod retention;
+pub mod runtime;

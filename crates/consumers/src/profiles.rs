@@ -121,9 +121,7 @@ impl Pipeline {
         let Some((task, events, next)) = self.inflight.take() else {
             return Ok(None);
         };
-        let stats = task
-            .await
-            .map_err(|e| StoreError::Storage(format!("profile filing task failed: {e}")))??;
+        let stats = task.await.map_err(StoreError::from)??;
         if stats.oversized_components > 0 {
             tracing::warn!(
                 components = stats.oversized_components,

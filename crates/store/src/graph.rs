@@ -15,10 +15,13 @@ use crate::profiles::{
 /// The statements the algorithm needs, inside one transaction.
 pub trait GraphTx {
     type Error;
+
     /// Whether the store wants the `prefetch_*` hints (they cost a pass over the batch).
     const PREFETCH: bool = false;
+
     /// The stored (ts, messageId) of an identifier set.
     fn obs_key(&mut self, hash: i64) -> Result<Option<(i64, String)>, Self::Error>;
+
     fn obs_set_key(
         &mut self,
         hash: i64,
@@ -26,6 +29,7 @@ pub trait GraphTx {
         msg: &str,
         source: &str,
     ) -> Result<(), Self::Error>;
+
     /// Inserts an observation and its identifier index rows.
     fn obs_insert(
         &mut self,
@@ -35,8 +39,10 @@ pub trait GraphTx {
         msg: &str,
         source: &str,
     ) -> Result<(), Self::Error>;
+
     fn obs_delete(&mut self, hash: i64) -> Result<(), Self::Error>;
     fn obs_hashes(&mut self, ident: &str) -> Result<Vec<i64>, Self::Error>;
+
     fn obs_load(&mut self, hash: i64) -> Result<Option<Observation>, Self::Error>;
     fn event_ref(
         &mut self,
@@ -45,6 +51,7 @@ pub trait GraphTx {
         ts: i64,
         msg: &str,
     ) -> Result<(), Self::Error>;
+
     /// Last-write-wins by (ts, messageId).
     fn trait_put(
         &mut self,
@@ -53,6 +60,7 @@ pub trait GraphTx {
         value: &str,
         e: &ProfileEvent,
     ) -> Result<(), Self::Error>;
+
     /// Every trait one event gives an identifier, [`GraphTx::trait_put`] each (a store where
     /// a statement is a round trip files them in one).
     fn traits_put(
@@ -66,25 +74,30 @@ pub trait GraphTx {
         }
         Ok(())
     }
+
     fn link(&mut self, user: &str, account: &str, ts: i64) -> Result<(), Self::Error>;
     /// The end of [`apply`]: writes what the store kept back (before the caller commits).
     fn finish(&mut self) -> Result<(), Self::Error> {
         Ok(())
     }
+
     /// A hint before a batch's events are filed: the [`GraphTx::obs_key`]s that will be
     /// asked for (a store where a statement is a round trip loads them in one).
     fn prefetch_obs_keys(&mut self, _hashes: &[i64]) -> Result<(), Self::Error> {
         Ok(())
     }
+
     /// A hint before components are re-resolved: their starting identifiers (a store
     /// where a statement is a round trip loads their observations and resolutions in a
     /// few).
     fn prefetch_components(&mut self, _idents: &[String]) -> Result<(), Self::Error> {
         Ok(())
     }
+
     fn identity_profile(&mut self, ident: &str) -> Result<Option<String>, Self::Error>;
     /// Deletes an identifier's resolution; returns how many rows.
     fn identity_delete(&mut self, ident: &str) -> Result<u64, Self::Error>;
+
     fn identity_insert(
         &mut self,
         ident: &str,
@@ -93,8 +106,10 @@ pub trait GraphTx {
         msg: &str,
         source: &str,
     ) -> Result<(), Self::Error>;
+
     fn profile_delete(&mut self, id: &str) -> Result<(), Self::Error>;
     fn profile_put(&mut self, id: &str, merged: &str) -> Result<(), Self::Error>;
+
     /// Deletes what is filed under an identifier: (traits, event references); links too.
     fn erase_filed(&mut self, ident: &str, ident_hash: i64) -> Result<(u64, u64), Self::Error>;
 }

@@ -23,7 +23,8 @@ use serde_json::json;
 use sluice_consumers::profiles::{Pipeline, READ_MAX};
 use sluice_identity::Rules;
 use sluice_log::{EventLog, LogOptions, NewEvent, SqliteLog};
-use sluice_store::{ProfileEvent, SqliteStore, Store};
+use sluice_store::prelude::*;
+use sluice_store::{ProfileEvent, SqliteStore};
 
 use crate::ingest::{base64_encode, round3, Conn};
 

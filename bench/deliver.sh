@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the delivery figures of bench/RESULTS.md: runs `sluice-bench deliver` RUNS
+# Reproduces the delivery figures of bench/README.md: runs `sluice-bench deliver` RUNS
 # times per scenario, each against a release sluice on a fresh data directory, and prints
 # the median of every figure. The receiver and the generator run in the bench process on
 # the same machine. DEAD_EVENTS (default 1,000,000) sizes the dead-destination run.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the Kafka deployment's figures of bench/RESULTS.md (issue 6): `sluice-bench
+# Reproduces the Kafka deployment's figures of bench/README.md : `sluice-bench
 # ingest` (batches of 100) and `sluice-bench deliver` (batched webhook delivery) against a
 # release sluice on `[log] kind = "kafka"` + `[store] kind = "postgres"`, and the same two
 # against the embedded default in the same session. Every run starts fresh: a new topic,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces bench/RESULTS.md: runs `sluice-bench ingest` RUNS times per scenario, each
+# Reproduces bench/README.md: runs `sluice-bench ingest` RUNS times per scenario, each
 # run against a release sluice started on a fresh data directory (every run starts from
 # the same state; the baseline server is measured in the same run), prints the median of
 # every figure, then measures startup-to-ready with ~1,000,000 events in the log.

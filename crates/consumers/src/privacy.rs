@@ -1,4 +1,4 @@
-//! Regulations (reference 5.4): suppression at ingest and deletion everywhere Sluice keeps
+//! Regulations (Segment's Regulations API): suppression at ingest and deletion everywhere Sluice keeps
 //! a subject's data, forwarded to destinations that support deletion.
 //!
 //! A regulation is saved and its suppression applied before [`Regulations::submit`]

@@ -15,9 +15,8 @@ use tokio::sync::watch;
 /// The consumer's cursor name in the log.
 pub const CONSUMER: &str = "profiles";
 /// Events per batch: one store transaction each (bigger batches share index pages and
-/// fsyncs). Two batches are in memory at a time (one filed, the next prepared): 5,000
-/// filed as fast as 10,000 in `sluice bench profiles` (57.5k and 49.4k vs 58.9k and 51.1k
-/// events/s, alternating) with half the memory; 2,500 was slower (44–49k).
+/// fsyncs). Two batches are in memory at a time (one filed, the next prepared); past this
+/// size a batch files no faster and only holds more memory (`sluice-bench profiles`).
 pub const READ_MAX: usize = 5_000;
 
 /// What the profile consumer works with.

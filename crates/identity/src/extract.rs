@@ -1,4 +1,4 @@
-//! The identifiers, traits and links one event carries (reference 5.1).
+//! The identifiers, traits and links one event carries (Segment's Unify identity resolution).
 
 use serde_json::{Map, Value};
 

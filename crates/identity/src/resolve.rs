@@ -1,4 +1,4 @@
-//! The merge algorithm (reference 5.1), as a pure function of a set of observations.
+//! The merge algorithm (Segment's Unify identity resolution), as a pure function of a set of observations.
 //!
 //! An *observation* is one distinct set of identifiers seen together on an event, with
 //! the earliest (timestamp, messageId) it was seen at. Profiles are what [`resolve`]

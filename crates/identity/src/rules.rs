@@ -1,4 +1,4 @@
-//! The identity-resolution rules (reference 5.1): blocked values, a limit and a priority
+//! The identity-resolution rules (Segment's Unify identity resolution settings): blocked values, a limit and a priority
 //! per identifier type, the caps per profile, and which trait keys hold custom
 //! identifiers. `[identity]` in `sluice.toml` is this type.
 

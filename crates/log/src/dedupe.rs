@@ -124,11 +124,10 @@ type Shard = HashMap<Key, u32, BuildHasherDefault<KeyHasher>>;
 const SHARDS: usize = 16;
 
 /// Each shard's share of the keys, in 1024ths: shard i's grows as 2^(i/16), so the largest
-/// holds twice the smallest's keys. With equal shares every shard reached its doubling
-/// point within a few thousand entries of the others, and the map's memory doubled in one
-/// step (+26 MB at 1.84 M entries); with these the 16 doublings are spread evenly over each
-/// doubling of the entries, and the map grows in steps of 3–6 %: 20–22 bytes per entry at
-/// any count, where equal shares swung between 15 and 30 (bench/RESULTS.md).
+/// holds twice the smallest's keys. Equal shares would make every shard reach its doubling
+/// point at about the same count, and the map's memory double in one step; with these the
+/// 16 doublings are spread evenly over each doubling of the entries, and the map grows in
+/// steps of 3–6 % (about 20 bytes per entry at any count).
 const SHARE: [u16; SHARDS] = [
     45, 47, 49, 52, 54, 56, 59, 61, 64, 67, 70, 73, 76, 80, 83, 88,
 ];
@@ -362,10 +361,9 @@ impl Dedupe {
         // ones can take a fresh one.
         let kept = seed.filter(|_| map.len() > 0 || !loaded_runs.is_empty());
         let (seed, file) = match kept {
-            // Rewriting a clean journal at every start was about half of the time to ready
-            // with ~1.4 M entries (bench/RESULTS.md, eleventh session). Entries it holds
-            // past the window are skipped at each load and dropped at the next retention
-            // run, which compacts the journal.
+            // A clean journal is appended to, not rewritten: rewriting it would be a large
+            // share of the time to ready. Entries it holds past the window are skipped at
+            // each load and dropped at the next retention run, which compacts the journal.
             Some(s) if appendable => (s, OpenOptions::new().append(true).open(path)?),
             _ => {
                 let seed = kept.unwrap_or_else(fresh_seed);

@@ -985,7 +985,7 @@ fn template(t: &str) -> Vec<Piece> {
             out.push(Piece::Text(rest[..start].to_string()));
         }
         let inner = rest[start + open..start + open + end].trim();
-        // Template paths are looked up without `$.` stripping (reference 3.6).
+        // Template paths are looked up without `$.` stripping, as Segment's `@template` does.
         out.push(Piece::Path(Path(if inner.is_empty() {
             Vec::new()
         } else {

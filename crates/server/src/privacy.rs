@@ -1,4 +1,4 @@
-//! The HTTP side of regulations (reference 5.4); the work is
+//! The HTTP side of regulations (Segment's Regulations API under `/admin/v1`); the work is
 //! [`sluice_consumers::privacy`]'s.
 //!
 //! `POST /admin/v1/regulations` `{"regulationType", "subjectType", "subjectIds"}` answers

@@ -1,4 +1,4 @@
-//! Segment's Profile API (reference 5.2) over the profile store:
+//! Segment's Profile API (`/v1/spaces/{space}/collections/…`) over the profile store:
 //! `/v1/spaces/{space}/collections/{users|accounts}/profiles/{type}:{value}/{traits,
 //! external_ids, events, metadata, links}`. HTTP Basic with an access token as user name
 //! (the admin token always works); errors are `{"error": {"code", "message"}}`; every

@@ -289,9 +289,8 @@ const MAX_WORKERS: usize = 1024;
 
 /// Request threads when the config sets none: one fewer than the CPUs, at least one. The
 /// embedded log's writer is a thread of its own that keeps most of a core busy under load,
-/// and the profile consumer uses what is left; on 2 cores one request thread served single
-/// calls 5–6 % faster than two in alternating runs, and batches no slower
-/// (bench/RESULTS.md, eighth and ninth sessions).
+/// and the profile consumer uses what is left: on 2 cores one request thread serves single
+/// calls faster than two, and batches no slower (bench/README.md).
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }

@@ -87,7 +87,7 @@ impl Endpoint {
     }
 }
 
-/// Size limits; defaults are Segment's (reference 1.8).
+/// Size limits; defaults are Segment's documented limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Largest event, single call or batch item.

@@ -14,9 +14,8 @@
 //!   identifier (bodies stay in the event log). The row id is `log_offset * 2 + slot`
 //!   (slot 1 for an account's copy of a group call), so rows are appended in log order and
 //!   only the small integer index `(ident_hash, ts, msg_hash)` takes random inserts (a
-//!   text-keyed table cost half the consumer's time), and those a batch at a time in
-//!   index order (+8–11 % filing rate). `msg_hash` ([`msg_hash`], never 0; 0
-//!   on rows filed before the column existed) lets the check for a second copy of an event
+//!   text-keyed table is far slower to file into), and those a batch at a time in index
+//!   order. `msg_hash` ([`msg_hash`]) lets the check for a second copy of an event
 //!   probe one index entry instead of reading every event of the identifier with the same
 //!   timestamp (all of them, when a source sends one fixed timestamp).
 //! - `links(user_ident, account_ident, ts)`: users and the accounts (groups) they joined.
@@ -40,8 +39,8 @@ use crate::StoreError;
 pub const MAX_COMPONENT: usize = 20_000;
 
 /// The `msg_hash` of an event reference: a 32-bit hash of the messageId (4 bytes in the
-/// index; the copy check compares the messageId itself), never 0 (0 marks rows filed
-/// before the column existed).
+/// index; the copy check compares the messageId itself), never 0 (the column's default,
+/// which no filed reference carries).
 pub fn msg_hash(message_id: &str) -> i64 {
     match xxhash_rust::xxh3::xxh3_64(message_id.as_bytes()) as u32 as i32 {
         0 => 1,

@@ -511,7 +511,7 @@ impl GraphTx for Pg<'_, '_> {
                  FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::int8[])
                  AS t(id, h, ts, m, mh)
              WHERE NOT EXISTS (SELECT 1 FROM profile_events p
-                 WHERE p.ident_hash = t.h AND p.ts = t.ts AND p.msg_hash IN (t.mh, 0)
+                 WHERE p.ident_hash = t.h AND p.ts = t.ts AND p.msg_hash = t.mh
                    AND p.message_id = t.m AND p.id <> t.id)
              ON CONFLICT DO NOTHING",
             &[&ids, &hashes, &times, &msgs, &msg_hashes],

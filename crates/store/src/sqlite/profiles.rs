@@ -117,12 +117,11 @@ impl GraphTx for Sqlite<'_, '_> {
             // A second copy of an event in the log (the Kafka log stores an event again
             // when a node died between the broker's ack and its dedupe commit) is the same
             // event: same identifier, time and messageId; within a batch the first (by
-            // offset) is kept. The probe is one index entry (rows of older versions have
-            // msg_hash 0). Two statements, not `INSERT … SELECT … WHERE NOT EXISTS`:
+            // offset) is kept. The probe is one index entry. Two statements, not `INSERT … SELECT … WHERE NOT EXISTS`:
             // reading the table an INSERT writes makes SQLite build a temporary table for
             // every row (a B-tree opened and closed under each insert, in a profile).
             "SELECT EXISTS (SELECT 1 FROM profile_events
-               WHERE ident_hash = ?1 AND ts = ?2 AND msg_hash IN (?3, 0)
+               WHERE ident_hash = ?1 AND ts = ?2 AND msg_hash = ?3
                  AND message_id = ?4 AND id <> ?5)",
         )?;
         let mut insert = self.0.prepare_cached(

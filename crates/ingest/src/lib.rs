@@ -35,7 +35,7 @@ use tokio::sync::{broadcast, watch};
 
 pub use error::{IngestError, Status};
 pub use ratelimit::RateLimit;
-pub use source::{Source, SourceSettings};
+pub use source::{Source, SourceKind, SourceSettings};
 
 /// How many accepted events the live debugger's channel holds for a slow reader.
 const LIVE_CAPACITY: usize = 1024;

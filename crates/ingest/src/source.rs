@@ -12,10 +12,40 @@ pub struct SourceSettings {
     /// Fill `context.ip` from the request for every event (client-side sources).
     pub collect_ip: bool,
     pub rate_limit: Option<RateLimit>,
-    /// A `segment_webhook` source: also fed by `POST /v1/webhooks/{name}`.
-    pub webhook: Option<WebhookSource>,
-    /// A `kafka` source: also fed by a topic.
-    pub kafka: Option<KafkaSource>,
+    /// What else feeds the source besides the Tracking API.
+    pub kind: SourceKind,
+}
+
+/// The source types. Every source takes Tracking API calls with its write key; the other
+/// types are also fed another way. Adding a type: a file in [`crate::sources`] with its
+/// settings and adapter, and a variant here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    /// The Tracking API only (`kind = "http"`, the default).
+    Http,
+    /// Also `POST /v1/webhooks/{name}` from a Segment Webhooks destination
+    /// (`kind = "segment_webhook"`).
+    SegmentWebhook(WebhookSource),
+    /// Also a Kafka topic (`kind = "kafka"`).
+    Kafka(KafkaSource),
+}
+
+impl SourceSettings {
+    /// The webhook settings of a `segment_webhook` source.
+    pub fn webhook(&self) -> Option<&WebhookSource> {
+        match &self.kind {
+            SourceKind::SegmentWebhook(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The topic settings of a `kafka` source.
+    pub fn kafka(&self) -> Option<&KafkaSource> {
+        match &self.kind {
+            SourceKind::Kafka(k) => Some(k),
+            _ => None,
+        }
+    }
 }
 
 /// A running source: its settings, its rate-limit bucket and its metric handles.

@@ -128,8 +128,8 @@ async fn list_sources(State(app): State<Arc<App>>) -> Json<Value> {
                 "enabled": s.enabled,
                 "collect_ip": s.collect_ip,
                 "rate_limit": s.rate_limit.map(|r| json!({"per_second": r.per_second, "burst": r.burst})),
-                "kind": if s.webhook.is_some() { "segment_webhook" } else { "http" },
-                "webhook_path": s.webhook.as_ref().map(|_| format!("/v1/webhooks/{}", s.name)),
+                "kind": if s.webhook().is_some() { "segment_webhook" } else { "http" },
+                "webhook_path": s.webhook().map(|_| format!("/v1/webhooks/{}", s.name)),
             })
         })
         .collect();

@@ -41,7 +41,7 @@ use sluice_spec::Limits;
 use sluice_store::Store;
 use tokio::sync::watch;
 
-pub use sluice_ingest::{LiveEvent, RateLimit, SourceSettings};
+pub use sluice_ingest::{LiveEvent, RateLimit, SourceKind, SourceSettings};
 
 /// Everything the server needs that does not change while it runs.
 #[derive(Debug, Clone)]
@@ -214,7 +214,7 @@ pub async fn serve(
         .settings
         .sources
         .iter()
-        .filter(|s| s.kafka.is_some() && s.enabled)
+        .filter(|s| s.kafka().is_some() && s.enabled)
         .map(|s| {
             tokio::spawn(sluice_ingest::sources::kafka::run(
                 app.ingest.clone(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use rand::RngCore;
 use sluice_log::{LogOptions, SqliteLog};
-use sluice_server::{App, RateLimit, Settings, SourceSettings};
+use sluice_server::{App, Settings, SourceKind, SourceSettings};
 use sluice_store::{PgStore, SqliteStore, Store};
 
 use crate::config::{self, FileConfig};
@@ -174,8 +174,10 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The sources the config built ([`crate::config::load`]), or, when it names none, the
+/// `default` source with a write key generated once and kept in the state store.
 async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettings>> {
-    if cfg.sources.is_empty() {
+    if cfg.source_settings.is_empty() {
         let (key, _) = generated(store, "default_write_key", "wk_").await?;
         return Ok(vec![SourceSettings {
             name: "default".into(),
@@ -183,60 +185,10 @@ async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettin
             enabled: true,
             collect_ip: false,
             rate_limit: None,
-            webhook: None,
-            kafka: None,
+            kind: SourceKind::Http,
         }]);
     }
-    cfg.sources
-        .iter()
-        .map(|s| -> Result<SourceSettings> {
-            Ok(SourceSettings {
-                name: s.name.clone(),
-                write_key: s.write_key.clone(),
-                enabled: s.enabled,
-                collect_ip: s.collect_ip,
-                rate_limit: s.rate_limit.as_ref().map(|r| RateLimit {
-                    per_second: r.events_per_second,
-                    burst: r.burst.unwrap_or(r.events_per_second.max(1.0)),
-                }),
-                webhook: match s.kind {
-                    crate::config::SourceKind::Http => None,
-                    crate::config::SourceKind::SegmentWebhook => {
-                        let path = |p: &Option<String>| {
-                            p.as_deref()
-                                .map(sluice_ingest::sources::webhook::FieldPath::parse)
-                                .transpose()
-                        };
-                        let m = s.field_mapping.as_ref();
-                        Some(sluice_ingest::sources::webhook::WebhookSource {
-                            shared_secret: s.shared_secret.clone().unwrap_or_default(),
-                            user_id: path(&m.and_then(|m| m.user_id.clone()))
-                                .map_err(|e| anyhow::anyhow!(e))?,
-                            anonymous_id: path(&m.and_then(|m| m.anonymous_id.clone()))
-                                .map_err(|e| anyhow::anyhow!(e))?,
-                        })
-                    }
-                    crate::config::SourceKind::Kafka => None,
-                },
-                kafka: match &s.kafka {
-                    None => None,
-                    Some(k) => Some(sluice_ingest::sources::kafka::KafkaSource {
-                        brokers: k.brokers.clone(),
-                        topic: k.topic.clone(),
-                        group: k
-                            .group
-                            .clone()
-                            .unwrap_or_else(|| format!("sluice-source-{}", s.name)),
-                        options: k.options.clone(),
-                        mapping: Arc::new(
-                            sluice_mapping::Mapping::compile(&k.mapping)
-                                .map_err(|e| anyhow::anyhow!("source {}: {e}", s.name))?,
-                        ),
-                    }),
-                },
-            })
-        })
-        .collect::<Result<Vec<_>>>()
+    Ok(cfg.source_settings.clone())
 }
 
 /// A secret generated once and kept in the state store, so it survives restarts; `true`

@@ -119,7 +119,7 @@ mod consumer {
         let Some(source) = ingest.source(&source_name).cloned() else {
             return;
         };
-        let Some(k) = source.settings.kafka.clone() else {
+        let Some(k) = source.settings.kafka().cloned() else {
             return;
         };
         let retry = Duration::from_secs(1);

@@ -126,7 +126,7 @@ impl Ingest {
     pub fn webhook_source(&self, name: &str) -> Result<Arc<Source>, IngestError> {
         let source = self
             .source(name)
-            .filter(|s| s.settings.webhook.is_some())
+            .filter(|s| s.settings.webhook().is_some())
             .ok_or_else(|| IngestError::UnknownSource {
                 kind: "segment_webhook",
                 name: name.to_string(),
@@ -141,7 +141,7 @@ impl Ingest {
     /// signed with the source's shared secret.
     pub async fn webhook(&self, post: Post<'_>) -> Result<Receipt, IngestError> {
         let source = &post.source;
-        let Some(hook) = source.settings.webhook.as_ref() else {
+        let Some(hook) = source.settings.webhook() else {
             return Err(IngestError::UnknownSource {
                 kind: "segment_webhook",
                 name: source.settings.name.clone(),

@@ -1,0 +1,276 @@
+//! The building evaluator: directives that make new values (templates, string and
+//! number functions, flattening), and JavaScript's string and number forms.
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Number, Value};
+
+use super::*;
+
+/// JavaScript's `String(v)` for template and replace coercions.
+pub(super) fn js_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => js_number(n),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                if x.is_null() {
+                    String::new()
+                } else {
+                    js_string(x)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Object(_) => "[object Object]".into(),
+    }
+}
+
+pub(super) fn js_number(n: &Number) -> String {
+    match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => i.to_string(),
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() < 1e21 => format!("{f:.0}"),
+        (None, Some(f)) => f.to_string(),
+        _ => n.to_string(),
+    }
+}
+
+/// The evaluator for the directives that build new values (templates, string and number
+/// functions, flattening, …); [`eval_out`] hands them here.
+pub(super) fn eval(m: &Mapping, event: &Value) -> Option<Value> {
+    match m {
+        Mapping::Raw(_)
+        | Mapping::Object(_)
+        | Mapping::Array(_)
+        | Mapping::Path(_)
+        | Mapping::Literal(_)
+        | Mapping::If { .. }
+        | Mapping::ArrayPath { .. }
+        | Mapping::Each { .. }
+        | Mapping::Merge { .. }
+        | Mapping::Omit { .. }
+        | Mapping::When { .. }
+        | Mapping::Not(_) => eval_out(m, event).map(Out::into_value),
+        Mapping::Template(pieces) => {
+            let mut s = String::new();
+            for p in pieces {
+                match p {
+                    Piece::Text(t) => s.push_str(t),
+                    Piece::Path(path) => match path.get_ref(event).as_deref() {
+                        None | Some(Value::Null) => {}
+                        Some(v) => s.push_str(&js_string(v)),
+                    },
+                }
+            }
+            Some(Value::String(s))
+        }
+        Mapping::Case { upper, value } => {
+            let v = eval(value, event)?;
+            if falsy(&v) {
+                return None;
+            }
+            Some(match v {
+                Value::String(s) => Value::String(if *upper {
+                    s.to_uppercase()
+                } else {
+                    s.to_lowercase()
+                }),
+                other => other,
+            })
+        }
+        Mapping::Replace {
+            value,
+            rules,
+            global,
+            ignore_case,
+        } => {
+            let v = eval(value, event)?;
+            let mut s = match &v {
+                Value::String(s) => s.clone(),
+                Value::Number(_) | Value::Bool(_) => js_string(&v),
+                _ => String::new(),
+            };
+            for (pat, rep) in rules {
+                s = replace(&s, pat, rep, *global, *ignore_case);
+            }
+            Some(Value::String(s))
+        }
+        Mapping::Transform { apply, mapping } => {
+            let applied = eval(apply, event).unwrap_or(Value::Object(Map::new()));
+            eval(mapping, &applied)
+        }
+        Mapping::Flatten {
+            value,
+            separator,
+            omit_arrays,
+        } => {
+            let v = eval(value, event)?;
+            let mut out = Map::new();
+            flatten(&v, "", separator, *omit_arrays, &mut out);
+            Some(Value::Object(out))
+        }
+        Mapping::Json { encode, value } => {
+            let v = eval(value, event)?;
+            if *encode {
+                Some(Value::String(serde_json::to_string(&v).unwrap_or_default()))
+            } else {
+                match &v {
+                    Value::String(s) => Some(serde_json::from_str(s).unwrap_or(v)),
+                    _ => Some(v),
+                }
+            }
+        }
+        Mapping::Lookup {
+            value,
+            table,
+            default,
+        } => {
+            let key = match eval(value, event) {
+                Some(Value::String(s)) => Some(s),
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => Some(js_string(&v)),
+                _ => None,
+            };
+            match key.and_then(|k| table.iter().find(|(t, _)| *t == k)) {
+                Some((_, m)) => eval(m, event),
+                None => default.as_ref().and_then(|d| eval(d, event)),
+            }
+        }
+        Mapping::Trim(inner) => match eval(inner, event)? {
+            Value::String(s) => Some(Value::String(s.trim().to_string())),
+            other => Some(other),
+        },
+        Mapping::TruncateIp(inner) => match eval(inner, event)? {
+            Value::String(s) => s.parse::<std::net::Ipv4Addr>().ok().map(|ip| {
+                let o = ip.octets();
+                Value::String(format!("{}.{}.{}.0", o[0], o[1], o[2]))
+            }),
+            _ => None,
+        },
+        Mapping::NonEmpty(inner) => match eval(inner, event)? {
+            Value::Object(m) if m.is_empty() => None,
+            Value::Array(a) if a.is_empty() => None,
+            Value::String(s) if s.is_empty() => None,
+            other => Some(other),
+        },
+        Mapping::ExcludeWhenNull(inner) => match eval(inner, event)? {
+            Value::Null => None,
+            Value::Object(m) => Some(Value::Object(drop_nulls(m))),
+            other => Some(other),
+        },
+    }
+}
+
+pub(super) fn drop_nulls(m: Map<String, Value>) -> Map<String, Value> {
+    m.into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            Value::Object(inner) => (k, Value::Object(drop_nulls(inner))),
+            other => (k, other),
+        })
+        .collect()
+}
+
+pub(super) fn resolve_path<'a>(p: &'a PathArg, event: &Value) -> Option<Cow<'a, Path>> {
+    match p {
+        PathArg::Fixed(path) => Some(Cow::Borrowed(path)),
+        PathArg::Dynamic(m) => match eval(m, event)? {
+            Value::String(s) => Some(Cow::Owned(Path::parse(&s))),
+            _ => None,
+        },
+    }
+}
+
+/// JavaScript's `v == ""`.
+pub(super) fn loose_eq_empty_string(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.is_empty(),
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::Bool(b) => !b,
+        Value::Array(a) => {
+            a.is_empty() || (a.len() == 1 && loose_eq_empty_string(&a[0]) && !a[0].is_array())
+        }
+        _ => false,
+    }
+}
+
+pub(super) fn replace(s: &str, pat: &str, rep: &str, global: bool, ignore_case: bool) -> String {
+    if !ignore_case {
+        return if global {
+            s.replace(pat, rep)
+        } else {
+            s.replacen(pat, rep, 1)
+        };
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    while let Some((start, end)) = find_ignoring_case(s, last, pat) {
+        out.push_str(&s[last..start]);
+        out.push_str(rep);
+        last = end;
+        if !global {
+            break;
+        }
+    }
+    out.push_str(&s[last..]);
+    out
+}
+
+/// The first match of `pat` in `hay[from..]`, comparing characters case-insensitively one
+/// to one; byte positions always fall on character boundaries of `hay`.
+pub(super) fn find_ignoring_case(hay: &str, from: usize, pat: &str) -> Option<(usize, usize)> {
+    for (i, _) in hay[from..].char_indices() {
+        let start = from + i;
+        let mut rest = hay[start..].chars();
+        let mut end = start;
+        let mut matched = true;
+        for pc in pat.chars() {
+            match rest.next() {
+                Some(hc) if hc == pc || hc.to_lowercase().eq(pc.to_lowercase()) => {
+                    end += hc.len_utf8();
+                }
+                _ => {
+                    matched = false;
+                    break;
+                }
+            }
+        }
+        if matched {
+            return Some((start, end));
+        }
+    }
+    None
+}
+
+pub(super) fn flatten(
+    v: &Value,
+    prefix: &str,
+    sep: &str,
+    omit_arrays: bool,
+    out: &mut Map<String, Value>,
+) {
+    let key = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}{sep}{k}")
+        }
+    };
+    match v {
+        Value::Object(m) => {
+            for (k, val) in m {
+                flatten(val, &key(k), sep, omit_arrays, out);
+            }
+        }
+        Value::Array(a) if !omit_arrays => {
+            for (i, val) in a.iter().enumerate() {
+                flatten(val, &key(&i.to_string()), sep, omit_arrays, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}

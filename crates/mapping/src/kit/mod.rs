@@ -1,0 +1,225 @@
+//! The mapping kit: Segment's directives (`@path`, `@if`, `@template`, …) compiled once per
+//! configuration into a [`Mapping`] and evaluated per event without re-parsing.
+//!
+//! A mapping is a raw JSON value or a directive: an object whose only keys are one
+//! `@name` key (plus optional `_metadata`). Objects and arrays are resolved recursively;
+//! scalars are returned unchanged. A value that resolves to *undefined* (a missing path,
+//! an `@if` with no branch taken, …) removes its key; `null` is kept. Semantics and edge
+//! cases follow segment-compat 3.6 (actions-core 3.170), including JavaScript's
+//! truthiness where the reference says so. `@liquid` is not supported (refused at compile
+//! time with a clear error). Sluice's own extensions, for catalog presets:
+//! `@omit {value, keys}` (the object without those keys), `@lookup {value, table,
+//! default?}` (a table entry by the value's string form), `@map {value, each}` (`each`
+//! resolved against every element; undefined results dropped; `with`: merged on top of
+//! each object result), `@truncateIp` (IPv4 with the last octet 0, else undefined),
+//! `@nonEmpty` (undefined for `{}`, `[]`, `""`), `@when {true, then, else}` (JavaScript
+//! truthiness), `@not` (negated truthiness), `@trim`.
+//!
+//! Module map: this file holds the [`Mapping`] tree and its API; [`compile`] the
+//! directives' compilation; [`eval_out`] the borrowing evaluator and [`eval`] the
+//! building one; [`out`] their result type; [`path`] event paths.
+
+use serde_json::Value;
+
+/// A compile error: where in the mapping (a JSON path like `data.email.@if.then`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid mapping at `{at}`: {message}")]
+pub struct MappingError {
+    pub at: String,
+    pub message: String,
+}
+
+mod compile;
+mod eval;
+mod eval_out;
+mod out;
+mod path;
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
+
+use compile::*;
+use eval::*;
+pub(crate) use eval_out::put;
+use eval_out::*;
+pub use out::*;
+pub use path::*;
+
+/// An object mapping's fields (in the mapping's order), with their paths' first keys
+/// gathered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fields {
+    entries: Vec<(String, Mapping)>,
+    gather: Gather,
+}
+
+impl From<Vec<(String, Mapping)>> for Fields {
+    fn from(entries: Vec<(String, Mapping)>) -> Fields {
+        let gather = Gather::of(entries.iter().map(|(_, m)| fixed(m)));
+        Fields { entries, gather }
+    }
+}
+
+impl std::ops::Deref for Fields {
+    type Target = [(String, Mapping)];
+    fn deref(&self) -> &Self::Target {
+        &self.entries
+    }
+}
+
+impl<'f> IntoIterator for &'f Fields {
+    type Item = &'f (String, Mapping);
+    type IntoIter = std::slice::Iter<'f, (String, Mapping)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter()
+    }
+}
+
+fn falsy(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// A compiled mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapping {
+    Raw(Value),
+    Object(Fields),
+    Array(Vec<Mapping>),
+    Path(PathArg),
+    Template(Vec<Piece>),
+    Literal(Box<Mapping>),
+    If {
+        blank: bool,
+        operand: Box<Mapping>,
+        then: Option<Box<Mapping>>,
+        otherwise: Option<Box<Mapping>>,
+        /// `then` is the operand itself (the "coalesce" pattern): reuse its value.
+        then_is_operand: bool,
+    },
+    Case {
+        upper: bool,
+        value: Box<Mapping>,
+    },
+    Replace {
+        value: Box<Mapping>,
+        rules: Vec<(String, String)>,
+        global: bool,
+        ignore_case: bool,
+    },
+    ArrayPath {
+        path: PathArg,
+        shape: Option<Box<Mapping>>,
+    },
+    Merge {
+        objects: Vec<Mapping>,
+        right: bool,
+    },
+    Transform {
+        apply: Box<Mapping>,
+        mapping: Box<Mapping>,
+    },
+    Flatten {
+        value: Box<Mapping>,
+        separator: String,
+        omit_arrays: bool,
+    },
+    Json {
+        encode: bool,
+        value: Box<Mapping>,
+    },
+    ExcludeWhenNull(Box<Mapping>),
+    /// Sluice's extension: an object without the listed keys.
+    Omit {
+        value: Box<Mapping>,
+        keys: Vec<String>,
+    },
+    /// Sluice's extension: the table's entry for the value's string form.
+    Lookup {
+        value: Box<Mapping>,
+        table: Vec<(String, Mapping)>,
+        default: Option<Box<Mapping>>,
+    },
+    /// Sluice's extension: `each` resolved against every element (undefined dropped);
+    /// with `with`, object results are merged with it (resolved against the outer value,
+    /// its keys win).
+    Each {
+        value: Box<Mapping>,
+        each: Box<Mapping>,
+        with: Option<Box<Mapping>>,
+    },
+    /// Sluice's extension: `then` when the operand is truthy (JavaScript's rules), else `else`.
+    When {
+        test: Box<Mapping>,
+        then: Option<Box<Mapping>>,
+        otherwise: Option<Box<Mapping>>,
+    },
+    /// Sluice's extension: the boolean negation of the operand's truthiness.
+    Not(Box<Mapping>),
+    /// Sluice's extension: a string without leading and trailing whitespace.
+    Trim(Box<Mapping>),
+    /// Sluice's extension: an IPv4 address with its last octet set to 0 (else undefined).
+    TruncateIp(Box<Mapping>),
+    /// Sluice's extension: undefined when the value is an empty object, list or string.
+    NonEmpty(Box<Mapping>),
+}
+
+/// A path known at compile time, or a mapping that resolves to one per event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathArg {
+    Fixed(Path),
+    Dynamic(Box<Mapping>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Text(String),
+    Path(Path),
+}
+
+const DIRECTIVES: &[&str] = &[
+    "@path",
+    "@template",
+    "@literal",
+    "@if",
+    "@case",
+    "@replace",
+    "@arrayPath",
+    "@merge",
+    "@transform",
+    "@flatten",
+    "@json",
+    "@excludeWhenNull",
+    "@omit",
+    "@lookup",
+    "@map",
+    "@truncateIp",
+    "@nonEmpty",
+    "@when",
+    "@not",
+    "@trim",
+];
+
+impl Mapping {
+    pub fn compile(v: &Value) -> Result<Mapping, MappingError> {
+        compile(v, "")
+    }
+
+    /// Resolves against an event. `None`: undefined (the key is removed by the caller).
+    pub fn eval(&self, event: &Value) -> Option<Value> {
+        eval(self, event)
+    }
+
+    /// [`Mapping::eval`] without copying: what comes from the event or the mapping is
+    /// borrowed, objects are lists of entries in the mapping's order. `into_value` of the
+    /// result equals `eval`'s result.
+    pub fn eval_out<'a>(&'a self, event: &'a Value) -> Option<Out<'a>> {
+        eval_out(self, event)
+    }
+}

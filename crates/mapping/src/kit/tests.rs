@@ -1,0 +1,490 @@
+//! Every directive's semantics and edge cases.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use super::*;
+use serde_json::json;
+
+fn run(mapping: Value, event: Value) -> Option<Value> {
+    Mapping::compile(&mapping)
+        .unwrap_or_else(|e| panic!("{mapping}: {e}"))
+        .eval(&event)
+}
+
+#[test]
+fn out_objects_serialise_with_sorted_keys() {
+    let v = json!({"z": 1});
+    let out = Out::object(vec![
+        (Cow::Borrowed("b"), Out::Ref(&v)),
+        (
+            Cow::Owned("a".into()),
+            Out::array(vec![Out::owned(json!("x"))]),
+        ),
+    ]);
+    assert_eq!(
+        serde_json::to_string(&out).unwrap(),
+        r#"{"a":["x"],"b":{"z":1}}"#
+    );
+    assert_eq!(out.into_value(), json!({"a": ["x"], "b": {"z": 1}}));
+}
+
+#[test]
+fn the_reference_worked_example() {
+    let mapping = json!({"id": {"@path": "$.userId"}, "nm": {"@template": "{{traits.first}} {{traits.last}}"},
+        "plan": {"@case": {"operator": "upper", "value": {"@path": "$.traits.plan"}}},
+        "skus": {"@arrayPath": ["$.properties.products", {"s": {"@path": "$.sku"}}]},
+        "gone": {"@path": "$.nope"}});
+    let event = json!({"userId": "u1", "traits": {"first": "A", "plan": "pro"},
+        "properties": {"products": [{"sku": "x"}, {"sku": "y"}]}});
+    assert_eq!(
+        run(mapping, event),
+        Some(json!({"id": "u1", "nm": "A ", "plan": "PRO", "skus": [{"s": "x"}, {"s": "y"}]}))
+    );
+}
+
+#[test]
+fn paths() {
+    let e = json!({"a": {"b": [10, {"c": "d"}], "x": null, "z": 0, "k.y": 1}, "s": "hey"});
+    for (p, want) in [
+        ("$.a.b[0]", Some(json!(10))),
+        ("$.a.b[1].c", Some(json!("d"))),
+        ("a.b.1.c", Some(json!("d"))),
+        ("$.a['k.y']", Some(json!(1))),
+        ("$.a[\"k.y\"]", Some(json!(1))),
+        ("$.a.x.y", Some(json!(null))),
+        ("$.a.z.y", Some(json!(0))),
+        ("$.a.missing.y", None),
+        ("$.s.1", Some(json!("e"))),
+        ("", Some(e.clone())),
+        (".", Some(e.clone())),
+    ] {
+        assert_eq!(Path::parse(p).get_ref(&e).map(Cow::into_owned), want, "{p}");
+    }
+    assert_eq!(
+        run(json!({"@path": "$."}), json!({"a": 1})),
+        Some(json!({"a": 1}))
+    );
+}
+
+#[test]
+fn undefined_removes_keys_and_null_stays() {
+    let e = json!({"traits": {"email": null}});
+    assert_eq!(
+        run(
+            json!({"email": {"@path": "$.traits.email"}, "name": {"@path": "$.traits.name"}, "n": null}),
+            e
+        ),
+        Some(json!({"email": null, "n": null}))
+    );
+}
+
+#[test]
+fn if_exists_blank_and_else_truthiness() {
+    let e = json!({"traits": {"email": "a@x", "empty": "", "zero": 0}, "context": {"traits": {"email": "c@x"}}});
+    let coalesce = |p: &str| json!({"@if": {"exists": {"@path": p}, "then": {"@path": p}, "else": {"@path": "$.context.traits.email"}}});
+    assert_eq!(
+        run(coalesce("$.traits.email"), e.clone()),
+        Some(json!("a@x"))
+    );
+    assert_eq!(
+        run(coalesce("$.traits.none"), e.clone()),
+        Some(json!("c@x"))
+    );
+    assert_eq!(
+        run(
+            json!({"@if": {"exists": {"@path": "$.traits.empty"}, "then": "yes"}}),
+            e.clone()
+        ),
+        Some(json!("yes"))
+    );
+    assert_eq!(
+        run(
+            json!({"@if": {"blank": {"@path": "$.traits.empty"}, "then": "yes", "else": "no"}}),
+            e.clone()
+        ),
+        Some(json!("no"))
+    );
+    assert_eq!(
+        run(
+            json!({"@if": {"blank": {"@path": "$.traits.zero"}, "then": "yes", "else": "no"}}),
+            e.clone()
+        ),
+        Some(json!("no"))
+    );
+    assert_eq!(
+        run(
+            json!({"@if": {"blank": {"@path": "$.traits.email"}, "then": "yes"}}),
+            e.clone()
+        ),
+        Some(json!("yes"))
+    );
+    // else with a falsy value omits the key; no branch omits it.
+    assert_eq!(
+        run(
+            json!({"@if": {"exists": {"@path": "$.nope"}, "then": 1, "else": false}}),
+            e.clone()
+        ),
+        None
+    );
+    assert_eq!(
+        run(
+            json!({"@if": {"exists": {"@path": "$.nope"}, "then": 1}}),
+            e.clone()
+        ),
+        None
+    );
+}
+
+#[test]
+fn template_coercions() {
+    let e = json!({"n": 0, "f": 1.5, "o": {"a": 1}, "l": ["a", "b"], "nul": null, "t": true, "big": 3.0});
+    assert_eq!(
+        run(
+            json!({"@template": "{{n}}|{{f}}|{{o}}|{{l}}|{{nul}}|{{missing}}|{{{t}}}|{{big}}"}),
+            e
+        ),
+        Some(json!("0|1.5|[object Object]|a,b|||true|3"))
+    );
+}
+
+#[test]
+fn literal_case_replace_json() {
+    let e = json!({"p": "Pro Plan", "n": 12345, "s": "{\"a\":1}", "bad": "{nope"});
+    assert_eq!(
+        run(json!({"@literal": {"x": {"@path": "$.p"}}}), e.clone()),
+        Some(json!({"x": "Pro Plan"}))
+    );
+    assert_eq!(
+        run(
+            json!({"@case": {"operator": "lower", "value": {"@path": "$.p"}}}),
+            e.clone()
+        ),
+        Some(json!("pro plan"))
+    );
+    assert_eq!(
+        run(
+            json!({"@case": {"operator": "lower", "value": {"@path": "$.n"}}}),
+            e.clone()
+        ),
+        Some(json!(12345))
+    );
+    assert_eq!(
+        run(
+            json!({"@replace": {"value": {"@path": "$.p"}, "pattern": " ", "replacement": "_"}}),
+            e.clone()
+        ),
+        Some(json!("Pro_Plan"))
+    );
+    assert_eq!(
+        run(
+            json!({"@replace": {"value": {"@path": "$.p"}, "pattern": "p", "replacement": "b", "ignorecase": true, "global": false}}),
+            e.clone()
+        ),
+        Some(json!("bro Plan"))
+    );
+    assert_eq!(
+        run(
+            json!({"@replace": {"value": {"@path": "$.n"}, "pattern": "23", "pattern2": "5", "replacement2": "!"}}),
+            e.clone()
+        ),
+        Some(json!("14!"))
+    );
+    assert_eq!(
+        run(
+            json!({"@replace": {"value": {"@path": "$.missing"}, "pattern": "x"}}),
+            e.clone()
+        ),
+        None
+    );
+    assert_eq!(
+        run(
+            json!({"@json": {"mode": "decode", "value": {"@path": "$.s"}}}),
+            e.clone()
+        ),
+        Some(json!({"a": 1}))
+    );
+    assert_eq!(
+        run(
+            json!({"@json": {"mode": "decode", "value": {"@path": "$.bad"}}}),
+            e.clone()
+        ),
+        Some(json!("{nope"))
+    );
+    assert_eq!(
+        run(
+            json!({"@json": {"mode": "encode", "value": {"a": [1, "x"]}}}),
+            e.clone()
+        ),
+        Some(json!("{\"a\":[1,\"x\"]}"))
+    );
+    assert_eq!(
+        run(
+            json!({"@json": {"mode": "encode", "value": {"@path": "$.missing"}}}),
+            e
+        ),
+        None
+    );
+}
+
+#[test]
+fn array_path_merge_transform_flatten_exclude() {
+    let e = json!({"properties": {"products": [{"sku": "a", "q": 1}, {"sku": "b"}], "one": {"sku": "c"}},
+        "traits": {"a": 1, "b": null, "n": {"x": null, "y": 2}}, "context": {"traits": {"a": 9, "c": 3}}});
+    assert_eq!(
+        run(
+            json!({"@arrayPath": ["$.properties.one", {"s": {"@path": "$.sku"}}]}),
+            e.clone()
+        ),
+        Some(json!([{"s": "c"}])),
+        "a single object becomes a one-element array"
+    );
+    assert_eq!(
+        run(json!({"@arrayPath": ["$.properties.products"]}), e.clone()),
+        Some(json!([{"sku": "a", "q": 1}, {"sku": "b"}]))
+    );
+    assert_eq!(
+        run(
+            json!({"@arrayPath": ["$.missing", {"s": {"@path": "$.sku"}}]}),
+            e.clone()
+        ),
+        None
+    );
+    assert_eq!(
+        run(
+            json!({"@merge": {"objects": [{"@path": "$.traits"}, {"@path": "$.context.traits"}], "direction": "right"}}),
+            e.clone()
+        ),
+        Some(json!({"a": 9, "b": null, "n": {"x": null, "y": 2}, "c": 3}))
+    );
+    assert_eq!(
+        run(
+            json!({"@merge": {"objects": [{"@path": "$.traits"}, {"@path": "$.context.traits"}, {"@path": "$.nope"}], "direction": "left"}}),
+            e.clone()
+        ),
+        Some(json!({"a": 1, "c": 3, "b": null, "n": {"x": null, "y": 2}}))
+    );
+    assert_eq!(
+        run(
+            json!({"@transform": {"apply": {"x": {"@path": "$.traits.n"}}, "mapping": {"y": {"@path": "$.x.y"}}}}),
+            e.clone()
+        ),
+        Some(json!({"y": 2}))
+    );
+    assert_eq!(
+        run(
+            json!({"@flatten": {"value": {"@path": "$.properties"}, "separator": "."}}),
+            e.clone()
+        ),
+        Some(
+            json!({"products.0.sku": "a", "products.0.q": 1, "products.1.sku": "b", "one.sku": "c"})
+        )
+    );
+    assert_eq!(
+        run(
+            json!({"@flatten": {"value": {"@path": "$.properties"}, "separator": "_", "omitArrays": true}}),
+            e.clone()
+        ),
+        Some(json!({"products": [{"sku": "a", "q": 1}, {"sku": "b"}], "one_sku": "c"}))
+    );
+    assert_eq!(
+        run(
+            json!({"@flatten": {"value": 5, "separator": "."}}),
+            e.clone()
+        ),
+        Some(json!({"": 5}))
+    );
+    assert_eq!(
+        run(
+            json!({"@excludeWhenNull": {"@path": "$.traits.b"}}),
+            e.clone()
+        ),
+        None
+    );
+    assert_eq!(
+        run(json!({"@excludeWhenNull": {"@path": "$.traits"}}), e),
+        Some(json!({"a": 1, "n": {"y": 2}}))
+    );
+}
+
+#[test]
+fn sluice_extensions() {
+    let e = json!({"event": "Hit Search", "n": 2, "context": {"ip": "203.0.113.77", "ip6": "2001:db8::1"},
+        "products": [{"product_id": "p1", "quantity": 2}, {"sku": "x"}, {"product_id": 3}]});
+    let lookup = |v: Value| json!({"@lookup": {"value": v, "table": {"Hit Search": "search", "2": "two"}, "default": "custom"}});
+    assert_eq!(
+        run(lookup(json!({"@path": "$.event"})), e.clone()),
+        Some(json!("search"))
+    );
+    assert_eq!(
+        run(lookup(json!({"@path": "$.n"})), e.clone()),
+        Some(json!("two"))
+    );
+    assert_eq!(
+        run(lookup(json!("Other")), e.clone()),
+        Some(json!("custom"))
+    );
+    assert_eq!(
+        run(
+            json!({"@lookup": {"value": {"@path": "$.nope"}, "table": {"a": 1}}}),
+            e.clone()
+        ),
+        None
+    );
+    assert_eq!(
+        run(
+            json!({"@map": {"value": {"@path": "$.products"}, "each": {"@path": "$.product_id"}}}),
+            e.clone()
+        ),
+        Some(json!(["p1", 3]))
+    );
+    let qty = json!({"@map": {"value": {"@path": "$.products"}, "each": {"@if": {"exists": {"@path": "$.product_id"},
+        "then": {"@if": {"exists": {"@path": "$.quantity"}, "then": {"@path": "$.quantity"}, "else": 1}}}}}});
+    assert_eq!(run(qty, e.clone()), Some(json!([2, 1])));
+    assert_eq!(
+        run(json!({"@truncateIp": {"@path": "$.context.ip"}}), e.clone()),
+        Some(json!("203.0.113.0"))
+    );
+    assert_eq!(
+        run(
+            json!({"@truncateIp": {"@path": "$.context.ip6"}}),
+            e.clone()
+        ),
+        None
+    );
+    assert_eq!(
+        run(json!({"@nonEmpty": {"a": {"@path": "$.nope"}}}), e.clone()),
+        None
+    );
+    assert_eq!(
+        run(json!({"@nonEmpty": {"a": {"@path": "$.n"}}}), e.clone()),
+        Some(json!({"a": 2}))
+    );
+    let bad = Mapping::compile(&json!({"@lookup": {"value": 1, "table": [1]}})).unwrap_err();
+    assert_eq!(bad.at, "@lookup.table");
+}
+
+#[test]
+fn when_not_trim_and_map_with() {
+    let e = json!({"flag": true, "off": false, "s": "  Video Played ", "p": [{"a": 1, "url": "x"}, {"a": 2}], "url": "page"});
+    assert_eq!(
+        run(
+            json!({"@when": {"true": {"@path": "$.flag"}, "then": "y", "else": "n"}}),
+            e.clone()
+        ),
+        Some(json!("y"))
+    );
+    assert_eq!(
+        run(
+            json!({"@when": {"true": {"@path": "$.off"}, "then": "y", "else": "n"}}),
+            e.clone()
+        ),
+        Some(json!("n"))
+    );
+    assert_eq!(
+        run(
+            json!({"@when": {"true": {"@path": "$.nope"}, "then": "y"}}),
+            e.clone()
+        ),
+        None
+    );
+    assert_eq!(
+        run(json!({"@not": {"@path": "$.off"}}), e.clone()),
+        Some(json!(true))
+    );
+    assert_eq!(
+        run(json!({"@not": {"@path": "$.flag"}}), e.clone()),
+        Some(json!(false))
+    );
+    assert_eq!(
+        run(json!({"@trim": {"@path": "$.s"}}), e.clone()),
+        Some(json!("Video Played"))
+    );
+    assert_eq!(
+        run(
+            json!({"@map": {"value": {"@path": "$.p"}, "each": {"a": {"@path": "$.a"}, "url": {"@path": "$.url"}}, "with": {"url": {"@path": "$.url"}}}}),
+            e
+        ),
+        Some(json!([{"a": 1, "url": "page"}, {"a": 2, "url": "page"}]))
+    );
+}
+
+#[test]
+fn omit_drops_listed_keys() {
+    let e = json!({"traits": {"email": "a@x", "city": "Oslo", "plan": "pro"}});
+    assert_eq!(
+        run(
+            json!({"@omit": {"value": {"@path": "$.traits"}, "keys": ["email", "city"]}}),
+            e.clone()
+        ),
+        Some(json!({"plan": "pro"}))
+    );
+    assert_eq!(
+        run(
+            json!({"@omit": {"value": {"@path": "$.nope"}, "keys": ["a"]}}),
+            e
+        ),
+        None
+    );
+    let bad = Mapping::compile(&json!({"@omit": {"value": 1, "keys": "a"}})).unwrap_err();
+    assert_eq!(bad.at, "@omit.keys");
+}
+
+#[test]
+fn case_insensitive_replace_is_per_character() {
+    assert_eq!(replace("ẞaȺbẞ", "ȺB", "-", true, true), "ẞa-ẞ");
+    assert_eq!(replace("ÄÖü", "ö", "o", true, true), "Äoü");
+    assert_eq!(replace("aAa", "A", "b", false, true), "bAa");
+    assert_eq!(replace("aAa", "A", "b", true, false), "aba");
+}
+
+#[test]
+fn compile_errors_name_the_place() {
+    for (m, at, msg) in [
+        (
+            json!({"a": {"@path": "$.x", "@template": "y"}}),
+            "a",
+            "exactly one",
+        ),
+        (json!({"a": {"@path": "$.x", "other": 1}}), "a", "mixed"),
+        (
+            json!({"a": {"b": {"@nope": 1}}}),
+            "a.b.@nope",
+            "unknown directive",
+        ),
+        (
+            json!({"a": {"@liquid": "{{x}}"}}),
+            "a.@liquid",
+            "not supported",
+        ),
+        (json!({"a": {"@if": {"then": 1}}}), "a.@if", "exists"),
+        (
+            json!({"a": {"@case": {"operator": "title", "value": 1}}}),
+            "a.@case.operator",
+            "lower",
+        ),
+        (
+            json!({"a": {"@replace": {"value": 1, "pattern": "01234567890"}}}),
+            "a.@replace.pattern",
+            "1 to 10",
+        ),
+        (
+            json!({"a": {"@merge": {"objects": []}}}),
+            "a.@merge.direction",
+            "left",
+        ),
+        (json!({"a": {"@path": 5}}), "a.@path", "path string"),
+        (
+            json!({"a": [{"@json": {"mode": "x", "value": 1}}]}),
+            "a[0].@json.mode",
+            "encode",
+        ),
+    ] {
+        let e = Mapping::compile(&m).unwrap_err();
+        assert_eq!(e.at, at, "{m}: {e}");
+        assert!(e.message.contains(msg), "{m}: {e}");
+    }
+    // `_metadata` beside a directive is allowed.
+    assert!(Mapping::compile(&json!({"@path": "$.x", "_metadata": {"label": "X"}})).is_ok());
+}

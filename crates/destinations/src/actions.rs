@@ -66,6 +66,18 @@ pub struct Enabled {
     pub mapping: TypedMapping,
 }
 
+/// Why a matched action cannot build its request (or a deletion hook its request): a
+/// sentence that names the field or value at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(pub String);
+
+impl From<String> for BuildError {
+    fn from(why: String) -> BuildError {
+        BuildError(why)
+    }
+}
+
 /// What one event becomes.
 #[derive(Debug, Clone)]
 pub enum Plan {
@@ -85,7 +97,7 @@ impl ActionsKind {
         &self,
         message: &Value,
         allow_private: bool,
-    ) -> Result<Option<Prepared>, String> {
+    ) -> Result<Option<Prepared>, BuildError> {
         let Some(hook) = &self.entry.delete else {
             return Ok(None);
         };
@@ -102,9 +114,7 @@ impl ActionsKind {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::String(u)) => u,
             Some(other) => {
-                return Err(format!(
-                    "the deletion URL resolved to {other}, not a string"
-                ))
+                return Err(format!("the deletion URL resolved to {other}, not a string").into())
             }
         };
         let method = method_of(&hook.method, &ctx, "deletion")?;
@@ -281,7 +291,7 @@ impl ActionsKind {
                         action: slug,
                         matched: true,
                         request: None,
-                        skipped_reason: Some(why),
+                        skipped_reason: Some(why.to_string()),
                         batch_item: None,
                     },
                 }
@@ -297,11 +307,11 @@ impl ActionsKind {
         ctx: &mut Value,
         raw: Option<&[u8]>,
         allow_private: bool,
-    ) -> Result<(Prepared, Option<Value>), String> {
+    ) -> Result<(Prepared, Option<Value>), BuildError> {
         let payload = match a.mapping.eval(&ctx["event"]) {
             Ok(p) => p.into_value(),
-            Err(e) if e.skip => return Err(format!("{SKIP}{e}")),
-            Err(e) => return Err(e.to_string()),
+            Err(e) if e.skip => return Err(format!("{SKIP}{e}").into()),
+            Err(e) => return Err(BuildError(e.to_string())),
         };
         for (key, choices) in &a.action.choices {
             if let Some(v) = payload.get(key) {
@@ -309,7 +319,8 @@ impl ActionsKind {
                     return Err(format!(
                         "field `{key}` must be one of {}, not {v}",
                         Value::from(choices.clone())
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -321,9 +332,7 @@ impl ActionsKind {
         let url_text = match a.action.url.eval(ctx) {
             Some(Value::String(u)) => u,
             other => {
-                return Err(format!(
-                    "the request URL resolved to {other:?}, not a string"
-                ))
+                return Err(format!("the request URL resolved to {other:?}, not a string").into())
             }
         };
         let url = self.target(&url_text, allow_private)?;
@@ -461,11 +470,11 @@ impl ActionsKind {
 
 impl ActionsKind {
     /// A request URL: http(s) only, `endpoint_override` applied, then the SSRF guard.
-    fn target(&self, text: &str, allow_private: bool) -> Result<url::Url, String> {
+    fn target(&self, text: &str, allow_private: bool) -> Result<url::Url, BuildError> {
         let mut url =
             url::Url::parse(text).map_err(|e| format!("the URL {text:?} is invalid: {e}"))?;
         if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(format!("the URL {text:?} is not http or https"));
+            return Err(format!("the URL {text:?} is not http or https").into());
         }
         if let Some(o) = &self.endpoint_override {
             override_endpoint(&mut url, o).map_err(|e| format!("endpoint_override: {e}"))?;
@@ -478,7 +487,7 @@ impl ActionsKind {
     }
 
     /// The catalog entry's shared headers, then the request's own (an object of strings).
-    fn headers(&self, ctx: &Value, own: Option<&Mapping>) -> Result<HeaderMap, String> {
+    fn headers(&self, ctx: &Value, own: Option<&Mapping>) -> Result<HeaderMap, BuildError> {
         let mut headers = HeaderMap::new();
         for (name, m) in &self.entry.headers {
             add_header(&mut headers, name, m.eval(ctx))?;
@@ -490,13 +499,13 @@ impl ActionsKind {
                     add_header(&mut headers, &k, Some(v))?;
                 }
             }
-            Some(other) => return Err(format!("headers must be an object, not {other}")),
+            Some(other) => return Err(format!("headers must be an object, not {other}").into()),
         }
         Ok(headers)
     }
 
     /// `X-Signature` (or the entry's header) over `signed`, when the secret is set.
-    fn sign(&self, headers: &mut HeaderMap, signed: &[u8]) -> Result<(), String> {
+    fn sign(&self, headers: &mut HeaderMap, signed: &[u8]) -> Result<(), BuildError> {
         let Some((setting, header)) = &self.entry.signature else {
             return Ok(());
         };
@@ -510,18 +519,20 @@ impl ActionsKind {
     }
 }
 
-fn method_of(m: &Mapping, ctx: &Value, what: &str) -> Result<Method, String> {
+fn method_of(m: &Mapping, ctx: &Value, what: &str) -> Result<Method, BuildError> {
     match m.eval(ctx) {
         Some(Value::String(m)) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-            .map_err(|_| format!("the method {m:?} is not an HTTP method")),
-        other => Err(format!(
-            "the {what} method resolved to {other:?}, not a string"
-        )),
+            .map_err(|_| BuildError(format!("the method {m:?} is not an HTTP method"))),
+        other => Err(format!("the {what} method resolved to {other:?}, not a string").into()),
     }
 }
 
 /// A JSON body (with its Content-Type), or none when the mapping gives nothing.
-fn json_body(m: Option<&Mapping>, ctx: &Value, headers: &mut HeaderMap) -> Result<Bytes, String> {
+fn json_body(
+    m: Option<&Mapping>,
+    ctx: &Value,
+    headers: &mut HeaderMap,
+) -> Result<Bytes, BuildError> {
     // Serialised from the borrowed form: the body's values are not copied first.
     Ok(match m.and_then(|b| b.eval_out(ctx)) {
         None => Bytes::new(),
@@ -533,12 +544,12 @@ fn json_body(m: Option<&Mapping>, ctx: &Value, headers: &mut HeaderMap) -> Resul
     })
 }
 
-fn add_header(headers: &mut HeaderMap, name: &str, value: Option<Value>) -> Result<(), String> {
+fn add_header(headers: &mut HeaderMap, name: &str, value: Option<Value>) -> Result<(), BuildError> {
     let text = match value {
         None | Some(Value::Null) => return Ok(()),
         Some(Value::String(s)) => s,
         Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
-        Some(other) => return Err(format!("header {name:?} must be a string, not {other}")),
+        Some(other) => return Err(format!("header {name:?} must be a string, not {other}").into()),
     };
     let n = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("{name:?} is not a valid header name"))?;
@@ -551,7 +562,7 @@ fn add_header(headers: &mut HeaderMap, name: &str, value: Option<Value>) -> Resu
 }
 
 /// Replaces the scheme, host and port of `url` with those of `with`.
-pub fn override_endpoint(url: &mut url::Url, with: &url::Url) -> Result<(), String> {
+pub fn override_endpoint(url: &mut url::Url, with: &url::Url) -> Result<(), BuildError> {
     url.set_scheme(with.scheme())
         .map_err(|_| "cannot change the scheme".to_string())?;
     url.set_host(with.host_str()).map_err(|e| e.to_string())?;
@@ -649,7 +660,7 @@ impl DestinationKind for ActionsKind {
     ) -> Result<Vec<Prepared>, DeletionError> {
         ActionsKind::deletion(self, message, allow_private)
             .map(|r| r.into_iter().collect())
-            .map_err(DeletionError)
+            .map_err(|e| DeletionError(e.0))
     }
 
     /// A `delete` message previews the deletion hook (filters do not apply to it);
@@ -671,7 +682,7 @@ impl DestinationKind for ActionsKind {
                         self.entry.id
                     )),
                 ),
-                Err(why) => (Vec::new(), Some(why)),
+                Err(why) => (Vec::new(), Some(why.0)),
             };
             return vec![PreviewEntry {
                 action: "delete".into(),

@@ -50,13 +50,22 @@ pub fn format_duration(d: Duration) -> String {
     format!("{s}s")
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Why a duration cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("invalid duration {0:?}: expected a number followed by ms, s, m, h or d")]
+    NotANumber(String),
+    #[error("invalid duration unit {unit:?} in {text:?}: use ms, s, m, h or d")]
+    UnknownUnit { unit: String, text: String },
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid duration {text:?}: expected a number followed by ms, s, m, h or d")
-    })?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| DurationError::NotANumber(text.to_string()))?;
     let secs = match unit.trim() {
         "ms" => return Ok(Duration::from_millis(n)),
         "" | "s" => n,
@@ -64,9 +73,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => n.saturating_mul(3600),
         "d" => n.saturating_mul(86_400),
         other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
-            ))
+            return Err(DurationError::UnknownUnit {
+                unit: other.to_string(),
+                text: text.to_string(),
+            })
         }
     };
     Ok(Duration::from_secs(secs))
@@ -89,7 +99,10 @@ mod tests {
             assert_eq!(format_duration(d), text);
         }
         assert_eq!(format_duration(Duration::from_secs(90)), "90s");
-        assert!(parse_duration("5 weeks").unwrap_err().contains("\"weeks\""));
+        assert!(parse_duration("5 weeks")
+            .unwrap_err()
+            .to_string()
+            .contains("\"weeks\""));
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -30,11 +30,18 @@ pub enum RouterError {
     #[error("{0}")]
     BadRequest(String),
     #[error("storage error: {0}")]
-    Storage(String),
+    Store(#[from] sluice_store::StoreError),
+    #[error("storage error: {0}")]
+    Log(#[from] sluice_log::LogError),
+    #[error("storage error: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The router's own state cannot be used (a panic left it inconsistent).
+    #[error("storage error: {0}")]
+    Unavailable(&'static str),
 }
 
-fn storage(e: impl std::fmt::Display) -> RouterError {
-    RouterError::Storage(e.to_string())
+fn storage(e: impl Into<RouterError>) -> RouterError {
+    e.into()
 }
 
 /// A log-replay job: one destination, a window of receive times.
@@ -196,7 +203,7 @@ impl Router {
         let map = self
             .running
             .lock()
-            .map_err(|_| RouterError::Storage("router state lock poisoned".into()))?;
+            .map_err(|_| RouterError::Unavailable("router state lock poisoned"))?;
         map.get(name)
             .map(f)
             .ok_or_else(|| RouterError::NotFound(name.to_string()))
@@ -587,8 +594,10 @@ impl Router {
     /// tried up to three times on a retryable answer. Destinations without deletion
     /// support are not listed. Disabled destinations are skipped (listed as such).
     pub async fn forward_deletion(&self, message: &Value) -> Vec<DeletionOutcome> {
+        /// Why a destination has no running consumer (its configuration's error).
+        struct NotRunning(String);
         // Destination name, whether enabled, its context or why it is not running.
-        type Target = (String, bool, Result<Arc<Ctx>, String>);
+        type Target = (String, bool, Result<Arc<Ctx>, NotRunning>);
         let ctxs: Vec<Target> = match self.running.lock() {
             Ok(m) => m
                 .iter()
@@ -596,7 +605,7 @@ impl Router {
                     let ctx = r
                         .ctx
                         .clone()
-                        .ok_or_else(|| r.error.clone().unwrap_or_default());
+                        .ok_or_else(|| NotRunning(r.error.clone().unwrap_or_default()));
                     (n.clone(), r.config.enabled, ctx)
                 })
                 .collect(),
@@ -606,7 +615,7 @@ impl Router {
         for (name, enabled, ctx) in ctxs {
             let ctx = match ctx {
                 Ok(ctx) => ctx,
-                Err(error) => {
+                Err(NotRunning(error)) => {
                     out.push(DeletionOutcome::failed(
                         &name,
                         format!("destination is not running: {error}"),

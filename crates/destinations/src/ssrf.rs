@@ -58,27 +58,34 @@ fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// Why the guard refuses a target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Blocked {
+    #[error("has no host")]
+    NoHost,
+    #[error("{0} is a loopback name; set allow_private_networks = true to send to it")]
+    LoopbackName(String),
+    #[error("{ip} is a {why} address; set allow_private_networks = true to send to it")]
+    Address { ip: IpAddr, why: &'static str },
+}
+
 /// Checks a URL's host at configuration time. Names other than `localhost` are checked
 /// when connecting.
-pub fn check_url(u: &url::Url) -> Result<(), String> {
+pub fn check_url(u: &url::Url) -> Result<(), Blocked> {
     let ip = match u.host() {
-        None => return Err("has no host".into()),
+        None => return Err(Blocked::NoHost),
         Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
         Some(url::Host::Domain(name)) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             if name == "localhost" || name.ends_with(".localhost") {
-                return Err(format!(
-                    "{name} is a loopback name; set allow_private_networks = true to send to it"
-                ));
+                return Err(Blocked::LoopbackName(name));
             }
             return Ok(());
         }
     };
     match forbidden_reason(ip) {
-        Some(why) => Err(format!(
-            "{ip} is a {why} address; set allow_private_networks = true to send to it"
-        )),
+        Some(why) => Err(Blocked::Address { ip, why }),
         None => Ok(()),
     }
 }
@@ -160,7 +167,7 @@ mod tests {
             let r = check_url(&url::Url::parse(url).unwrap());
             assert_eq!(r.is_ok(), ok, "{url}: {r:?}");
             if let Err(e) = r {
-                assert!(e.contains("allow_private_networks"), "{e}");
+                assert!(e.to_string().contains("allow_private_networks"), "{e}");
             }
         }
     }

@@ -68,26 +68,38 @@ impl Default for Rules {
 
 impl Rules {
     /// Checks the rules; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidRules> {
+        let invalid = |field: String, problem: String| InvalidRules { field, problem };
         for (name, rule) in &self.types {
-            check_type_name(name).map_err(|e| format!("identity.types.{name}: {e}"))?;
-            if rule.limit == Some(0) {
-                return Err(format!("identity.types.{name}.limit must be at least 1"));
-            }
-            if rule.priority == Some(0) {
-                return Err(format!("identity.types.{name}.priority must be at least 1"));
+            check_type_name(name)
+                .map_err(|e| invalid(format!("identity.types.{name}"), format!(": {e}")))?;
+            for (what, value) in [
+                ("limit", rule.limit),
+                ("priority", rule.priority.map(|p| p as usize)),
+            ] {
+                if value == Some(0) {
+                    return Err(invalid(
+                        format!("identity.types.{name}.{what}"),
+                        " must be at least 1".into(),
+                    ));
+                }
             }
         }
         for (key, ty) in &self.custom_traits {
             if key.is_empty() {
-                return Err("identity.custom_traits: a trait key is empty".into());
+                return Err(invalid(
+                    "identity.custom_traits".into(),
+                    ": a trait key is empty".into(),
+                ));
             }
-            check_type_name(ty).map_err(|e| format!("identity.custom_traits.{key}: {e}"))?;
+            check_type_name(ty)
+                .map_err(|e| invalid(format!("identity.custom_traits.{key}"), format!(": {e}")))?;
         }
         if self.max_merges == 0 || self.max_identifiers == 0 || self.max_traits == 0 {
-            return Err(
-                "identity.max_merges, max_identifiers and max_traits must be at least 1".into(),
-            );
+            return Err(invalid(
+                "identity.max_merges, max_identifiers and max_traits".into(),
+                " must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -123,16 +135,32 @@ impl Rules {
     }
 }
 
+/// Identity rules that cannot be used: the field, then what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}{problem}")]
+pub struct InvalidRules {
+    pub field: String,
+    /// The rest of the sentence after the field (`": …"` or `" must …"`).
+    pub problem: String,
+}
+
+/// Why a name cannot be an identifier type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidTypeName {
+    #[error("an identifier type is empty")]
+    Empty,
+    #[error("identifier type {0:?} must be lower-case without spaces or ':'")]
+    Malformed(String),
+}
+
 /// Identifier types are lower-case, non-empty and hold no `:` (the URL syntax
 /// `type:value` splits at the first one).
-pub fn check_type_name(ty: &str) -> Result<(), String> {
+pub fn check_type_name(ty: &str) -> Result<(), InvalidTypeName> {
     if ty.is_empty() {
-        return Err("an identifier type is empty".into());
+        return Err(InvalidTypeName::Empty);
     }
     if ty.contains(':') || ty.chars().any(|c| c.is_uppercase() || c.is_whitespace()) {
-        return Err(format!(
-            "identifier type {ty:?} must be lower-case without spaces or ':'"
-        ));
+        return Err(InvalidTypeName::Malformed(ty.to_string()));
     }
     Ok(())
 }
@@ -178,12 +206,14 @@ mod tests {
         assert!(!r.is_blocked("user_id", "x@example.com"));
         let bad: Rules =
             serde_json::from_value(serde_json::json!({"types": {"Email": {"limit": 1}}})).unwrap();
-        assert!(bad.validate().unwrap_err().contains("identity.types.Email"));
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.field, "identity.types.Email");
+        assert!(e.to_string().contains("must be lower-case"), "{e}");
         let bad: Rules =
             serde_json::from_value(serde_json::json!({"types": {"email": {"limit": 0}}})).unwrap();
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .contains("limit must be at least 1"));
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "identity.types.email.limit must be at least 1"
+        );
     }
 }

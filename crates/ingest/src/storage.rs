@@ -120,9 +120,9 @@ impl StorageHealth {
         }
     }
 
-    /// Whether the node can take events: `Err` with the reason while the log is full and
-    /// has not gained `needed` bytes of room since.
-    pub async fn ready(&self, log: &dyn EventLog, needed: u64) -> Result<(), String> {
+    /// Whether the node can take events: `Err` while the log is full and has not gained
+    /// `needed` bytes of room since.
+    pub async fn ready(&self, log: &dyn EventLog, needed: u64) -> Result<(), LogIsFull> {
         let (room_then, since, last_refusal) = {
             let full = self.full.lock().unwrap_or_else(|e| e.into_inner());
             match full.as_ref() {
@@ -138,9 +138,16 @@ impl StorageHealth {
         if recovered {
             return Ok(());
         }
-        Err(format!(
-            "the event log is full (for {} s): it refuses every event; free disk space on the data directory or raise log.max_size_mb",
-            since.elapsed().as_secs()
-        ))
+        Err(LogIsFull {
+            for_s: since.elapsed().as_secs(),
+        })
     }
+}
+
+/// The node refuses events for want of room in its log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the event log is full (for {for_s} s): it refuses every event; free disk space on the data directory or raise log.max_size_mb")]
+pub struct LogIsFull {
+    /// Seconds since the first refused append.
+    pub for_s: u64,
 }

@@ -1,6 +1,7 @@
 //! Every API error becomes an HTTP answer here, in one place: a status, a JSON body
 //! `{"code", "message", "field"?, "limit"?}` that Segment's clients can read, and
-//! `Retry-After` where the client should come back.
+//! `Retry-After` where the client should come back. The Profile API answers the same
+//! errors in Segment's Profile API shape ([`ProfileApiError`]).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,6 +66,26 @@ impl From<RequestError> for ApiError {
     }
 }
 
+/// An [`ApiError`] as Segment's Profile API shapes errors: `{"error": {"code",
+/// "message"}}`, with a `request-id` header as on every Profile API answer.
+pub struct ProfileApiError(pub ApiError);
+
+impl IntoResponse for ProfileApiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let body = serde_json::json!({"error": {"code": e.code, "message": e.message}});
+        with_request_id((e.status, axum::Json(body)).into_response())
+    }
+}
+
+/// Adds the `request-id` header Segment's Profile API sends on every answer.
+pub fn with_request_id(mut r: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        r.headers_mut().insert("request-id", v);
+    }
+    r
+}
+
 /// The one mapping of ingest's transport-free statuses to HTTP.
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
@@ -121,7 +142,9 @@ impl From<sluice_destinations::RouterError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "managed_by_file", e.to_string())
             }
             E::BadRequest(_) => ApiError::bad_request("bad_request", e.to_string()),
-            E::Storage(_) => ApiError::unavailable(e.to_string()),
+            E::Store(_) | E::Log(_) | E::Encode(_) | E::Unavailable(_) => {
+                ApiError::unavailable(e.to_string())
+            }
         }
     }
 }

@@ -181,7 +181,7 @@ async fn readyz(
         Err(why) => error::ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "storage_full",
-            why,
+            why.to_string(),
         )
         .into_response(),
     }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -18,6 +18,7 @@ use sluice_identity::{key_type, traits, Collection, Ident};
 use sluice_log::StoredEvent;
 use sluice_store::{EventQuery, StoredProfile};
 
+use crate::error::{with_request_id, ApiError, ProfileApiError};
 use crate::App;
 
 pub fn routes() -> Router<Arc<App>> {
@@ -27,32 +28,10 @@ pub fn routes() -> Router<Arc<App>> {
     )
 }
 
-struct ProfileError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
+type ProfileError = ProfileApiError;
 
 fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> ProfileError {
-    ProfileError {
-        status,
-        code,
-        message: message.into(),
-    }
-}
-
-fn with_request_id(mut r: Response) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        r.headers_mut().insert("request-id", v);
-    }
-    r
-}
-
-impl IntoResponse for ProfileError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        with_request_id((self.status, Json(body)).into_response())
-    }
+    ProfileApiError(ApiError::new(status, code, message))
 }
 
 fn authorized(app: &App, headers: &HeaderMap) -> Result<(), ProfileError> {
@@ -219,14 +198,14 @@ async fn answer(
     authorized(app, headers)?;
     if let Some(bucket) = &app.profile_bucket {
         if let Err(wait) = bucket.take(1, std::time::Instant::now()) {
-            return Err(ProfileError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                code: "rate_limit_error",
-                message: format!(
+            return Err(err(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
                     "more than {} Profile API requests per second; retry in {wait} s",
                     app.settings.profiles.rate_limit.unwrap_or_default()
                 ),
-            });
+            ));
         }
     }
     if space != app.settings.profiles.space {

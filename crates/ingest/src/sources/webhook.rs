@@ -26,13 +26,11 @@ use crate::{Ingest, IngestError, Receipt, Source};
 pub struct FieldPath(Vec<String>);
 
 impl FieldPath {
-    pub fn parse(text: &str) -> Result<FieldPath, String> {
+    pub fn parse(text: &str) -> Result<FieldPath, InvalidFieldPath> {
         let rest = text.strip_prefix("$.").unwrap_or(text);
         let parts: Vec<String> = rest.split('.').map(str::to_string).collect();
         if rest.is_empty() || parts.iter().any(|p| p.is_empty()) {
-            return Err(format!(
-                "must be a dotted path like \"traits.customer_id\" or \"$.context.device.id\", not {text:?}"
-            ));
+            return Err(InvalidFieldPath(text.to_string()));
         }
         Ok(FieldPath(parts))
     }
@@ -50,6 +48,11 @@ impl FieldPath {
         }
     }
 }
+
+/// A field path that is not a dotted path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be a dotted path like \"traits.customer_id\" or \"$.context.device.id\", not {0:?}")]
+pub struct InvalidFieldPath(pub String);
 
 /// A `segment_webhook` source's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -160,8 +160,9 @@ pub(super) fn settings(
                 .zip([("userId", &m.user_id), ("anonymousId", &m.anonymous_id)])
             {
                 if let Some(p) = path {
-                    let parsed = FieldPath::parse(p)
-                        .map_err(|why| err(&field(&format!("field_mapping.{name}")), why))?;
+                    let parsed = FieldPath::parse(p).map_err(|why| {
+                        err(&field(&format!("field_mapping.{name}")), why.to_string())
+                    })?;
                     *slot = Some(parsed);
                 }
             }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sluice_destinations::Router;
+use sluice_destinations::{DeletionStatus, Router};
 use sluice_ingest::Ingest;
 use sluice_log::{EraseFilter, EventLog, LogError};
 use sluice_store::{Store, StoreError};
@@ -88,6 +88,19 @@ impl SubjectType {
     }
 }
 
+/// Where a regulation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RegulationStatus {
+    Initialized,
+    Running,
+    Finished,
+    /// Sluice's own erasure finished; a destination refused the deletion.
+    PartialSuccess,
+    /// Sluice's own erasure failed.
+    Failed,
+}
+
 /// A regulation as stored and shown.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Regulation {
@@ -98,9 +111,8 @@ pub struct Regulation {
     pub subject_type: SubjectType,
     #[serde(rename = "subjectIds")]
     pub subject_ids: Vec<String>,
-    /// INITIALIZED, RUNNING, FINISHED, PARTIAL_SUCCESS, FAILED.
     #[serde(rename = "overallStatus")]
-    pub status: String,
+    pub status: RegulationStatus,
     #[serde(rename = "createdAt")]
     pub created_at: String,
     #[serde(rename = "finishedAt", skip_serializing_if = "Option::is_none")]
@@ -234,7 +246,12 @@ impl Regulations {
         };
         for doc in docs {
             match serde_json::from_str::<Regulation>(&doc) {
-                Ok(r) if r.status == "INITIALIZED" || r.status == "RUNNING" => {
+                Ok(r)
+                    if matches!(
+                        r.status,
+                        RegulationStatus::Initialized | RegulationStatus::Running
+                    ) =>
+                {
                     tracing::info!(regulation = %r.id, "resuming an unfinished regulation");
                     self.start(r);
                 }
@@ -246,20 +263,20 @@ impl Regulations {
 
     async fn run(&self, mut reg: Regulation) {
         if !reg.regulation_type.deletes() {
-            reg.status = "FINISHED".into();
+            reg.status = RegulationStatus::Finished;
             reg.finished_at = Some(now_iso());
             if let Err(e) = self.save(&reg).await {
                 tracing::error!(regulation = %reg.id, error = %e, "cannot save regulation");
             }
             return;
         }
-        reg.status = "RUNNING".into();
+        reg.status = RegulationStatus::Running;
         let _ = self.save(&reg).await;
         match self.erase(&reg).await {
             Ok(erased) => reg.erased = erased,
             Err(e) => {
                 tracing::error!(regulation = %reg.id, error = %e, "deletion failed");
-                reg.status = "FAILED".into();
+                reg.status = RegulationStatus::Failed;
                 reg.error = Some(e.to_string());
                 reg.finished_at = Some(now_iso());
                 forget_subjects(&mut reg);
@@ -290,13 +307,15 @@ impl Regulations {
                 }
             }
         }
-        let failed = reg.destinations.iter().any(|d| d.status == "FAILED");
+        let failed = reg
+            .destinations
+            .iter()
+            .any(|d| d.status == DeletionStatus::Failed);
         reg.status = if failed {
-            "PARTIAL_SUCCESS"
+            RegulationStatus::PartialSuccess
         } else {
-            "FINISHED"
-        }
-        .into();
+            RegulationStatus::Finished
+        };
         reg.finished_at = Some(now_iso());
         forget_subjects(&mut reg);
         if let Err(e) = self.save(&reg).await {

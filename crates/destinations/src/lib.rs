@@ -36,4 +36,4 @@ pub mod worker;
 
 pub use config::{ConfigError, Destination, DestinationConfig};
 pub use kind::DestinationKind;
-pub use router::{DeletionOutcome, ReplayJob, Router, RouterError};
+pub use router::{DeletionOutcome, DeletionStatus, ReplayJob, ReplayStatus, Router, RouterError};

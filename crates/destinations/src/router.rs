@@ -57,17 +57,35 @@ pub struct ReplayJob {
     /// The window in every partition: `[start, end)` offsets, one pair per partition.
     #[serde(default)]
     pub ranges: Vec<[u64; 2]>,
-    /// `running`, `done`, `cancelled` (its destination was changed or removed).
-    pub status: String,
+    pub status: ReplayStatus,
     pub created_at_ms: i64,
+}
+
+/// Where a log-replay job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayStatus {
+    Running,
+    Done,
+    /// Its destination was changed or removed.
+    Cancelled,
+}
+
+/// What became of a deletion at one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeletionStatus {
+    Finished,
+    Failed,
+    /// The destination is disabled.
+    Skipped,
 }
 
 /// What became of a deletion sent to one destination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletionOutcome {
     pub destination: String,
-    /// `FINISHED`, `FAILED` or `SKIPPED`.
-    pub status: String,
+    pub status: DeletionStatus,
     pub detail: String,
 }
 
@@ -75,7 +93,7 @@ impl DeletionOutcome {
     fn failed(name: &str, detail: String) -> DeletionOutcome {
         DeletionOutcome {
             destination: name.to_string(),
-            status: "FAILED".into(),
+            status: DeletionStatus::Failed,
             detail,
         }
     }
@@ -466,7 +484,7 @@ impl Router {
             start_offset: ranges[0][0],
             end_offset: ranges[0][1],
             ranges,
-            status: "running".into(),
+            status: ReplayStatus::Running,
             created_at_ms: now,
         };
         self.save_job(&job).await?;
@@ -516,7 +534,7 @@ impl Router {
                 .all(|f| f);
             if finished {
                 let mut job = job;
-                job.status = "done".into();
+                job.status = ReplayStatus::Done;
                 if let Ok(text) = serde_json::to_string(&job) {
                     if let Err(e) = store.put_replay_job(&job.id, &text).await {
                         tracing::warn!(error = %e, "cannot record the end of a replay");
@@ -552,7 +570,10 @@ impl Router {
         let Ok(jobs) = self.replay_jobs(destination).await else {
             return;
         };
-        for job in jobs.into_iter().filter(|j| j.status == "running") {
+        for job in jobs
+            .into_iter()
+            .filter(|j| j.status == ReplayStatus::Running)
+        {
             if let Err(e) = self.run_job(job.clone()) {
                 tracing::warn!(job = %job.id, error = %e, "cannot resume a replay");
             }
@@ -638,7 +659,7 @@ impl Router {
             if !enabled {
                 out.push(DeletionOutcome {
                     destination: name,
-                    status: "SKIPPED".into(),
+                    status: DeletionStatus::Skipped,
                     detail: "destination is disabled".into(),
                 });
                 continue;
@@ -678,7 +699,11 @@ impl Router {
             }
             out.push(DeletionOutcome {
                 destination: name,
-                status: if done { "FINISHED" } else { "FAILED" }.into(),
+                status: if done {
+                    DeletionStatus::Finished
+                } else {
+                    DeletionStatus::Failed
+                },
                 detail: last,
             });
         }

@@ -15,36 +15,14 @@ use std::sync::Mutex;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-/// What became of an event at a destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Delivered,
-    Retrying,
-    Failed,
-    Filtered,
-    DroppedIntegrations,
+pub use sluice_store::DeliveryOutcome as Outcome;
+
+/// An outcome's slot in the per-outcome counters.
+trait Slot {
+    fn index(self) -> usize;
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Delivered,
-        Outcome::Retrying,
-        Outcome::Failed,
-        Outcome::Filtered,
-        Outcome::DroppedIntegrations,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Retrying => "retrying",
-            Outcome::Failed => "failed",
-            Outcome::Filtered => "filtered",
-            Outcome::DroppedIntegrations => "dropped_integrations",
-        }
-    }
-
+impl Slot for Outcome {
     fn index(self) -> usize {
         self as usize
     }

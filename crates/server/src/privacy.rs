@@ -114,7 +114,7 @@ async fn create(
         regulation_type,
         subject_type,
         subject_ids,
-        status: "INITIALIZED".into(),
+        status: privacy::RegulationStatus::Initialized,
         created_at: privacy::now_iso(),
         finished_at: None,
         erased: Value::Null,

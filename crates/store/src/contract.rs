@@ -105,12 +105,12 @@ fn dead(offset: u64, user: &str, status: u16, at: i64) -> DeadLetter {
     }
 }
 
-fn record(offset: u64, outcome: &str) -> DeliveryRecord {
+fn record(offset: u64, outcome: DeliveryOutcome) -> DeliveryRecord {
     DeliveryRecord {
         destination: "hooks".into(),
         offset,
         message_id: format!("m{offset}"),
-        outcome: outcome.into(),
+        outcome,
         attempts: 1,
         updated_at_ms: 5,
         latency_ms: Some(7),
@@ -127,7 +127,10 @@ pub async fn retry_queue_dead_letters_and_records<H: StoreHarness>(h: H) {
             pending(2, "b", 300),
             pending(3, "a", 200),
         ],
-        records: vec![record(1, "retrying"), record(4, "delivered")],
+        records: vec![
+            record(1, DeliveryOutcome::Retrying),
+            record(4, DeliveryOutcome::Delivered),
+        ],
         dead_letters: vec![
             dead(5, "a", 400, 1_000),
             dead(6, "b", 410, 2_000),
@@ -152,7 +155,7 @@ pub async fn retry_queue_dead_letters_and_records<H: StoreHarness>(h: H) {
     s.apply_deliveries(DeliveryBatch {
         upsert_pending: vec![again],
         remove_pending: vec![("hooks".into(), 3)],
-        records: vec![record(1, "delivered")],
+        records: vec![record(1, DeliveryOutcome::Delivered)],
         ..DeliveryBatch::default()
     })
     .await
@@ -168,7 +171,7 @@ pub async fn retry_queue_dead_letters_and_records<H: StoreHarness>(h: H) {
     // Records: latest state per (offset, destination), found from an offset on.
     let r = s.deliveries_of("m1", 0).await.unwrap();
     assert_eq!(r.len(), 1);
-    assert_eq!(r[0].outcome, "delivered");
+    assert_eq!(r[0].outcome, DeliveryOutcome::Delivered);
     assert!(s.deliveries_of("m1", 2).await.unwrap().is_empty());
     // Dead-letter filters: user, status, time range.
     let by = |f: DeadLetterFilter| {

@@ -71,14 +71,77 @@ pub struct DeadLetterFilter {
     pub user_key: Option<String>,
 }
 
+/// What became of an event at a destination. Stored and shown as its snake-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    Delivered,
+    Retrying,
+    Failed,
+    Filtered,
+    DroppedIntegrations,
+}
+
+impl DeliveryOutcome {
+    pub const ALL: [DeliveryOutcome; 5] = [
+        DeliveryOutcome::Delivered,
+        DeliveryOutcome::Retrying,
+        DeliveryOutcome::Failed,
+        DeliveryOutcome::Filtered,
+        DeliveryOutcome::DroppedIntegrations,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Retrying => "retrying",
+            DeliveryOutcome::Failed => "failed",
+            DeliveryOutcome::Filtered => "filtered",
+            DeliveryOutcome::DroppedIntegrations => "dropped_integrations",
+        }
+    }
+
+    /// The outcome named `text` ([`DeliveryOutcome::as_str`]).
+    pub fn parse(text: &str) -> Option<DeliveryOutcome> {
+        Self::ALL.into_iter().find(|o| o.as_str() == text)
+    }
+}
+
+/// A stored outcome that is none of [`DeliveryOutcome`]'s names.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown delivery outcome {0:?}")]
+pub struct UnknownOutcome(pub String);
+
+impl rusqlite::types::FromSql for DeliveryOutcome {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = v.as_str()?;
+        DeliveryOutcome::parse(text).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(Box::new(UnknownOutcome(text.into())))
+        })
+    }
+}
+
+impl<'a> postgres::types::FromSql<'a> for DeliveryOutcome {
+    fn from_sql(
+        ty: &postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = <&str as postgres::types::FromSql>::from_sql(ty, raw)?;
+        DeliveryOutcome::parse(text).ok_or_else(|| UnknownOutcome(text.into()).into())
+    }
+
+    fn accepts(ty: &postgres::types::Type) -> bool {
+        <&str as postgres::types::FromSql>::accepts(ty)
+    }
+}
+
 /// Where one event stands with one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryRecord {
     pub destination: String,
     pub offset: u64,
     pub message_id: String,
-    /// `delivered`, `retrying`, `failed`, `filtered`, `dropped_integrations`.
-    pub outcome: String,
+    pub outcome: DeliveryOutcome,
     pub attempts: u32,
     pub updated_at_ms: i64,
     /// From receipt at the Tracking API to the destination's answer (delivered events).

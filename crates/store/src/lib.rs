@@ -31,8 +31,8 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 pub use delivery::{
-    Attempt, DeadLetter, DeadLetterFilter, DeliveryBatch, DeliveryRecord, DeliveryStore,
-    PendingDelivery,
+    Attempt, DeadLetter, DeadLetterFilter, DeliveryBatch, DeliveryOutcome, DeliveryRecord,
+    DeliveryStore, PendingDelivery,
 };
 pub use postgres::PgStore;
 pub use privacy::{ErasedState, PrivacyStore};

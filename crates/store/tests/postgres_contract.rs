@@ -151,3 +151,47 @@ async fn profiles_file_the_same_as_on_sqlite() {
     }
     assert!(compared > 50, "only {compared} identifiers had profiles");
 }
+
+/// Opening applies the migrations once (a second open finds them applied and changes
+/// nothing), and a database whose schema is newer than this build knows is refused with
+/// an error that says so, not misread.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
+async fn migrations_apply_once_and_a_newer_schema_is_refused() {
+    let pg = Postgres::new();
+    let url = pg.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let versions = |c: &mut postgres::Client| -> Vec<i32> {
+            c.query(
+                "SELECT version FROM schema_migrations ORDER BY version",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+        };
+        drop(PgStore::open(&url).expect("a fresh database"));
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let applied = versions(&mut c);
+        assert!(!applied.is_empty() && applied[0] == 1, "{applied:?}");
+        drop(PgStore::open(&url).expect("an up-to-date database"));
+        assert_eq!(versions(&mut c), applied, "nothing applied twice");
+        let newer = applied.last().unwrap() + 1;
+        c.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&newer],
+        )
+        .unwrap();
+        let e = PgStore::open(&url)
+            .err()
+            .expect("a newer schema is refused");
+        assert!(
+            e.to_string().contains(&format!("schema version {newer}"))
+                && e.to_string().contains("newer Sluice"),
+            "{e}"
+        );
+    })
+    .await
+    .unwrap();
+}

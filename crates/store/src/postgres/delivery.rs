@@ -128,7 +128,7 @@ impl DeliveryStore for PgStore {
                          outcome = excluded.outcome, attempts = excluded.attempts,
                          updated_at = excluded.updated_at, latency_ms = excluded.latency_ms,
                          status = excluded.status, detail = excluded.detail",
-                    &[&r.destination, &(r.offset as i64), &r.message_id, &r.outcome, &i64::from(r.attempts),
+                    &[&r.destination, &(r.offset as i64), &r.message_id, &r.outcome.as_str(), &i64::from(r.attempts),
                       &r.updated_at_ms, &r.latency_ms.map(|v| v as i64), &r.status.map(i32::from), &r.detail],
                 )?;
             }
@@ -256,24 +256,26 @@ impl DeliveryStore for PgStore {
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         let message_id = message_id.to_string();
         self.with(move |c| {
-            Ok(c.query(
+            c.query(
                 "SELECT destination, log_offset, outcome, attempts, updated_at, latency_ms, status, detail
                  FROM deliveries WHERE log_offset >= $2 AND message_id = $1 ORDER BY destination, log_offset",
                 &[&message_id, &(from_offset as i64)],
             )?
             .iter()
-            .map(|r| DeliveryRecord {
-                destination: r.get(0),
-                offset: r.get::<_, i64>(1) as u64,
-                message_id: message_id.clone(),
-                outcome: r.get(2),
-                attempts: r.get::<_, i64>(3) as u32,
-                updated_at_ms: r.get(4),
-                latency_ms: r.get::<_, Option<i64>>(5).map(|v| v as u64),
-                status: r.get::<_, Option<i32>>(6).map(|s| s as u16),
-                detail: r.get(7),
+            .map(|r| {
+                Ok(DeliveryRecord {
+                    destination: r.get(0),
+                    offset: r.get::<_, i64>(1) as u64,
+                    message_id: message_id.clone(),
+                    outcome: r.try_get(2)?,
+                    attempts: r.get::<_, i64>(3) as u32,
+                    updated_at_ms: r.get(4),
+                    latency_ms: r.get::<_, Option<i64>>(5).map(|v| v as u64),
+                    status: r.get::<_, Option<i32>>(6).map(|s| s as u16),
+                    detail: r.get(7),
+                })
             })
-            .collect())
+            .collect::<Result<_, postgres::Error>>()
         })
         .await
     }

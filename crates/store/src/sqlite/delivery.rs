@@ -74,7 +74,7 @@ pub(crate) fn apply(c: &mut Connection, b: &DeliveryBatch) -> rusqlite::Result<(
                 r.destination,
                 r.offset as i64,
                 r.message_id,
-                r.outcome,
+                r.outcome.as_str(),
                 r.attempts,
                 r.updated_at_ms,
                 r.latency_ms.map(|v| v as i64),

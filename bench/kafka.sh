@@ -74,6 +74,16 @@ print(f"MEDIAN {name} ({len(rows)} runs): " + json.dumps(med))
 PY
 }
 
+# The bound (bench/README.md): a bare producer sending the same messages to the same
+# broker in the same session, before the deployment's ingest runs, each on a fresh topic.
+: > "$work/kafka_produce.jsonl"
+for _ in $(seq "$RUNS"); do
+  if [ -n "${KAFKA_RESET:-}" ]; then bash -c "$KAFKA_RESET"; fi
+  "$sluice_bench" kafka-produce --brokers "$KAFKA_BROKERS" --topic "bench-produce-$(date +%s%N)" \
+    --partitions "$PARTITIONS" --connections 16 --batch 100 --duration "$DURATION" --json \
+    | tail -1 | tee -a "$work/kafka_produce.jsonl"
+done
+python3 -c 'import json,statistics,sys; r=[json.loads(l)["events_per_s"] for l in open(sys.argv[1])]; print("MEDIAN kafka_produce (%d runs): %s" % (len(r), json.dumps({"events_per_s": statistics.median(r)})))' "$work/kafka_produce.jsonl"
 run kafka_ingest kafka ingest --connections 16 --batch 100
 run embedded_ingest embedded ingest --connections 16 --batch 100
 run kafka_deliver kafka deliver --connections 16 --batch 100 --delivery-batch 100

@@ -7,8 +7,8 @@
 //! - [`traits`]: last-write-wins merging of trait values.
 //!
 //! The state store (`sluice-store`, `profiles`) keeps observations, the resolved
-//! identifier → profile map, traits and event references; the server's profile consumer
-//! feeds it from the log.
+//! identifier → profile map, traits and event references; the profile consumer
+//! (`sluice-consumers`) feeds it from the log.
 
 pub mod extract;
 pub mod resolve;

@@ -54,7 +54,21 @@ use crate::{
 /// How often a node reloads the shared erasure list and retention floors.
 pub const STATE_REFRESH: Duration = Duration::from_secs(5);
 /// Writer tasks (group commits in flight at once).
-const WRITERS: usize = 4;
+pub const WRITERS: usize = 4;
+
+/// The producers' settings (the operator's `[log] options` are applied over them).
+/// Idempotent producing is off: tansu's SQLite engine panics on it. One request in flight
+/// per broker keeps each partition's order through retries (on Apache Kafka,
+/// `enable.idempotence = "true"` in the options lifts that).
+pub const PRODUCER_SETTINGS: &[(&str, &str)] = &[
+    ("acks", "all"),
+    ("enable.idempotence", "false"),
+    ("max.in.flight.requests.per.connection", "1"),
+    ("linger.ms", "5"),
+    ("batch.num.messages", "10000"),
+    ("queue.buffering.max.messages", "1000000"),
+    ("message.timeout.ms", "15000"),
+];
 /// Broker round trips that should be quick (metadata, offsets).
 const RPC: Duration = Duration::from_secs(10);
 /// How far behind another node's clock may be: [`EventLog::offset_at`] starts this much
@@ -190,18 +204,9 @@ impl KafkaLog {
         let cfg = config.clone();
         let (producers, admin, partitions) = tokio::task::spawn_blocking(move || {
             let mut producer = client_config(&cfg);
-            producer
-                .set("acks", "all")
-                // Idempotent producing is off by default: tansu's SQLite engine panics
-                // on it. One request in flight per broker keeps each partition's order
-                // through retries (on Apache Kafka, `enable.idempotence = "true"` in the
-                // options lifts that).
-                .set("enable.idempotence", "false")
-                .set("max.in.flight.requests.per.connection", "1")
-                .set("linger.ms", "5")
-                .set("batch.num.messages", "10000")
-                .set("queue.buffering.max.messages", "1000000")
-                .set("message.timeout.ms", "15000");
+            for (k, v) in PRODUCER_SETTINGS {
+                producer.set(*k, *v);
+            }
             // The operator's settings win.
             for (k, v) in &cfg.options {
                 producer.set(k, v);

@@ -6,7 +6,7 @@
 //! - [`time`]: the lenient ISO-8601 parser and the canonical formatter.
 //! - [`error`]: every refusal with its machine code, field and HTTP status.
 //!
-//! The server calls [`decode::decode_body`], then [`parse`], authenticates with the write
+//! Ingest (`sluice-ingest`) calls [`decode::decode_body`], then [`parse`], authenticates with the write
 //! key the document carries, then [`normalize::normalize_document`].
 
 pub mod decode;

@@ -417,6 +417,8 @@ async fn load(
 pub(crate) struct Generator {
     prefix: String,
     seq: u64,
+    /// The user id of the last event made (its key on a Kafka topic).
+    pub(crate) user: String,
 }
 
 const PRODUCTS: [(&str, &str, &str, f64); 4] = [
@@ -446,6 +448,7 @@ impl Generator {
         Generator {
             prefix: format!("bench-{nonce}-{conn}"),
             seq: 0,
+            user: String::new(),
         }
     }
 
@@ -458,6 +461,7 @@ impl Generator {
             n % 97
         );
         let mid = format!("{}-{n}", self.prefix);
+        self.user.clone_from(&user);
         let context = format!(
             r#"{{"library":{{"name":"analytics-node","version":"2.1.0"}},"ip":"203.0.113.{}","userAgent":"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15","locale":"en-US","timezone":"Europe/Amsterdam","page":{{"path":"/checkout","url":"https://shop.example.com/checkout","referrer":"https://www.google.com/"}}}}"#,
             n % 250

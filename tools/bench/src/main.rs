@@ -5,9 +5,11 @@
 //! - [`ingest`]: loads a running server's Tracking API against the baseline server.
 //! - [`deliver`]: ingest → webhook delivery → a receiver in this process.
 //! - [`profiles`]: the profile consumer and the Profile API on scratch stores.
+//! - [`kafka`]: a bare Kafka producer, the bound for the Kafka deployment's ingest.
 
 mod deliver;
 mod ingest;
+mod kafka;
 mod profiles;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +38,8 @@ enum Command {
     /// The profile consumer's events/s and the Profile API's traits lookup latency, on
     /// scratch stores (no running server needed).
     Profiles(profiles::ProfilesArgs),
+    /// A bare Kafka producer sending the generator's events (the Kafka deployment's bound).
+    KafkaProduce(kafka::ProduceArgs),
     /// A server that only reads the body and answers 200 (the ingest benchmark's baseline).
     Baseline {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -55,6 +59,7 @@ fn main() -> std::process::ExitCode {
                     Command::Ingest(args) => ingest::ingest(args).await,
                     Command::Deliver(args) => deliver::deliver(args).await,
                     Command::Profiles(args) => profiles::profiles(args).await,
+                    Command::KafkaProduce(args) => kafka::produce(args).await,
                     Command::Baseline { listen } => ingest::baseline(listen).await,
                 }
             })

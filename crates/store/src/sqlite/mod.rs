@@ -166,9 +166,8 @@ impl SqliteStore {
         // process-wide `sqlite_memory_mb` is): the bundled SQLite
         // (SQLITE_ENABLE_MEMORY_MANAGEMENT) keeps one page-cache group for all
         // connections, and a batch's inserts land on random pages of the identity-keyed
-        // indexes. Measured with sqlite3_db_status under batch ingest: 23–28 MB at 8 MB,
-        // 15 MB at 2 MB (the server's SQLite heap 34–39 → 17–20 MB, peak RSS −15 MB).
-        // The profile consumer files as fast with 2 MB as with 8 or 32 (bench/README.md).
+        // indexes, so a larger cache only holds more memory: the profile consumer files as
+        // fast with 2 MB as with 8 or 32.
         let profiles = Db::open(&Self::profiles_path(path), 2_000, migrations::PROFILES)?;
         Ok(SqliteStore {
             state,

@@ -9,9 +9,12 @@
 //! - [`privacy`]: regulations: suppression, and deletion everywhere Sluice keeps a
 //!   subject's data, forwarded to destinations.
 //! - [`retention`]: the timer that deletes what has outlived its setting.
+//! - [`runner`]: what every consumer's partition worker shares (assignment, cursor,
+//!   waiting for events, stopping); a consumer is a function of one `PartitionWorker`.
 //! - [`runtime`]: the idle-priority runtime background consumers run on.
 
 pub mod privacy;
 pub mod profiles;
 pub mod retention;
+pub mod runner;
 pub mod runtime;

@@ -12,6 +12,8 @@ use sluice_log::{EventLog, StoredEvent};
 use sluice_store::{ProfileEvent, ProfileStepStats, Store, StoreError};
 use tokio::sync::watch;
 
+use crate::runner::PartitionWorker;
+
 /// The consumer's cursor name in the log.
 pub const CONSUMER: &str = "profiles";
 /// Events per batch: one store transaction each (bigger batches share index pages and
@@ -132,44 +134,28 @@ impl Pipeline {
 }
 
 /// Runs the profile consumer until the server shuts down: one worker per partition this
-/// node is assigned (see [`run_partition`]), started and stopped as the assignment
-/// changes; a partition taken away is released once its worker committed its cursor.
+/// node is assigned ([`crate::runner`]).
 pub async fn run(consumer: Arc<ProfileConsumer>) {
-    let assignment = consumer.log.assignment(CONSUMER);
-    let start = |p: u32, halted: watch::Receiver<bool>| run_partition(consumer.clone(), p, halted);
-    assignment
-        .run_workers(consumer.stop.clone(), start, |_| {})
-        .await;
+    let (log, appended, stop) = (
+        consumer.log.clone(),
+        consumer.appended.clone(),
+        consumer.stop.clone(),
+    );
+    crate::runner::run(log, CONSUMER, appended, stop, |worker| {
+        run_partition(consumer.clone(), worker)
+    })
+    .await;
 }
 
 /// The profile consumer of one partition: read from the cursor, file each batch in one
 /// store transaction, then commit the cursor past it (a crash re-files the batches after
-/// the committed cursor, which changes nothing: filing is idempotent). Stops when the
-/// server shuts down or `halt` turns true.
-async fn run_partition(
-    consumer: Arc<ProfileConsumer>,
-    partition: u32,
-    mut halt: watch::Receiver<bool>,
-) {
-    let mut stop = consumer.stop.clone();
-    let mut log_end = consumer.appended.clone();
+/// the committed cursor, which changes nothing: filing is idempotent). Returns once the
+/// worker is stopped, after committing what it filed.
+async fn run_partition(consumer: Arc<ProfileConsumer>, mut worker: PartitionWorker) {
+    let partition = worker.partition;
     let rules = consumer.rules.clone();
-    let retry = Duration::from_secs(1);
-    let stopped = |stop: &watch::Receiver<bool>, halt: &watch::Receiver<bool>| {
-        *stop.borrow() || *halt.borrow()
-    };
-    let mut committed = loop {
-        match consumer.log.cursor(CONSUMER, partition).await {
-            Ok(c) => break c.unwrap_or(sluice_log::position(partition, 0)),
-            Err(e) => {
-                tracing::warn!(error = %e, partition, "profile consumer cannot read its cursor; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {},
-                    _ = stop.changed() => return,
-                    _ = halt.changed() => return,
-                }
-            }
-        }
+    let Some(mut committed) = worker.committed_cursor().await else {
+        return;
     };
     let events_total = metrics::counter!("sluice_profile_events_total");
     let mut pipeline = Pipeline::new(consumer.store.clone(), rules.clone());
@@ -184,14 +170,14 @@ async fn run_partition(
     // The next offset to read: ahead of `committed` by the batch being filed.
     let mut cursor = committed;
     loop {
-        if stopped(&stop, &halt) {
+        if worker.stopped() {
             // Let the batch being filed finish, so its cursor can be committed.
             if let Ok(Some((_, next))) = pipeline.finish().await {
                 let _ = commit(next).await;
             }
             return;
         }
-        log_end.borrow_and_update();
+        worker.mark_seen();
         let prepared = Pipeline::prepare(consumer.log.as_ref(), &rules, cursor, READ_MAX).await;
         // The previous batch must be in the store before its cursor is committed.
         let finished = pipeline.finish().await;
@@ -212,11 +198,7 @@ async fn run_partition(
                     tracing::warn!(error = %e, partition, skipped, "profile consumer cannot write profiles; retrying");
                 }
                 cursor = committed;
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {},
-                    _ = stop.changed() => {},
-                    _ = halt.changed() => {},
-                }
+                worker.pause().await;
                 continue;
             }
         }
@@ -240,20 +222,11 @@ async fn run_partition(
                         continue;
                     }
                 }
-                tokio::select! {
-                    _ = log_end.changed() => {},
-                    _ = tokio::time::sleep(consumer.log.idle_poll()) => {},
-                    _ = stop.changed() => {},
-                    _ = halt.changed() => {},
-                }
+                worker.idle().await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, partition, "profile consumer cannot read the log; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {},
-                    _ = stop.changed() => {},
-                    _ = halt.changed() => {},
-                }
+                worker.pause().await;
             }
         }
     }

@@ -7,9 +7,11 @@
 //! - [`shape`]: one event → the rows it becomes (`tracks` and its event table,
 //!   `identifies` and `users`, `pages`, `screens`, `groups` and `accounts`, `aliases`),
 //!   with Segment's reserved columns, flattening and column types.
+//! - [`load`]: rows into PostgreSQL, one transaction per table: schema evolution, type
+//!   conflicts kept in `sluice_discards`, `COPY` into staging, merge on `id`.
 //!
-//! Pure so far: the loader (COPY into a staging table, merge on `id`, schema evolution)
-//! and the log consumer build on these.
+//! The log consumer that feeds the loader comes next.
 
+pub mod load;
 pub mod naming;
 pub mod shape;

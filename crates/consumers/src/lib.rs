@@ -12,9 +12,11 @@
 //! - [`runner`]: what every consumer's partition worker shares (assignment, cursor,
 //!   waiting for events, stopping); a consumer is a function of one `PartitionWorker`.
 //! - [`runtime`]: the idle-priority runtime background consumers run on.
+//! - [`warehouse`]: one consumer per warehouse destination: shape, batch, load, commit.
 
 pub mod privacy;
 pub mod profiles;
 pub mod retention;
 pub mod runner;
 pub mod runtime;
+pub mod warehouse;

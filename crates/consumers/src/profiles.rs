@@ -141,7 +141,7 @@ pub async fn run(consumer: Arc<ProfileConsumer>) {
         consumer.appended.clone(),
         consumer.stop.clone(),
     );
-    crate::runner::run(log, CONSUMER, appended, stop, |worker| {
+    crate::runner::run(log, CONSUMER.into(), appended, stop, |worker| {
         run_partition(consumer.clone(), worker)
     })
     .await;

@@ -22,7 +22,7 @@ pub const RETRY: Duration = Duration::from_secs(1);
 pub struct PartitionWorker {
     pub log: Arc<dyn EventLog>,
     /// The consumer's cursor name in the log.
-    pub consumer: &'static str,
+    pub consumer: Arc<str>,
     pub partition: u32,
     appended: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
@@ -39,10 +39,10 @@ impl PartitionWorker {
     /// [`RETRY`] while the log cannot answer; `None` when the worker stopped first.
     pub async fn committed_cursor(&mut self) -> Option<u64> {
         loop {
-            match self.log.cursor(self.consumer, self.partition).await {
+            match self.log.cursor(&self.consumer, self.partition).await {
                 Ok(c) => return Some(c.unwrap_or(sluice_log::position(self.partition, 0))),
                 Err(e) => {
-                    tracing::warn!(error = %e, consumer = self.consumer, partition = self.partition, "cannot read the consumer's cursor; retrying");
+                    tracing::warn!(error = %e, consumer = %self.consumer, partition = self.partition, "cannot read the consumer's cursor; retrying");
                     if self.pause().await {
                         return None;
                     }
@@ -82,7 +82,7 @@ impl PartitionWorker {
 /// true; `appended` ticks on this node's appends.
 pub async fn run<W, F>(
     log: Arc<dyn EventLog>,
-    consumer: &'static str,
+    consumer: Arc<str>,
     appended: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
     work: W,
@@ -90,11 +90,11 @@ pub async fn run<W, F>(
     W: Fn(PartitionWorker) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let assignment = log.assignment(consumer);
+    let assignment = log.assignment(&consumer);
     let start = |partition: u32, halt: watch::Receiver<bool>| {
         work(PartitionWorker {
             log: log.clone(),
-            consumer,
+            consumer: consumer.clone(),
             partition,
             appended: appended.clone(),
             stop: stop.clone(),
@@ -128,19 +128,24 @@ mod tests {
             let seen_tx = seen_tx.clone();
             tokio::spawn(run(
                 log.clone(),
-                consumer,
+                consumer.into(),
                 appended.clone(),
                 stop.clone(),
                 move |mut worker| {
                     let seen_tx = seen_tx.clone();
                     async move {
                         let cursor = worker.committed_cursor().await;
-                        seen_tx.send((worker.consumer, "cursor", cursor)).unwrap();
+                        let name: &'static str = if &*worker.consumer == "fresh" {
+                            "fresh"
+                        } else {
+                            "resumed"
+                        };
+                        seen_tx.send((name, "cursor", cursor)).unwrap();
                         // A pause in progress ends when the node stops.
                         while !worker.stopped() {
                             worker.pause().await;
                         }
-                        seen_tx.send((worker.consumer, "stopped", None)).unwrap();
+                        seen_tx.send((name, "stopped", None)).unwrap();
                     }
                 },
             ));

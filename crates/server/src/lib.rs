@@ -64,6 +64,8 @@ pub struct Settings {
     pub profiles: profiles::ProfileSettings,
     /// The listener's idle, body and shutdown timeouts.
     pub http: http::HttpSettings,
+    /// Warehouse destinations (each one more consumer of the log).
+    pub warehouses: Vec<sluice_warehouse::settings::WarehouseSettings>,
 }
 
 /// Shared state of the server.
@@ -209,6 +211,19 @@ pub async fn serve(
         })
     });
     app.regulations.resume().await;
+    let warehouses: Vec<_> = app
+        .settings
+        .warehouses
+        .iter()
+        .filter(|w| w.enabled)
+        .map(|w| {
+            let (log, warehouse) = (app.log.clone(), Arc::new(w.clone()));
+            let (appended, stop) = (app.ingest.log_end.subscribe(), app.shutdown.clone());
+            background("sluice-warehouse", move || {
+                sluice_consumers::warehouse::run(log, warehouse, appended, stop)
+            })
+        })
+        .collect();
     #[cfg(feature = "kafka")]
     let kafka_sources: Vec<_> = app
         .settings
@@ -247,6 +262,10 @@ pub async fn serve(
     if let Some(d) = app.destinations.get() {
         d.shutdown().await;
         tracing::info!("destination consumers stopped");
+    }
+    for task in warehouses {
+        // Each stops at its next check; what it had not loaded is read again next start.
+        let _ = task.await;
     }
     if let Some(task) = profile_consumer {
         // It stops after its current batch (begin_shutdown signalled it).

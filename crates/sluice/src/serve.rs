@@ -147,6 +147,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
                 .public_metrics
                 .unwrap_or_else(|| listen.ip().is_loopback()),
         },
+        warehouses: cfg.warehouses.clone(),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -160,7 +161,10 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         store,
         app.ingest.log_end.subscribe(),
         source_names,
-        cfg.destinations,
+        cfg.destinations
+            .into_iter()
+            .filter(|d| d.kind != sluice_warehouse::settings::KIND)
+            .collect(),
     )
     .await
     .context("cannot start the destinations")?;

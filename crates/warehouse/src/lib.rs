@@ -10,8 +10,11 @@
 //! - [`load`]: rows into PostgreSQL, one transaction per table: schema evolution, type
 //!   conflicts kept in `sluice_discards`, `COPY` into staging, merge on `id`.
 //!
-//! The log consumer that feeds the loader comes next.
+//! - [`settings`]: a warehouse destination's settings (`type = "warehouse"`).
+//!
+//! The log consumer that feeds the loader is `sluice_consumers::warehouse`.
 
 pub mod load;
 pub mod naming;
+pub mod settings;
 pub mod shape;

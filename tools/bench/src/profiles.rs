@@ -379,6 +379,7 @@ async fn lookups(
             ..Default::default()
         },
         http: Default::default(),
+        warehouses: Vec::new(),
     };
     let app = sluice_server::App::new(settings, log.clone(), store.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use sluice_ingest::SourceSettings;
+use sluice_warehouse::settings::WarehouseSettings;
 
 mod sources;
 
@@ -25,6 +26,10 @@ pub struct FileConfig {
     /// The sources as they run (from `sources`, or empty: see `serve`), built by [`load`].
     #[serde(skip)]
     pub source_settings: Vec<SourceSettings>,
+    /// The warehouse destinations (`type = "warehouse"` in `destinations`), built by
+    /// [`load`]; the router runs the others.
+    #[serde(skip)]
+    pub warehouses: Vec<WarehouseSettings>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub admin_token: Option<String>,
@@ -328,9 +333,28 @@ fn validate(cfg: &mut FileConfig, origin: &str) -> Result<()> {
         cfg.sources.iter().map(|s| s.name.as_str()).collect()
     };
     let mut names = std::collections::HashSet::new();
+    let mut warehouses = Vec::new();
     for (i, d) in cfg.destinations.iter().enumerate() {
-        d.validate(&source_names)
-            .map_err(|e| anyhow::anyhow!("invalid config file {origin}: destinations[{i}]: {e}"))?;
+        if d.kind == sluice_warehouse::settings::KIND {
+            if let Some(s) = d
+                .sources
+                .iter()
+                .find(|s| !source_names.contains(&s.as_str()))
+            {
+                return Err(err(
+                    &format!("destinations[{i}].sources"),
+                    format!("names {s:?}, which is not a source"),
+                ));
+            }
+            let w = WarehouseSettings::new(&d.name, &d.sources, d.enabled, &d.settings).map_err(
+                |e| anyhow::anyhow!("invalid config file {origin}: destinations[{i}]: {e}"),
+            )?;
+            warehouses.push(w);
+        } else {
+            d.validate(&source_names).map_err(|e| {
+                anyhow::anyhow!("invalid config file {origin}: destinations[{i}]: {e}")
+            })?;
+        }
         if !names.insert(d.name.as_str()) {
             return Err(err(
                 &format!("destinations[{i}].name"),
@@ -338,6 +362,7 @@ fn validate(cfg: &mut FileConfig, origin: &str) -> Result<()> {
             ));
         }
     }
+    cfg.warehouses = warehouses;
     Ok(())
 }
 

@@ -470,3 +470,42 @@ fn durations() {
     assert!(parse_duration("h").is_err());
     assert!(parse_duration("5y").is_err());
 }
+
+#[test]
+fn warehouse_destinations_are_checked_and_kept_apart_from_the_router() {
+    let base = "[[sources]]\nname = \"web\"\nwrite_key = \"k\"\n[[destinations]]\nname = \"dw\"\ntype = \"warehouse\"\nsources = [\"web\"]\n";
+    let ok = parse(
+        &format!("{base}[destinations.settings]\nurl = \"postgres://u@h/db\"\nbatch_rows = 500\n"),
+        "w.toml",
+    )
+    .unwrap();
+    assert_eq!(ok.warehouses.len(), 1);
+    assert_eq!(ok.warehouses[0].schemas["web"], "web");
+    assert_eq!(ok.warehouses[0].batch_rows, 500);
+    for (extra, needle) in [
+        ("", "destinations[0]: field `settings.url` is required"),
+        (
+            "[destinations.settings]\nurl = \"mysql://x\"\n",
+            "settings.url",
+        ),
+        (
+            "[destinations.settings]\nurl = \"postgres://x\"\nmax_age_s = 0\n",
+            "settings.max_age_s",
+        ),
+    ] {
+        let e = parse(&format!("{base}{extra}"), "w.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+    let e = parse(
+        &base.replace("[\"web\"]", "[\"app\"]").to_string(),
+        "w.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("destinations[0].sources") && e.contains("\"app\""),
+        "{e}"
+    );
+}

@@ -1,0 +1,180 @@
+//! A warehouse destination's settings: `[[destinations]]` with `type = "warehouse"`.
+//!
+//! ```toml
+//! [[destinations]]
+//! name = "analytics"
+//! type = "warehouse"
+//! sources = ["web"]
+//! [destinations.settings]
+//! url = "postgres://loader@db.internal:5432/analytics"
+//! schemas = { web = "website" }   # default: the source's name, snake-cased
+//! batch_rows = 10000              # load when this many rows wait …
+//! max_age_s = 10                  # … or when the oldest has waited this long
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::naming::schema_name;
+
+/// The type name of warehouse destinations in `[[destinations]]`.
+pub const KIND: &str = "warehouse";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarehouseSettings {
+    pub name: String,
+    /// `postgres://…` of the database the team owns.
+    pub url: String,
+    pub sources: Vec<String>,
+    pub enabled: bool,
+    /// Schema per source (default: the source's name, snake-cased).
+    pub schemas: BTreeMap<String, String>,
+    /// Rows that make a load.
+    pub batch_rows: usize,
+    /// How long the oldest waiting row may wait for its load.
+    pub max_age: Duration,
+}
+
+/// A setting that cannot be used: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `settings.{field}` {message}")]
+pub struct InvalidWarehouse {
+    pub field: String,
+    pub message: String,
+}
+
+impl WarehouseSettings {
+    /// Checks a `[[destinations]]` entry of type `warehouse`.
+    pub fn new(
+        name: &str,
+        sources: &[String],
+        enabled: bool,
+        settings: &Map<String, Value>,
+    ) -> Result<WarehouseSettings, InvalidWarehouse> {
+        let invalid = |field: &str, message: String| InvalidWarehouse {
+            field: field.into(),
+            message,
+        };
+        for key in settings.keys() {
+            if !["url", "schemas", "batch_rows", "max_age_s"].contains(&key.as_str()) {
+                return Err(invalid(
+                    key,
+                    "is not a warehouse setting (url, schemas, batch_rows, max_age_s)".into(),
+                ));
+            }
+        }
+        let url = match settings.get("url").and_then(Value::as_str) {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => u,
+            Some(u) => {
+                return Err(invalid(
+                    "url",
+                    format!("must start with postgres:// or postgresql://, not {u:?}"),
+                ))
+            }
+            None => {
+                return Err(invalid(
+                    "url",
+                    "is required: postgres://user@host:port/database".into(),
+                ))
+            }
+        };
+        let mut schemas = BTreeMap::new();
+        for source in sources {
+            let given = match settings.get("schemas").and_then(|s| s.get(source)) {
+                None => None,
+                Some(Value::String(s)) => Some(s.as_str()),
+                Some(other) => {
+                    return Err(invalid(
+                        &format!("schemas.{source}"),
+                        format!("must be a schema name, not {other}"),
+                    ))
+                }
+            };
+            let schema = schema_name(given.unwrap_or(source)).ok_or_else(|| {
+                invalid(
+                    &format!("schemas.{source}"),
+                    "has no letters or digits to name a schema".into(),
+                )
+            })?;
+            schemas.insert(source.clone(), schema);
+        }
+        let number = |key: &str, default: u64| -> Result<u64, InvalidWarehouse> {
+            match settings.get(key) {
+                None => Ok(default),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| {
+                        invalid(
+                            key,
+                            format!("must be a whole number from 1 to 1000000, not {v}"),
+                        )
+                    }),
+            }
+        };
+        Ok(WarehouseSettings {
+            name: name.to_string(),
+            url: url.to_string(),
+            sources: sources.to_vec(),
+            enabled,
+            schemas,
+            batch_rows: number("batch_rows", 10_000)? as usize,
+            max_age: Duration::from_secs(number("max_age_s", 10)?),
+        })
+    }
+
+    /// The log consumer's cursor name.
+    pub fn consumer(&self) -> String {
+        format!("warehouse:{}", self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings(v: Value) -> Result<WarehouseSettings, InvalidWarehouse> {
+        let sources = vec!["web".to_string(), "Mobile App".to_string()];
+        WarehouseSettings::new("wh", &sources, true, v.as_object().unwrap())
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let s =
+            settings(json!({"url": "postgres://u@h/db", "schemas": {"web": "Website"}})).unwrap();
+        assert_eq!(s.schemas["web"], "website");
+        assert_eq!(s.schemas["Mobile App"], "mobile_app");
+        assert_eq!((s.batch_rows, s.max_age), (10_000, Duration::from_secs(10)));
+        assert_eq!(s.consumer(), "warehouse:wh");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        for (v, field) in [
+            (json!({}), "url"),
+            (json!({"url": "mysql://x"}), "url"),
+            (
+                json!({"url": "postgres://x", "batch_rows": 0}),
+                "batch_rows",
+            ),
+            (
+                json!({"url": "postgres://x", "max_age_s": "soon"}),
+                "max_age_s",
+            ),
+            (
+                json!({"url": "postgres://x", "schemas": {"web": 3}}),
+                "schemas.web",
+            ),
+            (
+                json!({"url": "postgres://x", "schemas": {"web": "$$"}}),
+                "schemas.web",
+            ),
+            (json!({"url": "postgres://x", "tables": {}}), "tables"),
+        ] {
+            assert_eq!(settings(v.clone()).unwrap_err().field, field, "{v}");
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use sluice_log::EventLog;
 use sluice_warehouse::load::Loaded;
-use sluice_warehouse::settings::WarehouseSettings;
+use sluice_warehouse::settings::{Start, WarehouseSettings};
 use sluice_warehouse::shape::{shape, Row};
 use tokio::sync::watch;
 
@@ -42,8 +42,23 @@ struct Pending {
 }
 
 async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionWorker) {
-    let Some(committed) = worker.committed_cursor().await else {
-        return;
+    let committed = loop {
+        if worker.stopped() {
+            return;
+        }
+        match start_cursor(&worker, &warehouse).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, warehouse = %warehouse.name, "warehouse consumer cannot read its cursor; retrying");
+                worker.pause().await;
+            }
+        }
+    };
+    // Events received before a `start` time are not the warehouse's (the log's position
+    // for a time may hold a few earlier ones).
+    let not_before = match warehouse.start {
+        Start::At(ms) => ms,
+        _ => i64::MIN,
     };
     let name = warehouse.name.clone();
     let rows_total = metrics::counter!("sluice_warehouse_rows_total", "warehouse" => name.clone());
@@ -72,6 +87,9 @@ async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionW
                     let Some(schema) = warehouse.schemas.get(&e.source) else {
                         continue;
                     };
+                    if e.received_at_ms < not_before {
+                        continue;
+                    }
                     let Ok(event) = serde_json::from_slice::<serde_json::Value>(&e.payload) else {
                         continue;
                     };
@@ -154,6 +172,25 @@ async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionW
             worker.idle().await;
         }
     }
+}
+
+/// The committed cursor, or, for a warehouse that has none yet, where its `start` says
+/// (committed at once, so that a restart keeps that start).
+async fn start_cursor(
+    worker: &PartitionWorker,
+    warehouse: &WarehouseSettings,
+) -> Result<u64, sluice_log::LogError> {
+    let (log, p) = (&worker.log, worker.partition);
+    if let Some(c) = log.cursor(&worker.consumer, p).await? {
+        return Ok(c);
+    }
+    let c = match warehouse.start {
+        Start::Beginning => sluice_log::position(p, 0),
+        Start::Now => log.end_offset(p).await?,
+        Start::At(ms) => log.offset_at(p, ms).await?,
+    };
+    log.commit(&worker.consumer, c).await?;
+    Ok(c)
 }
 
 /// Loads a batch (rows by schema) on a connection, opening one when there is none; gives

@@ -144,3 +144,60 @@ max_age_s = 1
     c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .unwrap();
 }
+
+/// A warehouse added to a server that already holds events starts where its `start`
+/// says: from a time, events received before it stay out.
+#[test]
+#[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
+fn a_new_warehouse_starts_from_a_time() {
+    let schema = format!("wh_start_{}", uuid::Uuid::new_v4().simple());
+    let source = "admin_token = \"test-admin-token\"\n[[sources]]\nname = \"web\"\nwrite_key = \"wk_web_123\"\n";
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut s = Server::start_in(&dir, Some(source));
+    let r = s.send(
+        "/v1/track",
+        &json!({"messageId": "old-1", "userId": "u1", "event": "Signed Up"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The start: just after the old event was received (the new one is received after
+    // the restart below).
+    let old = s.events("web", 1);
+    let received = old[0]["receivedAt"]
+        .as_str()
+        .expect("receivedAt")
+        .to_string();
+    let received = chrono::DateTime::parse_from_rfc3339(&received).unwrap();
+    let start = (received + chrono::Duration::milliseconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    s.signal(libc::SIGTERM);
+    assert!(s.wait().success());
+    let config = format!(
+        r#"{source}
+[[destinations]]
+name = "late"
+type = "warehouse"
+sources = ["web"]
+[destinations.settings]
+url = "{}"
+schemas = {{ web = "{schema}" }}
+max_age_s = 1
+start = "{start}"
+"#,
+        database()
+    );
+    let s = Server::start_in(&dir, Some(&config));
+    let r = s.send(
+        "/v1/track",
+        &json!({"messageId": "new-1", "userId": "u1", "event": "Signed Up"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rows = rows_when(
+        &format!("SELECT id FROM {schema}.signed_up ORDER BY id"),
+        "the event received after the start",
+        |r| !r.is_empty(),
+    );
+    assert_eq!(rows, vec![vec![Some("new-1".into())]]);
+    let mut c = postgres::Client::connect(&database(), postgres::NoTls).unwrap();
+    c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .unwrap();
+}

@@ -10,6 +10,7 @@
 //! schemas = { web = "website" }   # default: the source's name, snake-cased
 //! batch_rows = 10000              # load when this many rows wait …
 //! max_age_s = 10                  # … or when the oldest has waited this long
+//! start = "beginning"             # or "now", or a time: "2026-12-01T00:00:00Z"
 //! ```
 
 use std::collections::BTreeMap;
@@ -35,6 +36,19 @@ pub struct WarehouseSettings {
     pub batch_rows: usize,
     /// How long the oldest waiting row may wait for its load.
     pub max_age: Duration,
+    /// Where a new warehouse starts in the log (once it has a cursor, it goes on from it).
+    pub start: Start,
+}
+
+/// Where a new warehouse starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest event the log retains.
+    Beginning,
+    /// Events received from its first start on.
+    Now,
+    /// Events received at or after this time (ms since the epoch).
+    At(i64),
 }
 
 /// A setting that cannot be used: which one, and why.
@@ -58,10 +72,11 @@ impl WarehouseSettings {
             message,
         };
         for key in settings.keys() {
-            if !["url", "schemas", "batch_rows", "max_age_s"].contains(&key.as_str()) {
+            if !["url", "schemas", "batch_rows", "max_age_s", "start"].contains(&key.as_str()) {
                 return Err(invalid(
                     key,
-                    "is not a warehouse setting (url, schemas, batch_rows, max_age_s)".into(),
+                    "is not a warehouse setting (url, schemas, batch_rows, max_age_s, start)"
+                        .into(),
                 ));
             }
         }
@@ -114,6 +129,20 @@ impl WarehouseSettings {
                     }),
             }
         };
+        let start = match settings.get("start") {
+            None => Start::Beginning,
+            Some(Value::String(s)) if s == "beginning" => Start::Beginning,
+            Some(Value::String(s)) if s == "now" => Start::Now,
+            Some(v) => match v.as_str().and_then(sluice_spec::time::parse_timestamp) {
+                Some(t) => Start::At(t.timestamp_millis()),
+                None => {
+                    return Err(invalid(
+                        "start",
+                        format!("must be \"beginning\", \"now\" or an ISO-8601 time, not {v}"),
+                    ))
+                }
+            },
+        };
         Ok(WarehouseSettings {
             name: name.to_string(),
             url: url.to_string(),
@@ -122,6 +151,7 @@ impl WarehouseSettings {
             schemas,
             batch_rows: number("batch_rows", 10_000)? as usize,
             max_age: Duration::from_secs(number("max_age_s", 10)?),
+            start,
         })
     }
 
@@ -149,6 +179,11 @@ mod tests {
         assert_eq!(s.schemas["Mobile App"], "mobile_app");
         assert_eq!((s.batch_rows, s.max_age), (10_000, Duration::from_secs(10)));
         assert_eq!(s.consumer(), "warehouse:wh");
+        assert_eq!(s.start, Start::Beginning);
+        let at = settings(json!({"url": "postgres://x", "start": "2026-12-01T00:00:00Z"}));
+        assert_eq!(at.unwrap().start, Start::At(1_796_083_200_000));
+        let now = settings(json!({"url": "postgres://x", "start": "now"}));
+        assert_eq!(now.unwrap().start, Start::Now);
     }
 
     #[test]
@@ -173,6 +208,10 @@ mod tests {
                 "schemas.web",
             ),
             (json!({"url": "postgres://x", "tables": {}}), "tables"),
+            (
+                json!({"url": "postgres://x", "start": "yesterday"}),
+                "start",
+            ),
         ] {
             assert_eq!(settings(v.clone()).unwrap_err().field, field, "{v}");
         }

@@ -96,8 +96,9 @@ async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionW
                     if !wanted(&event) {
                         continue;
                     }
-                    let shaped = shape(&event);
+                    let mut shaped = shape(&event);
                     dropped_total.increment(shaped.dropped.len() as u64);
+                    warehouse.select(&mut shaped.rows);
                     if !shaped.rows.is_empty() && pending.since.is_none() {
                         pending.since = Some(Instant::now());
                     }

@@ -219,9 +219,12 @@ pub async fn serve(
         .map(|w| {
             let (log, warehouse) = (app.log.clone(), Arc::new(w.clone()));
             let (appended, stop) = (app.ingest.log_end.subscribe(), app.shutdown.clone());
-            background("sluice-warehouse", move || {
-                sluice_consumers::warehouse::run(log, warehouse, appended, stop)
-            })
+            // At normal priority, unlike the profile consumer: a warehouse promises its
+            // rows within a minute or so, and an idle-class thread gets next to no CPU
+            // while ingest keeps the cores busy. Its work is mostly waiting on PostgreSQL.
+            tokio::spawn(sluice_consumers::warehouse::run(
+                log, warehouse, appended, stop,
+            ))
         })
         .collect();
     #[cfg(feature = "kafka")]

@@ -11,14 +11,28 @@
 //! batch_rows = 10000              # load when this many rows wait …
 //! max_age_s = 10                  # … or when the oldest has waited this long
 //! start = "beginning"             # or "now", or a time: "2026-12-01T00:00:00Z"
+//! exclude_tables = ["order_refunded"]              # selective sync: tables not loaded
+//! exclude_columns = { tracks = ["context_ip"] }    # … and columns, per table
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use crate::naming::schema_name;
+use crate::shape::Row;
+
+/// The settings a warehouse takes.
+const KEYS: &[&str] = &[
+    "url",
+    "schemas",
+    "batch_rows",
+    "max_age_s",
+    "start",
+    "exclude_tables",
+    "exclude_columns",
+];
 
 /// The type name of warehouse destinations in `[[destinations]]`.
 pub const KIND: &str = "warehouse";
@@ -38,6 +52,10 @@ pub struct WarehouseSettings {
     pub max_age: Duration,
     /// Where a new warehouse starts in the log (once it has a cursor, it goes on from it).
     pub start: Start,
+    /// Selective sync: tables not loaded (warehouse names, `order_refunded`).
+    pub exclude_tables: BTreeSet<String>,
+    /// Selective sync: columns not loaded, per table.
+    pub exclude_columns: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Where a new warehouse starts reading.
@@ -72,11 +90,10 @@ impl WarehouseSettings {
             message,
         };
         for key in settings.keys() {
-            if !["url", "schemas", "batch_rows", "max_age_s", "start"].contains(&key.as_str()) {
+            if !KEYS.contains(&key.as_str()) {
                 return Err(invalid(
                     key,
-                    "is not a warehouse setting (url, schemas, batch_rows, max_age_s, start)"
-                        .into(),
+                    format!("is not a warehouse setting ({})", KEYS.join(", ")),
                 ));
             }
         }
@@ -143,6 +160,33 @@ impl WarehouseSettings {
                 }
             },
         };
+        let names = |field: &str, v: &Value| -> Result<BTreeSet<String>, InvalidWarehouse> {
+            v.as_array()
+                .and_then(|a| a.iter().map(|n| n.as_str().map(str::to_string)).collect())
+                .ok_or_else(|| invalid(field, format!("must be a list of names, not {v}")))
+        };
+        let exclude_tables = match settings.get("exclude_tables") {
+            None => BTreeSet::new(),
+            Some(v) => names("exclude_tables", v)?,
+        };
+        let mut exclude_columns = BTreeMap::new();
+        match settings.get("exclude_columns") {
+            None => {}
+            Some(Value::Object(m)) => {
+                for (table, v) in m {
+                    exclude_columns.insert(
+                        table.clone(),
+                        names(&format!("exclude_columns.{table}"), v)?,
+                    );
+                }
+            }
+            Some(v) => {
+                return Err(invalid(
+                    "exclude_columns",
+                    format!("must be a table of lists of column names, not {v}"),
+                ))
+            }
+        }
         Ok(WarehouseSettings {
             name: name.to_string(),
             url: url.to_string(),
@@ -152,7 +196,20 @@ impl WarehouseSettings {
             batch_rows: number("batch_rows", 10_000)? as usize,
             max_age: Duration::from_secs(number("max_age_s", 10)?),
             start,
+            exclude_tables,
+            exclude_columns,
         })
+    }
+
+    /// Removes what selective sync leaves out: whole rows of excluded tables, and
+    /// excluded columns (never `id`, the merge key).
+    pub fn select(&self, rows: &mut Vec<Row>) {
+        rows.retain(|r| !self.exclude_tables.contains(&r.table));
+        for r in rows.iter_mut() {
+            if let Some(columns) = self.exclude_columns.get(&r.table) {
+                r.columns.retain(|c, _| c == "id" || !columns.contains(c));
+            }
+        }
     }
 
     /// The log consumer's cursor name.
@@ -212,8 +269,39 @@ mod tests {
                 json!({"url": "postgres://x", "start": "yesterday"}),
                 "start",
             ),
+            (
+                json!({"url": "postgres://x", "exclude_tables": "pages"}),
+                "exclude_tables",
+            ),
+            (
+                json!({"url": "postgres://x", "exclude_columns": {"tracks": [1]}}),
+                "exclude_columns.tracks",
+            ),
+            (
+                json!({"url": "postgres://x", "exclude_columns": []}),
+                "exclude_columns",
+            ),
         ] {
             assert_eq!(settings(v.clone()).unwrap_err().field, field, "{v}");
         }
+    }
+
+    #[test]
+    fn selective_sync_leaves_out_tables_and_columns() {
+        let s = settings(json!({"url": "postgres://x",
+            "exclude_tables": ["pages"],
+            "exclude_columns": {"order_completed": ["coupon", "id"]}}))
+        .unwrap();
+        let mut e = json!({"type": "track", "messageId": "m", "event": "Order Completed",
+                           "properties": {"coupon": "X", "revenue": 3}});
+        let mut rows = crate::shape::shape(&e).rows;
+        e["type"] = json!("page");
+        rows.extend(crate::shape::shape(&e).rows);
+        s.select(&mut rows);
+        let tables: Vec<&str> = rows.iter().map(|r| r.table.as_str()).collect();
+        assert_eq!(tables, ["tracks", "order_completed"]);
+        let order = &rows[1].columns;
+        assert!(!order.contains_key("coupon") && order.contains_key("revenue"));
+        assert!(order.contains_key("id"), "the merge key stays");
     }
 }

@@ -46,28 +46,25 @@ fn rows_when(
     }
 }
 
+/// The config of every test: one source.
+const SOURCE: &str =
+    "admin_token = \"test-admin-token\"\n[[sources]]\nname = \"web\"\nwrite_key = \"wk_web_123\"\n";
+
+/// [`SOURCE`] with a warehouse loading it into `schema` (loads after 1 s), plus `extra`
+/// settings.
+fn with_warehouse(schema: &str, extra: &str) -> String {
+    format!(
+        "{SOURCE}[[destinations]]\nname = \"analytics\"\ntype = \"warehouse\"\nsources = [\"web\"]\n\
+         [destinations.settings]\nurl = \"{}\"\nschemas = {{ web = \"{schema}\" }}\nmax_age_s = 1\n{extra}\n",
+        database()
+    )
+}
+
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn events_land_in_segments_tables_once() {
     let schema = format!("wh_e2e_{}", uuid::Uuid::new_v4().simple());
-    let config = format!(
-        r#"
-admin_token = "test-admin-token"
-[[sources]]
-name = "web"
-write_key = "wk_web_123"
-[[destinations]]
-name = "analytics"
-type = "warehouse"
-sources = ["web"]
-[destinations.settings]
-url = "{}"
-schemas = {{ web = "{schema}" }}
-max_age_s = 1
-exclude_columns = {{ pages = ["path"] }}
-"#,
-        database()
-    );
+    let config = with_warehouse(&schema, "exclude_columns = { pages = [\"path\"] }");
     let dir = tempfile::tempdir().unwrap().keep();
     let mut s = Server::start_in(&dir, Some(&config));
     let r = s.send(
@@ -162,7 +159,7 @@ exclude_columns = {{ pages = ["path"] }}
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn a_new_warehouse_starts_from_a_time() {
     let schema = format!("wh_start_{}", uuid::Uuid::new_v4().simple());
-    let source = "admin_token = \"test-admin-token\"\n[[sources]]\nname = \"web\"\nwrite_key = \"wk_web_123\"\n";
+    let source = SOURCE;
     let dir = tempfile::tempdir().unwrap().keep();
     // Two events, received by two runs of a server without the warehouse (so their
     // receive times differ), before the warehouse exists.
@@ -188,20 +185,7 @@ fn a_new_warehouse_starts_from_a_time() {
     let (newer, older) = (received(0), received(1));
     assert!(newer > older, "{newer} after {older}");
     drop(s);
-    let config = format!(
-        r#"{source}
-[[destinations]]
-name = "late"
-type = "warehouse"
-sources = ["web"]
-[destinations.settings]
-url = "{}"
-schemas = {{ web = "{schema}" }}
-max_age_s = 1
-start = "{newer}"
-"#,
-        database()
-    );
+    let config = with_warehouse(&schema, &format!("start = \"{newer}\""));
     let _s = Server::start_in(&dir, Some(&config));
     let rows = rows_when(
         &format!("SELECT id FROM {schema}.signed_up ORDER BY id"),

@@ -135,12 +135,8 @@ mod tests {
                     let seen_tx = seen_tx.clone();
                     async move {
                         let cursor = worker.committed_cursor().await;
-                        let name: &'static str = if &*worker.consumer == "fresh" {
-                            "fresh"
-                        } else {
-                            "resumed"
-                        };
-                        seen_tx.send((name, "cursor", cursor)).unwrap();
+                        let name = worker.consumer.to_string();
+                        seen_tx.send((name.clone(), "cursor", cursor)).unwrap();
                         // A pause in progress ends when the node stops.
                         while !worker.stopped() {
                             worker.pause().await;
@@ -155,8 +151,12 @@ mod tests {
         assert_eq!(
             cursors,
             vec![
-                ("fresh", "cursor", Some(sluice_log::position(0, 0))),
-                ("resumed", "cursor", Some(42)),
+                (
+                    "fresh".to_string(),
+                    "cursor",
+                    Some(sluice_log::position(0, 0))
+                ),
+                ("resumed".to_string(), "cursor", Some(42)),
             ]
         );
         stop_tx.send(true).unwrap();

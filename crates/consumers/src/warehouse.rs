@@ -34,9 +34,14 @@ pub async fn run(
     .await;
 }
 
-/// Rows waiting for their load, by schema, and the offset after the last event read.
+/// Rows by schema.
+type Batch = BTreeMap<String, Vec<Row>>;
+
+/// Rows waiting for their load, and the offset after the last event read.
 struct Pending {
-    rows: Vec<(String, Row)>,
+    rows: Batch,
+    /// How many rows `rows` holds.
+    count: usize,
     since: Option<Instant>,
     next: u64,
 }
@@ -68,7 +73,8 @@ async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionW
         metrics::counter!("sluice_warehouse_dropped_keys_total", "warehouse" => name.clone());
     let mut client: Option<postgres::Client> = None;
     let mut pending = Pending {
-        rows: Vec::new(),
+        rows: Batch::new(),
+        count: 0,
         since: None,
         next: committed,
     };
@@ -102,9 +108,12 @@ async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionW
                     if !shaped.rows.is_empty() && pending.since.is_none() {
                         pending.since = Some(Instant::now());
                     }
+                    pending.count += shaped.rows.len();
                     pending
                         .rows
-                        .extend(shaped.rows.into_iter().map(|r| (schema.clone(), r)));
+                        .entry(schema.clone())
+                        .or_default()
+                        .extend(shaped.rows);
                 }
                 !events.is_empty()
             }
@@ -114,12 +123,12 @@ async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionW
                 continue;
             }
         };
-        let due = pending.rows.len() >= warehouse.batch_rows
+        let due = pending.count >= warehouse.batch_rows
             || pending
                 .since
                 .is_some_and(|t| t.elapsed() >= warehouse.max_age)
             || worker.stopped();
-        if !pending.rows.is_empty() && due {
+        if pending.count > 0 && due {
             let batch = std::mem::take(&mut pending.rows);
             let (url, taken) = (warehouse.url.clone(), client.take());
             let result = tokio::task::spawn_blocking(move || load_batch(taken, &url, batch)).await;
@@ -128,7 +137,7 @@ async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionW
                     client = c;
                     rows_total.increment(loaded.rows.values().sum());
                     discards_total.increment(loaded.discarded);
-                    pending.since = None;
+                    (pending.count, pending.since) = (0, None);
                     if let Err(e) = worker.log.commit(&worker.consumer, pending.next).await {
                         tracing::warn!(error = %e, warehouse = %name, "warehouse consumer cannot commit its cursor");
                     } else {
@@ -151,14 +160,15 @@ async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionW
                 Err(e) => {
                     tracing::error!(error = %e, warehouse = %name, "warehouse load task failed; reading again");
                     pending = Pending {
-                        rows: Vec::new(),
+                        rows: Batch::new(),
+                        count: 0,
                         since: None,
                         next: committed,
                     };
                     continue;
                 }
             }
-        } else if pending.rows.is_empty() && pending.next > committed {
+        } else if pending.count == 0 && pending.next > committed {
             // Nothing of this warehouse's sources: move the cursor on.
             if worker
                 .log
@@ -194,18 +204,13 @@ async fn start_cursor(
     Ok(c)
 }
 
-/// Loads a batch (rows by schema) on a connection, opening one when there is none; gives
-/// back the connection (while it works) and the batch, for a retry when the load failed.
-#[allow(clippy::type_complexity)]
+/// Loads a batch on a connection, opening one when there is none; gives back the
+/// connection (while it works) and the batch, for a retry when the load failed.
 fn load_batch(
     client: Option<postgres::Client>,
     url: &str,
-    batch: Vec<(String, Row)>,
-) -> (
-    Option<postgres::Client>,
-    Vec<(String, Row)>,
-    Result<Loaded, String>,
-) {
+    batch: Batch,
+) -> (Option<postgres::Client>, Batch, Result<Loaded, String>) {
     let mut c = match client {
         Some(c) if !c.is_closed() => c,
         _ => match postgres::Client::connect(url, postgres::NoTls) {
@@ -213,16 +218,9 @@ fn load_batch(
             Err(e) => return (None, batch, Err(format!("cannot connect: {e}"))),
         },
     };
-    let mut by_schema: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    for (schema, row) in &batch {
-        by_schema
-            .entry(schema.clone())
-            .or_default()
-            .push(row.clone());
-    }
     let mut loaded = Loaded::default();
-    for (schema, rows) in by_schema {
-        match sluice_warehouse::load::load(&mut c, &schema, &rows) {
+    for (schema, rows) in &batch {
+        match sluice_warehouse::load::load(&mut c, schema, rows) {
             Ok(l) => {
                 loaded.discarded += l.discarded;
                 for (t, n) in l.rows {

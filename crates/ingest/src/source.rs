@@ -64,10 +64,6 @@ impl Source {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.settings.name
-    }
-
     /// Counts the bytes of a call this source accepted (before decompression).
     pub fn count_bytes(&self, n: usize) {
         self.metrics.bytes.increment(n as u64);

@@ -1,7 +1,8 @@
 //! The profile store's algorithm over any SQL database: filing events (observations,
 //! event references, traits, links), re-resolving connected components, erasing
-//! identifiers. Each implementation (`profiles.rs` for SQLite, `postgres.rs`) provides the
-//! primitive statements as a [`GraphTx`] on one of its transactions; the logic is here once.
+//! identifiers. Each implementation (`sqlite/profiles.rs`, `postgres/profiles.rs`)
+//! provides the primitive statements as a [`GraphTx`] on one of its transactions; the
+//! logic is here once.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 

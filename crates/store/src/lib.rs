@@ -68,9 +68,6 @@ pub enum StoreError {
     /// does not know).
     #[error("state store error: {0}")]
     Incompatible(String),
-    /// A stored value cannot be read back (it was written by something else).
-    #[error("state store error: corrupt {what}: {reason}")]
-    Corrupt { what: &'static str, reason: String },
 }
 
 impl From<tokio::task::JoinError> for StoreError {

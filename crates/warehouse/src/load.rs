@@ -214,7 +214,6 @@ fn load_table(
                 .get(name)
                 .and_then(|c| fit(c, Some(ColumnType::Text)).ok())
         };
-        let (id, received_at) = (as_text("id"), as_text("received_at"));
         for (i, name) in written.iter().enumerate() {
             if i > 0 {
                 data.push(b',');
@@ -227,10 +226,10 @@ fn load_table(
                         let raw = fit(cell, Some(ColumnType::Text)).unwrap_or_default();
                         discards.push((
                             (*name).clone(),
-                            id.clone(),
+                            as_text("id"),
                             raw,
                             reason,
-                            received_at.clone(),
+                            as_text("received_at"),
                         ));
                         None
                     }

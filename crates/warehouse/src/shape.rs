@@ -191,7 +191,6 @@ pub fn shape(event: &Value) -> Shaped {
     }
     let field = |name: &str| event.get(name);
     let common = |table: &str, dropped: &mut Vec<Dropped>| common_row(event, table, dropped);
-    let push = add_row;
     let event_name = field("event").and_then(Value::as_str);
     match kind {
         "track" => {
@@ -209,10 +208,10 @@ pub fn shape(event: &Value) -> Shaped {
             let own: Vec<(&str, Option<&Value>)> =
                 own.iter().map(|(c, v)| (*c, v.as_ref())).collect();
             let row = common("tracks", &mut out.dropped);
-            push(&mut out, row, &own, None);
+            add_row(&mut out, row, &own, None);
             if let Some(table) = slug {
                 let row = common(&table, &mut out.dropped);
-                push(
+                add_row(
                     &mut out,
                     row,
                     &own,
@@ -222,27 +221,13 @@ pub fn shape(event: &Value) -> Shaped {
         }
         "identify" => {
             let row = common("identifies", &mut out.dropped);
-            push(&mut out, row, &[], Some(("traits", field("traits"))));
-            if field("userId").and_then(Cell::of).is_some() {
-                let row = Row {
-                    table: "users".into(),
-                    columns: BTreeMap::new(),
-                };
-                push(
-                    &mut out,
-                    row,
-                    &[
-                        ("id", field("userId")),
-                        ("received_at", field("receivedAt")),
-                    ],
-                    Some(("traits", field("traits"))),
-                );
-            }
+            add_row(&mut out, row, &[], Some(("traits", field("traits"))));
+            add_entity(&mut out, "users", event, "userId");
         }
         "page" | "screen" => {
             let table = if kind == "page" { "pages" } else { "screens" };
             let row = common(table, &mut out.dropped);
-            push(
+            add_row(
                 &mut out,
                 row,
                 &[("name", field("name"))],
@@ -251,35 +236,42 @@ pub fn shape(event: &Value) -> Shaped {
         }
         "group" => {
             let row = common("groups", &mut out.dropped);
-            push(
+            add_row(
                 &mut out,
                 row,
                 &[("group_id", field("groupId"))],
                 Some(("traits", field("traits"))),
             );
-            if field("groupId").and_then(Cell::of).is_some() {
-                let row = Row {
-                    table: "accounts".into(),
-                    columns: BTreeMap::new(),
-                };
-                push(
-                    &mut out,
-                    row,
-                    &[
-                        ("id", field("groupId")),
-                        ("received_at", field("receivedAt")),
-                    ],
-                    Some(("traits", field("traits"))),
-                );
-            }
+            add_entity(&mut out, "accounts", event, "groupId");
         }
         "alias" => {
             let row = common("aliases", &mut out.dropped);
-            push(&mut out, row, &[("previous_id", field("previousId"))], None);
+            add_row(&mut out, row, &[("previous_id", field("previousId"))], None);
         }
         _ => {}
     }
     out
+}
+
+/// The one row per user or group (`users`, `accounts`): `id` from the event's `id_key`,
+/// `received_at` and the traits; none when the event has no such id.
+fn add_entity(out: &mut Shaped, table: &str, event: &Value, id_key: &str) {
+    if event.get(id_key).and_then(Cell::of).is_none() {
+        return;
+    }
+    let row = Row {
+        table: table.to_string(),
+        columns: BTreeMap::new(),
+    };
+    add_row(
+        out,
+        row,
+        &[
+            ("id", event.get(id_key)),
+            ("received_at", event.get("receivedAt")),
+        ],
+        Some(("traits", event.get("traits"))),
+    );
 }
 
 /// A row of `table` with the common columns of `event`.

@@ -11,7 +11,8 @@
 //! Deleting a subject: wait until the profile consumer has filed every event accepted so
 //! far; take the subject's profile (all its identifiers); erase the events of its user
 //! ids and anonymous ids from the log, its profile data, retry-queue entries, dead
-//! letters and refused-item records; then send the deletion to each destination.
+//! letters and refused-item records; once each warehouse has loaded what the log held,
+//! delete the subject's rows from it; then send the deletion to each destination.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,6 +26,7 @@ use sluice_log::{EraseFilter, EventLog, LogError};
 use sluice_store::{Store, StoreError};
 
 use crate::profiles::ProfileConsumer;
+use crate::warehouse::Warehouse;
 
 /// Most subject ids one regulation may name (Segment's limit).
 pub const MAX_SUBJECTS: usize = 5_000;
@@ -165,6 +167,8 @@ pub struct Regulations {
     pub profiles: Arc<ProfileConsumer>,
     /// The destinations deletions are forwarded to (set once at start).
     pub destinations: Arc<OnceLock<Arc<Router>>>,
+    /// The warehouses a subject's rows are deleted from.
+    pub warehouses: Vec<Arc<Warehouse>>,
     /// Regulations being carried out (ids), so each runs once.
     running: Mutex<HashSet<String>>,
 }
@@ -176,6 +180,7 @@ impl Regulations {
         ingest: Arc<Ingest>,
         profiles: Arc<ProfileConsumer>,
         destinations: Arc<OnceLock<Arc<Router>>>,
+        warehouses: Vec<Arc<Warehouse>>,
     ) -> Regulations {
         Regulations {
             log,
@@ -183,6 +188,7 @@ impl Regulations {
             ingest,
             profiles,
             destinations,
+            warehouses,
             running: Mutex::default(),
         }
     }
@@ -273,7 +279,10 @@ impl Regulations {
         reg.status = RegulationStatus::Running;
         let _ = self.save(&reg).await;
         match self.erase(&reg).await {
-            Ok(erased) => reg.erased = erased,
+            Ok((erased, warehouses)) => {
+                reg.erased = erased;
+                reg.destinations.extend(warehouses);
+            }
             Err(e) => {
                 tracing::error!(regulation = %reg.id, error = %e, "deletion failed");
                 reg.status = RegulationStatus::Failed;
@@ -327,8 +336,12 @@ impl Regulations {
         }
     }
 
-    /// Erases the subjects' data from the log and the state store.
-    async fn erase(&self, reg: &Regulation) -> Result<Value, PrivacyError> {
+    /// Erases the subjects' data from the log, the state store and the warehouses (one
+    /// outcome per warehouse).
+    async fn erase(
+        &self,
+        reg: &Regulation,
+    ) -> Result<(Value, Vec<sluice_destinations::DeletionOutcome>), PrivacyError> {
         // Every event accepted before now must be filed, so the profile is complete.
         let mut ends = Vec::new();
         for p in 0..self.log.partitions() {
@@ -397,14 +410,75 @@ impl Regulations {
             .map(|i| Value::String(i.value).to_string())
             .collect();
         let state = self.store.erase_state(user_keys, needles).await?;
-        Ok(json!({
-            "events": events,
-            "identifiers": profiles.identities,
-            "traits": profiles.traits,
-            "profileEvents": profiles.events,
-            "retryQueue": state.pending,
-            "deadLetters": state.dead_letters,
-            "rejected": state.rejected,
-        }))
+        let (warehouse_rows, warehouses) = self
+            .erase_warehouses(reg, &ends, user_ids, anonymous_ids)
+            .await;
+        Ok((
+            json!({
+                "events": events,
+                "identifiers": profiles.identities,
+                "traits": profiles.traits,
+                "profileEvents": profiles.events,
+                "retryQueue": state.pending,
+                "deadLetters": state.dead_letters,
+                "rejected": state.rejected,
+                "warehouseRows": warehouse_rows,
+            }),
+            warehouses,
+        ))
+    }
+
+    /// Deletes the subjects' rows from every warehouse, once each has loaded what was in
+    /// the log before the regulation (`ends`): rows loaded later would bring them back.
+    /// Each warehouse's outcome, failed when it cannot be reached (the regulation is then
+    /// PARTIAL_SUCCESS and says which).
+    async fn erase_warehouses(
+        &self,
+        reg: &Regulation,
+        ends: &[u64],
+        user_ids: HashSet<String>,
+        anonymous_ids: HashSet<String>,
+    ) -> (u64, Vec<sluice_destinations::DeletionOutcome>) {
+        let mut users: Vec<String> = user_ids.into_iter().collect();
+        let mut anonymous: Vec<String> = anonymous_ids.into_iter().collect();
+        users.sort();
+        anonymous.sort();
+        let mut rows = 0;
+        let mut outcomes = Vec::new();
+        for w in &self.warehouses {
+            if w.settings.enabled {
+                let wait = Duration::from_secs(60) + w.settings.max_age;
+                let deadline = tokio::time::Instant::now() + wait;
+                while !w.caught_up(self.log.as_ref(), ends).await {
+                    if tokio::time::Instant::now() > deadline {
+                        tracing::warn!(regulation = %reg.id, warehouse = %w.settings.name, "a warehouse is behind; deleting what it has loaded");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            let (status, detail) = match w.erase(users.clone(), anonymous.clone()).await {
+                Ok(n) => {
+                    rows += n;
+                    (
+                        DeletionStatus::Finished,
+                        format!("{n} warehouse rows deleted"),
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(regulation = %reg.id, warehouse = %w.settings.name, error = %e, "warehouse deletion failed");
+                    (
+                        DeletionStatus::Failed,
+                        format!("warehouse deletion failed: {e}"),
+                    )
+                }
+            };
+            outcomes.push(sluice_destinations::DeletionOutcome {
+                destination: w.settings.name.clone(),
+                status,
+                detail,
+            });
+        }
+        (rows, outcomes)
     }
 }

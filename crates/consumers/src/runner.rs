@@ -70,8 +70,13 @@ impl PartitionWorker {
 
     /// Waits [`RETRY`] after a failure; `true` when the worker was stopped meanwhile.
     pub async fn pause(&mut self) -> bool {
+        self.pause_for(RETRY).await
+    }
+
+    /// Waits `wait` (a backoff); `true` when the worker was stopped meanwhile.
+    pub async fn pause_for(&mut self, wait: Duration) -> bool {
         tokio::select! {
-            _ = tokio::time::sleep(RETRY) => false,
+            _ = tokio::time::sleep(wait) => false,
             _ = self.stop.changed() => true,
             _ = self.halt.changed() => true,
         }

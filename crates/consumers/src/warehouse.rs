@@ -3,14 +3,21 @@
 //! Segment's rows (`sluice_warehouse::shape`), and loads them (`sluice_warehouse::load`)
 //! once `batch_rows` rows wait or the oldest has waited `max_age`; the cursor is committed
 //! only after the load has committed, so a crash or a failed load reads the same events
-//! again, and the merge on `id` keeps each event once.
+//! again, and the merge on `id` keeps each event once. A failed load is tried again with
+//! a backoff (1 s doubling to [`MAX_BACKOFF`]); ingest and other destinations go on.
+//!
+//! [`Warehouse`] is what the rest of the server sees of one: its settings, its sync
+//! history (each load: when, how long, rows per table, discards, error), its lag, a
+//! window replay, and the deletion of a subject's rows for a regulation.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use sluice_log::EventLog;
-use sluice_warehouse::load::Loaded;
+use sluice_warehouse::load::{LoadError, Loaded};
+use sluice_warehouse::postgres::Postgres;
 use sluice_warehouse::settings::{Start, WarehouseSettings};
 use sluice_warehouse::shape::{shape, Row};
 use tokio::sync::watch;
@@ -20,14 +27,327 @@ use crate::runner::PartitionWorker;
 /// Events read at a time.
 const READ_MAX: usize = 5_000;
 
+/// Syncs kept in a warehouse's history (in memory, per node).
+pub const SYNC_HISTORY: usize = 200;
+
+/// The longest wait between two tries of a failed load.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One load, as the sync history shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sync {
+    /// `load` (the consumer) or `replay` (a window replay).
+    pub kind: &'static str,
+    pub partition: u32,
+    pub started_at: String,
+    pub duration_ms: u64,
+    /// Events whose rows the load held.
+    pub events: u64,
+    /// Rows written per `schema.table`.
+    pub rows: BTreeMap<String, u64>,
+    pub discards: u64,
+    pub columns_added: u64,
+    /// Why the load failed (it is tried again; its rows wait in the log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A window replay of a warehouse, as `…/replays` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Replay {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    /// `running`, `finished` or `failed`.
+    pub status: &'static str,
+    pub events: u64,
+    pub rows: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One warehouse destination as the server holds it.
+pub struct Warehouse {
+    pub settings: WarehouseSettings,
+    syncs: Mutex<VecDeque<Sync>>,
+    replays: Mutex<Vec<Replay>>,
+}
+
+impl Warehouse {
+    pub fn new(settings: WarehouseSettings) -> Warehouse {
+        Warehouse {
+            settings,
+            syncs: Mutex::default(),
+            replays: Mutex::default(),
+        }
+    }
+
+    /// The latest syncs, newest first.
+    pub fn syncs(&self) -> Vec<Sync> {
+        let syncs = self.syncs.lock().unwrap_or_else(|e| e.into_inner());
+        syncs.iter().rev().cloned().collect()
+    }
+
+    fn record(&self, sync: Sync) {
+        let mut syncs = self.syncs.lock().unwrap_or_else(|e| e.into_inner());
+        if syncs.len() == SYNC_HISTORY {
+            syncs.pop_front();
+        }
+        syncs.push_back(sync);
+    }
+
+    pub fn replays(&self) -> Vec<Replay> {
+        self.replays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_replay(&self, replay: &Replay) {
+        let mut all = self.replays.lock().unwrap_or_else(|e| e.into_inner());
+        match all.iter_mut().find(|r| r.id == replay.id) {
+            Some(r) => *r = replay.clone(),
+            None => all.push(replay.clone()),
+        }
+    }
+
+    /// Events of the log not yet loaded (committed), over all partitions.
+    pub async fn lag(&self, log: &dyn EventLog) -> Result<u64, sluice_log::LogError> {
+        let consumer = self.settings.consumer();
+        let mut lag = 0;
+        for p in 0..log.partitions() {
+            let end = log.end_offset(p).await?;
+            let cursor = log
+                .cursor(&consumer, p)
+                .await?
+                .unwrap_or(sluice_log::position(p, 0));
+            lag += end.saturating_sub(cursor.max(sluice_log::position(p, 0)));
+        }
+        Ok(lag)
+    }
+
+    /// Whether every event before `ends` (one offset per partition) is loaded.
+    pub async fn caught_up(&self, log: &dyn EventLog, ends: &[u64]) -> bool {
+        let consumer = self.settings.consumer();
+        for (p, end) in ends.iter().enumerate() {
+            match log.cursor(&consumer, p as u32).await {
+                Ok(Some(c)) if c >= *end => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Deletes the rows of these users from every schema of this warehouse; the rows
+    /// deleted.
+    pub async fn erase(
+        &self,
+        user_ids: Vec<String>,
+        anonymous_ids: Vec<String>,
+    ) -> Result<u64, String> {
+        let url = self.settings.url.clone();
+        let schemas: Vec<String> = self.settings.schemas.values().cloned().collect();
+        tokio::task::spawn_blocking(move || {
+            let mut db = Postgres::connect(&url).map_err(|e| e.to_string())?;
+            let mut n = 0;
+            for schema in schemas {
+                n += sluice_warehouse::load::Dialect::erase(
+                    &mut db,
+                    &schema,
+                    &user_ids,
+                    &anonymous_ids,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            Ok(n)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Loads again the events received in `[from_ms, to_ms)` (each `id` stays once: the
+    /// merge replaces the rows loaded before). Runs in the background; follow it in
+    /// [`Warehouse::replays`].
+    pub fn replay(
+        self: &Arc<Self>,
+        log: Arc<dyn EventLog>,
+        from_ms: i64,
+        to_ms: i64,
+        stop: watch::Receiver<bool>,
+    ) -> Replay {
+        let iso = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| sluice_spec::time::format_timestamp(&t))
+                .unwrap_or_default()
+        };
+        let mut job = Replay {
+            id: format!(
+                "wr-{}-{}",
+                self.settings.name,
+                chrono::Utc::now().timestamp_millis()
+            ),
+            from: iso(from_ms),
+            to: iso(to_ms),
+            status: "running",
+            events: 0,
+            rows: 0,
+            error: None,
+        };
+        self.set_replay(&job);
+        let this = self.clone();
+        let started = job.clone();
+        tokio::spawn(async move {
+            match this.run_replay(&log, from_ms, to_ms, &mut job, stop).await {
+                Ok(()) => job.status = "finished",
+                Err(e) => {
+                    job.status = "failed";
+                    job.error = Some(e);
+                }
+            }
+            this.set_replay(&job);
+        });
+        started
+    }
+
+    async fn run_replay(
+        &self,
+        log: &Arc<dyn EventLog>,
+        from_ms: i64,
+        to_ms: i64,
+        job: &mut Replay,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let mut db: Option<Postgres> = None;
+        for p in 0..log.partitions() {
+            let mut next = log.offset_at(p, from_ms).await.map_err(|e| e.to_string())?;
+            let end = log.offset_at(p, to_ms).await.map_err(|e| e.to_string())?;
+            while next < end {
+                if *stop.borrow() {
+                    return Err("the server stopped".into());
+                }
+                let events = log.read(next, READ_MAX).await.map_err(|e| e.to_string())?;
+                let Some(last) = events.last() else { break };
+                next = last.offset + 1;
+                let mut batch = Batch::new();
+                let mut count = 0;
+                for e in events.iter().filter(|e| e.offset < end) {
+                    if e.received_at_ms >= from_ms && e.received_at_ms < to_ms {
+                        count += self.take(e, i64::MIN, &mut batch);
+                    }
+                }
+                if count == 0 {
+                    continue;
+                }
+                let started = Instant::now();
+                let started_at = sluice_spec::time::format_timestamp(&chrono::Utc::now());
+                let url = self.settings.url.clone();
+                let (d, batch_back, result) =
+                    tokio::task::spawn_blocking(move || load_batch(db, &url, batch))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                drop(batch_back);
+                db = d;
+                let events_n = count as u64;
+                match result {
+                    Ok(loaded) => {
+                        job.events += events_n;
+                        job.rows += loaded.rows.values().sum::<u64>();
+                        self.set_replay(job);
+                        self.record(sync_of(
+                            "replay",
+                            p,
+                            started_at,
+                            started,
+                            events_n,
+                            Ok(&loaded),
+                        ));
+                    }
+                    Err(e) => {
+                        self.record(sync_of("replay", p, started_at, started, events_n, Err(&e)));
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the rows of one stored event of this warehouse's sources to `batch`; the
+    /// number of rows added.
+    fn take(&self, e: &sluice_log::StoredEvent, not_before: i64, batch: &mut Batch) -> usize {
+        let Some(schema) = self.settings.schemas.get(&e.source) else {
+            return 0;
+        };
+        if e.received_at_ms < not_before {
+            return 0;
+        }
+        let Ok(event) = serde_json::from_slice::<serde_json::Value>(&e.payload) else {
+            return 0;
+        };
+        if !wanted(&event) {
+            return 0;
+        }
+        let mut shaped = shape(&event);
+        metrics::counter!("sluice_warehouse_dropped_keys_total", "warehouse" => self.settings.name.clone())
+            .increment(shaped.dropped.len() as u64);
+        self.settings.select(&mut shaped.rows);
+        let n = shaped.rows.len();
+        batch.entry(schema.clone()).or_default().extend(shaped.rows);
+        n
+    }
+}
+
+fn sync_of(
+    kind: &'static str,
+    partition: u32,
+    started_at: String,
+    started: Instant,
+    events: u64,
+    result: Result<&Loaded, &String>,
+) -> Sync {
+    let mut sync = Sync {
+        kind,
+        partition,
+        started_at,
+        duration_ms: started.elapsed().as_millis() as u64,
+        events,
+        rows: BTreeMap::new(),
+        discards: 0,
+        columns_added: 0,
+        error: None,
+    };
+    match result {
+        Ok(l) => {
+            sync.rows = l.rows.clone();
+            sync.discards = l.discarded;
+            sync.columns_added = l.columns_added;
+        }
+        Err(e) => sync.error = Some(e.clone()),
+    }
+    sync
+}
+
+/// Sets `sluice_warehouse_lag_events{warehouse}` (events not loaded yet) for each
+/// warehouse; at each scrape of `/metrics`.
+pub async fn record_lag(log: &dyn EventLog, warehouses: &[Arc<Warehouse>]) {
+    for w in warehouses.iter().filter(|w| w.settings.enabled) {
+        if let Ok(lag) = w.lag(log).await {
+            metrics::gauge!("sluice_warehouse_lag_events", "warehouse" => w.settings.name.clone())
+                .set(lag as f64);
+        }
+    }
+}
+
 /// Runs a warehouse's consumer until `stop` turns true.
 pub async fn run(
     log: Arc<dyn EventLog>,
-    warehouse: Arc<WarehouseSettings>,
+    warehouse: Arc<Warehouse>,
     appended: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
 ) {
-    let consumer: Arc<str> = warehouse.consumer().into();
+    let consumer: Arc<str> = warehouse.settings.consumer().into();
     crate::runner::run(log, consumer, appended, stop, |worker| {
         run_partition(warehouse.clone(), worker)
     })
@@ -40,80 +360,71 @@ type Batch = BTreeMap<String, Vec<Row>>;
 /// Rows waiting for their load, and the offset after the last event read.
 struct Pending {
     rows: Batch,
-    /// How many rows `rows` holds.
+    /// How many rows `rows` holds, and how many events they come from.
     count: usize,
+    events: u64,
     since: Option<Instant>,
     next: u64,
 }
 
-async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionWorker) {
+impl Pending {
+    fn at(next: u64) -> Pending {
+        Pending {
+            rows: Batch::new(),
+            count: 0,
+            events: 0,
+            since: None,
+            next,
+        }
+    }
+}
+
+async fn run_partition(warehouse: Arc<Warehouse>, mut worker: PartitionWorker) {
+    let settings = &warehouse.settings;
     let committed = loop {
         if worker.stopped() {
             return;
         }
-        match start_cursor(&worker, &warehouse).await {
+        match start_cursor(&worker, settings).await {
             Ok(c) => break c,
             Err(e) => {
-                tracing::warn!(error = %e, warehouse = %warehouse.name, "warehouse consumer cannot read its cursor; retrying");
+                tracing::warn!(error = %e, warehouse = %settings.name, "warehouse consumer cannot read its cursor; retrying");
                 worker.pause().await;
             }
         }
     };
     // Events received before a `start` time are not the warehouse's (the log's position
     // for a time may hold a few earlier ones).
-    let not_before = match warehouse.start {
+    let not_before = match settings.start {
         Start::At(ms) => ms,
         _ => i64::MIN,
     };
-    let name = warehouse.name.clone();
+    let name = settings.name.clone();
     let rows_total = metrics::counter!("sluice_warehouse_rows_total", "warehouse" => name.clone());
     let discards_total =
         metrics::counter!("sluice_warehouse_discards_total", "warehouse" => name.clone());
-    let dropped_total =
-        metrics::counter!("sluice_warehouse_dropped_keys_total", "warehouse" => name.clone());
-    let mut client: Option<postgres::Client> = None;
-    let mut pending = Pending {
-        rows: Batch::new(),
-        count: 0,
-        since: None,
-        next: committed,
-    };
+    let failures_total =
+        metrics::counter!("sluice_warehouse_load_failures_total", "warehouse" => name.clone());
+    let mut db: Option<Postgres> = None;
+    let mut pending = Pending::at(committed);
     let mut committed = committed;
+    let mut backoff = crate::runner::RETRY;
     loop {
         if worker.stopped() {
             // What waits is read again after the restart: its cursor is not committed.
             return;
         }
         worker.mark_seen();
-        let read = worker.log.read(pending.next, READ_MAX).await;
-        let got_events = match read {
+        let got_events = match worker.log.read(pending.next, READ_MAX).await {
             Ok(events) => {
                 for e in &events {
                     pending.next = e.offset + 1;
-                    let Some(schema) = warehouse.schemas.get(&e.source) else {
-                        continue;
-                    };
-                    if e.received_at_ms < not_before {
-                        continue;
+                    let n = warehouse.take(e, not_before, &mut pending.rows);
+                    if n > 0 {
+                        pending.since.get_or_insert_with(Instant::now);
+                        pending.count += n;
+                        pending.events += 1;
                     }
-                    let Ok(event) = serde_json::from_slice::<serde_json::Value>(&e.payload) else {
-                        continue;
-                    };
-                    if !wanted(&event) {
-                        continue;
-                    }
-                    let mut shaped = shape(&event);
-                    dropped_total.increment(shaped.dropped.len() as u64);
-                    warehouse.select(&mut shaped.rows);
-                    if !shaped.rows.is_empty() && pending.since.is_none() {
-                        pending.since = Some(Instant::now());
-                    }
-                    pending.count += shaped.rows.len();
-                    pending
-                        .rows
-                        .entry(schema.clone())
-                        .or_default()
-                        .extend(shaped.rows);
                 }
                 !events.is_empty()
             }
@@ -123,48 +434,65 @@ async fn run_partition(warehouse: Arc<WarehouseSettings>, mut worker: PartitionW
                 continue;
             }
         };
-        let due = pending.count >= warehouse.batch_rows
+        let due = pending.count >= settings.batch_rows
             || pending
                 .since
-                .is_some_and(|t| t.elapsed() >= warehouse.max_age)
+                .is_some_and(|t| t.elapsed() >= settings.max_age)
             || worker.stopped();
         if pending.count > 0 && due {
             let batch = std::mem::take(&mut pending.rows);
-            let (url, taken) = (warehouse.url.clone(), client.take());
+            let (url, taken) = (settings.url.clone(), db.take());
+            let started = Instant::now();
+            let started_at = sluice_spec::time::format_timestamp(&chrono::Utc::now());
             let result = tokio::task::spawn_blocking(move || load_batch(taken, &url, batch)).await;
+            let p = worker.partition;
             match result {
-                Ok((c, _, Ok(loaded))) => {
-                    client = c;
+                Ok((d, _, Ok(loaded))) => {
+                    db = d;
+                    backoff = crate::runner::RETRY;
+                    warehouse.record(sync_of(
+                        "load",
+                        p,
+                        started_at,
+                        started,
+                        pending.events,
+                        Ok(&loaded),
+                    ));
                     rows_total.increment(loaded.rows.values().sum());
                     discards_total.increment(loaded.discarded);
-                    (pending.count, pending.since) = (0, None);
+                    (pending.count, pending.events, pending.since) = (0, 0, None);
                     if let Err(e) = worker.log.commit(&worker.consumer, pending.next).await {
                         tracing::warn!(error = %e, warehouse = %name, "warehouse consumer cannot commit its cursor");
                     } else {
                         committed = pending.next;
                     }
                 }
-                Ok((c, batch, Err(error))) => {
-                    client = c;
+                Ok((d, batch, Err(error))) => {
+                    db = d;
                     pending.rows = batch;
+                    failures_total.increment(1);
+                    warehouse.record(sync_of(
+                        "load",
+                        p,
+                        started_at,
+                        started,
+                        pending.events,
+                        Err(&error),
+                    ));
                     static QUIET: sluice_log::throttle::Throttle =
                         sluice_log::throttle::Throttle::new(
                             sluice_log::throttle::STORAGE_WARNING_EVERY,
                         );
                     if let Some(skipped) = QUIET.allow() {
-                        tracing::warn!(%error, warehouse = %name, skipped, "warehouse load failed; retrying");
+                        tracing::warn!(%error, warehouse = %name, skipped, retry_in_s = backoff.as_secs(), "warehouse load failed; retrying");
                     }
-                    worker.pause().await;
+                    worker.pause_for(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, warehouse = %name, "warehouse load task failed; reading again");
-                    pending = Pending {
-                        rows: Batch::new(),
-                        count: 0,
-                        since: None,
-                        next: committed,
-                    };
+                    pending = Pending::at(committed);
                     continue;
                 }
             }
@@ -205,32 +533,37 @@ async fn start_cursor(
 }
 
 /// Loads a batch on a connection, opening one when there is none; gives back the
-/// connection (while it works) and the batch, for a retry when the load failed.
+/// connection (while it works) and the batch, for a retry when the load failed. Rows
+/// are counted per `schema.table`.
 fn load_batch(
-    client: Option<postgres::Client>,
+    db: Option<Postgres>,
     url: &str,
     batch: Batch,
-) -> (Option<postgres::Client>, Batch, Result<Loaded, String>) {
-    let mut c = match client {
-        Some(c) if !c.is_closed() => c,
-        _ => match postgres::Client::connect(url, postgres::NoTls) {
-            Ok(c) => c,
-            Err(e) => return (None, batch, Err(format!("cannot connect: {e}"))),
+) -> (Option<Postgres>, Batch, Result<Loaded, String>) {
+    let mut db = match db {
+        Some(d) if !d.is_closed() => d,
+        _ => match Postgres::connect(url) {
+            Ok(d) => d,
+            Err(e) => return (None, batch, Err(e.to_string())),
         },
     };
     let mut loaded = Loaded::default();
     for (schema, rows) in &batch {
-        match sluice_warehouse::load::load(&mut c, schema, rows) {
-            Ok(l) => {
-                loaded.discarded += l.discarded;
-                for (t, n) in l.rows {
-                    *loaded.rows.entry(t).or_default() += n;
-                }
+        match sluice_warehouse::load::load(&mut db, schema, rows) {
+            Ok(mut l) => {
+                l.rows = l
+                    .rows
+                    .into_iter()
+                    .map(|(t, n)| (format!("{schema}.{t}"), n))
+                    .collect();
+                loaded.add(l);
             }
-            Err(e) => return (Some(c), batch, Err(e.to_string())),
+            Err(e @ (LoadError::Refused(_) | LoadError::Failed(_))) => {
+                return (Some(db), batch, Err(e.to_string()))
+            }
         }
     }
-    (Some(c), batch, Ok(loaded))
+    (Some(db), batch, Ok(loaded))
 }
 
 /// Segment's `integrations` rule for warehouses: `{"Warehouses": {"all": false}}`, or

@@ -33,6 +33,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/sources/{name}/live", get(source_live))
         .merge(crate::delivery_api::routes())
         .merge(crate::privacy::routes())
+        .merge(crate::warehouse_api::routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint") })
         .layer(axum::middleware::from_fn_with_state(app, require_token))
 }

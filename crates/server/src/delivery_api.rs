@@ -45,7 +45,10 @@ fn router(app: &App) -> Result<&Arc<Destinations>, ApiError> {
 }
 
 /// A JSON body, with a precise error when it is not one.
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(
             "invalid_body",
@@ -169,7 +172,10 @@ struct FilterParams {
 }
 
 /// An ISO-8601 time or milliseconds since the epoch.
-fn time_param(value: &Option<String>, field: &'static str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn time_param(
+    value: &Option<String>,
+    field: &'static str,
+) -> Result<Option<i64>, ApiError> {
     let Some(v) = value else { return Ok(None) };
     if let Ok(ms) = v.parse::<i64>() {
         return Ok(Some(ms));
@@ -282,6 +288,12 @@ async fn replay_dead_letters(
     Path(name): Path<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<Value>, ApiError> {
+    if crate::warehouse_api::find(&app, &name).is_some() {
+        return Err(ApiError::bad_request(
+            "no_dead_letters",
+            format!("`{name}` is a warehouse: it has no dead letters (a failed load is retried until it succeeds); replay a window of the log instead ({{\"from\", \"to\"}} to /destinations/{name}/replay)"),
+        ));
+    }
     #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields)]
     struct Body {
@@ -341,6 +353,10 @@ async fn replay_window(
         Some(v) => time_param(&Some(text(v)), "to")?.unwrap_or_default(),
         None => chrono::Utc::now().timestamp_millis(),
     };
+    if let Some(w) = crate::warehouse_api::find(&app, &name) {
+        let job = w.replay(app.log.clone(), from, to, app.shutdown.clone());
+        return Ok((StatusCode::ACCEPTED, Json(json!(job))).into_response());
+    }
     let job = router(&app)?.replay_window(&name, from, to).await?;
     Ok((StatusCode::ACCEPTED, Json(job_json(&job))).into_response())
 }
@@ -362,6 +378,9 @@ async fn replays(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(w) = crate::warehouse_api::find(&app, &name) {
+        return Ok(Json(json!({ "data": w.replays() })));
+    }
     let r = router(&app)?;
     r.get(&name)?;
     let jobs = r.replay_jobs(Some(&name)).await?;

@@ -21,6 +21,7 @@ pub mod profile_api;
 pub mod profiles;
 pub mod telemetry;
 pub mod tracking;
+pub mod warehouse_api;
 pub mod webhook_source;
 
 use std::future::Future;
@@ -34,6 +35,7 @@ use sluice_consumers::privacy::Regulations;
 use sluice_consumers::profiles::ProfileConsumer;
 use sluice_consumers::retention::Retention;
 use sluice_consumers::runtime::background;
+use sluice_consumers::warehouse::Warehouse;
 use sluice_destinations::Router as Destinations;
 use sluice_ingest::Ingest;
 use sluice_log::EventLog;
@@ -84,6 +86,8 @@ pub struct App {
     pub profiles: Arc<ProfileConsumer>,
     /// Regulations: suppression and deletion.
     pub regulations: Arc<Regulations>,
+    /// The warehouse destinations (their consumers run when enabled).
+    pub warehouses: Vec<Arc<Warehouse>>,
     /// The Profile API's request bucket (when `[profiles] rate_limit` is set).
     pub(crate) profile_bucket: Option<sluice_ingest::ratelimit::Bucket>,
 }
@@ -107,12 +111,18 @@ impl App {
             stop: shutdown.clone(),
         });
         let destinations = Arc::new(OnceLock::new());
+        let warehouses: Vec<Arc<Warehouse>> = settings
+            .warehouses
+            .iter()
+            .map(|w| Arc::new(Warehouse::new(w.clone())))
+            .collect();
         let regulations = Arc::new(Regulations::new(
             log.clone(),
             store.clone(),
             ingest.clone(),
             profiles.clone(),
             destinations.clone(),
+            warehouses.clone(),
         ));
         let profile_bucket = settings.profiles.rate_limit.map(|per_second| {
             sluice_ingest::ratelimit::Bucket::new(RateLimit {
@@ -130,6 +140,7 @@ impl App {
             ready: AtomicBool::new(true),
             profiles,
             regulations,
+            warehouses,
             profile_bucket,
             destinations,
         })
@@ -212,12 +223,11 @@ pub async fn serve(
     });
     app.regulations.resume().await;
     let warehouses: Vec<_> = app
-        .settings
         .warehouses
         .iter()
-        .filter(|w| w.enabled)
+        .filter(|w| w.settings.enabled)
         .map(|w| {
-            let (log, warehouse) = (app.log.clone(), Arc::new(w.clone()));
+            let (log, warehouse) = (app.log.clone(), w.clone());
             let (appended, stop) = (app.ingest.log_end.subscribe(), app.shutdown.clone());
             // At normal priority, unlike the profile consumer: a warehouse promises its
             // rows within a minute or so, and an idle-class thread gets next to no CPU

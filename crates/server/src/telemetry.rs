@@ -44,6 +44,7 @@ pub async fn render(
     axum::extract::State(app): axum::extract::State<std::sync::Arc<crate::App>>,
 ) -> String {
     sluice_consumers::profiles::record_lag(&app.profiles, std::time::Duration::from_secs(1)).await;
+    sluice_consumers::warehouse::record_lag(app.log.as_ref(), &app.warehouses).await;
     metrics::gauge!("process_resident_memory_bytes").set(resident_bytes() as f64);
     if let Some(peak) = std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -7,14 +7,16 @@
 //! - [`shape`]: one event → the rows it becomes (`tracks` and its event table,
 //!   `identifies` and `users`, `pages`, `screens`, `groups` and `accounts`, `aliases`),
 //!   with Segment's reserved columns, flattening and column types.
-//! - [`load`]: rows into PostgreSQL, one transaction per table: schema evolution, type
-//!   conflicts kept in `sluice_discards`, `COPY` into staging, merge on `id`.
-//!
+//! - [`load`]: rows into a warehouse, one transaction per table: schema evolution, type
+//!   conflicts kept in `sluice_discards`, the column cap, rows the engine refuses; the
+//!   engine's own SQL behind the [`load::Dialect`] trait.
+//! - [`postgres`]: the PostgreSQL dialect (`COPY` into staging, merge on `id`).
 //! - [`settings`]: a warehouse destination's settings (`type = "warehouse"`).
 //!
 //! The log consumer that feeds the loader is `sluice_consumers::warehouse`.
 
 pub mod load;
 pub mod naming;
+pub mod postgres;
 pub mod settings;
 pub mod shape;

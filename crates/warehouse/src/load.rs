@@ -1,73 +1,206 @@
-//! Loading rows into PostgreSQL, one transaction per table:
+//! Loading rows into a warehouse, the part every engine shares; the engine's own SQL is
+//! behind [`Dialect`] (PostgreSQL: [`crate::postgres`]).
 //!
-//! 1. take the table's advisory lock (two nodes loading the same table take turns; the
-//!    schema and `sluice_discards` are created before, under the schema's lock);
-//! 2. create the schema and table when missing, add the columns the rows bring
-//!    (a new column's type is its first value's), read the table's columns;
-//! 3. fit every value to its column: the same type as is, an integer into a float
-//!    column, anything into a text column; a value that cannot fit is written as NULL and
-//!    recorded in `sluice_discards` with the reason, so nothing is lost unseen;
-//! 4. `COPY` the rows into a staging table, then merge: event tables keep one row per `id`
-//!    (the latest `received_at`; a row loaded before with the same `id` is replaced), and
-//!    `users` and `accounts` keep one row per `id` whose every column is the latest
-//!    non-null value the batch brings, else the value it had.
+//! A load takes one schema's rows, table by table, each in one transaction of the
+//! engine:
 //!
-//! Blocking (the synchronous `postgres` client): the consumer runs it on a blocking
-//! thread, as the state store does.
+//! 1. the engine takes the table's lock, creates the table when missing and reads its
+//!    columns;
+//! 2. [`plan`] decides, from those columns and the rows: the columns to add (a new
+//!    column's type is its first value's), and each value as its column holds it — the
+//!    same type as is, an integer into a float column, anything into a text column; a
+//!    value that cannot fit is written as NULL and recorded in `sluice_discards` with the
+//!    reason, so nothing is lost unseen. A table holds at most [`MAX_COLUMNS`] columns;
+//!    the keys past that go, as one JSON object, into its `_unmapped_data` text column;
+//! 3. the engine adds the columns, bulk-loads the rows into staging and merges: event
+//!    tables keep one row per `id` (the latest `received_at`; a row loaded before with
+//!    the same `id` is replaced), `users` and `accounts` keep one row per `id` whose
+//!    every column is the latest non-null value the batch brings, else the value it had.
+//!
+//! When the engine refuses a table's rows for what they hold (a row too wide, a value
+//! out of its range: [`LoadError::Refused`]), the rows are split in halves and loaded
+//! again, down to the one row at fault, which is written whole to `sluice_discards`
+//! with the engine's reason: one bad row never holds back the others, nor is it lost.
+//! Any other failure (the warehouse is down, a permission is missing) fails the load;
+//! nothing of the failed table is kept and the consumer tries again later.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
-use postgres::{Client, Transaction};
+use serde_json::{Map, Value};
 
-use crate::shape::{Cell, ColumnType, Row};
+use crate::shape::{Cell, ColumnType, Row, OWN_COLUMNS};
 
 /// Tables with one row per `id` whose columns are merged, not replaced.
-const MERGED_TABLES: &[&str] = &["users", "accounts"];
+pub const MERGED_TABLES: &[&str] = &["users", "accounts"];
 
-/// Why a load failed. Nothing of the table's rows is kept: its transaction rolled back.
+/// Most columns Sluice gives one table, besides the event's own
+/// ([`OWN_COLUMNS`], never capped). PostgreSQL allows 1,600, counting columns
+/// dropped by hand, and a row must fit in one 8 kB page: 800 eight-byte values and their
+/// null bitmap do. (A row of 800 short strings may not; PostgreSQL refuses it, and the
+/// refused row goes whole to `sluice_discards`, as above.)
+pub const MAX_COLUMNS: usize = 800;
+
+/// The text column that holds, as one JSON object, the keys of a table that reached
+/// [`MAX_COLUMNS`].
+pub const UNMAPPED: &str = "_unmapped_data";
+
+/// The columns a table has: name → type (`None`: a type Sluice does not write, set by
+/// hand; values for it are discarded).
+pub type Columns = BTreeMap<String, Option<ColumnType>>;
+
+/// Why a load failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The engine refused these rows for what they hold; other rows may load.
+    #[error("the warehouse refused the rows: {0}")]
+    Refused(String),
+    /// Anything else: the warehouse cannot be reached, a permission is missing, …
     #[error("warehouse error: {0}")]
-    Postgres(#[from] postgres::Error),
-    #[error("warehouse error: cannot write the staging rows: {0}")]
-    Copy(#[from] std::io::Error),
+    Failed(String),
 }
 
-/// What a load did, per table.
+/// One value (or whole row, `column` = `*`) that could not be written as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discard {
+    pub column: String,
+    pub row_id: Option<String>,
+    /// The value as text (a whole row: its columns as a JSON object).
+    pub value: String,
+    pub reason: String,
+    pub received_at: Option<String>,
+}
+
+/// What to do to one table: the output of [`plan`], the input of
+/// [`Dialect::load_table`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TablePlan {
+    /// Columns to add, with their types.
+    pub add: Vec<(String, ColumnType)>,
+    /// The columns the rows write, in the order of `values`' fields.
+    pub written: Vec<String>,
+    /// Each row's values as text, in `written` order (`None`: NULL).
+    pub values: Vec<Vec<Option<String>>>,
+    pub discards: Vec<Discard>,
+    /// `users` and `accounts`: merged per column rather than replaced.
+    pub merged: bool,
+}
+
+/// What one engine provides. Each method is one transaction; names come quoted by the
+/// engine (they are plain already, see [`crate::naming`]).
+pub trait Dialect {
+    /// Creates the schema and its `sluice_discards` table when missing (safe when two
+    /// nodes do it at once).
+    fn prepare(&mut self, schema: &str) -> Result<(), LoadError>;
+
+    /// In one transaction under the table's lock: creates the table when missing, reads
+    /// its columns, asks `plan` what to write, adds the plan's columns, loads its rows
+    /// (merging as [`TablePlan::merged`] says) and its discards. Returns the rows written.
+    fn load_table(
+        &mut self,
+        schema: &str,
+        table: &str,
+        plan: &mut dyn FnMut(&Columns) -> TablePlan,
+    ) -> Result<TableLoaded, LoadError>;
+
+    /// Writes discards alone (a row the engine refused), in one transaction.
+    fn discard(&mut self, schema: &str, table: &str, discards: &[Discard])
+        -> Result<(), LoadError>;
+
+    /// Deletes, from every table of the schema, the rows of these users (by `user_id`,
+    /// `anonymous_id`, `previous_id`, and `users.id`), and their discards. Returns the
+    /// rows deleted.
+    fn erase(
+        &mut self,
+        schema: &str,
+        user_ids: &[String],
+        anonymous_ids: &[String],
+    ) -> Result<u64, LoadError>;
+}
+
+/// What one table's load did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableLoaded {
+    pub rows: u64,
+    pub discarded: u64,
+    pub columns_added: u64,
+}
+
+/// What a load did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Loaded {
-    /// Rows written (after merging repeats of an `id`).
+    /// Rows written per table (after merging repeats of an `id`).
     pub rows: BTreeMap<String, u64>,
-    /// Values that could not fit their column (written as NULL, kept in `sluice_discards`).
+    /// Values (or whole rows) that could not be written as they came (in `sluice_discards`).
     pub discarded: u64,
     /// Columns added.
     pub columns_added: u64,
 }
 
-impl ColumnType {
-    /// The PostgreSQL type a new column of this type gets.
-    pub fn sql(self) -> &'static str {
-        match self {
-            ColumnType::Boolean => "boolean",
-            ColumnType::Integer => "bigint",
-            ColumnType::Float => "double precision",
-            ColumnType::Timestamp => "timestamptz",
-            ColumnType::Text => "text",
+impl Loaded {
+    pub fn add(&mut self, other: Loaded) {
+        for (t, n) in other.rows {
+            *self.rows.entry(t).or_default() += n;
         }
+        self.discarded += other.discarded;
+        self.columns_added += other.columns_added;
     }
+}
 
-    /// The type of an existing column from `information_schema.columns.data_type`;
-    /// `None` for a type Sluice does not write (changed by hand): its values are discarded.
-    fn of_sql(data_type: &str) -> Option<ColumnType> {
-        Some(match data_type {
-            "boolean" => ColumnType::Boolean,
-            "bigint" | "integer" | "smallint" => ColumnType::Integer,
-            "double precision" | "real" | "numeric" => ColumnType::Float,
-            "timestamp with time zone" | "timestamp without time zone" => ColumnType::Timestamp,
-            "text" | "character varying" | "character" => ColumnType::Text,
-            _ => return None,
-        })
+/// Loads `rows` into `schema`, one transaction per table.
+pub fn load(db: &mut dyn Dialect, schema: &str, rows: &[Row]) -> Result<Loaded, LoadError> {
+    let mut by_table: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        by_table.entry(r.table.as_str()).or_default().push(r);
+    }
+    db.prepare(schema)?;
+    let mut loaded = Loaded::default();
+    for (table, rows) in by_table {
+        load_rows(db, schema, table, &rows, &mut loaded)?;
+    }
+    Ok(loaded)
+}
+
+/// One table's rows; on [`LoadError::Refused`], each half again, down to the row at
+/// fault, which goes whole to `sluice_discards`.
+fn load_rows(
+    db: &mut dyn Dialect,
+    schema: &str,
+    table: &str,
+    rows: &[&Row],
+    loaded: &mut Loaded,
+) -> Result<(), LoadError> {
+    let merged = MERGED_TABLES.contains(&table);
+    match db.load_table(schema, table, &mut |columns| plan(rows, columns, merged)) {
+        Ok(l) => {
+            *loaded.rows.entry(table.to_string()).or_default() += l.rows;
+            loaded.discarded += l.discarded;
+            loaded.columns_added += l.columns_added;
+            Ok(())
+        }
+        Err(LoadError::Refused(reason)) if rows.len() == 1 => {
+            let row = rows[0];
+            let whole: Map<String, Value> = row
+                .columns
+                .iter()
+                .map(|(k, c)| (k.clone(), Value::String(text(c))))
+                .collect();
+            let discard = Discard {
+                column: "*".into(),
+                row_id: row.columns.get("id").map(text),
+                value: Value::Object(whole).to_string(),
+                reason,
+                received_at: row.columns.get("received_at").map(text),
+            };
+            db.discard(schema, table, &[discard])?;
+            loaded.discarded += 1;
+            Ok(())
+        }
+        Err(LoadError::Refused(_)) => {
+            let (a, b) = rows.split_at(rows.len() / 2);
+            load_rows(db, schema, table, a, loaded)?;
+            load_rows(db, schema, table, b, loaded)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -82,9 +215,9 @@ fn type_name(t: Option<ColumnType>) -> &'static str {
     }
 }
 
-/// A value as its column can hold it, or why it cannot.
-fn fit(cell: &Cell, column: Option<ColumnType>) -> Result<String, String> {
-    let text = match cell {
+/// A value as text, as a text column holds it (timestamps in one form every engine reads).
+fn text(cell: &Cell) -> String {
+    match cell {
         Cell::Boolean(b) => b.to_string(),
         Cell::Integer(i) => i.to_string(),
         Cell::Float(f) => f.to_string(),
@@ -92,10 +225,16 @@ fn fit(cell: &Cell, column: Option<ColumnType>) -> Result<String, String> {
             .map(|t| sluice_spec::time::format_timestamp(&t))
             .unwrap_or_else(|| t.clone()),
         Cell::Text(s) => s.clone(),
-    };
+    }
+}
+
+/// A value as its column can hold it, or why it cannot.
+fn fit(cell: &Cell, column: Option<ColumnType>) -> Result<String, String> {
     match (cell.column_type(), column) {
-        (from, Some(to)) if from == to => Ok(text),
-        (ColumnType::Integer, Some(ColumnType::Float)) | (_, Some(ColumnType::Text)) => Ok(text),
+        (from, Some(to)) if from == to => Ok(text(cell)),
+        (ColumnType::Integer, Some(ColumnType::Float)) | (_, Some(ColumnType::Text)) => {
+            Ok(text(cell))
+        }
         (from, to) => Err(format!(
             "incompatible schema conversion from {} to {}",
             type_name(Some(from)),
@@ -104,213 +243,92 @@ fn fit(cell: &Cell, column: Option<ColumnType>) -> Result<String, String> {
     }
 }
 
-/// `"name"`: names are plain already (see `naming`); quoting keeps any name safe.
-fn q(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// One CSV field: quoted, or NULL (an unquoted empty field).
-fn csv(out: &mut Vec<u8>, value: Option<&str>) {
-    if let Some(v) = value {
-        out.push(b'"');
-        out.extend_from_slice(v.replace('"', "\"\"").as_bytes());
-        out.push(b'"');
-    }
-}
-
-/// Loads `rows` into `schema`, one transaction per table.
-pub fn load(client: &mut Client, schema: &str, rows: &[Row]) -> Result<Loaded, LoadError> {
-    let mut by_table: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
-    for r in rows {
-        by_table.entry(r.table.as_str()).or_default().push(r);
-    }
-    // The schema and the discards table first, under the schema's lock: concurrent
-    // `CREATE … IF NOT EXISTS` of one name can fail in PostgreSQL.
-    let mut tx = client.transaction()?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7331))",
-        &[&schema],
-    )?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {s};
-         CREATE TABLE IF NOT EXISTS {s}.sluice_discards (
-             table_name text NOT NULL, column_name text NOT NULL, row_id text,
-             value text, reason text NOT NULL, received_at timestamptz,
-             uuid_ts timestamptz NOT NULL DEFAULT now());",
-        s = q(schema)
-    ))?;
-    tx.commit()?;
-    let mut loaded = Loaded::default();
-    for (table, rows) in by_table {
-        let mut tx = client.transaction()?;
-        load_table(&mut tx, schema, table, &rows, &mut loaded)?;
-        tx.commit()?;
-    }
-    Ok(loaded)
-}
-
-fn load_table(
-    tx: &mut Transaction<'_>,
-    schema: &str,
-    table: &str,
-    rows: &[&Row],
-    loaded: &mut Loaded,
-) -> Result<(), LoadError> {
-    let merged = MERGED_TABLES.contains(&table);
-    let full = format!("{}.{}", q(schema), q(table));
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7331))",
-        &[&format!("{schema}.{table}")],
-    )?;
-    tx.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {full} (
-             id text {key}, received_at timestamptz, uuid_ts timestamptz);
-         CREATE INDEX IF NOT EXISTS {index} ON {full} (id);",
-        key = if merged { "PRIMARY KEY" } else { "NOT NULL" },
-        index = q(&format!("{table}_id")),
-    ))?;
-    // The table's columns as they are, then the ones the rows bring (first value's type).
-    let mut columns: BTreeMap<String, Option<ColumnType>> = tx
-        .query(
-            "SELECT column_name, data_type FROM information_schema.columns
-             WHERE table_schema = $1 AND table_name = $2",
-            &[&schema, &table],
-        )?
-        .iter()
-        .map(|r| {
-            let data_type: String = r.get(1);
-            (r.get::<_, String>(0), ColumnType::of_sql(&data_type))
-        })
-        .collect();
-    let mut added: Vec<(String, ColumnType)> = Vec::new();
-    for row in rows {
-        for (name, cell) in &row.columns {
-            if !columns.contains_key(name) {
-                columns.insert(name.clone(), Some(cell.column_type()));
-                added.push((name.clone(), cell.column_type()));
+/// What to write to a table that has `columns`, for `rows`.
+pub fn plan(rows: &[&Row], columns: &Columns, merged: bool) -> TablePlan {
+    let mut columns = columns.clone();
+    let mut out = TablePlan {
+        merged,
+        ..TablePlan::default()
+    };
+    // The columns the rows bring: the event's own first (they are never capped), then
+    // the others in order of appearance; past the cap, `_unmapped_data`.
+    for own in [true, false] {
+        for row in rows {
+            for (name, cell) in &row.columns {
+                if columns.contains_key(name) || OWN_COLUMNS.contains(&name.as_str()) != own {
+                    continue;
+                }
+                if !own && columns.len() + 1 >= MAX_COLUMNS && !columns.contains_key(UNMAPPED) {
+                    columns.insert(UNMAPPED.into(), Some(ColumnType::Text));
+                    out.add.push((UNMAPPED.into(), ColumnType::Text));
+                }
+                if own || columns.len() < MAX_COLUMNS {
+                    columns.insert(name.clone(), Some(cell.column_type()));
+                    out.add.push((name.clone(), cell.column_type()));
+                }
             }
         }
     }
-    if !added.is_empty() {
-        let adds: Vec<String> = added
-            .iter()
-            .map(|(n, t)| format!("ADD COLUMN IF NOT EXISTS {} {}", q(n), t.sql()))
-            .collect();
-        tx.batch_execute(&format!("ALTER TABLE {full} {}", adds.join(", ")))?;
-        loaded.columns_added += added.len() as u64;
-    }
-    // The columns this load writes, in one order for the staging table and the merge.
-    let written: Vec<&String> = columns
+    let unmapped = |name: &str| !columns.contains_key(name);
+    let mut written: Vec<String> = columns
         .keys()
         .filter(|c| c.as_str() != "uuid_ts" && rows.iter().any(|r| r.columns.contains_key(*c)))
+        .cloned()
         .collect();
-    let mut data = Vec::new();
-    // (column, row id, the value as text, reason, the row's received_at)
-    type Discard = (String, Option<String>, String, String, Option<String>);
-    let mut discards: Vec<Discard> = Vec::new();
+    let any_unmapped = rows.iter().any(|r| r.columns.keys().any(|c| unmapped(c)));
+    if any_unmapped && !written.iter().any(|c| c == UNMAPPED) {
+        written.push(UNMAPPED.into());
+        written.sort();
+    }
     for row in rows {
-        let as_text = |name: &str| {
-            row.columns
-                .get(name)
-                .and_then(|c| fit(c, Some(ColumnType::Text)).ok())
-        };
-        for (i, name) in written.iter().enumerate() {
-            if i > 0 {
-                data.push(b',');
+        let as_text = |name: &str| row.columns.get(name).map(text);
+        let mut extra = Map::new();
+        for (name, cell) in &row.columns {
+            if unmapped(name) {
+                extra.insert(name.clone(), Value::String(text(cell)));
             }
-            let value = match row.columns.get(*name) {
-                None => None,
-                Some(cell) => match fit(cell, columns[*name]) {
+        }
+        let values = written
+            .iter()
+            .map(|name| {
+                if name == UNMAPPED && !extra.is_empty() {
+                    return Some(Value::Object(std::mem::take(&mut extra)).to_string());
+                }
+                let cell = row.columns.get(name)?;
+                match fit(cell, columns[name]) {
                     Ok(v) => Some(v),
                     Err(reason) => {
-                        let raw = fit(cell, Some(ColumnType::Text)).unwrap_or_default();
-                        discards.push((
-                            (*name).clone(),
-                            as_text("id"),
-                            raw,
+                        out.discards.push(Discard {
+                            column: name.clone(),
+                            row_id: as_text("id"),
+                            value: text(cell),
                             reason,
-                            as_text("received_at"),
-                        ));
+                            received_at: as_text("received_at"),
+                        });
                         None
                     }
-                },
-            };
-            csv(&mut data, value.as_deref());
-        }
-        data.push(b'\n');
-    }
-    let list: Vec<String> = written.iter().map(|c| q(c)).collect();
-    let list = list.join(", ");
-    tx.batch_execute(&format!(
-        "CREATE TEMPORARY TABLE sluice_staging (LIKE {full}) ON COMMIT DROP"
-    ))?;
-    let mut copy = tx.copy_in(&format!(
-        "COPY sluice_staging ({list}) FROM STDIN (FORMAT csv)"
-    ))?;
-    copy.write_all(&data)?;
-    copy.finish()?;
-    let n = if merged {
-        // Per id, each column's latest non-null value in the batch, else the one it had.
-        let select: Vec<String> = written
-            .iter()
-            .map(|c| match c.as_str() {
-                "id" => "id".to_string(),
-                _ => format!(
-                    "(array_agg({c} ORDER BY received_at DESC NULLS LAST) FILTER (WHERE {c} IS NOT NULL))[1]",
-                    c = q(c)
-                ),
+                }
             })
             .collect();
-        let mut keep: Vec<String> = written
-            .iter()
-            .filter(|c| c.as_str() != "id")
-            .map(|c| format!("{c} = COALESCE(EXCLUDED.{c}, {full}.{c})", c = q(c)))
-            .collect();
-        keep.push("uuid_ts = EXCLUDED.uuid_ts".into());
-        tx.execute(
-            &format!(
-                "INSERT INTO {full} ({list}, uuid_ts)
-                 SELECT {select}, now() FROM sluice_staging WHERE id IS NOT NULL GROUP BY id
-                 ON CONFLICT (id) DO UPDATE SET {keep}",
-                select = select.join(", "),
-                keep = keep.join(", "),
-            ),
-            &[],
-        )?
-    } else {
-        tx.execute(
-            &format!("DELETE FROM {full} t USING sluice_staging s WHERE t.id = s.id"),
-            &[],
-        )?;
-        tx.execute(
-            &format!(
-                "INSERT INTO {full} ({list}, uuid_ts)
-                 SELECT DISTINCT ON (id) {list}, now() FROM sluice_staging
-                 ORDER BY id, received_at DESC NULLS LAST"
-            ),
-            &[],
-        )?
-    };
-    *loaded.rows.entry(table.to_string()).or_default() += n;
-    if !discards.is_empty() {
-        for (column, row_id, value, reason, received_at) in &discards {
-            tx.execute(
-                &format!(
-                    "INSERT INTO {}.sluice_discards (table_name, column_name, row_id, value, reason, received_at)
-                     VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz)",
-                    q(schema)
-                ),
-                &[&table, column, row_id, value, reason, received_at],
-            )?;
-        }
-        loaded.discarded += discards.len() as u64;
+        out.values.push(values);
     }
-    Ok(())
+    out.written = written;
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(columns: &[(&str, Cell)]) -> Row {
+        Row {
+            table: "t".into(),
+            columns: columns
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
 
     #[test]
     fn values_fit_their_columns_or_say_why_not() {
@@ -330,7 +348,7 @@ mod tests {
             fit(&Cell::Boolean(true), None).unwrap_err(),
             "incompatible schema conversion from boolean to another type"
         );
-        // Timestamps are written in one form PostgreSQL reads.
+        // Timestamps are written in one form every engine reads.
         assert_eq!(
             fit(
                 &Cell::Timestamp("2026-12-07T10:00:00+01:00".into()),
@@ -342,16 +360,68 @@ mod tests {
     }
 
     #[test]
-    fn csv_fields_quote_everything_and_null_is_empty() {
-        let mut out = Vec::new();
-        csv(&mut out, Some("a \"b\", c\nd"));
-        out.push(b',');
-        csv(&mut out, None);
-        out.push(b',');
-        csv(&mut out, Some(""));
+    fn a_plan_adds_new_columns_and_discards_misfits() {
+        let existing: Columns = [
+            ("id".to_string(), Some(ColumnType::Text)),
+            ("n".to_string(), Some(ColumnType::Integer)),
+        ]
+        .into();
+        let a = row(&[
+            ("id", Cell::Text("a".into())),
+            ("n", Cell::Text("x".into())),
+            ("m", Cell::Boolean(true)),
+        ]);
+        let b = row(&[("id", Cell::Text("b".into())), ("n", Cell::Integer(2))]);
+        let p = plan(&[&a, &b], &existing, false);
+        assert_eq!(p.add, vec![("m".to_string(), ColumnType::Boolean)]);
+        assert_eq!(p.written, vec!["id", "m", "n"]);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "\"a \"\"b\"\", c\nd\",,\"\""
+            p.values,
+            vec![
+                vec![Some("a".into()), Some("true".into()), None],
+                vec![Some("b".into()), None, Some("2".into())],
+            ]
         );
+        assert_eq!(p.discards.len(), 1);
+        assert_eq!(p.discards[0].column, "n");
+        assert_eq!(p.discards[0].row_id.as_deref(), Some("a"));
+        assert_eq!(p.discards[0].value, "x");
+    }
+
+    /// Past [`MAX_COLUMNS`], keys go to `_unmapped_data` as one JSON object: none lost.
+    #[test]
+    fn keys_past_the_column_cap_go_to_unmapped_data() {
+        let mut cells: Vec<(String, Cell)> = (0..MAX_COLUMNS + 50)
+            .map(|i| (format!("k{i:05}"), Cell::Integer(i as i64)))
+            .collect();
+        cells.push(("id".into(), Cell::Text("a".into())));
+        let r = Row {
+            table: "t".into(),
+            columns: cells.into_iter().collect(),
+        };
+        let existing: Columns = [("id".to_string(), Some(ColumnType::Text))].into();
+        let p = plan(&[&r], &existing, false);
+        assert_eq!(existing.len() + p.add.len(), MAX_COLUMNS);
+        assert!(p.add.iter().any(|(c, _)| c == UNMAPPED));
+        let at = p.written.iter().position(|c| c == UNMAPPED).unwrap();
+        let extra: Map<String, Value> =
+            serde_json::from_str(p.values[0][at].as_deref().unwrap()).unwrap();
+        // Every key is either a column written or in `_unmapped_data`.
+        let in_columns = p.written.len() - 1;
+        assert_eq!(in_columns + extra.len(), r.columns.len());
+        assert_eq!(
+            extra[&format!("k{:05}", MAX_COLUMNS + 49)],
+            (MAX_COLUMNS + 49).to_string()
+        );
+        // A second batch on the full table adds nothing, and its new keys go there too.
+        let full: Columns = existing
+            .into_iter()
+            .chain(p.add.iter().map(|(c, t)| (c.clone(), Some(*t))))
+            .collect();
+        let r2 = row(&[("id", Cell::Text("b".into())), ("zz", Cell::Integer(1))]);
+        let p2 = plan(&[&r2], &full, false);
+        assert!(p2.add.is_empty());
+        assert_eq!(p2.written, vec!["_unmapped_data", "id"]);
+        assert_eq!(p2.values[0][0].as_deref(), Some(r#"{"zz":"1"}"#));
     }
 }

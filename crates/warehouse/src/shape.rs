@@ -21,6 +21,23 @@ use serde_json::{Map, Value};
 
 use crate::naming::{column_name, event_table};
 
+/// The columns Sluice sets from the event itself (not from its properties, traits or
+/// context): every table that has them keeps them, whatever else it holds.
+pub const OWN_COLUMNS: &[&str] = &[
+    "id",
+    "received_at",
+    "sent_at",
+    "timestamp",
+    "original_timestamp",
+    "anonymous_id",
+    "user_id",
+    "event",
+    "event_text",
+    "name",
+    "group_id",
+    "previous_id",
+];
+
 /// A column's type: Segment's five.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ColumnType {

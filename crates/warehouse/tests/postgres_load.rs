@@ -4,17 +4,22 @@
 
 use serde_json::{json, Value};
 use sluice_warehouse::load::load;
+use sluice_warehouse::postgres::Postgres;
 use sluice_warehouse::shape::{shape, Row};
 
-fn client() -> postgres::Client {
-    let url = std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL must name a running PostgreSQL (see .ci/run)");
-    postgres::Client::connect(&url, postgres::NoTls).expect("connect")
+fn url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must name a running PostgreSQL (see .ci/run)")
+}
+
+fn client() -> Postgres {
+    Postgres::connect(&url()).expect("connect")
 }
 
 fn schema(name: &str) -> String {
     let s = format!("wh_{name}_{}", std::process::id());
     client()
+        .client
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
         .unwrap();
     s
@@ -30,8 +35,9 @@ fn track(id: &str, received: &str, properties: Value) -> Value {
            "context": {"library": {"name": "analytics.js"}}})
 }
 
-fn strings(c: &mut postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    c.query(sql, &[])
+fn strings(c: &mut Postgres, sql: &str) -> Vec<Vec<Option<String>>> {
+    c.client
+        .query(sql, &[])
         .unwrap()
         .iter()
         .map(|r| {
@@ -119,7 +125,8 @@ fn tables_and_columns_appear_and_each_id_is_stored_once() {
         "{discards:?}"
     );
     assert!(!discards.is_empty());
-    c.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
+    c.client
+        .batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
         .unwrap();
 }
 
@@ -157,7 +164,8 @@ fn safe_widening_and_hostile_text() {
         &format!("SELECT price::text, note FROM {s}.order_completed WHERE id = 'b'"),
     );
     assert_eq!(got, vec![vec![Some("2".into()), Some(hostile.into())]]);
-    c.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
+    c.client
+        .batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
         .unwrap();
 }
 
@@ -213,7 +221,8 @@ fn users_keep_the_latest_non_null_trait() {
         &format!("SELECT count(*)::text FROM {s}.identifies"),
     );
     assert_eq!(identifies[0][0].as_deref(), Some("3"));
-    c.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
+    c.client
+        .batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
         .unwrap();
 }
 
@@ -251,6 +260,7 @@ fn two_loaders_at_once() {
         &format!("SELECT count(DISTINCT id)::text, count(*)::text FROM {s}.order_completed"),
     );
     assert_eq!(n[0], vec![Some("200".into()), Some("200".into())]);
-    c.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
+    c.client
+        .batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
         .unwrap();
 }

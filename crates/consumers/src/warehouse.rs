@@ -119,11 +119,10 @@ impl Warehouse {
         let mut lag = 0;
         for p in 0..log.partitions() {
             let end = log.end_offset(p).await?;
-            let cursor = log
-                .cursor(&consumer, p)
-                .await?
-                .unwrap_or(sluice_log::position(p, 0));
-            lag += end.saturating_sub(cursor.max(sluice_log::position(p, 0)));
+            // Offsets start at 1; a cursor at the partition's start has every event waiting.
+            let first = sluice_log::position(p, 1);
+            let cursor = log.cursor(&consumer, p).await?.unwrap_or(first);
+            lag += end.saturating_sub(cursor.max(first));
         }
         Ok(lag)
     }
@@ -219,7 +218,7 @@ impl Warehouse {
         job: &mut Replay,
         stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
-        let mut db: Option<Postgres> = None;
+        let mut db = Held(None);
         for p in 0..log.partitions() {
             let mut next = log.offset_at(p, from_ms).await.map_err(|e| e.to_string())?;
             let end = log.offset_at(p, to_ms).await.map_err(|e| e.to_string())?;
@@ -231,25 +230,26 @@ impl Warehouse {
                 let Some(last) = events.last() else { break };
                 next = last.offset + 1;
                 let mut batch = Batch::new();
-                let mut count = 0;
+                let mut events_n = 0;
                 for e in events.iter().filter(|e| e.offset < end) {
-                    if e.received_at_ms >= from_ms && e.received_at_ms < to_ms {
-                        count += self.take(e, i64::MIN, &mut batch);
+                    if e.received_at_ms >= from_ms
+                        && e.received_at_ms < to_ms
+                        && self.take(e, i64::MIN, &mut batch) > 0
+                    {
+                        events_n += 1;
                     }
                 }
-                if count == 0 {
+                if events_n == 0 {
                     continue;
                 }
                 let started = Instant::now();
                 let started_at = sluice_spec::time::format_timestamp(&chrono::Utc::now());
-                let url = self.settings.url.clone();
-                let (d, batch_back, result) =
-                    tokio::task::spawn_blocking(move || load_batch(db, &url, batch))
+                let (url, taken) = (self.settings.url.clone(), db.0.take());
+                let (d, _, result) =
+                    tokio::task::spawn_blocking(move || load_batch(taken, &url, batch))
                         .await
                         .map_err(|e| e.to_string())?;
-                drop(batch_back);
-                db = d;
-                let events_n = count as u64;
+                db.0 = d;
                 match result {
                     Ok(loaded) => {
                         job.events += events_n;
@@ -333,7 +333,9 @@ fn sync_of(
 /// warehouse; at each scrape of `/metrics`.
 pub async fn record_lag(log: &dyn EventLog, warehouses: &[Arc<Warehouse>]) {
     for w in warehouses.iter().filter(|w| w.settings.enabled) {
-        if let Ok(lag) = w.lag(log).await {
+        // A log that does not answer must not hold up a scrape.
+        let lag = tokio::time::timeout(Duration::from_secs(1), w.lag(log)).await;
+        if let Ok(Ok(lag)) = lag {
             metrics::gauge!("sluice_warehouse_lag_events", "warehouse" => w.settings.name.clone())
                 .set(lag as f64);
         }
@@ -356,6 +358,18 @@ pub async fn run(
 
 /// Rows by schema.
 type Batch = BTreeMap<String, Vec<Row>>;
+
+/// A warehouse connection held by async code. The synchronous client blocks when it is
+/// dropped (it says goodbye to the server), which must not happen on an async thread.
+struct Held(Option<Postgres>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(db) = self.0.take() {
+            std::thread::spawn(move || drop(db));
+        }
+    }
+}
 
 /// Rows waiting for their load, and the offset after the last event read.
 struct Pending {
@@ -405,7 +419,7 @@ async fn run_partition(warehouse: Arc<Warehouse>, mut worker: PartitionWorker) {
         metrics::counter!("sluice_warehouse_discards_total", "warehouse" => name.clone());
     let failures_total =
         metrics::counter!("sluice_warehouse_load_failures_total", "warehouse" => name.clone());
-    let mut db: Option<Postgres> = None;
+    let mut db = Held(None);
     let mut pending = Pending::at(committed);
     let mut committed = committed;
     let mut backoff = crate::runner::RETRY;
@@ -441,14 +455,14 @@ async fn run_partition(warehouse: Arc<Warehouse>, mut worker: PartitionWorker) {
             || worker.stopped();
         if pending.count > 0 && due {
             let batch = std::mem::take(&mut pending.rows);
-            let (url, taken) = (settings.url.clone(), db.take());
+            let (url, taken) = (settings.url.clone(), db.0.take());
             let started = Instant::now();
             let started_at = sluice_spec::time::format_timestamp(&chrono::Utc::now());
             let result = tokio::task::spawn_blocking(move || load_batch(taken, &url, batch)).await;
             let p = worker.partition;
             match result {
                 Ok((d, _, Ok(loaded))) => {
-                    db = d;
+                    db.0 = d;
                     backoff = crate::runner::RETRY;
                     warehouse.record(sync_of(
                         "load",
@@ -468,7 +482,7 @@ async fn run_partition(warehouse: Arc<Warehouse>, mut worker: PartitionWorker) {
                     }
                 }
                 Ok((d, batch, Err(error))) => {
-                    db = d;
+                    db.0 = d;
                     pending.rows = batch;
                     failures_total.increment(1);
                     warehouse.record(sync_of(

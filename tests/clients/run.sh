@@ -4,7 +4,8 @@
 # With SLUICE_HOOKS_WRITE_KEY and SLUICE_HOOKS_SECRET (and SLUICE_HOOKS_PORT, default 18099)
 # it also checks delivery through a webhook destination (python_webhook.py) and that a
 # suppressed user's events are acknowledged but never stored or delivered
-# (python_suppression.py).
+# (python_suppression.py). With SLUICE_WAREHOUSE_WRITE_KEY and SLUICE_WAREHOUSE_DSN it
+# checks the rows both libraries' events become in the warehouse (warehouse_check.py).
 # Installs the libraries from PyPI and npm on first use (into $CLIENTS_CACHE).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,3 +22,7 @@ if [ -n "${SLUICE_HOOKS_WRITE_KEY:-}" ]; then
   "$cache/venv/bin/python" "$here/python_suppression.py"
 fi
 node "$here/node_client.mjs"
+if [ -n "${SLUICE_WAREHOUSE_DSN:-}" ]; then
+  node "$here/warehouse_send.mjs"
+  "$cache/venv/bin/python" "$here/warehouse_check.py"
+fi

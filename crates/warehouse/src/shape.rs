@@ -4,7 +4,7 @@
 //! |---|---|
 //! | track | `tracks` (the common columns, `event`, `event_text`) and the event's own table (the same plus its properties); an event name with no letters or digits has its `tracks` row only |
 //! | identify | `identifies` (common columns and traits) and, with a `userId`, `users` (`id` = the user id, `received_at`, traits; no `anonymous_id`) |
-//! | page, screen | `pages`, `screens` (common columns, `name`, properties) |
+//! | page, screen | `pages`, `screens` (common columns, `name`, `category`, properties) |
 //! | group | `groups` (common columns, `group_id`, traits) and `accounts` (`id` = the group id, `received_at`, traits) |
 //! | alias | `aliases` (common columns, `previous_id`) |
 //!
@@ -244,10 +244,20 @@ pub fn shape(event: &Value) -> Shaped {
         "page" | "screen" => {
             let table = if kind == "page" { "pages" } else { "screens" };
             let row = common(table, &mut out.dropped);
+            // Some libraries (Python's) send `category` beside `name`, others (Node's) in
+            // the properties too: the column is the same either way.
+            let in_properties = field("properties")
+                .and_then(|p| p.get("category"))
+                .is_some();
+            let category = if in_properties {
+                None
+            } else {
+                field("category")
+            };
             add_row(
                 &mut out,
                 row,
-                &[("name", field("name"))],
+                &[("name", field("name")), ("category", category)],
                 Some(("properties", field("properties"))),
             );
         }
@@ -464,6 +474,14 @@ mod tests {
         assert_eq!(s.rows[0].columns["name"], text("Home"));
         assert_eq!(s.rows[0].columns["path"], text("/"));
         assert_eq!(s.dropped[0].key, "properties.name");
+        // A top-level `category` (Python's library) and one in the properties (Node's)
+        // make the same column, and neither is dropped.
+        page["category"] = json!("Docs");
+        assert_eq!(shape(&page).rows[0].columns["category"], text("Docs"));
+        page["properties"]["category"] = json!("Docs");
+        let both = shape(&page);
+        assert_eq!(both.rows[0].columns["category"], text("Docs"));
+        assert_eq!(both.dropped.len(), 1);
 
         let screen = shape(&base("screen"));
         assert_eq!(screen.rows[0].table, "screens");

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sluice_log::EventLog;
 use sluice_warehouse::load::{LoadError, Loaded};
+use sluice_warehouse::naming::Names;
 use sluice_warehouse::postgres::Postgres;
 use sluice_warehouse::settings::{Start, WarehouseSettings};
-use sluice_warehouse::shape::{shape, Row};
+use sluice_warehouse::shape::{shape_with, Row};
 use tokio::sync::watch;
 
 use crate::runner::PartitionWorker;
@@ -219,6 +220,7 @@ impl Warehouse {
         stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let mut db = Held(None);
+        let mut names = Names::default();
         for p in 0..log.partitions() {
             let mut next = log.offset_at(p, from_ms).await.map_err(|e| e.to_string())?;
             let end = log.offset_at(p, to_ms).await.map_err(|e| e.to_string())?;
@@ -234,7 +236,7 @@ impl Warehouse {
                 for e in events.iter().filter(|e| e.offset < end) {
                     if e.received_at_ms >= from_ms
                         && e.received_at_ms < to_ms
-                        && self.take(e, i64::MIN, &mut batch) > 0
+                        && self.take(&mut names, e, i64::MIN, &mut batch) > 0
                     {
                         events_n += 1;
                     }
@@ -276,7 +278,13 @@ impl Warehouse {
 
     /// Adds the rows of one stored event of this warehouse's sources to `batch`; the
     /// number of rows added.
-    fn take(&self, e: &sluice_log::StoredEvent, not_before: i64, batch: &mut Batch) -> usize {
+    fn take(
+        &self,
+        names: &mut Names,
+        e: &sluice_log::StoredEvent,
+        not_before: i64,
+        batch: &mut Batch,
+    ) -> usize {
         let Some(schema) = self.settings.schemas.get(&e.source) else {
             return 0;
         };
@@ -289,7 +297,7 @@ impl Warehouse {
         if !wanted(&event) {
             return 0;
         }
-        let mut shaped = shape(&event);
+        let mut shaped = shape_with(names, &event);
         metrics::counter!("sluice_warehouse_dropped_keys_total", "warehouse" => self.settings.name.clone())
             .increment(shaped.dropped.len() as u64);
         self.settings.select(&mut shaped.rows);
@@ -393,6 +401,27 @@ impl Pending {
     }
 }
 
+/// A load under way on a blocking thread, and what it covers.
+struct InFlight {
+    task: tokio::task::JoinHandle<LoadResult>,
+    load: Load,
+}
+
+/// What one load covers.
+struct Load {
+    /// The offset after the last event it holds (the cursor once it committed).
+    next: u64,
+    events: u64,
+    count: usize,
+    started: Instant,
+    started_at: String,
+}
+
+type LoadResult = (Option<Postgres>, Batch, Result<Loaded, String>);
+
+/// One partition of one warehouse. While a load runs in PostgreSQL the next batch is
+/// read and shaped (one load at a time, so loads commit in log order and the cursor
+/// follows them).
 async fn run_partition(warehouse: Arc<Warehouse>, mut worker: PartitionWorker) {
     let settings = &warehouse.settings;
     let committed = loop {
@@ -413,116 +442,205 @@ async fn run_partition(warehouse: Arc<Warehouse>, mut worker: PartitionWorker) {
         Start::At(ms) => ms,
         _ => i64::MIN,
     };
-    let name = settings.name.clone();
-    let rows_total = metrics::counter!("sluice_warehouse_rows_total", "warehouse" => name.clone());
-    let discards_total =
-        metrics::counter!("sluice_warehouse_discards_total", "warehouse" => name.clone());
-    let failures_total =
-        metrics::counter!("sluice_warehouse_load_failures_total", "warehouse" => name.clone());
-    let mut db = Held(None);
-    let mut pending = Pending::at(committed);
-    let mut committed = committed;
-    let mut backoff = crate::runner::RETRY;
+    let mut p = Partition {
+        warehouse: warehouse.clone(),
+        db: Held(None),
+        pending: Pending::at(committed),
+        committed,
+        backoff: crate::runner::RETRY,
+        names: Names::default(),
+    };
+    let mut inflight: Option<InFlight> = None;
     loop {
         if worker.stopped() {
-            // What waits is read again after the restart: its cursor is not committed.
+            // A load under way ends in PostgreSQL anyway: take its outcome. What waits
+            // otherwise is read again after the restart (its cursor is not committed).
+            if let Some(f) = inflight.take() {
+                let result = f.task.await;
+                p.finish(&mut worker, f.load, result).await;
+            }
             return;
         }
-        worker.mark_seen();
-        let got_events = match worker.log.read(pending.next, READ_MAX).await {
-            Ok(events) => {
-                for e in &events {
-                    pending.next = e.offset + 1;
-                    let n = warehouse.take(e, not_before, &mut pending.rows);
-                    if n > 0 {
-                        pending.since.get_or_insert_with(Instant::now);
-                        pending.count += n;
-                        pending.events += 1;
-                    }
-                }
-                !events.is_empty()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, warehouse = %name, "warehouse consumer cannot read the log; retrying");
-                worker.pause().await;
+        if inflight.as_ref().is_some_and(|f| f.task.is_finished()) {
+            let f = inflight.take().expect("checked");
+            let result = f.task.await;
+            if !p.settle(&mut worker, f.load, result).await {
                 continue;
             }
-        };
-        let due = pending.count >= settings.batch_rows
-            || pending
-                .since
-                .is_some_and(|t| t.elapsed() >= settings.max_age)
-            || worker.stopped();
-        if pending.count > 0 && due {
-            let batch = std::mem::take(&mut pending.rows);
-            let (url, taken) = (settings.url.clone(), db.0.take());
-            let started = Instant::now();
-            let started_at = sluice_spec::time::format_timestamp(&chrono::Utc::now());
-            let result = tokio::task::spawn_blocking(move || load_batch(taken, &url, batch)).await;
-            let p = worker.partition;
-            match result {
-                Ok((d, _, Ok(loaded))) => {
-                    db.0 = d;
-                    backoff = crate::runner::RETRY;
-                    warehouse.record(sync_of(
-                        "load",
-                        p,
-                        started_at,
-                        started,
-                        pending.events,
-                        Ok(&loaded),
-                    ));
-                    rows_total.increment(loaded.rows.values().sum());
-                    discards_total.increment(loaded.discarded);
-                    (pending.count, pending.events, pending.since) = (0, 0, None);
-                    if let Err(e) = worker.log.commit(&worker.consumer, pending.next).await {
-                        tracing::warn!(error = %e, warehouse = %name, "warehouse consumer cannot commit its cursor");
-                    } else {
-                        committed = pending.next;
+        }
+        worker.mark_seen();
+        // Read on while the batch is not full; a full one waits for the load before it.
+        let got_events = if p.pending.count < settings.batch_rows {
+            match worker.log.read(p.pending.next, READ_MAX).await {
+                Ok(events) => {
+                    for e in &events {
+                        p.pending.next = e.offset + 1;
+                        let n = warehouse.take(&mut p.names, e, not_before, &mut p.pending.rows);
+                        if n > 0 {
+                            p.pending.since.get_or_insert_with(Instant::now);
+                            p.pending.count += n;
+                            p.pending.events += 1;
+                        }
                     }
-                }
-                Ok((d, batch, Err(error))) => {
-                    db.0 = d;
-                    pending.rows = batch;
-                    failures_total.increment(1);
-                    warehouse.record(sync_of(
-                        "load",
-                        p,
-                        started_at,
-                        started,
-                        pending.events,
-                        Err(&error),
-                    ));
-                    static QUIET: sluice_log::throttle::Throttle =
-                        sluice_log::throttle::Throttle::new(
-                            sluice_log::throttle::STORAGE_WARNING_EVERY,
-                        );
-                    if let Some(skipped) = QUIET.allow() {
-                        tracing::warn!(%error, warehouse = %name, skipped, retry_in_s = backoff.as_secs(), "warehouse load failed; retrying");
-                    }
-                    worker.pause_for(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
+                    !events.is_empty()
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, warehouse = %name, "warehouse load task failed; reading again");
-                    pending = Pending::at(committed);
+                    tracing::warn!(error = %e, warehouse = %settings.name, "warehouse consumer cannot read the log; retrying");
+                    worker.pause().await;
                     continue;
                 }
             }
-        } else if pending.count == 0 && pending.next > committed {
+        } else {
+            false
+        };
+        let due = p.pending.count >= settings.batch_rows
+            || p.pending
+                .since
+                .is_some_and(|t| t.elapsed() >= settings.max_age);
+        if p.pending.count > 0 && due {
+            if let Some(f) = inflight.take() {
+                let result = f.task.await;
+                if !p.settle(&mut worker, f.load, result).await {
+                    continue;
+                }
+            }
+            let batch = std::mem::take(&mut p.pending.rows);
+            let (url, taken) = (settings.url.clone(), p.db.0.take());
+            inflight = Some(InFlight {
+                task: tokio::task::spawn_blocking(move || load_batch(taken, &url, batch)),
+                load: Load {
+                    next: p.pending.next,
+                    events: p.pending.events,
+                    count: p.pending.count,
+                    started: Instant::now(),
+                    started_at: sluice_spec::time::format_timestamp(&chrono::Utc::now()),
+                },
+            });
+            (p.pending.count, p.pending.events, p.pending.since) = (0, 0, None);
+            continue;
+        }
+        if p.pending.count == 0 && inflight.is_none() && p.pending.next > p.committed {
             // Nothing of this warehouse's sources: move the cursor on.
             if worker
                 .log
-                .commit(&worker.consumer, pending.next)
+                .commit(&worker.consumer, p.pending.next)
                 .await
                 .is_ok()
             {
-                committed = pending.next;
+                p.committed = p.pending.next;
             }
         }
         if !got_events {
-            worker.idle().await;
+            let Some(f) = inflight.as_mut() else {
+                worker.idle().await;
+                continue;
+            };
+            // Wake when the load ends (its outcome taken here: a task's output is given
+            // once) or when new events come.
+            let ended = tokio::select! {
+                result = &mut f.task => Some(result),
+                _ = worker.idle() => None,
+            };
+            if let Some(result) = ended {
+                let f = inflight.take().expect("in flight");
+                p.settle(&mut worker, f.load, result).await;
+            }
+        }
+    }
+}
+
+/// A partition worker's state beside the load in flight.
+struct Partition {
+    warehouse: Arc<Warehouse>,
+    db: Held,
+    pending: Pending,
+    committed: u64,
+    backoff: Duration,
+    names: Names,
+}
+
+impl Partition {
+    /// [`Partition::finish`], then, when the load failed, the backoff before the next
+    /// try. `false` when it failed.
+    async fn settle(
+        &mut self,
+        worker: &mut PartitionWorker,
+        load: Load,
+        result: Result<LoadResult, tokio::task::JoinError>,
+    ) -> bool {
+        if self.finish(worker, load, result).await {
+            return true;
+        }
+        worker.pause_for(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        false
+    }
+
+    /// Takes a load's outcome: on success, records it and commits the cursor after its
+    /// events; on failure, records it and puts its rows back before the ones read since
+    /// (the next load holds both). `false` when the load failed.
+    async fn finish(
+        &mut self,
+        worker: &mut PartitionWorker,
+        load: Load,
+        result: Result<LoadResult, tokio::task::JoinError>,
+    ) -> bool {
+        let Load {
+            next,
+            events,
+            count,
+            started,
+            started_at,
+        } = load;
+        let name = &self.warehouse.settings.name;
+        let p = worker.partition;
+        match result {
+            Ok((d, _, Ok(loaded))) => {
+                self.db.0 = d;
+                self.backoff = crate::runner::RETRY;
+                self.warehouse
+                    .record(sync_of("load", p, started_at, started, events, Ok(&loaded)));
+                metrics::counter!("sluice_warehouse_rows_total", "warehouse" => name.clone())
+                    .increment(loaded.rows.values().sum());
+                metrics::counter!("sluice_warehouse_discards_total", "warehouse" => name.clone())
+                    .increment(loaded.discarded);
+                match worker.log.commit(&worker.consumer, next).await {
+                    Ok(()) => self.committed = next,
+                    Err(e) => {
+                        tracing::warn!(error = %e, warehouse = %name, "warehouse consumer cannot commit its cursor")
+                    }
+                }
+                true
+            }
+            Ok((d, batch, Err(error))) => {
+                self.db.0 = d;
+                metrics::counter!("sluice_warehouse_load_failures_total", "warehouse" => name.clone())
+                    .increment(1);
+                self.warehouse
+                    .record(sync_of("load", p, started_at, started, events, Err(&error)));
+                for (schema, mut rows) in batch {
+                    let newer = self.pending.rows.remove(&schema).unwrap_or_default();
+                    rows.extend(newer);
+                    self.pending.rows.insert(schema, rows);
+                }
+                self.pending.count += count;
+                self.pending.events += events;
+                // Due again as soon as the backoff ends.
+                let max_age = self.warehouse.settings.max_age;
+                self.pending.since = Some(Instant::now().checked_sub(max_age).unwrap_or(started));
+                static QUIET: sluice_log::throttle::Throttle = sluice_log::throttle::Throttle::new(
+                    sluice_log::throttle::STORAGE_WARNING_EVERY,
+                );
+                if let Some(skipped) = QUIET.allow() {
+                    tracing::warn!(%error, warehouse = %name, skipped, retry_in_s = self.backoff.as_secs(), "warehouse load failed; retrying");
+                }
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, warehouse = %name, "warehouse load task failed; reading again");
+                self.pending = Pending::at(self.committed);
+                false
+            }
         }
     }
 }

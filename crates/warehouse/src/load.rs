@@ -24,6 +24,7 @@
 //! Any other failure (the warehouse is down, a permission is missing) fails the load;
 //! nothing of the failed table is kept and the consumer tries again later.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
@@ -73,16 +74,24 @@ pub struct Discard {
 /// What to do to one table: the output of [`plan`], the input of
 /// [`Dialect::load_table`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct TablePlan {
+pub struct TablePlan<'r> {
     /// Columns to add, with their types.
     pub add: Vec<(String, ColumnType)>,
-    /// The columns the rows write, in the order of `values`' fields.
+    /// The columns the rows write, in the order of each row's values.
     pub written: Vec<String>,
-    /// Each row's values as text, in `written` order (`None`: NULL).
-    pub values: Vec<Vec<Option<String>>>,
+    /// The rows' values as text, row after row, `written.len()` per row (`None`: NULL);
+    /// text borrowed from the rows where it can be.
+    pub values: Vec<Option<Cow<'r, str>>>,
     pub discards: Vec<Discard>,
     /// `users` and `accounts`: merged per column rather than replaced.
     pub merged: bool,
+}
+
+impl<'r> TablePlan<'r> {
+    /// The values of each row.
+    pub fn rows(&self) -> impl Iterator<Item = &[Option<Cow<'r, str>>]> {
+        self.values.chunks(self.written.len().max(1))
+    }
 }
 
 /// What one engine provides. Each method is one transaction; names come quoted by the
@@ -95,11 +104,11 @@ pub trait Dialect {
     /// In one transaction under the table's lock: creates the table when missing, reads
     /// its columns, asks `plan` what to write, adds the plan's columns, loads its rows
     /// (merging as [`TablePlan::merged`] says) and its discards. Returns the rows written.
-    fn load_table(
+    fn load_table<'r>(
         &mut self,
         schema: &str,
         table: &str,
-        plan: &mut dyn FnMut(&Columns) -> TablePlan,
+        plan: &mut dyn FnMut(&Columns) -> TablePlan<'r>,
     ) -> Result<TableLoaded, LoadError>;
 
     /// Writes discards alone (a row the engine refused), in one transaction.
@@ -182,14 +191,14 @@ fn load_rows(
             let whole: Map<String, Value> = row
                 .columns
                 .iter()
-                .map(|(k, c)| (k.clone(), Value::String(text(c))))
+                .map(|(k, c)| (k.clone(), Value::String(text(c).into_owned())))
                 .collect();
             let discard = Discard {
                 column: "*".into(),
-                row_id: row.columns.get("id").map(text),
+                row_id: row.columns.get("id").map(|c| text(c).into_owned()),
                 value: Value::Object(whole).to_string(),
                 reason,
-                received_at: row.columns.get("received_at").map(text),
+                received_at: row.columns.get("received_at").map(|c| text(c).into_owned()),
             };
             db.discard(schema, table, &[discard])?;
             loaded.discarded += 1;
@@ -215,21 +224,18 @@ fn type_name(t: Option<ColumnType>) -> &'static str {
     }
 }
 
-/// A value as text, as a text column holds it (timestamps in one form every engine reads).
-fn text(cell: &Cell) -> String {
+/// A value as text, as a text column holds it (timestamps are in one form already).
+fn text(cell: &Cell) -> Cow<'_, str> {
     match cell {
-        Cell::Boolean(b) => b.to_string(),
-        Cell::Integer(i) => i.to_string(),
-        Cell::Float(f) => f.to_string(),
-        Cell::Timestamp(t) => sluice_spec::time::parse_timestamp(t)
-            .map(|t| sluice_spec::time::format_timestamp(&t))
-            .unwrap_or_else(|| t.clone()),
-        Cell::Text(s) => s.clone(),
+        Cell::Boolean(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        Cell::Integer(i) => Cow::Owned(i.to_string()),
+        Cell::Float(f) => Cow::Owned(f.to_string()),
+        Cell::Timestamp(t) | Cell::Text(t) => Cow::Borrowed(t),
     }
 }
 
 /// A value as its column can hold it, or why it cannot.
-fn fit(cell: &Cell, column: Option<ColumnType>) -> Result<String, String> {
+fn fit(cell: &Cell, column: Option<ColumnType>) -> Result<Cow<'_, str>, String> {
     match (cell.column_type(), column) {
         (from, Some(to)) if from == to => Ok(text(cell)),
         (ColumnType::Integer, Some(ColumnType::Float)) | (_, Some(ColumnType::Text)) => {
@@ -243,76 +249,149 @@ fn fit(cell: &Cell, column: Option<ColumnType>) -> Result<String, String> {
     }
 }
 
+/// Adds to the sorted `union` the names of `row` it lacks (a row's names are sorted, and
+/// most rows of a table have the same ones: one pass over both, usually nothing added).
+fn union_with<'r>(union: &mut Vec<&'r str>, row: &'r Row) {
+    let mut missing = Vec::new();
+    let mut u = union.iter().peekable();
+    for name in row.columns.keys() {
+        while u.next_if(|x| **x < name.as_str()).is_some() {}
+        if u.next_if(|x| **x == name.as_str()).is_none() {
+            missing.push(name.as_str());
+        }
+    }
+    if !missing.is_empty() {
+        union.extend(missing);
+        union.sort_unstable();
+    }
+}
+
+/// The rows, each id once: its latest by `received_at` (timestamps are in one form, so
+/// they compare as text), the last of equals. In their order, when no id repeats.
+fn latest_per_id<'r>(rows: &[&'r Row]) -> Vec<&'r Row> {
+    fn id(r: &Row) -> Option<Cow<'_, str>> {
+        r.columns.get("id").map(text)
+    }
+    fn received(r: &Row) -> Option<&str> {
+        match r.columns.get("received_at") {
+            Some(Cell::Timestamp(t)) => Some(t),
+            _ => None,
+        }
+    }
+    let mut at: std::collections::HashMap<Cow<'r, str>, usize> = std::collections::HashMap::new();
+    let mut out: Vec<&'r Row> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(key) = id(row) else {
+            out.push(row);
+            continue;
+        };
+        match at.get(&key) {
+            Some(&i) if received(row) < received(out[i]) => {}
+            Some(&i) => out[i] = row,
+            None => {
+                at.insert(key, out.len());
+                out.push(row);
+            }
+        }
+    }
+    out
+}
+
 /// What to write to a table that has `columns`, for `rows`.
-pub fn plan(rows: &[&Row], columns: &Columns, merged: bool) -> TablePlan {
-    let mut columns = columns.clone();
+pub fn plan<'r>(rows: &[&'r Row], columns: &Columns, merged: bool) -> TablePlan<'r> {
     let mut out = TablePlan {
         merged,
         ..TablePlan::default()
     };
-    // The columns the rows bring: the event's own first (they are never capped), then
-    // the others in order of appearance; past the cap, `_unmapped_data`.
-    for own in [true, false] {
-        for row in rows {
-            for (name, cell) in &row.columns {
-                if columns.contains_key(name) || OWN_COLUMNS.contains(&name.as_str()) != own {
-                    continue;
-                }
-                if !own && columns.len() + 1 >= MAX_COLUMNS && !columns.contains_key(UNMAPPED) {
-                    columns.insert(UNMAPPED.into(), Some(ColumnType::Text));
-                    out.add.push((UNMAPPED.into(), ColumnType::Text));
-                }
-                if own || columns.len() < MAX_COLUMNS {
-                    columns.insert(name.clone(), Some(cell.column_type()));
-                    out.add.push((name.clone(), cell.column_type()));
-                }
-            }
-        }
-    }
-    let unmapped = |name: &str| !columns.contains_key(name);
-    let mut written: Vec<String> = columns
-        .keys()
-        .filter(|c| c.as_str() != "uuid_ts" && rows.iter().any(|r| r.columns.contains_key(*c)))
-        .cloned()
-        .collect();
-    let any_unmapped = rows.iter().any(|r| r.columns.keys().any(|c| unmapped(c)));
-    if any_unmapped && !written.iter().any(|c| c == UNMAPPED) {
-        written.push(UNMAPPED.into());
-        written.sort();
-    }
+    // Event tables: one row per id, the latest by `received_at` (the last of equals):
+    // a retried or replayed event is written once.
+    let kept: Vec<&Row>;
+    let rows = if merged {
+        rows
+    } else {
+        kept = latest_per_id(rows);
+        &kept[..]
+    };
+    let mut union: Vec<&str> = Vec::new();
     for row in rows {
-        let as_text = |name: &str| row.columns.get(name).map(text);
-        let mut extra = Map::new();
-        for (name, cell) in &row.columns {
-            if unmapped(name) {
-                extra.insert(name.clone(), Value::String(text(cell)));
+        union_with(&mut union, row);
+    }
+    // The columns the rows bring: the event's own first (they are never capped), then
+    // the others in name order; past the cap, `_unmapped_data`.
+    let mut count = columns.len();
+    let mut has_unmapped = columns.contains_key(UNMAPPED);
+    let mut mapped: Vec<(&str, Option<ColumnType>)> = Vec::with_capacity(union.len() + 1);
+    let mut any_unmapped = false;
+    let first_type = |name: &str| {
+        rows.iter()
+            .find_map(|r| r.columns.get(name))
+            .map(Cell::column_type)
+            .unwrap_or(ColumnType::Text)
+    };
+    for own in [true, false] {
+        for name in union.iter().copied() {
+            if OWN_COLUMNS.contains(&name) != own {
+                continue;
+            }
+            if let Some(t) = columns.get(name) {
+                mapped.push((name, *t));
+                continue;
+            }
+            if !own && count + 1 >= MAX_COLUMNS && !has_unmapped {
+                out.add.push((UNMAPPED.into(), ColumnType::Text));
+                has_unmapped = true;
+                count += 1;
+            }
+            if own || count < MAX_COLUMNS {
+                let t = first_type(name);
+                out.add.push((name.to_string(), t));
+                mapped.push((name, Some(t)));
+                count += 1;
+            } else {
+                any_unmapped = true;
             }
         }
-        let values = written
-            .iter()
-            .map(|name| {
-                if name == UNMAPPED && !extra.is_empty() {
-                    return Some(Value::Object(std::mem::take(&mut extra)).to_string());
-                }
-                let cell = row.columns.get(name)?;
-                match fit(cell, columns[name]) {
-                    Ok(v) => Some(v),
-                    Err(reason) => {
-                        out.discards.push(Discard {
-                            column: name.clone(),
-                            row_id: as_text("id"),
-                            value: text(cell),
-                            reason,
-                            received_at: as_text("received_at"),
-                        });
-                        None
-                    }
-                }
-            })
-            .collect();
-        out.values.push(values);
     }
-    out.written = written;
+    if any_unmapped {
+        mapped.push((UNMAPPED, Some(ColumnType::Text)));
+    }
+    mapped.sort_unstable_by_key(|(n, _)| *n);
+    out.written = mapped.iter().map(|(n, _)| n.to_string()).collect();
+    let width = mapped.len();
+    out.values.reserve(rows.len() * width);
+    for row in rows {
+        let start = out.values.len();
+        out.values.resize(start + width, None);
+        let mut extra = Map::new();
+        // Both sorted by name: one pass.
+        let mut w = mapped.iter().enumerate().peekable();
+        for (name, cell) in &row.columns {
+            while w.next_if(|(_, (n, _))| *n < name.as_str()).is_some() {}
+            let Some((i, (_, column))) = w.next_if(|(_, (n, _))| *n == name.as_str()) else {
+                extra.insert(name.clone(), Value::String(text(cell).into_owned()));
+                continue;
+            };
+            out.values[start + i] = match fit(cell, *column) {
+                Ok(v) => Some(v),
+                Err(reason) => {
+                    out.discards.push(Discard {
+                        column: name.clone(),
+                        row_id: row.columns.get("id").map(|c| text(c).into_owned()),
+                        value: text(cell).into_owned(),
+                        reason,
+                        received_at: row.columns.get("received_at").map(|c| text(c).into_owned()),
+                    });
+                    None
+                }
+            };
+        }
+        if !extra.is_empty() {
+            let at = mapped.iter().position(|(n, _)| *n == UNMAPPED);
+            if let Some(at) = at {
+                out.values[start + at] = Some(Cow::Owned(Value::Object(extra).to_string()));
+            }
+        }
+    }
     out
 }
 
@@ -349,12 +428,9 @@ mod tests {
             "incompatible schema conversion from boolean to another type"
         );
         // Timestamps are written in one form every engine reads.
+        let t = Cell::of(&serde_json::json!("2026-12-07T10:00:00+01:00")).unwrap();
         assert_eq!(
-            fit(
-                &Cell::Timestamp("2026-12-07T10:00:00+01:00".into()),
-                Some(ColumnType::Timestamp)
-            )
-            .unwrap(),
+            fit(&t, Some(ColumnType::Timestamp)).unwrap(),
             "2026-12-07T09:00:00.000Z"
         );
     }
@@ -375,17 +451,47 @@ mod tests {
         let p = plan(&[&a, &b], &existing, false);
         assert_eq!(p.add, vec![("m".to_string(), ColumnType::Boolean)]);
         assert_eq!(p.written, vec!["id", "m", "n"]);
+        let values: Vec<Vec<Option<&str>>> = p
+            .rows()
+            .map(|r| r.iter().map(|v| v.as_deref()).collect())
+            .collect();
         assert_eq!(
-            p.values,
+            values,
             vec![
-                vec![Some("a".into()), Some("true".into()), None],
-                vec![Some("b".into()), None, Some("2".into())],
+                vec![Some("a"), Some("true"), None],
+                vec![Some("b"), None, Some("2")],
             ]
         );
         assert_eq!(p.discards.len(), 1);
         assert_eq!(p.discards[0].column, "n");
         assert_eq!(p.discards[0].row_id.as_deref(), Some("a"));
         assert_eq!(p.discards[0].value, "x");
+    }
+
+    /// Each id once in an event table's plan: the latest by `received_at`, whatever type
+    /// the id has (a numeric messageId repeats too).
+    #[test]
+    fn a_plan_keeps_each_id_once_the_latest() {
+        let at = |id: Cell, t: &str, v: i64| {
+            row(&[
+                ("id", id),
+                ("received_at", Cell::Timestamp(t.into())),
+                ("v", Cell::Integer(v)),
+            ])
+        };
+        let rows = [
+            at(Cell::Text("a".into()), "2026-12-07T10:00:01.000Z", 1),
+            at(Cell::Integer(7), "2026-12-07T10:00:00.000Z", 2),
+            at(Cell::Text("a".into()), "2026-12-07T10:00:00.000Z", 3),
+            at(Cell::Integer(7), "2026-12-07T10:00:02.000Z", 4),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let p = plan(&refs, &Columns::new(), false);
+        let v = p.written.iter().position(|c| c == "v").unwrap();
+        let kept: Vec<&str> = p.rows().map(|r| r[v].as_deref().unwrap()).collect();
+        assert_eq!(kept, ["1", "4"]);
+        // `users` and `accounts` keep every row: the engine merges them per column.
+        assert_eq!(plan(&refs, &Columns::new(), true).rows().count(), 4);
     }
 
     /// Past [`MAX_COLUMNS`], keys go to `_unmapped_data` as one JSON object: none lost.
@@ -405,7 +511,7 @@ mod tests {
         assert!(p.add.iter().any(|(c, _)| c == UNMAPPED));
         let at = p.written.iter().position(|c| c == UNMAPPED).unwrap();
         let extra: Map<String, Value> =
-            serde_json::from_str(p.values[0][at].as_deref().unwrap()).unwrap();
+            serde_json::from_str(p.values[at].as_deref().unwrap()).unwrap();
         // Every key is either a column written or in `_unmapped_data`.
         let in_columns = p.written.len() - 1;
         assert_eq!(in_columns + extra.len(), r.columns.len());
@@ -422,6 +528,6 @@ mod tests {
         let p2 = plan(&[&r2], &full, false);
         assert!(p2.add.is_empty());
         assert_eq!(p2.written, vec!["_unmapped_data", "id"]);
-        assert_eq!(p2.values[0][0].as_deref(), Some(r#"{"zz":"1"}"#));
+        assert_eq!(p2.values[0].as_deref(), Some(r#"{"zz":"1"}"#));
     }
 }

@@ -193,6 +193,31 @@ pub fn event_table(event: &str) -> Option<String> {
     Some(fit(name))
 }
 
+/// [`column_name`] with the names already made kept: an event's keys repeat from one
+/// event to the next, so a consumer names each once. Holds at most
+/// [`Names::CAPACITY`] names (then starts again).
+#[derive(Debug, Default)]
+pub struct Names {
+    cache: std::collections::HashMap<String, Option<String>>,
+}
+
+impl Names {
+    pub const CAPACITY: usize = 100_000;
+
+    /// The column of a raw key path, as [`column_name`] makes it.
+    pub fn column(&mut self, raw: &str) -> Option<String> {
+        if let Some(name) = self.cache.get(raw) {
+            return name.clone();
+        }
+        if self.cache.len() >= Self::CAPACITY {
+            self.cache.clear();
+        }
+        let name = column_name(raw);
+        self.cache.insert(raw.to_string(), name.clone());
+        name
+    }
+}
+
 /// A schema name for a source (its name, snake-cased, as Segment's SQL settings do).
 pub fn schema_name(source: &str) -> Option<String> {
     column_name(source)
@@ -200,7 +225,8 @@ pub fn schema_name(source: &str) -> Option<String> {
 
 fn escape(snake: Cow<'_, str>) -> String {
     let mut name = snake.into_owned();
-    if name.starts_with(|c: char| c.is_ascii_digit()) || POSTGRES_RESERVED.contains(&name.as_str())
+    if name.starts_with(|c: char| c.is_ascii_digit())
+        || POSTGRES_RESERVED.binary_search(&name.as_str()).is_ok()
     {
         name.insert(0, '_');
     }
@@ -223,6 +249,21 @@ fn fit(name: String) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The reserved words are looked up by binary search: they must stay sorted.
+    #[test]
+    fn reserved_words_are_sorted() {
+        assert!(POSTGRES_RESERVED.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn names_are_kept_and_the_same_as_made() {
+        let mut names = Names::default();
+        for raw in ["userAgent", "select", "$$", "9lives", "userAgent"] {
+            assert_eq!(names.column(raw), column_name(raw), "{raw}");
+        }
+        assert_eq!(names.cache.len(), 4);
+    }
 
     /// go-snakecase's own test cases (`snake_test.go`).
     #[test]

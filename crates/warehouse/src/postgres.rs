@@ -60,10 +60,12 @@ pub fn sql_type(t: ColumnType) -> &'static str {
     }
 }
 
-/// The type of an existing column from `information_schema.columns.data_type`; `None`
+/// The type of an existing column from `format_type` (`pg_attribute`); `None`
 /// for a type Sluice does not write (changed by hand): its values are discarded.
 fn of_sql(data_type: &str) -> Option<ColumnType> {
-    Some(match data_type {
+    // `format_type` adds the type's modifier: `numeric(10,2)`, `character varying(20)`.
+    let base = data_type.split('(').next().unwrap_or(data_type).trim();
+    Some(match base {
         "boolean" => ColumnType::Boolean,
         "bigint" | "integer" | "smallint" => ColumnType::Integer,
         "double precision" | "real" | "numeric" => ColumnType::Float,
@@ -90,7 +92,12 @@ fn index_name(table: &str) -> String {
 fn csv(out: &mut Vec<u8>, value: Option<&str>) {
     if let Some(v) = value {
         out.push(b'"');
-        out.extend_from_slice(v.replace('"', "\"\"").as_bytes());
+        for (i, part) in v.split('"').enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"\"\"");
+            }
+            out.extend_from_slice(part.as_bytes());
+        }
         out.push(b'"');
     }
 }
@@ -149,11 +156,11 @@ impl Dialect for Postgres {
         Ok(())
     }
 
-    fn load_table(
+    fn load_table<'r>(
         &mut self,
         schema: &str,
         table: &str,
-        plan: &mut dyn FnMut(&Columns) -> TablePlan,
+        plan: &mut dyn FnMut(&Columns) -> TablePlan<'r>,
     ) -> Result<TableLoaded, LoadError> {
         let full = format!("{}.{}", q(schema), q(table));
         let mut tx = self.client.transaction()?;
@@ -161,22 +168,21 @@ impl Dialect for Postgres {
         let read = |tx: &mut Transaction<'_>| -> Result<Columns, postgres::Error> {
             Ok(tx
                 .query(
-                    "SELECT column_name, data_type FROM information_schema.columns
-                     WHERE table_schema = $1 AND table_name = $2",
-                    &[&schema, &table],
+                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+                     WHERE attrelid = to_regclass($1)::oid AND attnum > 0 AND NOT attisdropped",
+                    &[&full],
                 )?
                 .iter()
                 .map(|r| (r.get::<_, String>(0), of_sql(r.get(1))))
                 .collect())
         };
         let mut columns = read(&mut tx)?;
-        let merged = crate::load::MERGED_TABLES.contains(&table);
         if columns.is_empty() {
-            // Under the table's lock, so created once.
+            // Under the table's lock, so created once. The unique index on `id` is what
+            // the merge (`ON CONFLICT (id)`) keeps each event once by.
             tx.batch_execute(&format!(
-                "CREATE TABLE {full} (id text {key}, received_at timestamptz, uuid_ts timestamptz);
-                 CREATE INDEX {index} ON {full} (id);",
-                key = if merged { "PRIMARY KEY" } else { "NOT NULL" },
+                "CREATE TABLE {full} (id text NOT NULL, received_at timestamptz, uuid_ts timestamptz);
+                 CREATE UNIQUE INDEX {index} ON {full} (id);",
                 index = q(&index_name(table)),
             ))?;
             columns = read(&mut tx)?;
@@ -190,8 +196,8 @@ impl Dialect for Postgres {
                 .collect();
             tx.batch_execute(&format!("ALTER TABLE {full} {}", adds.join(", ")))?;
         }
-        let mut data = Vec::new();
-        for values in &p.values {
+        let mut data = Vec::with_capacity(p.values.len() * 24);
+        for values in p.rows() {
             for (i, v) in values.iter().enumerate() {
                 if i > 0 {
                     data.push(b',');
@@ -241,15 +247,21 @@ impl Dialect for Postgres {
                 &[],
             )?
         } else {
-            tx.execute(
-                &format!("DELETE FROM {full} t USING sluice_staging s WHERE t.id = s.id"),
-                &[],
-            )?;
+            // The plan holds one row per id (the latest); a row loaded before with the same
+            // id is replaced whole: every column not written is set NULL.
+            let replace: Vec<String> = columns
+                .keys()
+                .map(String::as_str)
+                .chain(p.add.iter().map(|(c, _)| c.as_str()))
+                .filter(|c| *c != "id")
+                .map(|c| format!("{c} = EXCLUDED.{c}", c = q(c)))
+                .collect();
             tx.execute(
                 &format!(
                     "INSERT INTO {full} ({list}, uuid_ts)
-                     SELECT DISTINCT ON (id) {list}, now() FROM sluice_staging
-                     ORDER BY id, received_at DESC NULLS LAST"
+                     SELECT {list}, now() FROM sluice_staging
+                     ON CONFLICT (id) DO UPDATE SET {}",
+                    replace.join(", ")
                 ),
                 &[],
             )?

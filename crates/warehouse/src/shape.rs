@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::naming::{column_name, event_table};
+use crate::naming::{event_table, Names};
 
 /// The columns Sluice sets from the event itself (not from its properties, traits or
 /// context): every table that has them keeps them, whatever else it holds.
@@ -38,6 +38,9 @@ pub const OWN_COLUMNS: &[&str] = &[
     "previous_id",
 ];
 
+/// The columns the loader sets itself: a key named like one is dropped.
+pub const LOADER_COLUMNS: &[&str] = &["uuid_ts", crate::load::UNMAPPED];
+
 /// A column's type: Segment's five.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ColumnType {
@@ -54,7 +57,7 @@ pub enum Cell {
     Boolean(bool),
     Integer(i64),
     Float(f64),
-    /// A timestamp as the event carried it (ISO-8601; PostgreSQL reads it as is).
+    /// A timestamp, in UTC as `2026-12-07T10:00:00.000Z`.
     Timestamp(String),
     Text(String),
 }
@@ -83,25 +86,61 @@ impl Cell {
                 (None, Some(f)) => Cell::Float(f),
                 (None, None) => Cell::Text(n.to_string()),
             },
-            Value::String(s) if is_timestamp(s) => Cell::Timestamp(s.clone()),
-            Value::String(s) => Cell::Text(s.clone()),
+            Value::String(s) => match timestamp(s) {
+                Some(t) => Cell::Timestamp(t),
+                None => Cell::Text(s.clone()),
+            },
             other => Cell::Text(other.to_string()),
         })
     }
 }
 
 /// A string is a timestamp when it starts as an ISO-8601 date (`YYYY-MM-DD`), is no
-/// longer than 40 bytes, and reads as a date and time: `"2026"` or `"12"` stay text.
-fn is_timestamp(s: &str) -> bool {
+/// longer than 40 bytes, and reads as a date and time: `"2026"` or `"12"` stay text. The
+/// timestamp is given in one form (`2026-12-07T10:00:00.000Z`, UTC) that every engine
+/// reads the same way.
+fn timestamp(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    b.len() >= 10
+    let date_like = b.len() >= 10
         && b.len() <= 40
         && b[..4].iter().all(u8::is_ascii_digit)
         && b[4] == b'-'
         && b[5..7].iter().all(u8::is_ascii_digit)
         && b[7] == b'-'
-        && b[8..10].iter().all(u8::is_ascii_digit)
-        && sluice_spec::time::parse_timestamp(s).is_some()
+        && b[8..10].iter().all(u8::is_ascii_digit);
+    if !date_like {
+        return None;
+    }
+    if is_canonical(b) {
+        return Some(s.to_string());
+    }
+    sluice_spec::time::parse_timestamp(s).map(|t| sluice_spec::time::format_timestamp(&t))
+}
+
+/// Already in the one form: `YYYY-MM-DDTHH:MM:SS.sssZ` with a real date and time (the
+/// form Sluice stores `receivedAt` in), so most timestamps need no parsing.
+fn is_canonical(b: &[u8]) -> bool {
+    let num = |r: std::ops::Range<usize>| {
+        b[r].iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + (c - b'0') as u32)
+        })
+    };
+    if b.len() != 24
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'.'
+        || b[23] != b'Z'
+    {
+        return false;
+    }
+    let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else {
+        return false;
+    };
+    matches!(
+        (num(11..13), num(14..16), num(17..19), num(20..23)),
+        (Some(h), Some(mi), Some(sec), Some(_)) if h < 24 && mi < 60 && sec < 60
+    ) && chrono::NaiveDate::from_ymd_opt(y as i32, m, d).is_some()
 }
 
 /// One row for one table.
@@ -141,6 +180,7 @@ pub struct Shaped {
 struct Builder<'a> {
     row: Row,
     dropped: &'a mut Vec<Dropped>,
+    names: &'a mut Names,
 }
 
 impl Builder<'_> {
@@ -156,34 +196,38 @@ impl Builder<'_> {
         let Some(Value::Object(map)) = object else {
             return;
         };
-        self.flatten(path, prefix, map);
+        let mut raw = String::from(prefix);
+        self.flatten(path, &mut raw, map);
     }
 
-    fn flatten(&mut self, path: &str, prefix: &str, map: &Map<String, Value>) {
+    /// `raw` holds the prefix of the keys of `map` (and is given back as it came).
+    fn flatten(&mut self, path: &str, raw: &mut String, map: &Map<String, Value>) {
+        let at = raw.len();
         for (k, v) in map {
-            let key_path = format!("{path}.{k}");
-            let raw = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}_{k}")
-            };
+            raw.truncate(at);
+            if at > 0 {
+                raw.push('_');
+            }
+            raw.push_str(k);
             if let Value::Object(inner) = v {
-                self.flatten(&key_path, &raw, inner);
+                self.flatten(&format!("{path}.{k}"), raw, inner);
                 continue;
             }
             let Some(cell) = Cell::of(v) else { continue };
-            let table = &self.row.table;
-            match column_name(&raw) {
+            match self.names.column(raw) {
                 None => self.dropped.push(Dropped {
-                    table: table.clone(),
-                    key: key_path,
+                    table: self.row.table.clone(),
+                    key: format!("{path}.{k}"),
                     column: None,
                     reason: DropReason::NoName,
                 }),
-                Some(column) if self.row.columns.contains_key(&column) => {
+                Some(column)
+                    if self.row.columns.contains_key(&column)
+                        || LOADER_COLUMNS.contains(&column.as_str()) =>
+                {
                     self.dropped.push(Dropped {
-                        table: table.clone(),
-                        key: key_path,
+                        table: self.row.table.clone(),
+                        key: format!("{path}.{k}"),
                         column: Some(column),
                         reason: DropReason::Taken,
                     })
@@ -193,12 +237,18 @@ impl Builder<'_> {
                 }
             }
         }
+        raw.truncate(at);
     }
 }
 
 /// The rows of one stored event (a normalised Segment event: `type`, `messageId`,
 /// `receivedAt`, …). An event of another type, or without a messageId, makes none.
 pub fn shape(event: &Value) -> Shaped {
+    shape_with(&mut Names::default(), event)
+}
+
+/// [`shape`], naming columns through `names` (a consumer keeps one for all its events).
+pub fn shape_with(names: &mut Names, event: &Value) -> Shaped {
     let mut out = Shaped::default();
     let Some(kind) = event.get("type").and_then(Value::as_str) else {
         return out;
@@ -207,8 +257,12 @@ pub fn shape(event: &Value) -> Shaped {
         return out;
     }
     let field = |name: &str| event.get(name);
-    let common = |table: &str, dropped: &mut Vec<Dropped>| common_row(event, table, dropped);
     let event_name = field("event").and_then(Value::as_str);
+    let mut s = Shaper {
+        out: &mut out,
+        names,
+        event,
+    };
     match kind {
         "track" => {
             let slug = event_name.and_then(event_table);
@@ -224,26 +278,32 @@ pub fn shape(event: &Value) -> Shaped {
             ];
             let own: Vec<(&str, Option<&Value>)> =
                 own.iter().map(|(c, v)| (*c, v.as_ref())).collect();
-            let row = common("tracks", &mut out.dropped);
-            add_row(&mut out, row, &own, None);
+            // The common columns are the same in both rows: made once.
+            let mut dropped = Vec::new();
+            let row = s.common("tracks", &mut dropped);
             if let Some(table) = slug {
-                let row = common(&table, &mut out.dropped);
-                add_row(
-                    &mut out,
-                    row,
-                    &own,
-                    Some(("properties", field("properties"))),
-                );
+                let mut copy = row.clone();
+                copy.table.clone_from(&table);
+                s.out.dropped.extend(dropped.iter().map(|d| Dropped {
+                    table: table.clone(),
+                    ..d.clone()
+                }));
+                s.out.dropped.append(&mut dropped);
+                s.add_row(row, &own, None);
+                s.add_row(copy, &own, Some(("properties", field("properties"))));
+            } else {
+                s.out.dropped.append(&mut dropped);
+                s.add_row(row, &own, None);
             }
         }
         "identify" => {
-            let row = common("identifies", &mut out.dropped);
-            add_row(&mut out, row, &[], Some(("traits", field("traits"))));
-            add_entity(&mut out, "users", event, "userId");
+            let row = s.common_row("identifies");
+            s.add_row(row, &[], Some(("traits", field("traits"))));
+            s.add_entity("users", "userId");
         }
         "page" | "screen" => {
             let table = if kind == "page" { "pages" } else { "screens" };
-            let row = common(table, &mut out.dropped);
+            let row = s.common_row(table);
             // Some libraries (Python's) send `category` beside `name`, others (Node's) in
             // the properties too: the column is the same either way.
             let in_properties = field("properties")
@@ -254,96 +314,114 @@ pub fn shape(event: &Value) -> Shaped {
             } else {
                 field("category")
             };
-            add_row(
-                &mut out,
+            s.add_row(
                 row,
                 &[("name", field("name")), ("category", category)],
                 Some(("properties", field("properties"))),
             );
         }
         "group" => {
-            let row = common("groups", &mut out.dropped);
-            add_row(
-                &mut out,
+            let row = s.common_row("groups");
+            s.add_row(
                 row,
                 &[("group_id", field("groupId"))],
                 Some(("traits", field("traits"))),
             );
-            add_entity(&mut out, "accounts", event, "groupId");
+            s.add_entity("accounts", "groupId");
         }
         "alias" => {
-            let row = common("aliases", &mut out.dropped);
-            add_row(&mut out, row, &[("previous_id", field("previousId"))], None);
+            let row = s.common_row("aliases");
+            s.add_row(row, &[("previous_id", field("previousId"))], None);
         }
         _ => {}
     }
     out
 }
 
-/// The one row per user or group (`users`, `accounts`): `id` from the event's `id_key`,
-/// `received_at` and the traits; none when the event has no such id.
-fn add_entity(out: &mut Shaped, table: &str, event: &Value, id_key: &str) {
-    if event.get(id_key).and_then(Cell::of).is_none() {
-        return;
-    }
-    let row = Row {
-        table: table.to_string(),
-        columns: BTreeMap::new(),
-    };
-    add_row(
-        out,
-        row,
-        &[
-            ("id", event.get(id_key)),
-            ("received_at", event.get("receivedAt")),
-        ],
-        Some(("traits", event.get("traits"))),
-    );
+/// The rows of one event being made.
+struct Shaper<'a> {
+    out: &'a mut Shaped,
+    names: &'a mut Names,
+    event: &'a Value,
 }
 
-/// A row of `table` with the common columns of `event`.
-fn common_row(event: &Value, table: &str, dropped: &mut Vec<Dropped>) -> Row {
-    let mut b = Builder {
-        row: Row {
+impl Shaper<'_> {
+    /// The one row per user or group (`users`, `accounts`): `id` from the event's
+    /// `id_key`, `received_at` and the traits; none when the event has no such id.
+    fn add_entity(&mut self, table: &str, id_key: &str) {
+        let event = self.event;
+        if event.get(id_key).and_then(Cell::of).is_none() {
+            return;
+        }
+        let row = Row {
             table: table.to_string(),
             columns: BTreeMap::new(),
-        },
-        dropped,
-    };
-    for (column, key) in [
-        ("id", "messageId"),
-        ("received_at", "receivedAt"),
-        ("sent_at", "sentAt"),
-        ("timestamp", "timestamp"),
-        ("original_timestamp", "originalTimestamp"),
-        ("anonymous_id", "anonymousId"),
-        ("user_id", "userId"),
-    ] {
-        b.own(column, event.get(key));
+        };
+        self.add_row(
+            row,
+            &[
+                ("id", event.get(id_key)),
+                ("received_at", event.get("receivedAt")),
+            ],
+            Some(("traits", event.get("traits"))),
+        );
     }
-    b.keys("context", "context", event.get("context"));
-    b.row
-}
 
-/// Adds `row` to `out` with its own columns set, then the keys of the event's object at
-/// `keys` (`("properties", …)`), un-prefixed.
-fn add_row(
-    out: &mut Shaped,
-    row: Row,
-    own: &[(&str, Option<&Value>)],
-    keys: Option<(&str, Option<&Value>)>,
-) {
-    let mut b = Builder {
-        row,
-        dropped: &mut out.dropped,
-    };
-    for (column, value) in own {
-        b.own(column, *value);
+    fn common_row(&mut self, table: &str) -> Row {
+        let mut dropped = Vec::new();
+        let row = self.common(table, &mut dropped);
+        self.out.dropped.append(&mut dropped);
+        row
     }
-    if let Some((path, object)) = keys {
-        b.keys(path, "", object);
+
+    /// A row of `table` with the common columns of the event; its dropped keys into
+    /// `dropped`.
+    fn common(&mut self, table: &str, dropped: &mut Vec<Dropped>) -> Row {
+        let event = self.event;
+        let mut b = Builder {
+            row: Row {
+                table: table.to_string(),
+                columns: BTreeMap::new(),
+            },
+            dropped,
+            names: self.names,
+        };
+        for (column, key) in [
+            ("id", "messageId"),
+            ("received_at", "receivedAt"),
+            ("sent_at", "sentAt"),
+            ("timestamp", "timestamp"),
+            ("original_timestamp", "originalTimestamp"),
+            ("anonymous_id", "anonymousId"),
+            ("user_id", "userId"),
+        ] {
+            b.own(column, event.get(key));
+        }
+        b.keys("context", "context", event.get("context"));
+        b.row
     }
-    out.rows.push(b.row);
+
+    /// Adds `row` with its own columns set, then the keys of the event's object at
+    /// `keys` (`("properties", …)`), un-prefixed.
+    fn add_row(
+        &mut self,
+        row: Row,
+        own: &[(&str, Option<&Value>)],
+        keys: Option<(&str, Option<&Value>)>,
+    ) {
+        let mut b = Builder {
+            row,
+            dropped: &mut self.out.dropped,
+            names: self.names,
+        };
+        for (column, value) in own {
+            b.own(column, *value);
+        }
+        if let Some((path, object)) = keys {
+            b.keys(path, "", object);
+        }
+        self.out.rows.push(b.row);
+    }
 }
 
 #[cfg(test)]
@@ -437,6 +515,25 @@ mod tests {
         assert_eq!(s.rows[0].columns["event_text"], text("!!!"));
     }
 
+    /// The canonical form is taken as is only when it is a real date and time; anything
+    /// else is parsed (and normalised) or stays text.
+    #[test]
+    fn timestamps_are_checked_even_in_the_canonical_form() {
+        for (input, want) in [
+            ("2026-12-07T10:00:00.000Z", Some("2026-12-07T10:00:00.000Z")),
+            (
+                "2026-12-07T10:00:00.5+01:00",
+                Some("2026-12-07T09:00:00.500Z"),
+            ),
+            ("2026-02-30T10:00:00.000Z", None),
+            ("2026-13-07T10:00:00.000Z", None),
+            ("2026-12-07T24:00:00.000Z", None),
+            ("2026-12-07T10:00:00.00xZ", None),
+        ] {
+            assert_eq!(timestamp(input).as_deref(), want, "{input}");
+        }
+    }
+
     #[test]
     fn identify_makes_identifies_and_users_without_anonymous_id() {
         let mut e = base("identify");
@@ -451,7 +548,8 @@ mod tests {
         assert_eq!(identifies.columns["logins"], Cell::Integer(3));
         assert_eq!(
             identifies.columns["created_at"],
-            Cell::Timestamp("2025-01-15T09:30:00Z".into())
+            Cell::Timestamp("2025-01-15T09:30:00.000Z".into()),
+            "in the one form every engine reads"
         );
         assert_eq!(identifies.columns["year"], text("2026"), "not a timestamp");
         assert_eq!(users.columns["id"], text("u-1"));
@@ -474,6 +572,12 @@ mod tests {
         assert_eq!(s.rows[0].columns["name"], text("Home"));
         assert_eq!(s.rows[0].columns["path"], text("/"));
         assert_eq!(s.dropped[0].key, "properties.name");
+        // The loader's own columns cannot be set by a key either.
+        let mut loader = base("page");
+        loader["properties"] = json!({"uuid_ts": 1, "_unmapped_data": "x"});
+        let l = shape(&loader);
+        assert_eq!(l.dropped.len(), 2);
+        assert!(!l.rows[0].columns.contains_key("uuid_ts"));
         // A top-level `category` (Python's library) and one in the properties (Node's)
         // make the same column, and neither is dropped.
         page["category"] = json!("Docs");

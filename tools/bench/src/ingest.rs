@@ -460,7 +460,8 @@ impl Generator {
             self.prefix.len() as u64 * 7919 + n % 5000,
             n % 97
         );
-        let mid = format!("{}-{n}", self.prefix);
+        // Zero-padded, so that ids sort in the order they were made.
+        let mid = format!("{}-{n:012}", self.prefix);
         self.user.clone_from(&user);
         let context = format!(
             r#"{{"library":{{"name":"analytics-node","version":"2.1.0"}},"ip":"203.0.113.{}","userAgent":"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15","locale":"en-US","timezone":"Europe/Amsterdam","page":{{"path":"/checkout","url":"https://shop.example.com/checkout","referrer":"https://www.google.com/"}}}}"#,

@@ -6,11 +6,13 @@
 //! - [`deliver`]: ingest → webhook delivery → a receiver in this process.
 //! - [`profiles`]: the profile consumer and the Profile API on scratch stores.
 //! - [`kafka`]: a bare Kafka producer, the bound for the Kafka deployment's ingest.
+//! - [`warehouse`]: ingest → rows committed in PostgreSQL, against a bare `COPY`.
 
 mod deliver;
 mod ingest;
 mod kafka;
 mod profiles;
+mod warehouse;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +40,9 @@ enum Command {
     /// The profile consumer's events/s and the Profile API's traits lookup latency, on
     /// scratch stores (no running server needed).
     Profiles(profiles::ProfilesArgs),
+    /// Ingest → warehouse → rows committed in PostgreSQL: events/s against a bare COPY of
+    /// the same rows, and the latency from an event's 200 to its row being queryable.
+    Warehouse(warehouse::WarehouseArgs),
     /// A bare Kafka producer sending the generator's events (the Kafka deployment's bound).
     KafkaProduce(kafka::ProduceArgs),
     /// A server that only reads the body and answers 200 (the ingest benchmark's baseline).
@@ -58,6 +63,7 @@ fn main() -> std::process::ExitCode {
                 match cli.command {
                     Command::Ingest(args) => ingest::ingest(args).await,
                     Command::Deliver(args) => deliver::deliver(args).await,
+                    Command::Warehouse(args) => warehouse::warehouse(args).await,
                     Command::Profiles(args) => profiles::profiles(args).await,
                     Command::KafkaProduce(args) => kafka::produce(args).await,
                     Command::Baseline { listen } => ingest::baseline(listen).await,

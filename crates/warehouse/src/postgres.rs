@@ -92,11 +92,10 @@ fn index_name(table: &str) -> String {
 fn csv(out: &mut Vec<u8>, value: Option<&str>) {
     if let Some(v) = value {
         out.push(b'"');
-        for (i, part) in v.split('"').enumerate() {
-            if i > 0 {
-                out.extend_from_slice(b"\"\"");
-            }
-            out.extend_from_slice(part.as_bytes());
+        if v.as_bytes().contains(&b'"') {
+            out.extend_from_slice(v.replace('"', "\"\"").as_bytes());
+        } else {
+            out.extend_from_slice(v.as_bytes());
         }
         out.push(b'"');
     }
@@ -196,27 +195,28 @@ impl Dialect for Postgres {
                 .collect();
             tx.batch_execute(&format!("ALTER TABLE {full} {}", adds.join(", ")))?;
         }
+        // Every row's values, then `uuid_ts`: when this load ran.
+        let loaded_at = sluice_spec::time::format_timestamp(&chrono::Utc::now());
         let mut data = Vec::with_capacity(p.values.len() * 24);
         for values in p.rows() {
-            for (i, v) in values.iter().enumerate() {
-                if i > 0 {
-                    data.push(b',');
-                }
+            for v in values {
                 csv(&mut data, v.as_deref());
+                data.push(b',');
             }
+            csv(&mut data, Some(&loaded_at));
             data.push(b'\n');
         }
         let list: Vec<String> = p.written.iter().map(|c| q(c)).collect();
         let list = list.join(", ");
-        tx.batch_execute(&format!(
-            "CREATE TEMPORARY TABLE sluice_staging (LIKE {full}) ON COMMIT DROP"
-        ))?;
-        let mut copy = tx.copy_in(&format!(
-            "COPY sluice_staging ({list}) FROM STDIN (FORMAT csv)"
-        ))?;
-        copy.write_all(&data)?;
-        copy.finish()?;
         let rows = if p.merged {
+            tx.batch_execute(&format!(
+                "CREATE TEMPORARY TABLE sluice_staging (LIKE {full}) ON COMMIT DROP"
+            ))?;
+            let mut copy = tx.copy_in(&format!(
+                "COPY sluice_staging ({list}, uuid_ts) FROM STDIN (FORMAT csv)"
+            ))?;
+            copy.write_all(&data)?;
+            copy.finish()?;
             // Per id, each column's latest non-null value in the batch, else the one it had.
             let select: Vec<String> = p
                 .written
@@ -239,7 +239,7 @@ impl Dialect for Postgres {
             tx.execute(
                 &format!(
                     "INSERT INTO {full} ({list}, uuid_ts)
-                     SELECT {select}, now() FROM sluice_staging WHERE id IS NOT NULL GROUP BY id
+                     SELECT {select}, max(uuid_ts) FROM sluice_staging WHERE id IS NOT NULL GROUP BY id
                      ON CONFLICT (id) DO UPDATE SET {keep}",
                     select = select.join(", "),
                     keep = keep.join(", "),
@@ -248,23 +248,19 @@ impl Dialect for Postgres {
             )?
         } else {
             // The plan holds one row per id (the latest); a row loaded before with the same
-            // id is replaced whole: every column not written is set NULL.
-            let replace: Vec<String> = columns
-                .keys()
-                .map(String::as_str)
-                .chain(p.add.iter().map(|(c, _)| c.as_str()))
-                .filter(|c| *c != "id")
-                .map(|c| format!("{c} = EXCLUDED.{c}", c = q(c)))
+            // id (a retry, a replay) is replaced: deleted, then the batch is copied straight
+            // into the table (under its lock, so no other load comes between).
+            let at = p.written.iter().position(|c| c == "id");
+            let ids: Vec<&str> = p
+                .rows()
+                .filter_map(|r| at.and_then(|i| r[i].as_deref()))
                 .collect();
-            tx.execute(
-                &format!(
-                    "INSERT INTO {full} ({list}, uuid_ts)
-                     SELECT {list}, now() FROM sluice_staging
-                     ON CONFLICT (id) DO UPDATE SET {}",
-                    replace.join(", ")
-                ),
-                &[],
-            )?
+            tx.execute(&format!("DELETE FROM {full} WHERE id = ANY($1)"), &[&ids])?;
+            let mut copy = tx.copy_in(&format!(
+                "COPY {full} ({list}, uuid_ts) FROM STDIN (FORMAT csv)"
+            ))?;
+            copy.write_all(&data)?;
+            copy.finish()?
         };
         insert_discards(&mut tx, schema, table, &p.discards)?;
         tx.commit()?;

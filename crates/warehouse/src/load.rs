@@ -15,7 +15,8 @@
 //! 3. the engine adds the columns, bulk-loads the rows into staging and merges: event
 //!    tables keep one row per `id` (the latest `received_at`; a row loaded before with
 //!    the same `id` is replaced), `users` and `accounts` keep one row per `id` whose
-//!    every column is the latest non-null value the batch brings, else the value it had.
+//!    every column is its latest non-null value by `received_at`, across loads too (a
+//!    late, older identify fills only what the row lacks).
 //!
 //! When the engine refuses a table's rows for what they hold (a row too wide, a value
 //! out of its range: [`LoadError::Refused`]), the rows are split in halves and loaded

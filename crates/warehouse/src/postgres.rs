@@ -229,12 +229,25 @@ impl Dialect for Postgres {
                     ),
                 })
                 .collect();
+            // Across loads: the batch's values win when its latest row is not older than
+            // the stored one (a late, older identify only fills what the row lacks).
             let mut keep: Vec<String> = p
                 .written
                 .iter()
-                .filter(|c| c.as_str() != "id")
-                .map(|c| format!("{c} = COALESCE(EXCLUDED.{c}, {full}.{c})", c = q(c)))
+                .filter(|c| !matches!(c.as_str(), "id" | "received_at"))
+                .map(|c| {
+                    format!(
+                        "{c} = CASE WHEN {full}.received_at IS NULL OR EXCLUDED.received_at >= {full}.received_at
+                                    THEN COALESCE(EXCLUDED.{c}, {full}.{c}) ELSE COALESCE({full}.{c}, EXCLUDED.{c}) END",
+                        c = q(c)
+                    )
+                })
                 .collect();
+            if p.written.iter().any(|c| c == "received_at") {
+                keep.push(format!(
+                    "received_at = GREATEST(EXCLUDED.received_at, {full}.received_at)"
+                ));
+            }
             keep.push("uuid_ts = EXCLUDED.uuid_ts".into());
             tx.execute(
                 &format!(

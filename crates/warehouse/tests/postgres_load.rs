@@ -169,8 +169,9 @@ fn safe_widening_and_hostile_text() {
         .unwrap();
 }
 
-/// `users` keeps one row per user id, each trait its latest non-null value: across the
-/// rows of one batch by `received_at`, and over the loads before.
+/// `users` keeps one row per user id, each trait its latest non-null value by
+/// `received_at`: across the rows of one batch, and across loads (a late, older identify
+/// does not overwrite newer traits).
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn users_keep_the_latest_non_null_trait() {
@@ -216,11 +217,36 @@ fn users_keep_the_latest_non_null_trait() {
             Some("Ann".into())
         ]]
     );
+    // A late identify, older than the row (a mobile client's backlog), in a later load:
+    // it fills what the row lacks and overwrites nothing.
+    load(
+        &mut c,
+        &s,
+        &rows(&[identify(
+            "i0",
+            "2026-12-07T09:00:00Z",
+            json!({"plan": "trial", "name": "Old", "phone": "123"}),
+        )]),
+    )
+    .unwrap();
+    let got = strings(
+        &mut c,
+        &format!("SELECT plan, name, phone, (received_at AT TIME ZONE 'UTC')::text FROM {s}.users"),
+    );
+    assert_eq!(
+        got,
+        vec![vec![
+            Some("pro".into()),
+            Some("Ann".into()),
+            Some("123".into()),
+            Some("2026-12-07 10:00:03".into())
+        ]]
+    );
     let identifies = strings(
         &mut c,
         &format!("SELECT count(*)::text FROM {s}.identifies"),
     );
-    assert_eq!(identifies[0][0].as_deref(), Some("3"));
+    assert_eq!(identifies[0][0].as_deref(), Some("4"));
     c.client
         .batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
         .unwrap();

@@ -1,8 +1,8 @@
 //! The scale-out deployment end to end: three `sluice serve` processes on one Kafka topic
 //! (the event log) and one PostgreSQL database (the state store), load through all three,
 //! one SIGKILLed mid-run. Every event answered with 200 must reach the webhook at least
-//! once, and the profile store must hold each exactly once in effect; a duplicate sent to
-//! another node is still dropped.
+//! once, the profile store and the warehouse must hold each exactly once in effect; a
+//! duplicate sent to another node is still dropped.
 //!
 //! Needs a broker and PostgreSQL, so it is not part of the plain `cargo test --workspace`:
 //! run it with `KAFKA_BROKERS=127.0.0.1:19092
@@ -90,6 +90,7 @@ fn three_nodes_share_the_work_and_lose_nothing_when_one_is_killed() {
     let brokers = env("KAFKA_BROKERS");
     let id = uuid::Uuid::new_v4().simple().to_string();
     let db = fresh_schema(&env("DATABASE_URL"), &id);
+    let warehouse = format!("multinode_wh_{id}");
     let rx = Receiver::ok();
     let config = format!(
         r#"
@@ -114,8 +115,18 @@ sources = ["web"]
 allow_private_networks = true
 [destinations.settings]
 hooks = [{{ hook = "{url}/in" }}]
+[[destinations]]
+name = "analytics"
+type = "warehouse"
+sources = ["web"]
+[destinations.settings]
+url = "{base}"
+schemas = {{ web = "{warehouse}" }}
+max_age_s = 1
+batch_rows = 200
 "#,
-        url = rx.url
+        url = rx.url,
+        base = env("DATABASE_URL"),
     );
     let dirs: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir().unwrap().keep())
@@ -208,6 +219,27 @@ hooks = [{{ hook = "{url}/in" }}]
     };
     let delivered = Receiver::delivered_ids(&got);
     assert!(delivered.is_subset(&want), "only sent events arrive");
+
+    // The warehouse, loaded by whichever node holds each partition (node 0's taken over
+    // after the kill, from the cursor of its last committed load), has each accepted
+    // event exactly once.
+    let mut c = postgres::Client::connect(&env("DATABASE_URL"), postgres::NoTls).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let loaded: Vec<String> = loop {
+        let ids: Vec<String> = c
+            .query(&format!("SELECT id FROM {warehouse}.identifies"), &[])
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        if ids.len() >= want.len() || std::time::Instant::now() > deadline {
+            break ids;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let distinct: HashSet<String> = loaded.iter().cloned().collect();
+    assert_eq!(loaded.len(), distinct.len(), "an event loaded twice");
+    assert_eq!(distinct, want, "the warehouse holds every accepted event");
+    c.batch_execute(&format!("DROP SCHEMA {warehouse} CASCADE"))
+        .unwrap();
 
     // The profile store has each accepted event exactly once, and the last trait wins.
     let survivor = &nodes[1];

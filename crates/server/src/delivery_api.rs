@@ -98,6 +98,22 @@ async fn put(
     let cfg: DestinationConfig = serde_json::from_value(raw).map_err(|e| {
         ApiError::bad_request("invalid_destination", format!("invalid destination: {e}"))
     })?;
+    if crate::warehouse_api::find(&app, &name).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "managed_by_file",
+            format!("destination `{name}` is a warehouse configured in the config file; change it there"),
+        ));
+    }
+    if cfg.kind == sluice_warehouse::settings::KIND {
+        return Err(ApiError {
+            field: Some("type".into()),
+            ..ApiError::bad_request(
+                "invalid_destination",
+                "warehouse destinations are configured in sluice.toml (docs/configuration.md, \"Warehouses\"); the admin API does not create them",
+            )
+        });
+    }
     let r = router(&app)?;
     let created = r.put(cfg).await?;
     let status = if created {

@@ -348,3 +348,54 @@ fn a_user_without_create_rights_fails_then_loads_after_the_grant() {
         ))
         .unwrap();
 }
+
+/// Names that share their first 63 bytes (two long keys, two long event names) stay
+/// apart after truncation: two columns, two tables, each value where it belongs.
+#[test]
+#[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
+fn long_names_that_share_63_bytes_stay_apart() {
+    let s = schema("long");
+    let mut db = db();
+    let stem = "a rather long property name that goes on and on past the limit ";
+    let (k1, k2) = (format!("{stem}one"), format!("{stem}two"));
+    let (e1, e2) = (format!("{stem} event one"), format!("{stem} event two"));
+    load(
+        &mut db,
+        &s,
+        &rows(&[
+            track(
+                "l1",
+                &e1,
+                json!({ k1.clone(): "first", k2.clone(): "second" }),
+            ),
+            track("l2", &e2, json!({ k1.clone(): "third" })),
+        ]),
+    )
+    .unwrap();
+    let tables: Vec<String> = db
+        .client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = $1 AND table_name LIKE 'a_rather%' ORDER BY 1",
+            &[&s],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables.len(), 2, "{tables:?}");
+    assert!(tables.iter().all(|t| t.len() == 63));
+    let c1 = sluice_warehouse::naming::column_name(&k1).unwrap();
+    let c2 = sluice_warehouse::naming::column_name(&k2).unwrap();
+    assert_ne!(c1, c2);
+    let t1 = sluice_warehouse::naming::event_table(&e1).unwrap();
+    assert_eq!(
+        one(
+            &mut db,
+            &format!("SELECT {c1} || '/' || {c2} FROM {s}.{t1}")
+        )
+        .as_deref(),
+        Some("first/second")
+    );
+    drop_schema(&mut db, &s);
+}

@@ -7,36 +7,12 @@
 //! postgres_bad_input -- --ignored`.
 
 use serde_json::{json, Map, Value};
+mod common;
+
+use common::{db, drop_schema, rows, schema, url};
 use sluice_warehouse::load::{load, LoadError, MAX_COLUMNS, UNMAPPED};
 use sluice_warehouse::postgres::Postgres;
-use sluice_warehouse::shape::{shape, DropReason, Row};
-
-fn url() -> String {
-    std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL must name a running PostgreSQL (see .ci/run)")
-}
-
-fn db() -> Postgres {
-    Postgres::connect(&url()).expect("connect")
-}
-
-fn schema(name: &str) -> String {
-    let s = format!("bad_{name}_{}", std::process::id());
-    db().client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
-        .unwrap();
-    s
-}
-
-fn drop_schema(db: &mut Postgres, s: &str) {
-    db.client
-        .batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
-        .unwrap();
-}
-
-fn rows(events: &[Value]) -> Vec<Row> {
-    events.iter().flat_map(|e| shape(e).rows).collect()
-}
+use sluice_warehouse::shape::{shape, DropReason};
 
 fn track(id: &str, event: &str, properties: Value) -> Value {
     json!({"type": "track", "messageId": id, "event": event, "userId": "u1",
@@ -67,7 +43,7 @@ fn columns(db: &mut Postgres, s: &str, table: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn names_that_are_empty_reserved_or_not_ascii() {
-    let s = schema("names");
+    let s = schema("bad", "names");
     let mut db = db();
     let events = [
         track("a", "$$$ !!", json!({"x": 1})),
@@ -117,7 +93,7 @@ fn names_that_are_empty_reserved_or_not_ascii() {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn ten_thousand_keys() {
-    let s = schema("wide");
+    let s = schema("bad", "wide");
     let mut db = db();
     let props: Map<String, Value> = (0..10_000).map(|i| (format!("k{i}"), json!(i))).collect();
     let loaded = load(
@@ -153,7 +129,7 @@ fn ten_thousand_keys() {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn deeply_nested_keys() {
-    let s = schema("deep");
+    let s = schema("bad", "deep");
     let mut db = db();
     let mut v = json!("bottom");
     for i in 0..100 {
@@ -176,7 +152,7 @@ fn deeply_nested_keys() {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn values_that_do_not_fit_their_column_are_discarded_with_the_reason() {
-    let s = schema("misfit");
+    let s = schema("bad", "misfit");
     let mut db = db();
     load(
         &mut db,
@@ -236,7 +212,7 @@ fn values_that_do_not_fit_their_column_are_discarded_with_the_reason() {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn two_thousand_event_names() {
-    let s = schema("names2k");
+    let s = schema("bad", "names2k");
     let mut db = db();
     let events: Vec<Value> = (0..2_000)
         .map(|i| track(&format!("e{i}"), &format!("Event {i}"), json!({"n": i})))
@@ -260,7 +236,7 @@ fn two_thousand_event_names() {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn a_row_the_warehouse_refuses_is_kept_in_discards_and_the_others_load() {
-    let s = schema("refused");
+    let s = schema("bad", "refused");
     let mut db = db();
     // 700 distinct strings of 40 bytes, too short to be moved out of the row by
     // PostgreSQL's TOAST, too many to fit a page.
@@ -313,7 +289,7 @@ fn a_row_the_warehouse_refuses_is_kept_in_discards_and_the_others_load() {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn a_user_without_create_rights_fails_then_loads_after_the_grant() {
-    let s = schema("grant");
+    let s = schema("bad", "grant");
     let role = format!("loader_{}", std::process::id());
     let mut admin = db();
     let database = one(&mut admin, "SELECT current_database()").unwrap();
@@ -354,7 +330,7 @@ fn a_user_without_create_rights_fails_then_loads_after_the_grant() {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn long_names_that_share_63_bytes_stay_apart() {
-    let s = schema("long");
+    let s = schema("bad", "long");
     let mut db = db();
     let stem = "a rather long property name that goes on and on past the limit ";
     let (k1, k2) = (format!("{stem}one"), format!("{stem}two"));

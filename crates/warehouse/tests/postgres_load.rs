@@ -3,31 +3,11 @@
 //! Each test loads into a schema of its own.
 
 use serde_json::{json, Value};
+mod common;
+
+use common::{db as client, rows};
 use sluice_warehouse::load::load;
 use sluice_warehouse::postgres::Postgres;
-use sluice_warehouse::shape::{shape, Row};
-
-fn url() -> String {
-    std::env::var("DATABASE_URL")
-        .expect("DATABASE_URL must name a running PostgreSQL (see .ci/run)")
-}
-
-fn client() -> Postgres {
-    Postgres::connect(&url()).expect("connect")
-}
-
-fn schema(name: &str) -> String {
-    let s = format!("wh_{name}_{}", std::process::id());
-    client()
-        .client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
-        .unwrap();
-    s
-}
-
-fn rows(events: &[Value]) -> Vec<Row> {
-    events.iter().flat_map(|e| shape(e).rows).collect()
-}
 
 fn track(id: &str, received: &str, properties: Value) -> Value {
     json!({"type": "track", "messageId": id, "event": "Order Completed", "userId": "u1",
@@ -53,7 +33,7 @@ fn strings(c: &mut Postgres, sql: &str) -> Vec<Vec<Option<String>>> {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn tables_and_columns_appear_and_each_id_is_stored_once() {
-    let s = schema("basic");
+    let s = common::schema("wh", "basic");
     let mut c = client();
     let batch = rows(&[
         track(
@@ -135,7 +115,7 @@ fn tables_and_columns_appear_and_each_id_is_stored_once() {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn safe_widening_and_hostile_text() {
-    let s = schema("widen");
+    let s = common::schema("wh", "widen");
     let mut c = client();
     load(
         &mut c,
@@ -175,7 +155,7 @@ fn safe_widening_and_hostile_text() {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn users_keep_the_latest_non_null_trait() {
-    let s = schema("users");
+    let s = common::schema("wh", "users");
     let mut c = client();
     let identify = |id: &str, received: &str, traits: Value| {
         json!({"type": "identify", "messageId": id, "userId": "u1", "receivedAt": received,
@@ -256,7 +236,7 @@ fn users_keep_the_latest_non_null_trait() {
 #[test]
 #[ignore = "needs PostgreSQL: DATABASE_URL (run by .ci/run)"]
 fn two_loaders_at_once() {
-    let s = schema("concurrent");
+    let s = common::schema("wh", "concurrent");
     let handles: Vec<_> = (0..2)
         .map(|n| {
             let s = s.clone();

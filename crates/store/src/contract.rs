@@ -743,6 +743,94 @@ pub async fn regulations_and_suppressions<H: StoreHarness>(h: H) {
     );
 }
 
+/// Users are created once and changed only from the version they were read at; a user's
+/// deletion ends its sessions; sessions expire; the audit trail is newest first and
+/// pages back.
+pub async fn users_sessions_and_the_audit_trail<H: StoreHarness>(h: H) {
+    let s = h.open().await;
+    let user = |role: &str, hash: &str| UserRecord {
+        name: "ann".into(),
+        role: role.into(),
+        password_hash: hash.into(),
+        version: 0,
+        created_at_ms: 1_000,
+        updated_at_ms: 1_000,
+    };
+    assert_eq!(
+        s.put_user(user("admin", "h1"), None).await.unwrap(),
+        VersionedWrite::Written(1)
+    );
+    // A second create of the same name, and an update from a version not stored: refused.
+    assert_eq!(
+        s.put_user(user("viewer", "h2"), None).await.unwrap(),
+        VersionedWrite::Stale
+    );
+    assert_eq!(
+        s.put_user(user("viewer", "h2"), Some(7)).await.unwrap(),
+        VersionedWrite::Stale
+    );
+    assert_eq!(
+        s.put_user(user("viewer", "h2"), Some(1)).await.unwrap(),
+        VersionedWrite::Written(2)
+    );
+    let got = s.user("ann").await.unwrap().unwrap();
+    assert_eq!(
+        (got.role.as_str(), got.password_hash.as_str(), got.version),
+        ("viewer", "h2", 2)
+    );
+    assert_eq!(s.users().await.unwrap().len(), 1);
+    let session = |user: &str, expires: i64| SessionRecord {
+        user: user.into(),
+        csrf: "c".into(),
+        expires_at_ms: expires,
+    };
+    s.put_session("s1", session("ann", 5_000)).await.unwrap();
+    s.put_session("s2", session("ann", 50_000)).await.unwrap();
+    s.put_session("s3", session("bob", 50_000)).await.unwrap();
+    assert_eq!(s.session("s1").await.unwrap(), Some(session("ann", 5_000)));
+    assert_eq!(s.purge_sessions(10_000).await.unwrap(), 1);
+    assert_eq!(s.session("s1").await.unwrap(), None);
+    assert_eq!(
+        s.delete_user("ann", 1).await.unwrap(),
+        VersionedWrite::Stale
+    );
+    assert_eq!(
+        s.delete_user("ann", 2).await.unwrap(),
+        VersionedWrite::Written(2)
+    );
+    assert_eq!(
+        s.session("s2").await.unwrap(),
+        None,
+        "its sessions end with it"
+    );
+    assert!(s.session("s3").await.unwrap().is_some());
+    s.delete_session("s3").await.unwrap();
+    assert_eq!(s.session("s3").await.unwrap(), None);
+    for i in 0..5 {
+        s.append_audit(AuditEntry {
+            at_ms: i,
+            actor: "user:ann".into(),
+            action: "update".into(),
+            kind: "destination".into(),
+            name: format!("d{i}"),
+            before: Some("{}".into()),
+            after: None,
+            ..AuditEntry::default()
+        })
+        .await
+        .unwrap();
+    }
+    drop(s);
+    let s = h.open().await;
+    let page = s.audit(None, 3).await.unwrap();
+    let names: Vec<&str> = page.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["d4", "d3", "d2"]);
+    let older = s.audit(Some(page[2].seq), 10).await.unwrap();
+    let names: Vec<&str> = older.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["d1", "d0"]);
+    assert_eq!(older[0].before.as_deref(), Some("{}"));
+}
+
 /// Erasing a subject's state removes its retry-queue entries, dead letters and refused
 /// items, and nothing of anybody else's.
 pub async fn erase_state_removes_only_the_subjects_rows<H: StoreHarness>(h: H) {
@@ -791,6 +879,7 @@ macro_rules! store_contract_tests {
             settings_and_rejected_round_trip_and_survive_reopen,
             retry_queue_dead_letters_and_records,
             regulations_and_suppressions,
+            users_sessions_and_the_audit_trail,
             erase_state_removes_only_the_subjects_rows,
             anonymous_browsing_then_sign_up,
             one_device_shared_by_two_users,

@@ -9,12 +9,14 @@
 //! - [`profiles`]: identity observations, resolutions, traits, event references and links
 //!   ([`ProfileStore`]); the algorithm both backends run is in `graph.rs`.
 //! - [`privacy`]: regulations, suppressions, erasure of state ([`PrivacyStore`]).
+//! - [`access`]: console users, sessions and the audit trail ([`AccessStore`]).
 //!
 //! [`Store`] is all of them plus [`Store::checkpoint`]. Backends: [`sqlite`] (embedded,
 //! `state.sqlite` and `profiles.sqlite` beside the log) and [`postgres`] (the scale-out
 //! deployment), each a directory with one file per concern and numbered migrations. Both
 //! pass one contract suite ([`contract`]).
 
+pub mod access;
 pub mod contract;
 pub mod delivery;
 mod graph;
@@ -30,6 +32,7 @@ use std::ops::Range;
 use async_trait::async_trait;
 use thiserror::Error;
 
+pub use access::{AccessStore, AuditEntry, SessionRecord, UserRecord, VersionedWrite};
 pub use delivery::{
     Attempt, DeadLetter, DeadLetterFilter, DeliveryBatch, DeliveryOutcome, DeliveryRecord,
     DeliveryStore, PendingDelivery,
@@ -47,7 +50,7 @@ pub use sqlite::SqliteStore;
 /// The traits of every concern, for code that calls a [`Store`]'s methods.
 pub mod prelude {
     pub use crate::{
-        DeliveryStore, PrivacyStore, ProfileStore, RejectedStore, SettingsStore, Store,
+        AccessStore, DeliveryStore, PrivacyStore, ProfileStore, RejectedStore, SettingsStore, Store,
     };
 }
 
@@ -90,7 +93,7 @@ fn storage(e: impl Into<StoreError>) -> StoreError {
 /// only current data.
 #[async_trait]
 pub trait Store:
-    SettingsStore + RejectedStore + DeliveryStore + ProfileStore + PrivacyStore + 'static
+    SettingsStore + RejectedStore + DeliveryStore + ProfileStore + PrivacyStore + AccessStore + 'static
 {
     /// Makes the files hold only current data: closes idle readers, checkpoints and
     /// truncates the write-ahead log (after a deletion, so no old page image of erased

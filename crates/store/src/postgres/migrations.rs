@@ -9,7 +9,8 @@ use postgres::Transaction;
 use crate::StoreError;
 
 /// Every table of the state store, profiles included (one database).
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected (
     id BIGSERIAL PRIMARY KEY, source TEXT NOT NULL, received_at BIGINT NOT NULL,
@@ -60,7 +61,20 @@ CREATE TABLE IF NOT EXISTS links (
     user_ident TEXT NOT NULL, account_ident TEXT NOT NULL, ts BIGINT NOT NULL,
     PRIMARY KEY (user_ident, account_ident));
 CREATE INDEX IF NOT EXISTS links_by_account ON links(account_ident);
-"];
+",
+    r"
+CREATE TABLE console_users (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+    version BIGINT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+CREATE TABLE console_sessions (
+    id_hash TEXT PRIMARY KEY, username TEXT NOT NULL, csrf TEXT NOT NULL,
+    expires_at BIGINT NOT NULL);
+CREATE INDEX console_sessions_by_user ON console_sessions(username);
+CREATE TABLE audit_log (
+    seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, before TEXT, after TEXT);
+",
+];
 
 /// The advisory lock the migrations run under.
 const MIGRATION_LOCK: i64 = 7331;

@@ -7,6 +7,7 @@
 //! Uses the synchronous `postgres` client on Tokio's blocking threads, as the SQLite store
 //! does with rusqlite.
 
+mod access;
 mod delivery;
 mod migrations;
 mod privacy;

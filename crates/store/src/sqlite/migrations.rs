@@ -8,8 +8,10 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// `state.sqlite`: settings, refused items, destinations, retry queues, dead letters,
-/// delivery records, replay jobs, regulations and suppressions.
-pub(super) const STATE: &[&str] = &[r"
+/// delivery records, replay jobs, regulations and suppressions; then (2) console users,
+/// sessions and the audit trail.
+pub(super) const STATE: &[&str] = &[
+    r"
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rejected (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,7 +72,23 @@ CREATE TABLE IF NOT EXISTS regulations (
     doc TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS suppressions (subject TEXT PRIMARY KEY, regulation TEXT NOT NULL) WITHOUT ROWID;
-"];
+",
+    r"
+CREATE TABLE console_users (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, password_hash TEXT NOT NULL,
+    version INTEGER NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE console_sessions (
+    id_hash TEXT PRIMARY KEY, username TEXT NOT NULL, csrf TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX console_sessions_by_user ON console_sessions(username);
+CREATE TABLE audit_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, before TEXT, after TEXT
+);
+",
+];
 
 /// `profiles.sqlite`: the profile tables (see `crate::profiles`).
 pub(super) const PROFILES: &[&str] = &[r"

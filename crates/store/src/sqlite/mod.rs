@@ -2,6 +2,7 @@
 //! concern (each implements that concern's trait for [`SqliteStore`]), numbered
 //! migrations in [`migrations`].
 
+mod access;
 mod delivery;
 mod migrations;
 mod privacy;

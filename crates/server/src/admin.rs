@@ -21,6 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::error::ApiError;
 use sluice_ingest::Source;
 
+use crate::access::{Actor, Role};
 use crate::App;
 
 const MAX_LIMIT: usize = 1000;
@@ -34,8 +35,12 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .merge(crate::delivery_api::routes())
         .merge(crate::privacy::routes())
         .merge(crate::warehouse_api::routes())
+        .merge(crate::access::routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint") })
-        .layer(axum::middleware::from_fn_with_state(app, require_token))
+        .layer(axum::middleware::from_fn_with_state(
+            app,
+            crate::access::authenticate,
+        ))
 }
 
 /// `/metrics`: open when `[http] public_metrics` (by default on a loopback listener),
@@ -49,12 +54,13 @@ pub(crate) async fn metrics_token(
     if app.settings.http.public_metrics {
         return next.run(req).await;
     }
-    require_token(State(app), req, next).await
+    crate::access::authenticate(State(app), req, next).await
 }
 
-/// Accepts `Authorization: Bearer <token>`, or `?token=` for browsers' EventSource, which
-/// cannot set headers.
-async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+/// The admin token of a request: `Authorization: Bearer <token>`, or `?token=` for
+/// browsers' EventSource, which cannot set headers. `None` when it carries none; an error
+/// when the one it carries is wrong.
+pub(crate) fn token_actor(app: &App, req: &Request) -> Option<Result<Actor, ApiError>> {
     let header_token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -71,23 +77,19 @@ async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) ->
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
     });
-    let Some(given) = header_token.or(query_token) else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_admin_token",
-            "send the admin token as `Authorization: Bearer <token>`",
-        )
-        .into_response();
-    };
+    let given = header_token.or(query_token)?;
     if !sluice_ingest::constant_time_eq(given.as_bytes(), app.settings.admin_token.as_bytes()) {
-        return ApiError::new(
+        return Some(Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_admin_token",
             "the admin token is wrong",
-        )
-        .into_response();
+        )));
     }
-    next.run(req).await
+    Some(Ok(Actor {
+        name: "token".into(),
+        role: Role::Admin,
+        session: None,
+    }))
 }
 
 #[derive(Deserialize)]

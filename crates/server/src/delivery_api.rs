@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use sluice_destinations::{DestinationConfig, Router as Destinations};
 use sluice_store::{DeadLetter, DeadLetterFilter};
 
+use crate::access::{self, Actor};
 use crate::error::ApiError;
 use crate::tracking::BodyBytes;
 use crate::App;
@@ -70,6 +71,7 @@ async fn show(
 
 async fn put(
     State(app): State<Arc<App>>,
+    axum::Extension(actor): axum::Extension<Actor>,
     Path(name): Path<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
@@ -115,20 +117,46 @@ async fn put(
         });
     }
     let r = router(&app)?;
+    let before = r.get(&name).ok().map(|d| json!(d));
     let created = r.put(cfg).await?;
-    let status = if created {
-        StatusCode::CREATED
+    let after = json!(r.get(&name)?);
+    let (status, action) = if created {
+        (StatusCode::CREATED, "create")
     } else {
-        StatusCode::OK
+        (StatusCode::OK, "update")
     };
-    Ok((status, Json(r.get(&name)?)).into_response())
+    // Shown as the API shows it: shared secrets masked.
+    access::audit(
+        &app,
+        &actor,
+        action,
+        "destination",
+        &name,
+        before.as_ref(),
+        Some(&after),
+    )
+    .await;
+    Ok((status, Json(after)).into_response())
 }
 
 async fn delete(
     State(app): State<Arc<App>>,
+    axum::Extension(actor): axum::Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    router(&app)?.delete(&name).await?;
+    let r = router(&app)?;
+    let before = r.get(&name).ok().map(|d| json!(d));
+    r.delete(&name).await?;
+    access::audit(
+        &app,
+        &actor,
+        "delete",
+        "destination",
+        &name,
+        before.as_ref(),
+        None,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -250,7 +278,7 @@ fn limit_of(p: &FilterParams) -> Result<usize, ApiError> {
     }
 }
 
-fn iso(ms: i64) -> Option<String> {
+pub(crate) fn iso(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms).map(|t| sluice_spec::time::format_timestamp(&t))
 }
 

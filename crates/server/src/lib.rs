@@ -12,6 +12,7 @@
 //! [`App`] holds the shared state; [`router`] builds the routes; [`serve`] runs them until a
 //! shutdown future resolves, then drains in-flight requests.
 
+pub mod access;
 pub mod admin;
 pub mod delivery_api;
 pub mod error;
@@ -90,6 +91,8 @@ pub struct App {
     pub warehouses: Vec<Arc<Warehouse>>,
     /// The Profile API's request bucket (when `[profiles] rate_limit` is set).
     pub(crate) profile_bucket: Option<sluice_ingest::ratelimit::Bucket>,
+    /// Console sign-in attempts, per client address and user name.
+    pub(crate) sign_in_limit: access::SignInLimit,
 }
 
 impl App {
@@ -142,6 +145,7 @@ impl App {
             regulations,
             warehouses,
             profile_bucket,
+            sign_in_limit: access::SignInLimit::default(),
             destinations,
         })
     }
@@ -163,6 +167,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(tracking::routes())
         .merge(profile_api::routes())
         .merge(webhook_source::routes())
+        .merge(access::session_routes())
         .nest("/admin/v1", admin::routes(app.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -106,6 +106,7 @@ fn parse(body: &[u8]) -> Result<(RegulationType, SubjectType, Vec<String>), ApiE
 
 async fn create(
     State(app): State<Arc<App>>,
+    axum::Extension(actor): axum::Extension<crate::access::Actor>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<Value>, ApiError> {
     let (regulation_type, subject_type, subject_ids) = parse(&body)?;
@@ -122,10 +123,22 @@ async fn create(
         error: None,
     };
     let id = reg.id.clone();
+    // The trail names the regulation, not its subjects (their ids are what it deletes).
+    let after = json!({"regulationType": reg.regulation_type, "subjectType": reg.subject_type, "subjects": reg.subject_ids.len()});
     app.regulations
         .submit(reg)
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    crate::access::audit(
+        &app,
+        &actor,
+        "create",
+        "regulation",
+        &id,
+        None,
+        Some(&after),
+    )
+    .await;
     Ok(Json(json!({"data": {"regulateId": id}})))
 }
 

@@ -169,8 +169,17 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     .await
     .context("cannot start the destinations")?;
     let _ = app.destinations.set(destinations);
+    let first_admin = sluice_server::access::first_admin(&app)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the console's first user: {}", e.message))?;
     // Last: the banner is the readiness signal, and consumers must have their cursors.
-    print_banner(addr, &data_dir, &app.settings, token_origin);
+    print_banner(
+        addr,
+        &data_dir,
+        &app.settings,
+        token_origin,
+        first_admin.as_deref(),
+    );
     sluice_server::serve(listener, app, shutdown)
         .await
         .context("server failed")?;
@@ -259,7 +268,13 @@ enum TokenOrigin {
     Kept,
 }
 
-fn print_banner(addr: SocketAddr, data_dir: &Path, settings: &Settings, origin: TokenOrigin) {
+fn print_banner(
+    addr: SocketAddr,
+    data_dir: &Path,
+    settings: &Settings,
+    origin: TokenOrigin,
+    first_admin: Option<&str>,
+) {
     let url = format!("http://{addr}");
     let mut out = String::new();
     out.push_str(&format!(
@@ -267,6 +282,12 @@ fn print_banner(addr: SocketAddr, data_dir: &Path, settings: &Settings, origin: 
         env!("CARGO_PKG_VERSION")
     ));
     out.push_str(&format!("  data directory: {}\n", data_dir.display()));
+    match first_admin {
+        Some(password) => out.push_str(&format!(
+            "  console:        {url}/  sign in as `admin` with password {password}   (generated now; shown this once: change it under Access)\n"
+        )),
+        None => out.push_str(&format!("  console:        {url}/\n")),
+    }
     let shown_token = match origin {
         TokenOrigin::GeneratedNow => {
             out.push_str(&format!(

@@ -2,7 +2,7 @@
 //!
 //! A caller is the admin token (`Authorization: Bearer …`, a script), or a person signed
 //! in to the console: a session cookie (`sluice_session`: HttpOnly, SameSite=Strict, Path
-//! `/`, Secure behind HTTPS) made by `POST /console/session` with a user name and
+//! `/`, Secure behind HTTPS) made by `POST /console/api/session` with a user name and
 //! password. The store keeps only the SHA-256 of a session's cookie. Every change a
 //! session makes carries its CSRF token in `X-CSRF-Token` (a page of another site can
 //! neither read it nor, SameSite aside, set that header). Roles: `admin` changes
@@ -266,7 +266,7 @@ pub async fn audit(
 
 /// The console's sign-in and sign-out (outside `/admin/v1`: no token needed to sign in).
 pub fn session_routes() -> Router<Arc<App>> {
-    Router::new().route("/console/session", post(sign_in).delete(sign_out))
+    Router::new().route("/console/api/session", post(sign_in).delete(sign_out))
 }
 
 /// The admin API's routes for users, the audit trail and the caller.

@@ -36,6 +36,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .merge(crate::privacy::routes())
         .merge(crate::warehouse_api::routes())
         .merge(crate::access::routes())
+        .merge(crate::console::admin_routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             app,
@@ -119,7 +120,10 @@ fn source<'a>(app: &'a App, name: &str) -> Result<&'a Arc<Source>, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no source named {name:?}")))
 }
 
-async fn list_sources(State(app): State<Arc<App>>) -> Json<Value> {
+async fn list_sources(
+    State(app): State<Arc<App>>,
+    axum::Extension(actor): axum::Extension<Actor>,
+) -> Json<Value> {
     let mut sources: Vec<Value> = app
         .settings
         .sources
@@ -127,7 +131,8 @@ async fn list_sources(State(app): State<Arc<App>>) -> Json<Value> {
         .map(|s| {
             json!({
                 "name": s.name,
-                "write_key": s.write_key,
+                // A viewer is shown no secret.
+                "write_key": if actor.is_admin() { s.write_key.as_str() } else { "********" },
                 "enabled": s.enabled,
                 "collect_ip": s.collect_ip,
                 "rate_limit": s.rate_limit.map(|r| json!({"per_second": r.per_second, "burst": r.burst})),

@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod console;
 pub mod delivery_api;
 pub mod error;
 pub mod http;
@@ -168,6 +169,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(profile_api::routes())
         .merge(webhook_source::routes())
         .merge(access::session_routes())
+        .merge(console::routes())
         .nest("/admin/v1", admin::routes(app.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

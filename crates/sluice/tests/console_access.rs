@@ -26,7 +26,7 @@ fn sign_in(s: &Server, user: &str, password: &str) -> (Reply, Option<(String, St
     let body = json!({"username": user, "password": password}).to_string();
     let r = s.request(
         "POST",
-        "/console/session",
+        "/console/api/session",
         &[("Content-Type", "application/json")],
         Some(body.as_bytes()),
     );
@@ -215,7 +215,7 @@ fn people_sign_in_and_change_only_what_their_role_allows() {
     let out = call(
         &s,
         "DELETE",
-        "/console/session",
+        "/console/api/session",
         &vcookie,
         Some(&vcsrf),
         None,

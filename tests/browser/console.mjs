@@ -4,7 +4,8 @@
 // destination from the catalog; see its mapping preview; send the Event Tester's event to
 // a local receiver and see the 200; see the delivery counts; add a viewer, sign in as
 // the viewer and fail to change anything; check every screen with axe-core.
-// Needs SLUICE_URL, SLUICE_WRITE_KEY, SLUICE_ADMIN_PASSWORD (the banner's), and writes a
+// Needs SLUICE_URL, SLUICE_WRITE_KEY, SLUICE_ADMIN_TOKEN, SLUICE_ADMIN_PASSWORD (the
+// banner's), and writes a
 // screenshot of each screen to SCREENSHOTS (default docs/console).
 import { chromium } from 'playwright-core'
 import http from 'node:http'
@@ -134,6 +135,26 @@ try {
   await admin.getByRole('button', { name: 'Save' }).click()
   await admin.waitForSelector(`text=Destination ${dest}`)
   await shot(admin, 'destination-settings')
+  // Settings: a save, then a stale form (changed meanwhile by a script) is refused.
+  const config = admin.getByLabel('Configuration')
+  const edited = JSON.parse(await config.inputValue())
+  edited.batch_size = 2
+  await config.fill(JSON.stringify(edited, null, 2))
+  await admin.getByRole('button', { name: 'Save' }).click()
+  await admin.waitForSelector('text=Saved.')
+  const meanwhile = await fetch(`${URL}/admin/v1/destinations/${dest}`, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${process.env.SLUICE_ADMIN_TOKEN}` },
+    body: JSON.stringify({ ...edited, batch_size: 3 }),
+  })
+  check(meanwhile.status === 200, `the script's change answered ${meanwhile.status}`)
+  edited.batch_size = 4
+  await config.fill(JSON.stringify(edited, null, 2))
+  await admin.getByRole('button', { name: 'Save' }).click()
+  await admin.waitForSelector('.error[role="alert"]')
+  check((await admin.locator('.error[role="alert"]').innerText()).includes('changed'), 'a stale form is refused')
+  const now = await (await fetch(`${URL}/admin/v1/destinations/${dest}`, { headers: { authorization: `Bearer ${process.env.SLUICE_ADMIN_TOKEN}` } })).json()
+  check(now.batch_size === 3, `the script's change stays (batch_size ${now.batch_size})`)
 
   // Mappings: the preview of a recent event.
   await admin.getByRole('link', { name: 'Mappings' }).click()

@@ -52,8 +52,13 @@ class ApiError extends Error {
 }
 
 /** Calls the admin API (or the sign-in endpoint) with the session's cookie. */
-async function api(method, path, body) {
-  const opts = { method, headers: {}, credentials: 'same-origin' };
+async function api(method, path, body, headers) {
+  return (await apiFull(method, path, body, headers)).data;
+}
+
+/** `api`, with the answer's entity tag (a version to send back in If-Match). */
+async function apiFull(method, path, body, headers) {
+  const opts = { method, headers: Object.assign({}, headers || {}), credentials: 'same-origin' };
   if (body !== undefined) {
     opts.headers['Content-Type'] = 'application/json';
     opts.body = typeof body === 'string' ? body : JSON.stringify(body);
@@ -68,7 +73,7 @@ async function api(method, path, body) {
     render();
   }
   if (!r.ok) throw new ApiError(r.status, data);
-  return data;
+  return { data, etag: r.headers.get('ETag') };
 }
 
 /** A message line for an error, naming the field when the API does. */
@@ -448,7 +453,8 @@ function eventEditor(recent, onchange) {
 }
 
 async function destination(main, name, tab) {
-  const d = await api('GET', '/admin/v1/destinations/' + enc(name));
+  const { data: d, etag } = await apiFull('GET', '/admin/v1/destinations/' + enc(name));
+  d._etag = etag;
   main.append(h('h1', {}, 'Destination ' + name + ' '), h('p', { class: 'muted' }, d.type + ' · sources: ' + (d.sources || []).join(', ') + ' · ' + d.state),
     tabs('/console/destinations/' + enc(name), tab || '', [['', 'Settings'], ['mappings', 'Mappings'], ['tester', 'Event Tester'], ['delivery', 'Event Delivery']]));
   if (!tab) return destinationSettings(main, name, d);
@@ -460,7 +466,7 @@ async function destination(main, name, tab) {
 function destinationSettings(main, name, d) {
   const editable = isAdmin() && d.managed_by === 'api';
   const config = Object.assign({}, d);
-  for (const k of ['name', 'managed_by', 'state', 'error']) delete config[k];
+  for (const k of ['name', 'managed_by', 'state', 'error', '_etag']) delete config[k];
   const area = h('textarea', { 'aria-label': 'Configuration (JSON)', spellcheck: 'false', readonly: !editable });
   area.value = pretty(config);
   const msg = h('div', { 'aria-live': 'polite' });
@@ -473,12 +479,16 @@ function destinationSettings(main, name, d) {
       h('button', { type: 'button', onclick: async () => {
         let body;
         try { body = JSON.parse(area.value); } catch (e) { msg.replaceChildren(h('p', { class: 'error' }, 'Not JSON: ' + e.message)); return; }
-        const saved = await attempt(msg, () => api('PUT', '/admin/v1/destinations/' + enc(name), body));
-        if (saved) msg.replaceChildren(h('p', { class: 'ok' }, 'Saved.'));
+        // Sent with the version it was read at: a change made meanwhile is not overwritten.
+        const saved = await attempt(msg, () => apiFull('PUT', '/admin/v1/destinations/' + enc(name), body, { 'If-Match': d._etag }));
+        if (saved) {
+          d._etag = saved.etag || d._etag;
+          msg.replaceChildren(h('p', { class: 'ok' }, 'Saved.'));
+        }
       } }, 'Save'),
       h('button', { type: 'button', class: 'danger', onclick: async () => {
         if (!confirm('Remove destination ' + name + ' and its retry queue?')) return;
-        const ok = await attempt(msg, () => api('DELETE', '/admin/v1/destinations/' + enc(name)));
+        const ok = await attempt(msg, () => api('DELETE', '/admin/v1/destinations/' + enc(name), undefined, { 'If-Match': d._etag }));
         if (ok !== undefined) go('/console/destinations');
       } }, 'Remove')) : null,
   );

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -62,17 +62,49 @@ async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "data": router(&app)?.list() })))
 }
 
-async fn show(
-    State(app): State<Arc<App>>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(router(&app)?.get(&name)?))
+/// A destination's version as an entity tag: a hash of how the API shows it. A change
+/// sent with `If-Match` is refused when the destination changed since it was read.
+fn etag(shown: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(shown.to_string().as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// 412 when the request's `If-Match` names another version than `current` (`None`: the
+/// destination does not exist).
+fn check_if_match(headers: &HeaderMap, current: Option<&Value>) -> Result<(), ApiError> {
+    let Some(wanted) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    if wanted.trim() == "*" && current.is_some() {
+        return Ok(());
+    }
+    if current.map(etag).as_deref() == Some(wanted.trim()) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "stale_version",
+        "the destination was changed (or removed) since it was read: reload it and try again",
+    ))
+}
+
+async fn show(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let shown = json!(router(&app)?.get(&name)?);
+    let tag = etag(&shown);
+    let mut r = Json(shown).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&tag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(r)
 }
 
 async fn put(
     State(app): State<Arc<App>>,
     axum::Extension(actor): axum::Extension<Actor>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
     let mut raw: Value = json_body(&body, "JSON object")?;
@@ -118,6 +150,7 @@ async fn put(
     }
     let r = router(&app)?;
     let before = r.get(&name).ok().map(|d| json!(d));
+    check_if_match(&headers, before.as_ref())?;
     let created = r.put(cfg).await?;
     let after = json!(r.get(&name)?);
     let (status, action) = if created {
@@ -136,16 +169,23 @@ async fn put(
         Some(&after),
     )
     .await;
-    Ok((status, Json(after)).into_response())
+    let tag = etag(&after);
+    let mut r = (status, Json(after)).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&tag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(r)
 }
 
 async fn delete(
     State(app): State<Arc<App>>,
     axum::Extension(actor): axum::Extension<Actor>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let r = router(&app)?;
     let before = r.get(&name).ok().map(|d| json!(d));
+    check_if_match(&headers, before.as_ref())?;
     r.delete(&name).await?;
     access::audit(
         &app,

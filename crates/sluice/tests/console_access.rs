@@ -185,6 +185,34 @@ fn people_sign_in_and_change_only_what_their_role_allows() {
     );
     assert_eq!(r.status, 201, "{}", r.body);
 
+    // A destination changed since it was read is not overwritten (If-Match, 412).
+    let read = s.admin("/destinations/x");
+    let tag = read.header("etag").expect("an entity tag").to_string();
+    let mut changed = hook.clone();
+    changed["settings"]["hooks"][0]["hook"] = json!("https://example.com/other");
+    let headers = |tag: &str| {
+        vec![
+            ("Cookie".to_string(), cookie.clone()),
+            ("X-CSRF-Token".to_string(), csrf.clone()),
+            ("If-Match".to_string(), tag.to_string()),
+            ("Content-Type".to_string(), "application/json".to_string()),
+        ]
+    };
+    let put = |body: &Value, tag: &str| {
+        let hs = headers(tag);
+        let hs: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        s.request(
+            "PUT",
+            "/admin/v1/destinations/x",
+            &hs,
+            Some(body.to_string().as_bytes()),
+        )
+    };
+    let ok = put(&changed, &tag);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_ne!(ok.header("etag"), Some(tag.as_str()), "a new version");
+    put(&hook, &tag).assert_error(412, "stale_version");
+
     // The audit trail: who changed which user, when, before and after, no hash in it.
     let audit = call(&s, "GET", "/admin/v1/audit", &cookie, None, None);
     let entries = audit.body["data"].as_array().unwrap();
@@ -203,13 +231,26 @@ fn people_sign_in_and_change_only_what_their_role_allows() {
     );
     let by_token = entries
         .iter()
-        .find(|e| e["kind"] == "destination" && e["name"] == "x")
+        .find(|e| e["kind"] == "destination" && e["name"] == "x" && e["action"] == "create")
         .unwrap_or_else(|| panic!("{}", audit.body));
     assert_eq!(
         (by_token["actor"].as_str(), by_token["action"].as_str()),
         (Some("token"), Some("create"))
     );
     assert_eq!(by_token["after"]["type"], "webhook");
+    let by_admin = entries
+        .iter()
+        .find(|e| e["kind"] == "destination" && e["name"] == "x" && e["action"] == "update")
+        .unwrap_or_else(|| panic!("{}", audit.body));
+    assert_eq!(by_admin["actor"], "user:admin");
+    assert_eq!(
+        by_admin["before"]["settings"]["hooks"][0]["hook"],
+        "https://example.com/in"
+    );
+    assert_eq!(
+        by_admin["after"]["settings"]["hooks"][0]["hook"],
+        "https://example.com/other"
+    );
 
     // Sign-out ends the session.
     let out = call(

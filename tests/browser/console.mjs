@@ -117,7 +117,7 @@ try {
   await accessibility(admin, 'debugger')
 
   // Add a destination from the catalog: classic Webhooks to the local receiver.
-  await admin.getByRole('link', { name: 'Catalog' }).click()
+  await admin.locator('#nav').getByRole('link', { name: 'Catalog' }).click()
   await admin.getByLabel('Search').fill('webhook')
   await shot(admin, 'catalog')
   await accessibility(admin, 'catalog')
@@ -194,11 +194,29 @@ try {
   check((await admin.locator('main').innerText()).includes(dest), 'the journey names the destination')
   await shot(admin, 'event-search')
 
+  // Profiles: the user of the events above (once the profile consumer filed them), then
+  // delete and suppress it.
+  const filed = Date.now() + 30_000
+  while (Date.now() < filed) {
+    const r = await fetch(`${URL}/v1/spaces/default/collections/users/profiles/user_id:console-${run}/traits`, {
+      headers: { authorization: 'Basic ' + Buffer.from(process.env.SLUICE_ADMIN_TOKEN + ':').toString('base64') },
+    })
+    if (r.status === 200) break
+    await new Promise((res) => setTimeout(res, 200))
+  }
+  await admin.goto(`${URL}/console/profiles?type=user_id&id=console-${run}`)
+  await admin.waitForSelector('text=Identities', { timeout: 30_000 })
+  check((await admin.locator('main').innerText()).includes(`console-${run}`), 'the profile lists the user id')
+  await shot(admin, 'profile')
+  await accessibility(admin, 'profile')
+  await admin.getByRole('button', { name: 'Delete and suppress this user' }).click()
+  await admin.waitForSelector('text=submitted')
+
   // Privacy and Access: add a viewer.
-  await admin.getByRole('link', { name: 'Privacy' }).click()
+  await admin.locator('#nav').getByRole('link', { name: 'Privacy' }).click()
   await admin.waitForSelector('text=Regulations')
   await shot(admin, 'privacy')
-  await admin.getByRole('link', { name: 'Access' }).click()
+  await admin.locator('#nav').getByRole('link', { name: 'Access' }).click()
   await admin.getByLabel('User name').fill(`viewer-${run}`)
   await admin.getByLabel('Password').fill('a long viewer password')
   await admin.getByRole('button', { name: 'Save user' }).click()

@@ -671,8 +671,48 @@ async function eventSearch(main) {
 }
 
 async function profiles(main) {
-  main.append(h('h1', {}, 'Profiles'), h('p', {}, 'Look a user up with the Profile API (GET /v1/spaces/default/collections/users/profiles/user_id:…/traits, Basic auth with the admin token). '
-    + 'Deleting a user is a regulation: see Privacy.'));
+  const type = h('select', {}, ['user_id', 'anonymous_id', 'email', 'phone', 'group_id'].map((t) => h('option', { value: t }, t)));
+  const value = h('input', { type: 'search', required: true });
+  const out = h('div', { 'aria-live': 'polite' });
+  const params = new URLSearchParams(location.search);
+  const base = (space, id) => '/v1/spaces/' + enc(space) + '/collections/users/profiles/' + enc(id);
+  const find = async () => {
+    const id = type.value + ':' + value.value;
+    const space = 'default';
+    const r = await attempt(out, async () => {
+      const [traits, ids, events, links] = await Promise.all(['traits', 'external_ids', 'events', 'links']
+        .map((what) => api('GET', base(space, id) + '/' + what + (what === 'events' ? '?limit=20' : ''))));
+      return { traits, ids, events, links };
+    });
+    if (!r) return;
+    const userIds = r.ids.data.filter((x) => x.type === 'user_id').map((x) => x.id);
+    const anonIds = r.ids.data.filter((x) => x.type === 'anonymous_id').map((x) => x.id);
+    const msg = h('div', { 'aria-live': 'polite' });
+    out.replaceChildren(
+      h('h2', {}, 'Traits'), table(['Trait', 'Value'], Object.entries(r.traits.traits || {}).map(([k, v]) => [k, typeof v === 'string' ? v : JSON.stringify(v)])),
+      h('h2', {}, 'Identities'), table(['Type', 'Id', 'Source', 'First seen'], r.ids.data.map((x) => [x.type, x.id, x.source_id || '', time(x.created_at)])),
+      h('h2', {}, 'Latest events'), table(['Time', 'Type', 'Event', 'Message id'], (r.events.data || []).map((e) => [
+        time(e.timestamp), e.type, e.event || '', link('/console/events?id=' + enc(e.message_id), e.message_id)])),
+      h('h2', {}, 'Accounts'), table(['Account'], (r.links.data || []).map((l) => [JSON.stringify(l.external_ids || l)])),
+      isAdmin() ? h('div', {}, h('h2', {}, 'Delete and suppress'), msg, h('button', { type: 'button', class: 'danger', onclick: async () => {
+        const subjectType = userIds.length ? 'USER_ID' : 'ANONYMOUS_ID';
+        const subjectIds = userIds.length ? userIds : anonIds;
+        if (!confirm('Delete every event, trait and identity of this user, in Sluice and its destinations, and drop its future events?')) return;
+        const ok = await attempt(msg, () => api('POST', '/admin/v1/regulations', { regulationType: 'SUPPRESS_WITH_DELETE', subjectType, subjectIds }));
+        if (ok) msg.replaceChildren(h('p', { class: 'ok' }, 'Regulation ' + ok.data.regulateId + ' submitted: follow it under '), link('/console/privacy', 'Privacy'));
+      } }, 'Delete and suppress this user')) : null,
+    );
+  };
+  main.append(h('h1', {}, 'Profiles'), h('form', { class: 'row', onsubmit: (ev) => {
+    ev.preventDefault();
+    history.replaceState(null, '', '/console/profiles?type=' + enc(type.value) + '&id=' + enc(value.value));
+    find();
+  } }, field('Identifier type', type), field('Identifier', value), h('button', { type: 'submit' }, 'Look up')), out);
+  if (params.get('id')) {
+    type.value = params.get('type') || 'user_id';
+    value.value = params.get('id');
+    find();
+  }
 }
 
 async function privacy(main) {

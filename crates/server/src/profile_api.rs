@@ -34,7 +34,14 @@ fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> Pr
     ProfileApiError(ApiError::new(status, code, message))
 }
 
-fn authorized(app: &App, headers: &HeaderMap) -> Result<(), ProfileError> {
+/// An access token (Segment's way), or a person signed in to the console (the Profiles
+/// screen reads through this API too).
+async fn authorized(app: &App, headers: &HeaderMap) -> Result<(), ProfileError> {
+    if headers.get(header::AUTHORIZATION).is_none() {
+        if let Ok(Some(_)) = crate::access::session_actor(app, headers).await {
+            return Ok(());
+        }
+    }
     let raw = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -195,7 +202,7 @@ async fn answer(
     params: &Params,
     headers: &HeaderMap,
 ) -> Result<Value, ProfileError> {
-    authorized(app, headers)?;
+    authorized(app, headers).await?;
     if let Some(bucket) = &app.profile_bucket {
         if let Err(wait) = bucket.take(1, std::time::Instant::now()) {
             return Err(err(

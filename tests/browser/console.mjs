@@ -37,6 +37,32 @@ const receiver = http.createServer((req, res) => {
 await new Promise((r) => receiver.listen(0, '127.0.0.1', r))
 const hook = `http://127.0.0.1:${receiver.address().port}/in`
 
+// The shop: a page of another origin with unmodified analytics.js (from npm).
+const umd = path.join(here, 'node_modules/@segment/analytics-next/dist/umd')
+const shopPage = `<!doctype html><html><head><title>shop</title>
+<script src="/ajs/index.js"></script></head><body><h1>shop</h1><script>
+window.runAnalytics = async (writeKey, cdnURL, userId, name, props) => {
+  const [analytics] = await AnalyticsNext.AnalyticsBrowser.load({ writeKey, cdnURL })
+  await analytics.identify(userId, { email: userId + '@example.com', plan: 'pro' })
+  await analytics.track(name, props)
+}
+</script></body></html>`
+const files = http.createServer((req, res) => {
+  if (req.url === '/') {
+    res.writeHead(200, { 'content-type': 'text/html' })
+    return res.end(shopPage)
+  }
+  const file = path.join(umd, path.basename(req.url.replace(/^\/ajs\//, '')))
+  if (req.url.startsWith('/ajs/') && fs.existsSync(file)) {
+    res.writeHead(200, { 'content-type': 'application/javascript' })
+    return res.end(fs.readFileSync(file))
+  }
+  res.writeHead(404)
+  res.end()
+})
+await new Promise((r) => files.listen(0, '127.0.0.1', r))
+const pageUrl = `http://127.0.0.1:${files.address().port}/`
+
 const problems = []
 const check = (ok, what) => { if (!ok) problems.push(what) }
 const run = randomUUID().slice(0, 8)
@@ -88,24 +114,28 @@ try {
   await shot(admin, 'sign-in')
   await signIn(admin, 'admin', PASSWORD)
 
-  // Sources, and the debugger of one: an event arrives while we watch.
+  // Sources: add one, a JavaScript website; its write key is shown with its snippet.
   await admin.waitForSelector('main table')
   check((await admin.locator('main').innerText()).includes(SOURCE), 'the sources list names the source')
-  await shot(admin, 'sources')
-  await accessibility(admin, 'sources')
-  await admin.getByRole('link', { name: SOURCE, exact: true }).click()
+  const site = `site-${run}`
+  await admin.getByLabel('Name').fill(site)
+  await admin.getByLabel('Type').selectOption('javascript')
+  await admin.getByRole('button', { name: 'Add source' }).click()
+  await admin.waitForSelector('text=Write key')
+  const siteKey = (await admin.locator('main p code').first().innerText()).trim()
+  check(siteKey.startsWith('wk_'), `the new source's key is shown: ${siteKey}`)
+  check((await admin.locator('main pre').last().innerText()).includes(siteKey), 'the snippet holds the key')
+  await shot(admin, 'source-install')
+
+  // Its debugger, while analytics.js on a page of another origin sends to it (with a
+  // hostile property: it must show as text).
+  await admin.getByRole('link', { name: 'Debugger' }).click()
   await admin.waitForSelector('ul.events')
   const hostile = `<script>window.__owned=1</script><img src=x onerror="window.__owned=2">`
-  const event = {
-    userId: `console-${run}`, event: `Console Checkout ${run}`, messageId: `console-${run}`,
-    properties: { note: hostile, link: 'javascript:window.__owned=3', revenue: 12.5 },
-  }
-  const sent = await fetch(`${URL}/v1/track`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: 'Basic ' + Buffer.from(WRITE_KEY + ':').toString('base64') },
-    body: JSON.stringify(event),
-  })
-  check(sent.status === 200, `track answered ${sent.status}`)
+  const shop = await (await browser.newContext()).newPage()
+  await shop.goto(pageUrl)
+  await shop.evaluate(([wk, cdn, uid, name, props]) => window.runAnalytics(wk, cdn, uid, name, props),
+    [siteKey, URL, `console-${run}`, `Console Checkout ${run}`, { note: hostile, link: 'javascript:window.__owned=3', revenue: 12.5 }])
   const row = admin.locator('ul.events li', { hasText: `Console Checkout ${run}` })
   await row.waitFor({ timeout: 20_000 })
   await row.locator('button').click()
@@ -124,7 +154,7 @@ try {
   await admin.getByRole('link', { name: 'Add Webhooks (classic)' }).click()
   const dest = `hooks-${run}`
   await admin.getByLabel('Name').fill(dest)
-  await admin.getByLabel(`Source ${SOURCE}`).check()
+  await admin.getByLabel(`Source ${site}`).check()
   await admin.getByLabel(/Allow private networks/).check()
   // A wrong setting first: the API's error names the field beside it.
   await admin.getByLabel(/^hooks/).fill('[{"hook": "not a url"}]')
@@ -181,8 +211,8 @@ try {
   // Event search: the journey of an event sent now, once the hook has it.
   const second = await fetch(`${URL}/v1/track`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: 'Basic ' + Buffer.from(WRITE_KEY + ':').toString('base64') },
-    body: JSON.stringify({ ...event, messageId: `console-${run}-2` }),
+    headers: { 'content-type': 'application/json', authorization: 'Basic ' + Buffer.from(siteKey + ':').toString('base64') },
+    body: JSON.stringify({ userId: `console-${run}`, event: `Console Checkout ${run}`, messageId: `console-${run}-2` }),
   })
   check(second.status === 200, `the second track answered ${second.status}`)
   const until = Date.now() + 20_000
@@ -211,6 +241,12 @@ try {
   await accessibility(admin, 'profile')
   await admin.getByRole('button', { name: 'Delete and suppress this user' }).click()
   await admin.waitForSelector('text=submitted')
+
+  // The sources list: the new source with its volume.
+  await admin.locator('#nav').getByRole('link', { name: 'Sources' }).click()
+  await admin.waitForSelector(`text=${site}`)
+  await shot(admin, 'sources')
+  await accessibility(admin, 'sources')
 
   // Privacy and Access: add a viewer.
   await admin.locator('#nav').getByRole('link', { name: 'Privacy' }).click()
@@ -245,6 +281,7 @@ try {
 } finally {
   await browser.close()
   receiver.close()
+  files.close()
 }
 if (problems.length) {
   console.error('console in Chromium:\n' + problems.join('\n'))

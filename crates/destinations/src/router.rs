@@ -113,7 +113,8 @@ pub struct Router {
     log: Arc<dyn EventLog>,
     store: Arc<dyn Store>,
     log_end: watch::Receiver<u64>,
-    sources: Vec<String>,
+    /// The sources a destination may name (they change with the admin API's sources).
+    sources: std::sync::RwLock<Vec<String>>,
     running: Mutex<HashMap<String, Running>>,
 }
 
@@ -131,10 +132,11 @@ impl Router {
             log,
             store,
             log_end,
-            sources,
+            sources: std::sync::RwLock::new(sources),
             running: Mutex::new(HashMap::new()),
         });
-        let source_refs: Vec<&str> = router.sources.iter().map(String::as_str).collect();
+        let names = router.source_names();
+        let source_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut seen = std::collections::HashSet::new();
         for cfg in &from_file {
             cfg.validate(&source_refs)?;
@@ -164,10 +166,24 @@ impl Router {
         Ok(router)
     }
 
+    /// The sources a destination may name.
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets the sources a destination may name (a source was created or removed).
+    pub fn set_source_names(&self, names: Vec<String>) {
+        *self.sources.write().unwrap_or_else(|e| e.into_inner()) = names;
+    }
+
     /// Starts (or restarts) a destination's consumer. Invalid configurations are kept
     /// with their error (visible over the admin API) and do not run.
     async fn launch(&self, cfg: DestinationConfig, from_file: bool) -> Result<(), RouterError> {
-        let source_refs: Vec<&str> = self.sources.iter().map(String::as_str).collect();
+        let names = self.source_names();
+        let source_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let (stop, stop_rx) = watch::channel(false);
         let mut entry = Running {
             config: cfg.clone(),
@@ -252,7 +268,8 @@ impl Router {
     /// Creates or replaces a destination created over the admin API. Returns whether it
     /// is new. The consumer restarts with the new settings from its committed cursor.
     pub async fn put(&self, cfg: DestinationConfig) -> Result<bool, RouterError> {
-        let source_refs: Vec<&str> = self.sources.iter().map(String::as_str).collect();
+        let names = self.source_names();
+        let source_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         cfg.validate(&source_refs)?;
         let existing = self.with(&cfg.name, |r| r.from_file).ok();
         if existing == Some(true) {

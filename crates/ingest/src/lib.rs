@@ -77,13 +77,39 @@ pub struct RejectedItem {
     pub reason: String,
 }
 
+/// The sources by write key (a rotated key with the time it stops being accepted) and by
+/// name.
+struct SourceMap {
+    by_key: HashMap<String, (Arc<Source>, Option<i64>)>,
+    by_name: HashMap<String, Arc<Source>>,
+}
+
+impl SourceMap {
+    fn new(sources: &[SourceSettings], before: Option<&SourceMap>) -> SourceMap {
+        let mut by_key = HashMap::new();
+        let mut by_name = HashMap::new();
+        for s in sources {
+            let source = match before.and_then(|b| b.by_name.get(&s.name)) {
+                Some(old) if old.settings == *s => old.clone(),
+                _ => Arc::new(Source::new(s.clone())),
+            };
+            for (k, until) in &s.previous_keys {
+                by_key.insert(k.clone(), (source.clone(), Some(*until)));
+            }
+            by_key.insert(s.write_key.clone(), (source.clone(), None));
+            by_name.insert(s.name.clone(), source);
+        }
+        SourceMap { by_key, by_name }
+    }
+}
+
 /// The ingest side of a node: its sources and the log and store their events go to.
 pub struct Ingest {
     pub limits: Limits,
     pub log: Arc<dyn EventLog>,
     pub store: Arc<dyn Store>,
-    by_key: HashMap<String, Arc<Source>>,
-    by_name: HashMap<String, Arc<Source>>,
+    /// The sources, replaced whole when they change (the admin API, a reload).
+    sources: std::sync::RwLock<Arc<SourceMap>>,
     /// Accepted events for the live debugger (sent only while someone subscribes).
     pub live: broadcast::Sender<Arc<LiveEvent>>,
     /// Counts this node's appends: its consumers wait on it (and poll the log every
@@ -102,19 +128,11 @@ impl Ingest {
         log: Arc<dyn EventLog>,
         store: Arc<dyn Store>,
     ) -> Ingest {
-        let mut by_key = HashMap::new();
-        let mut by_name = HashMap::new();
-        for s in sources {
-            let source = Arc::new(Source::new(s.clone()));
-            by_key.insert(s.write_key.clone(), source.clone());
-            by_name.insert(s.name.clone(), source);
-        }
         Ingest {
             limits,
             log,
             store,
-            by_key,
-            by_name,
+            sources: std::sync::RwLock::new(Arc::new(SourceMap::new(sources, None))),
             live: broadcast::channel(LIVE_CAPACITY).0,
             log_end: watch::channel(0).0,
             storage: storage::StorageHealth::default(),
@@ -122,17 +140,42 @@ impl Ingest {
         }
     }
 
-    /// The source of this name.
-    pub fn source(&self, name: &str) -> Option<&Arc<Source>> {
-        self.by_name.get(name)
+    fn map(&self) -> Arc<SourceMap> {
+        self.sources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// The enabled source this write key belongs to.
+    /// The source of this name.
+    pub fn source(&self, name: &str) -> Option<Arc<Source>> {
+        self.map().by_name.get(name).cloned()
+    }
+
+    /// Every source, by name.
+    pub fn sources(&self) -> Vec<Arc<Source>> {
+        let mut all: Vec<Arc<Source>> = self.map().by_name.values().cloned().collect();
+        all.sort_by(|a, b| a.settings.name.cmp(&b.settings.name));
+        all
+    }
+
+    /// Replaces the sources. A source whose settings did not change keeps its running
+    /// state (rate-limit bucket, volume).
+    pub fn set_sources(&self, sources: &[SourceSettings]) {
+        let mut slot = self.sources.write().unwrap_or_else(|e| e.into_inner());
+        *slot = Arc::new(SourceMap::new(sources, Some(&slot)));
+    }
+
+    /// The enabled source this write key belongs to (a rotated key until its time).
     pub fn authenticate(&self, key: Option<&str>) -> Result<Arc<Source>, IngestError> {
         let key = key
             .filter(|k| !k.is_empty())
             .ok_or(IngestError::MissingWriteKey)?;
-        let source = self.by_key.get(key).ok_or(IngestError::UnknownWriteKey)?;
+        let map = self.map();
+        let (source, until) = map.by_key.get(key).ok_or(IngestError::UnknownWriteKey)?;
+        if until.is_some_and(|t| t <= chrono::Utc::now().timestamp_millis()) {
+            return Err(IngestError::UnknownWriteKey);
+        }
         if !source.settings.enabled {
             return Err(IngestError::SourceDisabled(source.settings.name.clone()));
         }
@@ -276,6 +319,9 @@ impl Ingest {
             }
         }
         source.metrics.accepted.increment(accepted as u64);
+        source
+            .volume
+            .add(received_ms, accepted as u64, rejected.len() as u64);
         if duplicates > 0 {
             source.metrics.duplicates.increment(duplicates as u64);
         }
@@ -312,6 +358,7 @@ impl Ingest {
                 reason: e.to_string(),
                 raw: excerpt(body),
             };
+            source.volume.add(received_at.timestamp_millis(), 0, 1);
             self.record_rejected(vec![record], name).await;
         }
         IngestError::Request(e)

@@ -233,10 +233,8 @@ function signIn(main) {
 function snippet(src) {
   const host = location.origin;
   return [
-    '<script>',
-    '  !function(){var i="analytics",analytics=window[i]=window[i]||[];/* Segment\'s snippet */}();',
-    '</script>',
-    '// or with @segment/analytics-next:',
+    '// A website, with @segment/analytics-next (npm): only cdnURL changes. analytics.js',
+    '// reads its settings from Sluice and sends its events here.',
     "import { AnalyticsBrowser } from '@segment/analytics-next'",
     "const analytics = AnalyticsBrowser.load({ writeKey: '" + src.write_key + "', cdnURL: '" + host + "' })",
     '',
@@ -260,17 +258,56 @@ function copyButton(text, label) {
   } }, 'Copy');
 }
 
+/** A small bar chart of counts (an SVG drawn with DOM calls). */
+function sparkline(values, label) {
+  const ns = 'http://www.w3.org/2000/svg';
+  const w = 120;
+  const hgt = 24;
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('width', String(w));
+  svg.setAttribute('height', String(hgt));
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', label);
+  const max = Math.max(1, ...values);
+  const bw = w / Math.max(1, values.length);
+  values.forEach((v, i) => {
+    const r = document.createElementNS(ns, 'rect');
+    const bh = Math.round((v / max) * (hgt - 2));
+    r.setAttribute('x', String(i * bw));
+    r.setAttribute('y', String(hgt - bh));
+    r.setAttribute('width', String(Math.max(1, bw - 0.5)));
+    r.setAttribute('height', String(bh));
+    r.setAttribute('fill', '#1f5fbf');
+    svg.append(r);
+  });
+  return svg;
+}
+
 async function sources(main) {
-  main.append(h('h1', {}, 'Sources'));
+  main.append(h('div', { class: 'row' }, h('h1', {}, 'Sources')));
   const list = (await api('GET', '/admin/v1/sources')).data;
-  main.append(table(['Source', 'Type', 'Status', 'Write key', ''], list.map((s) => [
+  main.append(table(['Source', 'Type', 'Status', 'Last hour', 'Last day', 'Refused (day)', 'Write key', ''], list.map((s) => [
     link('/console/sources/' + enc(s.name), s.name),
-    s.kind,
+    s.type || s.kind,
     h('span', { class: 'badge ' + (s.enabled ? 'good' : 'bad') }, s.enabled ? 'enabled' : 'disabled'),
+    h('span', {}, sparkline(s.volume.per_minute, s.volume.last_hour.accepted + ' events in the last hour'), ' ' + s.volume.last_hour.accepted),
+    String(s.volume.last_day.accepted),
+    s.volume.last_day.refused ? h('span', { class: 'error' }, String(s.volume.last_day.refused)) : '0',
     h('code', {}, s.write_key),
     isAdmin() && s.write_key !== '********' ? copyButton(s.write_key, 'Copy the write key of ' + s.name) : null,
   ])));
-  main.append(h('p', { class: 'muted' }, 'Sources are defined in sluice.toml.'));
+  main.append(h('p', { class: 'muted' }, 'Volumes are counted by this node since it started.'));
+  if (!isAdmin()) return;
+  const types = (await api('GET', '/admin/v1/source-types')).data;
+  const name = h('input', { required: true, pattern: '[A-Za-z0-9_\\-]{1,64}', autocomplete: 'off' });
+  const type = h('select', {}, types.map((t) => h('option', { value: t.id }, t.name)));
+  const msg = h('div', { 'aria-live': 'polite' });
+  main.append(h('form', { onsubmit: async (ev) => {
+    ev.preventDefault();
+    const r = await attempt(msg, () => api('PUT', '/admin/v1/sources/' + enc(name.value), { type: type.value }));
+    if (r) go('/console/sources/' + enc(r.name) + '/install');
+  } }, h('h2', {}, 'Add source'), h('div', { class: 'row' }, field('Name', name, 'Letters, digits, - and _.'), field('Type', type)), msg,
+  h('button', { type: 'submit' }, 'Add source')));
 }
 
 async function source(main, name, tab) {
@@ -278,15 +315,39 @@ async function source(main, name, tab) {
   const src = list.find((s) => s.name === name);
   if (!src) throw new ApiError(404, { message: 'no source named ' + name });
   main.append(h('h1', {}, 'Source ' + name),
-    tabs('/console/sources/' + enc(name), tab || '', [['', 'Debugger'], ['refused', 'Refused'], ['install', 'Install']]));
+    tabs('/console/sources/' + enc(name), tab || '', [['', 'Debugger'], ['refused', 'Refused'], ['install', 'Settings and install']]));
   if (tab === 'refused') return refused(main, name);
-  if (tab === 'install') {
-    main.append(h('h2', {}, 'Write key'), h('p', {}, h('code', {}, src.write_key), ' ',
-      isAdmin() && src.write_key !== '********' ? copyButton(src.write_key, 'Copy the write key') : null));
-    main.append(h('h2', {}, 'Install'), h('pre', {}, snippet(src)));
-    return;
-  }
+  if (tab === 'install') return sourceSettings(main, src);
   debuggerView(main, name);
+}
+
+function sourceSettings(main, src) {
+  const msg = h('div', { 'aria-live': 'polite' });
+  const editable = isAdmin() && src.managed_by === 'api';
+  main.append(h('h2', {}, 'Write key'), h('p', {}, h('code', {}, src.write_key), ' ',
+    isAdmin() && src.write_key !== '********' ? copyButton(src.write_key, 'Copy the write key') : null),
+  src.previous_key_valid_until ? h('p', { class: 'muted' }, 'The previous key is accepted until ' + time(src.previous_key_valid_until) + '.') : null);
+  if (src.managed_by === 'file') main.append(h('p', { class: 'muted' }, 'Defined in sluice.toml: change it there. Shown read-only.'));
+  if (editable) {
+    const grace = h('select', {}, [['24', '24 hours'], ['1', '1 hour'], ['168', '7 days'], ['0', 'no grace: the old key stops now']].map(([v, t]) => h('option', { value: v }, t)));
+    const enabled = h('input', { type: 'checkbox', checked: src.enabled });
+    main.append(
+      h('div', { class: 'row' }, field('Old key stays valid for', grace), h('button', { type: 'button', onclick: async () => {
+        if (!confirm('Make a new write key for ' + src.name + '?')) return;
+        const r = await attempt(msg, () => api('POST', '/admin/v1/sources/' + enc(src.name) + '/rotate-key', { grace_hours: Number(grace.value) }));
+        if (r) go('/console/sources/' + enc(src.name) + '/install', true);
+      } }, 'Rotate write key')),
+      h('div', { class: 'row' }, h('label', {}, enabled, ' Enabled'), h('button', { type: 'button', class: 'secondary', onclick: async () => {
+        const r = await attempt(msg, () => api('PUT', '/admin/v1/sources/' + enc(src.name), { type: src.type, enabled: enabled.checked, version: src.version }));
+        if (r) go('/console/sources/' + enc(src.name) + '/install', true);
+      } }, 'Save')),
+      h('div', { class: 'row' }, h('button', { type: 'button', class: 'danger', onclick: async () => {
+        if (!confirm('Remove source ' + src.name + '? Its key stops working; its events stay in the log.')) return;
+        const r = await attempt(msg, () => api('DELETE', '/admin/v1/sources/' + enc(src.name) + '?version=' + src.version));
+        if (r !== undefined) go('/console/sources');
+      } }, 'Remove source')));
+  }
+  main.append(msg, h('h2', {}, 'Install'), h('pre', {}, snippet(src)));
 }
 
 async function refused(main, name) {

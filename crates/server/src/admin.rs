@@ -28,7 +28,6 @@ const MAX_LIMIT: usize = 1000;
 
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
-        .route("/sources", get(list_sources))
         .route("/sources/{name}/events", get(source_events))
         .route("/sources/{name}/rejected", get(source_rejected))
         .route("/sources/{name}/live", get(source_live))
@@ -37,6 +36,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .merge(crate::warehouse_api::routes())
         .merge(crate::access::routes())
         .merge(crate::console::admin_routes())
+        .merge(crate::source_api::routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             app,
@@ -114,35 +114,10 @@ fn parse_limit(q: &LimitQuery) -> Result<usize, ApiError> {
     }
 }
 
-fn source<'a>(app: &'a App, name: &str) -> Result<&'a Arc<Source>, ApiError> {
+pub(crate) fn source(app: &App, name: &str) -> Result<Arc<Source>, ApiError> {
     app.ingest
         .source(name)
         .ok_or_else(|| ApiError::not_found(format!("no source named {name:?}")))
-}
-
-async fn list_sources(
-    State(app): State<Arc<App>>,
-    axum::Extension(actor): axum::Extension<Actor>,
-) -> Json<Value> {
-    let mut sources: Vec<Value> = app
-        .settings
-        .sources
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                // A viewer is shown no secret.
-                "write_key": if actor.is_admin() { s.write_key.as_str() } else { "********" },
-                "enabled": s.enabled,
-                "collect_ip": s.collect_ip,
-                "rate_limit": s.rate_limit.map(|r| json!({"per_second": r.per_second, "burst": r.burst})),
-                "kind": if s.webhook().is_some() { "segment_webhook" } else { "http" },
-                "webhook_path": s.webhook().map(|_| format!("/v1/webhooks/{}", s.name)),
-            })
-        })
-        .collect();
-    sources.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    Json(json!({ "data": sources }))
 }
 
 async fn source_events(

@@ -21,6 +21,7 @@ pub mod http;
 pub mod privacy;
 pub mod profile_api;
 pub mod profiles;
+pub mod source_api;
 pub mod telemetry;
 pub mod tracking;
 pub mod warehouse_api;
@@ -94,6 +95,8 @@ pub struct App {
     pub(crate) profile_bucket: Option<sluice_ingest::ratelimit::Bucket>,
     /// Console sign-in attempts, per client address and user name.
     pub(crate) sign_in_limit: access::SignInLimit,
+    /// Changes to the admin API's sources, one at a time on this node.
+    pub(crate) source_writes: tokio::sync::Mutex<()>,
 }
 
 impl App {
@@ -147,6 +150,7 @@ impl App {
             warehouses,
             profile_bucket,
             sign_in_limit: access::SignInLimit::default(),
+            source_writes: tokio::sync::Mutex::new(()),
             destinations,
         })
     }

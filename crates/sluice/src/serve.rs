@@ -154,8 +154,21 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let shutdown = shutdown_signal()?;
-    let source_names = settings.sources.iter().map(|s| s.name.clone()).collect();
     let app = App::new(settings, log.clone(), store.clone());
+    // The admin API's sources beside the file's (before the destinations, which may name
+    // them), then every few seconds (another node may change them).
+    sluice_server::source_api::apply(&app).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot load the sources created over the admin API: {}",
+            e.message
+        )
+    })?;
+    let source_names = app
+        .ingest
+        .sources()
+        .iter()
+        .map(|s| s.settings.name.clone())
+        .collect();
     let destinations = sluice_destinations::Router::start(
         log,
         store,
@@ -169,6 +182,15 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     .await
     .context("cannot start the destinations")?;
     let _ = app.destinations.set(destinations);
+    let refresh = app.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(sluice_server::source_api::REFRESH).await;
+            if let Err(e) = sluice_server::source_api::apply(&refresh).await {
+                tracing::warn!(error = %e.message, "cannot reload the sources created over the admin API");
+            }
+        }
+    });
     let first_admin = sluice_server::access::first_admin(&app)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the console's first user: {}", e.message))?;
@@ -199,6 +221,7 @@ async fn sources(cfg: &FileConfig, store: &dyn Store) -> Result<Vec<SourceSettin
             collect_ip: false,
             rate_limit: None,
             kind: SourceKind::Http,
+            previous_keys: Vec::new(),
         }]);
     }
     Ok(cfg.source_settings.clone())

@@ -116,7 +116,7 @@ mod consumer {
 
     /// Runs one Kafka source until `stop` turns true.
     pub async fn run(ingest: Arc<Ingest>, source_name: String, mut stop: watch::Receiver<bool>) {
-        let Some(source) = ingest.source(&source_name).cloned() else {
+        let Some(source) = ingest.source(&source_name) else {
             return;
         };
         let Some(k) = source.settings.kafka().cloned() else {

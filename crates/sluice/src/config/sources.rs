@@ -199,6 +199,7 @@ pub(super) fn settings(
                 burst: r.burst.unwrap_or(r.events_per_second.max(1.0)),
             }),
             kind,
+            previous_keys: Vec::new(),
         });
     }
     Ok(out)

@@ -186,10 +186,21 @@ try {
   const now = await (await fetch(`${URL}/admin/v1/destinations/${dest}`, { headers: { authorization: `Bearer ${process.env.SLUICE_ADMIN_TOKEN}` } })).json()
   check(now.batch_size === 3, `the script's change stays (batch_size ${now.batch_size})`)
 
-  // Mappings: the preview of a recent event.
+  // Mappings: the preview of a recent event follows the configuration as it is edited,
+  // before any save.
   await admin.getByRole('link', { name: 'Mappings' }).click()
   await admin.waitForSelector('.card')
   check((await admin.locator('main').innerText()).includes(hook), 'the preview shows the request to the hook')
+  const mapping = admin.getByLabel('Configuration with its mappings (JSON)')
+  const draft = JSON.parse(await mapping.inputValue())
+  draft.settings.hooks[0].hook = hook + '/edited'
+  await mapping.fill(JSON.stringify(draft, null, 2))
+  await admin.waitForSelector(`code:has-text("${hook}/edited")`)
+  const stored = await (await fetch(`${URL}/admin/v1/destinations/${dest}`, { headers: { authorization: `Bearer ${process.env.SLUICE_ADMIN_TOKEN}` } })).json()
+  check(stored.settings.hooks[0].hook === hook, 'the preview saved nothing')
+  draft.settings.hooks[0].hook = hook
+  await mapping.fill(JSON.stringify(draft, null, 2))
+  await admin.waitForSelector(`code:has-text("${hook}")`)
   await shot(admin, 'destination-mappings')
   await accessibility(admin, 'mappings')
 

@@ -267,7 +267,9 @@ impl Router {
 
     /// Creates or replaces a destination created over the admin API. Returns whether it
     /// is new. The consumer restarts with the new settings from its committed cursor.
-    pub async fn put(&self, cfg: DestinationConfig) -> Result<bool, RouterError> {
+    pub async fn put(&self, mut cfg: DestinationConfig) -> Result<bool, RouterError> {
+        let stored = self.with(&cfg.name, |r| r.config.clone()).ok();
+        unmask(&mut cfg, stored.as_ref());
         let names = self.source_names();
         let source_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         cfg.validate(&source_refs)?;
@@ -433,6 +435,21 @@ impl Router {
     pub fn preview(&self, name: &str, event: &Value) -> Result<Value, RouterError> {
         let ctx = self.ctx(name)?;
         Ok(preview_destination(&ctx.dest, event))
+    }
+
+    /// The preview of a configuration not saved yet (the console's mapping editor):
+    /// checked as a save would check it, its masked secrets taken from the stored one.
+    pub fn preview_candidate(
+        &self,
+        mut cfg: DestinationConfig,
+        event: &Value,
+    ) -> Result<Value, RouterError> {
+        let stored = self.with(&cfg.name, |r| r.config.clone()).ok();
+        unmask(&mut cfg, stored.as_ref());
+        let names = self.source_names();
+        let source_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let dest = cfg.validate(&source_refs)?;
+        Ok(preview_destination(&dest, event))
     }
 
     pub async fn dead_letters(
@@ -809,26 +826,55 @@ fn describe(r: &Running) -> Value {
             obj.insert("error".into(), json!(e));
         }
         // Never echo secrets: the classic shared secret, and settings the catalog marks secret.
-        let secret_keys: Vec<String> = match crate::catalog::builtin().get(&r.config.kind) {
-            Some(entry) => entry
-                .settings
-                .iter()
-                .filter(|(_, s)| s.secret)
-                .map(|(k, _)| k.clone())
-                .collect(),
-            None => vec!["sharedSecret".to_string()],
-        };
         if let Some(settings) = obj.get_mut("settings").and_then(Value::as_object_mut) {
-            for key in &secret_keys {
+            for key in &secret_keys(&r.config.kind) {
                 if let Some(s) = settings.get_mut(key) {
                     if s.as_str().is_some_and(|t| !t.is_empty()) {
-                        *s = json!("********");
+                        *s = json!(MASKED);
                     }
                 }
             }
         }
     }
     v
+}
+
+/// How the API shows a secret setting.
+pub const MASKED: &str = "********";
+
+/// The settings of a destination type that are secrets: the classic shared secret, and
+/// the ones the catalog marks secret.
+fn secret_keys(kind: &str) -> Vec<String> {
+    match crate::catalog::builtin().get(kind) {
+        Some(entry) => entry
+            .settings
+            .iter()
+            .filter(|(_, s)| s.secret)
+            .map(|(k, _)| k.clone())
+            .collect(),
+        None => vec!["sharedSecret".to_string()],
+    }
+}
+
+/// A configuration sent back as the API showed it keeps its secrets: a secret setting
+/// given as [`MASKED`] takes the stored value (of the same type).
+fn unmask(cfg: &mut DestinationConfig, stored: Option<&DestinationConfig>) {
+    for key in secret_keys(&cfg.kind) {
+        if cfg.settings.get(&key).and_then(Value::as_str) != Some(MASKED) {
+            continue;
+        }
+        match stored
+            .filter(|old| old.kind == cfg.kind)
+            .and_then(|old| old.settings.get(&key))
+        {
+            Some(v) => {
+                cfg.settings.insert(key, v.clone());
+            }
+            None => {
+                cfg.settings.remove(&key);
+            }
+        }
+    }
 }
 
 fn sample_event() -> Value {
@@ -865,4 +911,33 @@ async fn supervise(ctx: Arc<Ctx>, stop: watch::Receiver<bool>, log_end: watch::R
         tracing::info!(destination = %ctx.dest.name, partition = p, "partition handed over");
     };
     assignment.run_workers(stop, start, gone).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(secret: &str) -> DestinationConfig {
+        serde_json::from_value(json!({
+            "name": "hooks", "type": "webhook", "sources": ["web"],
+            "settings": {"sharedSecret": secret, "hooks": [{"hook": "https://example.com/in"}]},
+        }))
+        .unwrap()
+    }
+
+    /// A configuration sent back as shown keeps the stored secret; a new secret replaces
+    /// it; a masked one with nothing stored is dropped (never kept as `********`).
+    #[test]
+    fn masked_secrets_keep_the_stored_value() {
+        let stored = cfg("s3cret");
+        let mut back = cfg(MASKED);
+        unmask(&mut back, Some(&stored));
+        assert_eq!(back.settings["sharedSecret"], "s3cret");
+        let mut new = cfg("other");
+        unmask(&mut new, Some(&stored));
+        assert_eq!(new.settings["sharedSecret"], "other");
+        let mut fresh = cfg(MASKED);
+        unmask(&mut fresh, None);
+        assert!(!fresh.settings.contains_key("sharedSecret"));
+    }
 }

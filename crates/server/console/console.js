@@ -526,8 +526,7 @@ async function destination(main, name, tab) {
 
 function destinationSettings(main, name, d) {
   const editable = isAdmin() && d.managed_by === 'api';
-  const config = Object.assign({}, d);
-  for (const k of ['name', 'managed_by', 'state', 'error', '_etag']) delete config[k];
+  const config = editableConfig(d);
   const area = h('textarea', { 'aria-label': 'Configuration (JSON)', spellcheck: 'false', readonly: !editable });
   area.value = pretty(config);
   const msg = h('div', { 'aria-live': 'polite' });
@@ -555,16 +554,30 @@ function destinationSettings(main, name, d) {
   );
 }
 
+/** A destination's configuration as it is edited (the API's fields that are shown only, out). */
+function editableConfig(d) {
+  const config = Object.assign({}, d);
+  for (const k of ['name', 'managed_by', 'state', 'error', '_etag']) delete config[k];
+  return config;
+}
+
 async function mappings(main, name, d) {
   const recent = await recentEvents(d.sources);
   const out = h('div', { 'aria-live': 'polite' });
+  const editable = isAdmin() && d.managed_by === 'api';
+  const configArea = h('textarea', { 'aria-label': 'Configuration with its mappings (JSON)', spellcheck: 'false' });
+  configArea.value = pretty(editableConfig(d));
+  const msg = h('div', { 'aria-live': 'polite' });
   let timer = null;
   const run = () => {
     clearTimeout(timer);
     timer = setTimeout(async () => {
       let event;
-      try { event = editor.value(); } catch (e) { out.replaceChildren(h('p', { class: 'error' }, 'Not JSON: ' + e.message)); return; }
-      const r = await attempt(out, () => api('POST', '/admin/v1/destinations/' + enc(name) + '/preview', event));
+      let config;
+      try { event = editor.value(); } catch (e) { out.replaceChildren(h('p', { class: 'error' }, 'The event is not JSON: ' + e.message)); return; }
+      try { config = JSON.parse(configArea.value); } catch (e) { out.replaceChildren(h('p', { class: 'error' }, 'The configuration is not JSON: ' + e.message)); return; }
+      // The preview of what is in the editor, saved or not.
+      const r = await attempt(out, () => api('POST', '/admin/v1/destinations/' + enc(name) + '/preview', { event, config }));
       if (!r) return;
       out.replaceChildren(...r.actions.map((a) => h('div', { class: 'card' },
         h('h2', {}, a.action + ' ', h('span', { class: 'badge ' + (a.matched ? 'good' : '') }, a.matched ? 'matches' : 'does not match')),
@@ -574,13 +587,23 @@ async function mappings(main, name, d) {
     }, 300);
   };
   const editor = eventEditor(recent, run);
-  const actions = (d.actions || []).map((a) => [a.action || a.slug || '', a.subscription || '', h('pre', {}, pretty(a.mapping || a.fields || {}))]);
+  configArea.addEventListener('input', run);
   main.append(
-    h('h2', {}, 'Mappings'),
-    actions.length ? table(['Action', 'Subscription', 'Fields'], actions) : h('p', { class: 'muted' }, 'No mappings listed: the type\'s presets apply (see the Catalog).'),
-    h('p', { class: 'muted' }, 'Mappings are edited in the destination\'s configuration (Settings).'),
-    h('h2', {}, 'Preview'),
-    h('div', { class: 'split' }, h('div', {}, editor.pick, editor.area), out),
+    h('p', { class: 'muted' }, 'Each action\'s subscription and field mappings are in the configuration (`actions`; none listed: the type\'s presets). '
+      + 'The preview follows what you type; nothing is sent.'),
+    d.managed_by === 'file' ? h('p', { class: 'muted' }, 'Defined in sluice.toml: try changes here, then make them there.') : null,
+    h('div', { class: 'split' },
+      h('div', {}, field('Configuration', configArea), msg, editable ? h('button', { type: 'button', onclick: async () => {
+        let body;
+        try { body = JSON.parse(configArea.value); } catch (e) { msg.replaceChildren(h('p', { class: 'error' }, 'Not JSON: ' + e.message)); return; }
+        const saved = await attempt(msg, () => apiFull('PUT', '/admin/v1/destinations/' + enc(name), body, { 'If-Match': d._etag }));
+        if (saved) {
+          d._etag = saved.etag || d._etag;
+          msg.replaceChildren(h('p', { class: 'ok' }, 'Saved.'));
+        }
+      } }, 'Save mappings') : null,
+      h('h2', {}, 'Event'), editor.pick, editor.area),
+      h('div', {}, h('h2', {}, 'Requests'), out)),
   );
   run();
 }

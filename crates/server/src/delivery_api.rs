@@ -231,7 +231,28 @@ async fn preview(
     Path(name): Path<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<Value>, ApiError> {
-    let v: Value = json_body(&body, "JSON object (the event)")?;
+    let mut v: Value = json_body(&body, "JSON object (the event)")?;
+    // `{"event", "config"}`: the preview of a configuration not saved yet.
+    let candidate = match v.as_object_mut().and_then(|o| o.remove("config")) {
+        Some(mut c) => {
+            if let Some(o) = c.as_object_mut() {
+                o.insert("name".into(), json!(name));
+                for shown_only in ["managed_by", "state", "error"] {
+                    o.remove(shown_only);
+                }
+            }
+            Some(
+                serde_json::from_value::<DestinationConfig>(c).map_err(|e| ApiError {
+                    field: Some("config".into()),
+                    ..ApiError::bad_request(
+                        "invalid_destination",
+                        format!("invalid destination: {e}"),
+                    )
+                })?,
+            )
+        }
+        None => None,
+    };
     let event = match v.get("event") {
         Some(e) if e.is_object() => e.clone(),
         _ => v,
@@ -242,7 +263,11 @@ async fn preview(
             "the event must be a JSON object",
         ));
     }
-    Ok(Json(router(&app)?.preview(&name, &event)?))
+    let r = router(&app)?;
+    match candidate {
+        Some(cfg) => Ok(Json(r.preview_candidate(cfg, &event)?)),
+        None => Ok(Json(r.preview(&name, &event)?)),
+    }
 }
 
 #[derive(Deserialize, Default)]

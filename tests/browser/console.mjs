@@ -89,6 +89,17 @@ async function accessibility(page, name) {
 
 async function shot(page, name) {
   await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true })
+  // No screen writes a missing value as the words null or undefined.
+  const stray = await page.evaluate(() => {
+    const walk = document.createTreeWalker(document.querySelector('main'), NodeFilter.SHOW_TEXT)
+    const found = []
+    while (walk.nextNode()) {
+      const n = walk.currentNode
+      if (/^(null|undefined|NaN)$/.test(n.textContent.trim()) && !n.parentElement.closest('pre, textarea, code')) found.push(n.parentElement.tagName)
+    }
+    return found
+  })
+  check(stray.length === 0, `${name}: stray null/undefined text in ${stray.join(', ')}`)
 }
 
 async function signIn(page, user, password) {

@@ -28,6 +28,11 @@ function h(tag, attrs, ...kids) {
   return el;
 }
 
+/** Appends what is given, leaving out null, undefined and false (`el.append` would write them). */
+function add(el, ...kids) {
+  el.append(...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false));
+}
+
 /** A link inside the console (handled without a page load). */
 function link(path, text, attrs) {
   return h('a', Object.assign({ href: path }, attrs || {}), text);
@@ -177,7 +182,7 @@ async function render() {
       try {
         await screen(main, ...m.slice(1).map((x) => (x === undefined ? x : decodeURIComponent(x))));
       } catch (e) {
-        main.append(errorLine(e));
+        add(main, errorLine(e));
       }
       main.focus();
       return;
@@ -283,10 +288,21 @@ function sparkline(values, label) {
   return svg;
 }
 
+/** Delivery counts as horizontal bars, each labelled with its number. */
+function bars(counts) {
+  const max = Math.max(1, ...Object.values(counts));
+  return h('div', { class: 'bars' }, Object.entries(counts).map(([k, v]) => {
+    const bar = h('span', { class: 'bar ' + k });
+    // Through the CSSOM: the CSP allows no style attributes.
+    bar.style.width = Math.max(1, Math.round((v / max) * 60)) + '%';
+    return h('div', { class: 'bar-row' }, h('span', { class: 'bar-label' }, k), bar, h('span', {}, String(v)));
+  }));
+}
+
 async function sources(main) {
-  main.append(h('div', { class: 'row' }, h('h1', {}, 'Sources')));
+  add(main, h('div', { class: 'row' }, h('h1', {}, 'Sources')));
   const list = (await api('GET', '/admin/v1/sources')).data;
-  main.append(table(['Source', 'Type', 'Status', 'Last hour', 'Last day', 'Refused (day)', 'Write key', ''], list.map((s) => [
+  add(main, table(['Source', 'Type', 'Status', 'Last hour', 'Last day', 'Refused (day)', 'Write key', ''], list.map((s) => [
     link('/console/sources/' + enc(s.name), s.name),
     s.type || s.kind,
     h('span', { class: 'badge ' + (s.enabled ? 'good' : 'bad') }, s.enabled ? 'enabled' : 'disabled'),
@@ -296,13 +312,13 @@ async function sources(main) {
     h('code', {}, s.write_key),
     isAdmin() && s.write_key !== '********' ? copyButton(s.write_key, 'Copy the write key of ' + s.name) : null,
   ])));
-  main.append(h('p', { class: 'muted' }, 'Volumes are counted by this node since it started.'));
+  add(main, h('p', { class: 'muted' }, 'Volumes are counted by this node since it started.'));
   if (!isAdmin()) return;
   const types = (await api('GET', '/admin/v1/source-types')).data;
   const name = h('input', { required: true, pattern: '[A-Za-z0-9_\\-]{1,64}', autocomplete: 'off' });
   const type = h('select', {}, types.map((t) => h('option', { value: t.id }, t.name)));
   const msg = h('div', { 'aria-live': 'polite' });
-  main.append(h('form', { onsubmit: async (ev) => {
+  add(main, h('form', { onsubmit: async (ev) => {
     ev.preventDefault();
     const r = await attempt(msg, () => api('PUT', '/admin/v1/sources/' + enc(name.value), { type: type.value }));
     if (r) go('/console/sources/' + enc(r.name) + '/install');
@@ -314,7 +330,7 @@ async function source(main, name, tab) {
   const list = (await api('GET', '/admin/v1/sources')).data;
   const src = list.find((s) => s.name === name);
   if (!src) throw new ApiError(404, { message: 'no source named ' + name });
-  main.append(h('h1', {}, 'Source ' + name),
+  add(main, h('h1', {}, 'Source ' + name),
     tabs('/console/sources/' + enc(name), tab || '', [['', 'Debugger'], ['refused', 'Refused'], ['install', 'Settings and install']]));
   if (tab === 'refused') return refused(main, name);
   if (tab === 'install') return sourceSettings(main, src);
@@ -324,14 +340,14 @@ async function source(main, name, tab) {
 function sourceSettings(main, src) {
   const msg = h('div', { 'aria-live': 'polite' });
   const editable = isAdmin() && src.managed_by === 'api';
-  main.append(h('h2', {}, 'Write key'), h('p', {}, h('code', {}, src.write_key), ' ',
+  add(main, h('h2', {}, 'Write key'), h('p', {}, h('code', {}, src.write_key), ' ',
     isAdmin() && src.write_key !== '********' ? copyButton(src.write_key, 'Copy the write key') : null),
   src.previous_key_valid_until ? h('p', { class: 'muted' }, 'The previous key is accepted until ' + time(src.previous_key_valid_until) + '.') : null);
-  if (src.managed_by === 'file') main.append(h('p', { class: 'muted' }, 'Defined in sluice.toml: change it there. Shown read-only.'));
+  if (src.managed_by === 'file') add(main, h('p', { class: 'muted' }, 'Defined in sluice.toml: change it there. Shown read-only.'));
   if (editable) {
     const grace = h('select', {}, [['24', '24 hours'], ['1', '1 hour'], ['168', '7 days'], ['0', 'no grace: the old key stops now']].map(([v, t]) => h('option', { value: v }, t)));
     const enabled = h('input', { type: 'checkbox', checked: src.enabled });
-    main.append(
+    add(main, 
       h('div', { class: 'row' }, field('Old key stays valid for', grace), h('button', { type: 'button', onclick: async () => {
         if (!confirm('Make a new write key for ' + src.name + '?')) return;
         const r = await attempt(msg, () => api('POST', '/admin/v1/sources/' + enc(src.name) + '/rotate-key', { grace_hours: Number(grace.value) }));
@@ -347,12 +363,12 @@ function sourceSettings(main, src) {
         if (r !== undefined) go('/console/sources');
       } }, 'Remove source')));
   }
-  main.append(msg, h('h2', {}, 'Install'), h('pre', {}, snippet(src)));
+  add(main, msg, h('h2', {}, 'Install'), h('pre', {}, snippet(src)));
 }
 
 async function refused(main, name) {
   const rows = (await api('GET', '/admin/v1/sources/' + enc(name) + '/rejected?limit=100')).data;
-  main.append(table(['Received', 'Code', 'Field', 'Reason', 'Raw'], rows.map((r) => [
+  add(main, table(['Received', 'Code', 'Field', 'Reason', 'Raw'], rows.map((r) => [
     time(r.received_at), r.code, r.field || '', r.reason, h('pre', {}, r.raw),
   ])));
 }
@@ -379,7 +395,7 @@ function debuggerView(main, name) {
   const counts = h('span', { class: 'muted', 'aria-live': 'off' });
   const list = h('ul', { class: 'events', 'aria-label': 'Live events' });
   const detail = h('div', {}, h('p', { class: 'muted' }, 'Select an event to see it.'));
-  main.append(
+  add(main, 
     h('div', { class: 'row' }, pause, field('Type', typeSel), field('Event', nameIn), field('User', userIn), counts),
     h('div', { class: 'split' }, list, detail),
   );
@@ -453,13 +469,13 @@ function debuggerView(main, name) {
 // ---------- destinations ----------
 
 async function destinations(main) {
-  main.append(h('div', { class: 'row' }, h('h1', {}, 'Destinations'), isAdmin() ? link('/console/catalog', 'Add destination', { class: 'button' }) : null));
+  add(main, h('div', { class: 'row' }, h('h1', {}, 'Destinations'), isAdmin() ? link('/console/catalog', 'Add destination', { class: 'button' }) : null));
   const [list, warehouses] = await Promise.all([api('GET', '/admin/v1/destinations'), api('GET', '/admin/v1/warehouses')]);
-  main.append(table(['Destination', 'Type', 'Sources', 'State', 'Managed by'], list.data.map((d) => [
+  add(main, table(['Destination', 'Type', 'Sources', 'State', 'Managed by'], list.data.map((d) => [
     link('/console/destinations/' + enc(d.name), d.name), d.type, (d.sources || []).join(', '),
     h('span', { class: 'badge ' + (d.state === 'running' ? 'good' : 'bad') }, d.state), d.managed_by,
   ])));
-  main.append(h('h2', {}, 'Warehouses'), table(['Warehouse', 'Sources', 'Lag (events)', 'Last sync'], warehouses.data.map((w) => [
+  add(main, h('h2', {}, 'Warehouses'), table(['Warehouse', 'Sources', 'Lag (events)', 'Last sync'], warehouses.data.map((w) => [
     link('/console/warehouses/' + enc(w.name), w.name), (w.sources || []).join(', '), String(w.lagEvents ?? ''),
     w.lastSync ? (w.lastSync.error ? h('span', { class: 'error' }, w.lastSync.error) : time(w.lastSync.startedAt)) : 'none yet',
   ])));
@@ -467,9 +483,9 @@ async function destinations(main) {
 
 async function warehouse(main, name) {
   const [w, syncs] = await Promise.all([api('GET', '/admin/v1/warehouses/' + enc(name)), api('GET', '/admin/v1/warehouses/' + enc(name) + '/syncs')]);
-  main.append(h('h1', {}, 'Warehouse ' + name), h('p', {}, 'Schemas: ' + Object.entries(w.schemas).map(([s, sc]) => s + ' → ' + sc).join(', ')
+  add(main, h('h1', {}, 'Warehouse ' + name), h('p', {}, 'Schemas: ' + Object.entries(w.schemas).map(([s, sc]) => s + ' → ' + sc).join(', ')
     + '. Lag: ' + (w.lagEvents ?? '?') + ' events.'));
-  main.append(h('h2', {}, 'Sync history'), table(['Started', 'Kind', 'Duration', 'Events', 'Rows', 'Discards', 'Error'], syncs.data.map((s) => [
+  add(main, h('h2', {}, 'Sync history'), table(['Started', 'Kind', 'Duration', 'Events', 'Rows', 'Discards', 'Error'], syncs.data.map((s) => [
     time(s.startedAt), s.kind, s.durationMs + ' ms', String(s.events),
     Object.entries(s.rows).map(([t, n]) => t + ': ' + n).join(', '), String(s.discards), s.error ? h('span', { class: 'error' }, s.error) : '',
   ])));
@@ -516,7 +532,7 @@ function eventEditor(recent, onchange) {
 async function destination(main, name, tab) {
   const { data: d, etag } = await apiFull('GET', '/admin/v1/destinations/' + enc(name));
   d._etag = etag;
-  main.append(h('h1', {}, 'Destination ' + name + ' '), h('p', { class: 'muted' }, d.type + ' · sources: ' + (d.sources || []).join(', ') + ' · ' + d.state),
+  add(main, h('h1', {}, 'Destination ' + name + ' '), h('p', { class: 'muted' }, d.type + ' · sources: ' + (d.sources || []).join(', ') + ' · ' + d.state),
     tabs('/console/destinations/' + enc(name), tab || '', [['', 'Settings'], ['mappings', 'Mappings'], ['tester', 'Event Tester'], ['delivery', 'Event Delivery']]));
   if (!tab) return destinationSettings(main, name, d);
   if (tab === 'mappings') return mappings(main, name, d);
@@ -530,7 +546,7 @@ function destinationSettings(main, name, d) {
   const area = h('textarea', { 'aria-label': 'Configuration (JSON)', spellcheck: 'false', readonly: !editable });
   area.value = pretty(config);
   const msg = h('div', { 'aria-live': 'polite' });
-  main.append(
+  add(main, 
     d.managed_by === 'file' ? h('p', { class: 'muted' }, 'Defined in sluice.toml: change it there. Shown read-only.') : null,
     d.error ? h('p', { class: 'error' }, d.error) : null,
     field('Configuration', area, 'Secrets are shown as ********; leave them so to keep them.'),
@@ -588,7 +604,7 @@ async function mappings(main, name, d) {
   };
   const editor = eventEditor(recent, run);
   configArea.addEventListener('input', run);
-  main.append(
+  add(main, 
     h('p', { class: 'muted' }, 'Each action\'s subscription and field mappings are in the configuration (`actions`; none listed: the type\'s presets). '
       + 'The preview follows what you type; nothing is sent.'),
     d.managed_by === 'file' ? h('p', { class: 'muted' }, 'Defined in sluice.toml: try changes here, then make them there.') : null,
@@ -627,7 +643,7 @@ async function tester(main, name, d) {
         h('h2', {}, 'Request'), h('pre', {}, headerLines(c.request.headers)), h('pre', {}, c.request.body),
         c.response ? [h('h2', {}, 'Response'), h('pre', {}, headerLines(c.response.headers)), h('pre', {}, c.response.body)] : null)));
   } }, 'Send test event');
-  main.append(h('p', { class: 'muted' }, 'Sends one event now, to every URL, without recording or retrying it.'),
+  add(main, h('p', { class: 'muted' }, 'Sends one event now, to every URL, without recording or retrying it.'),
     h('div', { class: 'split' }, h('div', {}, editor.pick, editor.area, h('div', { class: 'row' }, send)), out));
 }
 
@@ -637,18 +653,33 @@ async function delivery(main, name) {
     api('GET', '/admin/v1/destinations/' + enc(name) + '/dead-letters?limit=20'),
   ]);
   const windows = Object.entries(r.windows);
-  main.append(table(['Window', 'Delivered', 'Retrying', 'Failed', 'Filtered', 'p50 ms', 'p95 ms', 'p99 ms'], windows.map(([w, s]) => [
+  add(main, table(['Window', 'Delivered', 'Retrying', 'Failed', 'Filtered', 'p50 ms', 'p95 ms', 'p99 ms'], windows.map(([w, s]) => [
     w, String(s.counts.delivered), String(s.counts.retrying), String(s.counts.failed), String(s.counts.filtered),
     String(s.latency_ms.p50 ?? ''), String(s.latency_ms.p95 ?? ''), String(s.latency_ms.p99 ?? ''),
   ])));
   const b = r.backlog;
-  main.append(h('p', {}, 'Backlog: ' + b.log_events + ' events in the log, ' + b.retry_queue + ' retrying, ' + b.dead_letters + ' dead letters'
+  add(main, h('p', {}, 'Backlog: ' + b.log_events + ' events in the log, ' + b.retry_queue + ' retrying, ' + b.dead_letters + ' dead letters'
     + (b.paused ? '; paused by the circuit breaker' : '') + '.'));
-  main.append(h('h2', {}, 'Latest errors'), table(['At', 'Message', 'Status', 'Error', 'Response'], r.latest_errors.map((e) => [
+  add(main, h('h2', {}, 'Latest errors'), table(['At', 'Message', 'Status', 'Error', 'Response'], r.latest_errors.map((e) => [
     time(e.at), e.messageId, String(e.status ?? ''), e.error || '', h('pre', {}, e.response || ''),
   ])));
+  add(main, h('h2', {}, 'The last hour'), bars(r.windows['1h'].counts));
+  const replayMsg = h('div', { 'aria-live': 'polite' });
+  if (isAdmin()) {
+    const from = h('input', { type: 'datetime-local', required: true });
+    const to = h('input', { type: 'datetime-local' });
+    from.value = new Date(Date.now() - 3600e3 - new Date().getTimezoneOffset() * 60e3).toISOString().slice(0, 16);
+    add(main, h('form', { onsubmit: async (ev) => {
+      ev.preventDefault();
+      const body = { from: new Date(from.value).toISOString() };
+      if (to.value) body.to = new Date(to.value).toISOString();
+      const job = await attempt(replayMsg, () => api('POST', '/admin/v1/destinations/' + enc(name) + '/replay', body));
+      if (job) replayMsg.replaceChildren(h('p', { class: 'ok' }, 'Replay ' + job.id + ' started (offsets ' + job.start_offset + ' to ' + job.end_offset + ').'));
+    } }, h('h2', {}, 'Replay a time window'), h('div', { class: 'row' }, field('From', from), field('To (default: now)', to)), replayMsg,
+    h('button', { type: 'submit' }, 'Replay window')));
+  }
   const msg = h('div', { 'aria-live': 'polite' });
-  main.append(h('h2', {}, 'Dead letters'), table(['Failed', 'Message', 'Status', 'Reason'], dead.data.map((x) => [
+  add(main, h('h2', {}, 'Dead letters'), table(['Failed', 'Message', 'Status', 'Reason'], dead.data.map((x) => [
     time(x.failedAt), x.messageId, String(x.status ?? ''), x.reason,
   ])), msg, isAdmin() && dead.data.length ? h('button', { type: 'button', onclick: async () => {
     const ok = await attempt(msg, () => api('POST', '/admin/v1/destinations/' + enc(name) + '/dead-letters/replay', {}));
@@ -670,7 +701,7 @@ async function catalog(main) {
       isAdmin() ? link('/console/catalog/' + enc(e.id), 'Add ' + e.name, { class: 'button' }) : null)));
   };
   search.addEventListener('input', draw);
-  main.append(h('h1', {}, 'Catalog'), field('Search', search), grid);
+  add(main, h('h1', {}, 'Catalog'), field('Search', search), grid);
   draw();
 }
 
@@ -729,7 +760,7 @@ async function addDestination(main, type) {
   settingFields,
   msg,
   h('button', { type: 'submit' }, 'Save'));
-  main.append(form);
+  add(main, form);
 }
 
 // ---------- event search, profiles, privacy ----------
@@ -749,7 +780,7 @@ async function eventSearch(main) {
         d.latency_ms === null || d.latency_ms === undefined ? '' : d.latency_ms + ' ms', d.detail || '',
       ])));
   };
-  main.append(h('h1', {}, 'Event search'), h('form', { class: 'row', onsubmit: (ev) => { ev.preventDefault(); history.replaceState(null, '', '/console/events?id=' + enc(id.value)); find(); } },
+  add(main, h('h1', {}, 'Event search'), h('form', { class: 'row', onsubmit: (ev) => { ev.preventDefault(); history.replaceState(null, '', '/console/events?id=' + enc(id.value)); find(); } },
     field('Message id', id), h('button', { type: 'submit' }, 'Find')), out);
   if (params.get('id')) { id.value = params.get('id'); find(); }
 }
@@ -787,7 +818,7 @@ async function profiles(main) {
       } }, 'Delete and suppress this user')) : null,
     );
   };
-  main.append(h('h1', {}, 'Profiles'), h('form', { class: 'row', onsubmit: (ev) => {
+  add(main, h('h1', {}, 'Profiles'), h('form', { class: 'row', onsubmit: (ev) => {
     ev.preventDefault();
     history.replaceState(null, '', '/console/profiles?type=' + enc(type.value) + '&id=' + enc(value.value));
     find();
@@ -801,13 +832,13 @@ async function profiles(main) {
 
 async function privacy(main) {
   const [regs, sup] = await Promise.all([api('GET', '/admin/v1/regulations'), api('GET', '/admin/v1/suppressions')]);
-  main.append(h('h1', {}, 'Privacy'));
+  add(main, h('h1', {}, 'Privacy'));
   if (isAdmin()) {
     const type = h('select', {}, ['SUPPRESS_WITH_DELETE', 'DELETE_ONLY', 'SUPPRESS_ONLY', 'UNSUPPRESS', 'DELETE_INTERNAL', 'SUPPRESS_WITH_DELETE_INTERNAL'].map((t) => h('option', { value: t }, t)));
     const subject = h('select', {}, h('option', { value: 'USER_ID' }, 'user id'), h('option', { value: 'ANONYMOUS_ID' }, 'anonymous id'));
     const ids = h('input', { required: true, placeholder: 'one id, or several separated by commas' });
     const msg = h('div', { 'aria-live': 'polite' });
-    main.append(h('form', { onsubmit: async (ev) => {
+    add(main, h('form', { onsubmit: async (ev) => {
       ev.preventDefault();
       const body = { regulationType: type.value, subjectType: subject.value, subjectIds: ids.value.split(',').map((s) => s.trim()).filter(Boolean) };
       if (!confirm(type.value + ' for ' + body.subjectIds.length + ' subject(s)?')) return;
@@ -815,20 +846,20 @@ async function privacy(main) {
       if (r) go('/console/privacy', true);
     } }, h('h2', {}, 'Delete and suppress a user'), h('div', { class: 'row' }, field('Regulation', type), field('Subject', subject), field('Ids', ids)), msg, h('button', { type: 'submit', class: 'danger' }, 'Submit regulation')));
   }
-  main.append(h('h2', {}, 'Regulations'), table(['Id', 'Type', 'Subjects', 'Status', 'Created', 'Finished'], regs.data.regulations.slice().reverse().map((r) => [
+  add(main, h('h2', {}, 'Regulations'), table(['Id', 'Type', 'Subjects', 'Status', 'Created', 'Finished'], regs.data.regulations.slice().reverse().map((r) => [
     r.id, r.regulationType, r.subjectType + ' × ' + r.subjectIds.length, h('span', { class: 'badge ' + (r.overallStatus === 'FINISHED' ? 'good' : (r.overallStatus === 'FAILED' ? 'bad' : '')) }, r.overallStatus),
     time(r.createdAt), time(r.finishedAt),
   ])));
-  main.append(h('h2', {}, 'Suppressed subjects'), h('p', {}, (sup.data.userIds.length + sup.data.anonymousIds.length) + ' suppressed (shown hashed).'));
+  add(main, h('h2', {}, 'Suppressed subjects'), h('p', {}, (sup.data.userIds.length + sup.data.anonymousIds.length) + ' suppressed (shown hashed).'));
 }
 
 // ---------- access ----------
 
 async function access(main) {
   const [users, audit] = await Promise.all([api('GET', '/admin/v1/users'), api('GET', '/admin/v1/audit?limit=100')]);
-  main.append(h('h1', {}, 'Access'));
+  add(main, h('h1', {}, 'Access'));
   const msg = h('div', { 'aria-live': 'polite' });
-  main.append(h('h2', {}, 'Users'), table(['User', 'Role', 'Changed', ''], users.data.map((u) => [
+  add(main, h('h2', {}, 'Users'), table(['User', 'Role', 'Changed', ''], users.data.map((u) => [
     u.name, u.role, time(u.updatedAt),
     isAdmin() && u.name !== state.me.user ? h('button', { type: 'button', class: 'danger', onclick: async () => {
       if (!confirm('Delete user ' + u.name + '?')) return;
@@ -841,7 +872,7 @@ async function access(main) {
     const role = h('select', {}, h('option', { value: 'viewer' }, 'viewer'), h('option', { value: 'admin' }, 'admin'));
     const pass = h('input', { type: 'password', required: true, autocomplete: 'new-password', minlength: '12' });
     const out = h('div', { 'aria-live': 'polite' });
-    main.append(h('form', { onsubmit: async (ev) => {
+    add(main, h('form', { onsubmit: async (ev) => {
       ev.preventDefault();
       const existing = users.data.find((u) => u.name === name.value);
       const body = existing ? { role: role.value, password: pass.value, version: existing.version } : { role: role.value, password: pass.value };
@@ -849,7 +880,7 @@ async function access(main) {
       if (r) go('/console/access', true);
     } }, h('h2', {}, 'Add a user, or set a user\'s role and password'), h('div', { class: 'row' }, field('User name', name), field('Role', role), field('Password', pass, 'At least 12 characters.')), out, h('button', { type: 'submit' }, 'Save user')));
   }
-  main.append(h('h2', {}, 'Audit trail'), table(['When', 'Who', 'What', 'Before', 'After'], audit.data.map((e) => [
+  add(main, h('h2', {}, 'Audit trail'), table(['When', 'Who', 'What', 'Before', 'After'], audit.data.map((e) => [
     time(e.at), e.actor, e.action + ' ' + e.kind + ' ' + e.name,
     e.before ? h('pre', {}, pretty(e.before)) : '', e.after ? h('pre', {}, pretty(e.after)) : '',
   ])));

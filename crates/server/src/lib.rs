@@ -71,6 +71,8 @@ pub struct Settings {
     pub http: http::HttpSettings,
     /// Warehouse destinations (each one more consumer of the log).
     pub warehouses: Vec<sluice_warehouse::settings::WarehouseSettings>,
+    /// Serve the web console (`[console] enabled`).
+    pub console: bool,
 }
 
 /// Shared state of the server.
@@ -173,7 +175,11 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(profile_api::routes())
         .merge(webhook_source::routes())
         .merge(access::session_routes())
-        .merge(console::routes())
+        .merge(if app.settings.console {
+            console::routes()
+        } else {
+            Router::new()
+        })
         .nest("/admin/v1", admin::routes(app.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

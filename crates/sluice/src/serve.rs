@@ -127,6 +127,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         public_url: cfg.public_url.clone(),
         trust_forwarded_for: cfg.trust_forwarded_for,
         rejected_retention: cfg.rejected.retention.0,
+        console: cfg.console.enabled,
         retention_interval: cfg.log.retention_interval.0,
         delivery_retention: cfg.log.retention.0,
         profiles: sluice_server::profiles::ProfileSettings {

@@ -278,3 +278,31 @@ fn people_sign_in_and_change_only_what_their_role_allows() {
     limited.assert_error(429, "too_many_sign_ins");
     assert!(limited.header("retry-after").is_some());
 }
+
+/// `[console] enabled = false`: no console pages (the admin API stays); on by default,
+/// its page carries the strict Content-Security-Policy.
+#[test]
+fn the_console_can_be_turned_off_and_its_pages_are_locked_down() {
+    let on = Server::start(Some("admin_token = \"test-admin-token\"\n"));
+    let page = on.request("GET", "/console/sources", &[], None);
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap_or("");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(
+        on.request("GET", "/", &[], None).status,
+        200,
+        "/ leads to the console"
+    );
+    let off = Server::start(Some(
+        "admin_token = \"test-admin-token\"\n[console]\nenabled = false\n",
+    ));
+    assert_eq!(
+        off.request("GET", "/console/sources", &[], None).status,
+        404
+    );
+    assert_eq!(off.admin("/sources").status, 200, "the admin API stays");
+}

@@ -380,6 +380,7 @@ async fn lookups(
         },
         http: Default::default(),
         warehouses: Vec::new(),
+        console: false,
     };
     let app = sluice_server::App::new(settings, log.clone(), store.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

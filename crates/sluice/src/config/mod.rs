@@ -61,6 +61,8 @@ pub struct FileConfig {
     pub identity: sluice_identity::Rules,
     #[serde(default)]
     pub profiles: ProfilesConfig,
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -210,6 +212,20 @@ impl Default for LogConfig {
             options: BTreeMap::new(),
             lease: HumanDuration(Duration::from_secs(10)),
         }
+    }
+}
+
+/// `[console]`: the web console on the server's listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// `false`: no console (the admin API stays).
+    pub enabled: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { enabled: true }
     }
 }
 

@@ -236,6 +236,7 @@ const SECTIONS: &[(&str, Fields)] = &[
         ],
     ),
     ("rejected", &[("retention", DUR)]),
+    ("console", &[("enabled", BOOL)]),
 ];
 const SOURCE: Fields = &[
     ("name", STR),

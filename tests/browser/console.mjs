@@ -154,6 +154,16 @@ try {
   check(raw.includes('<script>window.__owned=1</script>'), 'the raw view shows the script as text')
   check(raw.includes('javascript:window.__owned=3'), 'the raw view shows the javascript: URL as text')
   check(await admin.evaluate(() => window.__owned === undefined), 'nothing in the event ran')
+  // A refused item shows beside the accepted ones, with its reason.
+  await fetch(`${URL}/v1/track`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: 'Basic ' + Buffer.from(siteKey + ':').toString('base64') },
+    body: JSON.stringify({ event: `Refused ${run}`, properties: {} }),
+  })
+  const refusedRow = admin.locator('ul.events li.refused', { hasText: `Refused ${run}` })
+  await refusedRow.waitFor({ timeout: 20_000 })
+  await refusedRow.locator('button').click()
+  check((await admin.locator('main .error').first().innerText()).includes('userId'), 'the refused item says why (no user)')
   await shot(admin, 'debugger')
   await accessibility(admin, 'debugger')
 

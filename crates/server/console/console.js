@@ -369,7 +369,7 @@ function sourceSettings(main, src) {
 async function refused(main, name) {
   const rows = (await api('GET', '/admin/v1/sources/' + enc(name) + '/rejected?limit=100')).data;
   add(main, table(['Received', 'Code', 'Field', 'Reason', 'Raw'], rows.map((r) => [
-    time(r.received_at), r.code, r.field || '', r.reason, h('pre', {}, r.raw),
+    time(r.receivedAt), r.code, r.field || '', r.reason, h('pre', {}, r.raw),
   ])));
 }
 
@@ -412,7 +412,9 @@ function debuggerView(main, name) {
     const calls = [['type', e.type], ['event', e.event.event], ['name', e.event.name], ['userId', e.event.userId],
       ['anonymousId', e.event.anonymousId], ['messageId', e.event.messageId], ['receivedAt', e.event.receivedAt]]
       .filter(([, v]) => v !== undefined);
-    detail.replaceChildren(h('h2', {}, 'Pretty'), table(['Field', 'Value'], calls.map(([k, v]) => [k, String(v)])),
+    detail.replaceChildren(
+      e.refused ? h('p', { class: 'error' }, 'Refused (' + e.refused.code + (e.refused.field ? ', ' + e.refused.field : '') + '): ' + e.refused.reason) : null,
+      h('h2', {}, 'Pretty'), table(['Field', 'Value'], calls.map(([k, v]) => [k, String(v)])),
       h('h2', {}, 'Properties and traits'), h('pre', {}, pretty(e.event.properties || e.event.traits || {})),
       h('h2', {}, 'Raw'), raw);
     for (const li of list.children) li.classList.toggle('selected', li._event === e);
@@ -440,6 +442,25 @@ function debuggerView(main, name) {
     buffer.push({ type, event });
   };
   for (const t of ['track', 'identify', 'page', 'screen', 'group', 'alias', 'event']) source.addEventListener(t, take(t));
+  // Refused items beside the accepted ones: polled, as they are kept with their reasons.
+  let refusedSince = Date.now();
+  const seenRefused = new Set();
+  const pollRefused = setInterval(async () => {
+    if (paused) return;
+    let rows;
+    try { rows = (await api('GET', '/admin/v1/sources/' + enc(name) + '/rejected?limit=50')).data; } catch (_) { return; }
+    for (const r of rows.slice().reverse()) {
+      if (seenRefused.has(r.id) || new Date(r.receivedAt).getTime() < refusedSince - 1000) continue;
+      seenRefused.add(r.id);
+      received += 1;
+      let raw;
+      try { raw = JSON.parse(r.raw); } catch (_) { raw = { raw: r.raw }; }
+      const ev = Object.assign({}, typeof raw === 'object' && raw ? raw : { raw }, { receivedAt: r.receivedAt });
+      buffer.push({ type: 'refused: ' + r.code, refused: r, event: ev });
+    }
+  }, 2000);
+  state.cleanup.push(() => clearInterval(pollRefused));
+  void refusedSince;
   source.addEventListener('lagged', (msg) => {
     try { received += JSON.parse(msg.data).skipped; } catch (_) { /* ignore */ }
   });

@@ -225,8 +225,33 @@ try {
   await shot(admin, 'destination-mappings')
   await accessibility(admin, 'mappings')
 
+  // A Pushwoosh destination from the catalog: its presets shown; editing the Track Events
+  // mapping changes the preview, before any save.
+  await admin.locator('#nav').getByRole('link', { name: 'Catalog' }).click()
+  await admin.getByLabel('Search').fill('pushwoosh')
+  await admin.getByRole('link', { name: 'Add Pushwoosh' }).click()
+  const push = `push-${run}`
+  await admin.getByLabel('Name').fill(push)
+  await admin.getByLabel(`Source ${site}`).check()
+  await admin.getByLabel(/^pushwooshAPIKey/).fill('pw-secret-key')
+  await admin.getByLabel(/^pushwooshAppCode/).fill('APP-12345')
+  await admin.getByRole('button', { name: 'Save' }).click()
+  await admin.waitForSelector(`text=Destination ${push}`)
+  check(!(await admin.locator('main').innerText()).includes('pw-secret-key'), 'the API key is not shown back')
+  await admin.getByRole('link', { name: 'Mappings' }).click()
+  await admin.waitForSelector('text=Actions and presets of Pushwoosh')
+  await admin.waitForSelector(`pre:has-text("Console Checkout ${run}")`)
+  const pushConfig = admin.getByLabel('Configuration with its mappings (JSON)')
+  const pushDraft = JSON.parse(await pushConfig.inputValue())
+  pushDraft.actions = [{ action: 'trackEvent', mapping: { name: `Edited ${run}` } }]
+  await pushConfig.fill(JSON.stringify(pushDraft, null, 2))
+  await admin.waitForSelector(`pre:has-text("Edited ${run}")`)
+  const pushPreview = await admin.locator('main').innerText()
+  check(pushPreview.includes('pw-secret-key'), 'the preview of an unsaved config uses the stored (masked) API key')
+  await shot(admin, 'destination-mappings-pushwoosh')
+  await admin.goto(`${URL}/console/destinations/${dest}/tester`)
+
   // Event Tester: the receiver answers 200.
-  await admin.getByRole('link', { name: 'Event Tester' }).click()
   await admin.getByRole('button', { name: 'Send test event' }).click()
   await admin.waitForSelector('text=Result:')
   const tested = await admin.locator('main').innerText()

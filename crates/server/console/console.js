@@ -625,10 +625,22 @@ async function mappings(main, name, d) {
   };
   const editor = eventEditor(recent, run);
   configArea.addEventListener('input', run);
+  // The type's actions and presets, as the catalog declares them.
+  let presets = null;
+  try {
+    const entry = (await api('GET', '/admin/v1/catalog')).data.find((e) => e.id === d.type);
+    if (entry && entry.actions.length) {
+      presets = h('details', {}, h('summary', {}, 'Actions and presets of ' + entry.name),
+        table(['Action', 'Default subscription', 'Fields'], entry.actions.map((a) => [a.slug + ' — ' + a.title, a.defaultSubscription,
+          a.fields.map((f) => f.key + (f.required ? '*' : '')).join(', ')])),
+        h('p', {}, 'Presets (enabled when the configuration lists no actions): ' + (entry.presets.map((p) => p.action + ' (' + p.subscription + ')').join(', ') || 'none')));
+    }
+  } catch (_) { /* the catalog is optional here */ }
   add(main, 
     h('p', { class: 'muted' }, 'Each action\'s subscription and field mappings are in the configuration (`actions`; none listed: the type\'s presets). '
       + 'The preview follows what you type; nothing is sent.'),
     d.managed_by === 'file' ? h('p', { class: 'muted' }, 'Defined in sluice.toml: try changes here, then make them there.') : null,
+    presets,
     h('div', { class: 'split' },
       h('div', {}, field('Configuration', configArea), msg, editable ? h('button', { type: 'button', onclick: async () => {
         let body;

@@ -389,6 +389,18 @@ async fn me(axum::Extension(actor): axum::Extension<Actor>) -> Json<Value> {
     }))
 }
 
+/// A user as written now (the store sets its version).
+fn user_record(name: &str, role: Role, password_hash: String) -> UserRecord {
+    UserRecord {
+        name: name.to_string(),
+        role: role.as_str().into(),
+        password_hash,
+        version: 0,
+        created_at_ms: now_ms(),
+        updated_at_ms: now_ms(),
+    }
+}
+
 fn user_json(u: &UserRecord) -> Value {
     json!({
         "name": u.name,
@@ -482,14 +494,7 @@ async fn put_user(
             ))
         }
     };
-    let record = UserRecord {
-        name: name.clone(),
-        role: role.as_str().into(),
-        password_hash: hash,
-        version: 0,
-        created_at_ms: now_ms(),
-        updated_at_ms: now_ms(),
-    };
+    let record = user_record(&name, role, hash);
     match app
         .store
         .put_user(record, b.version)
@@ -536,9 +541,10 @@ async fn put_user(
     }
 }
 
+/// `?version=N`: the version a removal was read at.
 #[derive(Deserialize)]
-struct VersionQuery {
-    version: Option<i64>,
+pub(crate) struct VersionQuery {
+    pub version: Option<i64>,
 }
 
 async fn delete_user(
@@ -631,14 +637,7 @@ pub async fn first_admin(app: &App) -> Result<Option<String>, ApiError> {
     let hash = tokio::task::spawn_blocking(move || hash_password(&p))
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))??;
-    let record = UserRecord {
-        name: "admin".into(),
-        role: "admin".into(),
-        password_hash: hash,
-        version: 0,
-        created_at_ms: now_ms(),
-        updated_at_ms: now_ms(),
-    };
+    let record = user_record("admin", Role::Admin, hash);
     match app
         .store
         .put_user(record, None)

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_ingest::{SourceKind, SourceSettings};
 
-use crate::access::{self, Actor};
+use crate::access::{self, Actor, VersionQuery};
 use crate::error::ApiError;
 use crate::tracking::BodyBytes;
 use crate::App;
@@ -305,11 +305,6 @@ async fn put(
     )
     .await;
     Ok((status, Json(json!(after))).into_response())
-}
-
-#[derive(Deserialize)]
-struct VersionQuery {
-    version: Option<i64>,
 }
 
 async fn delete(

@@ -335,6 +335,11 @@ try {
     return r.status
   }, [dest])
   check(status === 403, `a viewer's DELETE answered ${status}`)
+  // The viewer may preview, and sees the Pushwoosh key masked.
+  await viewer.goto(`${URL}/console/destinations/${push}/mappings`)
+  await viewer.waitForSelector('.card h2:has-text("trackEvent")')
+  const seen = await viewer.locator('main').innerText()
+  check(seen.includes('Token ********') && !seen.includes('pw-secret-key'), 'a viewer\'s preview masks the key')
 } finally {
   await browser.close()
   receiver.close()

@@ -437,6 +437,19 @@ impl Router {
         Ok(preview_destination(&ctx.dest, event))
     }
 
+    /// The values of a destination's secret settings (to mask them in what a viewer sees).
+    pub fn secret_values(&self, name: &str) -> Vec<String> {
+        self.with(name, |r| {
+            secret_keys(&r.config.kind)
+                .iter()
+                .filter_map(|k| r.config.settings.get(k).and_then(Value::as_str))
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
     /// The preview of a configuration not saved yet (the console's mapping editor):
     /// checked as a save would check it, its masked secrets taken from the stored one.
     pub fn preview_candidate(

@@ -228,6 +228,7 @@ async fn test(
 /// Body: the event (or `{"event": {...}}`). Nothing is sent.
 async fn preview(
     State(app): State<Arc<App>>,
+    axum::Extension(actor): axum::Extension<Actor>,
     Path(name): Path<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -264,9 +265,33 @@ async fn preview(
         ));
     }
     let r = router(&app)?;
-    match candidate {
-        Some(cfg) => Ok(Json(r.preview_candidate(cfg, &event)?)),
-        None => Ok(Json(r.preview(&name, &event)?)),
+    let shown = match candidate {
+        Some(cfg) => r.preview_candidate(cfg, &event)?,
+        None => r.preview(&name, &event)?,
+    };
+    if actor.is_admin() {
+        return Ok(Json(shown));
+    }
+    // A viewer sees the requests with the destination's secrets masked, wherever they
+    // appear in a string (a header, a URL, a body field).
+    let mut shown = shown;
+    mask_in_strings(&mut shown, &r.secret_values(&name));
+    Ok(Json(shown))
+}
+
+/// Replaces each secret inside every string of `v` (and object keys stay as they are).
+fn mask_in_strings(v: &mut Value, secrets: &[String]) {
+    match v {
+        Value::String(s) => {
+            for secret in secrets {
+                if s.contains(secret.as_str()) {
+                    *s = s.replace(secret.as_str(), sluice_destinations::router::MASKED);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| mask_in_strings(i, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|i| mask_in_strings(i, secrets)),
+        _ => {}
     }
 }
 
@@ -550,4 +575,21 @@ async fn journey(
     Ok(Json(
         json!({ "messageId": message_id, "stored": event, "deliveries": deliveries }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_inside_every_string() {
+        let mut v = json!({"headers": {"authorization": "Token abc123"}, "url": "https://x/abc123/y",
+                           "body": [{"k": "abc123"}, 5, null], "abc123": "key names stay"});
+        mask_in_strings(&mut v, &["abc123".to_string()]);
+        assert_eq!(v["headers"]["authorization"], "Token ********");
+        assert_eq!(v["url"], "https://x/********/y");
+        assert_eq!(v["body"][0]["k"], "********");
+        assert_eq!(v["body"][1], 5);
+        assert!(!v.to_string().contains("Token abc123"));
+    }
 }

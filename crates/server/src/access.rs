@@ -239,7 +239,8 @@ pub fn check_change(
             ));
         }
     }
-    if !actor.is_admin() && !(read_only_post(path) && *method == Method::POST) {
+    let read_only = read_only_post(path) && *method == Method::POST;
+    if !(actor.is_admin() || read_only) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -210,7 +210,7 @@ try {
   // Mappings: the preview of a recent event follows the configuration as it is edited,
   // before any save.
   await admin.getByRole('link', { name: 'Mappings' }).click()
-  await admin.waitForSelector('.card')
+  await admin.waitForSelector('.preview')
   check((await admin.locator('main').innerText()).includes(hook), 'the preview shows the request to the hook')
   const mapping = admin.getByLabel('Configuration with its mappings (JSON)')
   const draft = JSON.parse(await mapping.inputValue())
@@ -241,11 +241,14 @@ try {
   await admin.getByRole('link', { name: 'Mappings' }).click()
   await admin.waitForSelector('text=Actions and presets of Pushwoosh')
   await admin.waitForSelector(`pre:has-text("Console Checkout ${run}")`)
-  const pushConfig = admin.getByLabel('Configuration with its mappings (JSON)')
-  const pushDraft = JSON.parse(await pushConfig.inputValue())
-  pushDraft.actions = [{ action: 'trackEvent', mapping: { name: `Edited ${run}` } }]
-  await pushConfig.fill(JSON.stringify(pushDraft, null, 2))
+  // The Track Events form: turn the action on and map its name to a fixed text.
+  await admin.getByText('Edit each action').click()
+  await admin.locator('details .card', { hasText: 'trackEvent — ' }).locator('input[type=checkbox]').check()
+  await admin.getByLabel('trackEvent name').fill(`"Edited ${run}"`)
   await admin.waitForSelector(`pre:has-text("Edited ${run}")`)
+  const pushDraft = JSON.parse(await admin.getByLabel('Configuration with its mappings (JSON)').inputValue())
+  check(JSON.stringify(pushDraft.actions) === JSON.stringify([{ action: 'trackEvent', mapping: { name: `Edited ${run}` } }]),
+    `the form wrote the configuration's actions: ${JSON.stringify(pushDraft.actions)}`)
   const pushPreview = await admin.locator('main').innerText()
   check(pushPreview.includes('pw-secret-key'), 'the preview of an unsaved config uses the stored (masked) API key')
   await shot(admin, 'destination-mappings-pushwoosh')
@@ -337,7 +340,7 @@ try {
   check(status === 403, `a viewer's DELETE answered ${status}`)
   // The viewer may preview, and sees the Pushwoosh key masked.
   await viewer.goto(`${URL}/console/destinations/${push}/mappings`)
-  await viewer.waitForSelector('.card h2:has-text("trackEvent")')
+  await viewer.waitForSelector('.preview h2:has-text("trackEvent")')
   const seen = await viewer.locator('main').innerText()
   check(seen.includes('Token ********') && !seen.includes('pw-secret-key'), 'a viewer\'s preview masks the key')
 } finally {

@@ -616,7 +616,7 @@ async function mappings(main, name, d) {
       // The preview of what is in the editor, saved or not.
       const r = await attempt(out, () => api('POST', '/admin/v1/destinations/' + enc(name) + '/preview', { event, config }));
       if (!r) return;
-      out.replaceChildren(...r.actions.map((a) => h('div', { class: 'card' },
+      out.replaceChildren(...r.actions.map((a) => h('div', { class: 'card preview' },
         h('h2', {}, a.action + ' ', h('span', { class: 'badge ' + (a.matched ? 'good' : '') }, a.matched ? 'matches' : 'does not match')),
         a.skipped_reason ? h('p', { class: 'muted' }, a.skipped_reason) : null,
         a.requests.map((q) => h('div', {}, h('p', {}, h('code', {}, q.method + ' ' + q.url)),
@@ -625,11 +625,14 @@ async function mappings(main, name, d) {
   };
   const editor = eventEditor(recent, run);
   configArea.addEventListener('input', run);
-  // The type's actions and presets, as the catalog declares them.
+  // The type's actions and presets, as the catalog declares them, and a form per action
+  // that writes the configuration's `actions`.
   let presets = null;
+  let forms = null;
   try {
     const entry = (await api('GET', '/admin/v1/catalog')).data.find((e) => e.id === d.type);
     if (entry && entry.actions.length) {
+      forms = actionForms(entry, configArea, run);
       presets = h('details', {}, h('summary', {}, 'Actions and presets of ' + entry.name),
         table(['Action', 'Default subscription', 'Fields'], entry.actions.map((a) => [a.slug + ' — ' + a.title, a.defaultSubscription,
           a.fields.map((f) => f.key + (f.required ? '*' : '')).join(', ')])),
@@ -641,6 +644,7 @@ async function mappings(main, name, d) {
       + 'The preview follows what you type; nothing is sent.'),
     d.managed_by === 'file' ? h('p', { class: 'muted' }, 'Defined in sluice.toml: try changes here, then make them there.') : null,
     presets,
+    forms,
     h('div', { class: 'split' },
       h('div', {}, field('Configuration', configArea), msg, editable ? h('button', { type: 'button', onclick: async () => {
         let body;
@@ -655,6 +659,59 @@ async function mappings(main, name, d) {
       h('div', {}, h('h2', {}, 'Requests'), out)),
   );
   run();
+}
+
+/**
+ * One form per action of the type: on or off, its subscription (FQL), and each field's
+ * mapping (a mapping-kit value as JSON; empty: the catalog's default, shown as the
+ * placeholder). Every change rewrites `actions` in the configuration editor and runs the
+ * preview. With no action on, the type's presets apply.
+ */
+function actionForms(entry, configArea, onchange) {
+  const editors = [];
+  let current;
+  try { current = JSON.parse(configArea.value).actions || []; } catch (_) { current = []; }
+  const sync = () => {
+    let config;
+    try { config = JSON.parse(configArea.value); } catch (_) { return; }
+    const actions = [];
+    for (const ed of editors) {
+      if (!ed.on.checked) continue;
+      const item = { action: ed.slug };
+      if (ed.sub.value.trim() && ed.sub.value.trim() !== ed.defaultSub) item.subscription = ed.sub.value.trim();
+      const mapping = {};
+      for (const [key, input, error] of ed.fields) {
+        error.textContent = '';
+        if (!input.value.trim()) continue;
+        try { mapping[key] = JSON.parse(input.value); } catch (e) { error.textContent = 'Not JSON (write a text in quotes): ' + e.message; return; }
+      }
+      if (Object.keys(mapping).length) item.mapping = mapping;
+      actions.push(item);
+    }
+    if (actions.length) config.actions = actions;
+    else delete config.actions;
+    configArea.value = pretty(config);
+    onchange();
+  };
+  const cards = entry.actions.map((a) => {
+    const existing = current.find((x) => x.action === a.slug);
+    const on = h('input', { type: 'checkbox', checked: !!existing && existing.enabled !== false });
+    const sub = h('input', { value: (existing && existing.subscription) || a.defaultSubscription, 'aria-label': 'Subscription of ' + a.slug });
+    const fields = a.fields.map((f) => {
+      const cur = existing && existing.mapping ? existing.mapping[f.key] : undefined;
+      const input = h('input', { value: cur === undefined ? '' : JSON.stringify(cur), placeholder: JSON.stringify(f.default === undefined ? null : f.default), 'aria-label': a.slug + ' ' + f.key });
+      return [f.key, input, h('span', { class: 'error', 'aria-live': 'polite' }), f];
+    });
+    const ed = { slug: a.slug, on, sub, defaultSub: a.defaultSubscription, fields };
+    editors.push(ed);
+    for (const el of [on, sub, ...fields.map((x) => x[1])]) el.addEventListener('input', sync);
+    on.addEventListener('change', sync);
+    return h('div', { class: 'card' },
+      h('h2', {}, h('label', {}, on, ' ' + a.slug + ' — ' + a.title)),
+      field('Subscription', sub),
+      table(['Field', 'Mapping', ''], fields.map(([key, input, error, f]) => [key + (f.required ? ' (required)' : ''), input, error])));
+  });
+  return h('details', { open: current.length > 0 }, h('summary', {}, 'Edit each action'), cards);
 }
 
 async function tester(main, name, d) {

@@ -3,18 +3,13 @@
 // /v1/projects/{writeKey}/settings from Sluice, which points its `Segment.io` integration
 // back at Sluice, and sends cross-origin (CORS) from a page served on another port.
 import { chromium } from 'playwright-core'
-import http from 'node:http'
-import fs from 'node:fs'
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { startShop } from './shop.mjs'
 import { randomUUID } from 'node:crypto'
 
 const URL = process.env.SLUICE_URL
 const WRITE_KEY = process.env.SLUICE_WRITE_KEY
 const TOKEN = process.env.SLUICE_ADMIN_TOKEN
 const SOURCE = process.env.SLUICE_SOURCE ?? 'web'
-const here = path.dirname(fileURLToPath(import.meta.url))
-const umd = path.join(here, 'node_modules/@segment/analytics-next/dist/umd')
 
 const page = `<!doctype html><html><head><title>sluice browser test</title>
 <script src="/ajs/index.js"></script></head><body><h1>shop</h1><script>
@@ -27,22 +22,8 @@ window.runAnalytics = async (writeKey, cdnURL, userId) => {
 }
 </script></body></html>`
 
-const files = http.createServer((req, res) => {
-  if (req.url === '/') {
-    res.writeHead(200, { 'content-type': 'text/html' })
-    return res.end(page)
-  }
-  const name = path.basename(req.url.replace(/^\/ajs\//, ''))
-  const file = path.join(umd, name)
-  if (req.url.startsWith('/ajs/') && fs.existsSync(file)) {
-    res.writeHead(200, { 'content-type': 'application/javascript' })
-    return res.end(fs.readFileSync(file))
-  }
-  res.writeHead(404)
-  res.end()
-})
-await new Promise((r) => files.listen(0, '127.0.0.1', r))
-const pageUrl = `http://127.0.0.1:${files.address().port}/`
+const shop = await startShop(page)
+const pageUrl = shop.url
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
@@ -94,7 +75,7 @@ try {
   }
 } finally {
   await browser.close()
-  files.close()
+  shop.close()
 }
 if (problems.length) {
   console.error('analytics.js in Chromium:\n' + problems.join('\n'))

@@ -8,6 +8,7 @@
 // banner's), and writes a
 // screenshot of each screen to SCREENSHOTS (default docs/console).
 import { chromium } from 'playwright-core'
+import { startShop } from './shop.mjs'
 import http from 'node:http'
 import fs from 'node:fs'
 import path from 'node:path'
@@ -38,7 +39,6 @@ await new Promise((r) => receiver.listen(0, '127.0.0.1', r))
 const hook = `http://127.0.0.1:${receiver.address().port}/in`
 
 // The shop: a page of another origin with unmodified analytics.js (from npm).
-const umd = path.join(here, 'node_modules/@segment/analytics-next/dist/umd')
 const shopPage = `<!doctype html><html><head><title>shop</title>
 <script src="/ajs/index.js"></script></head><body><h1>shop</h1><script>
 window.runAnalytics = async (writeKey, cdnURL, userId, name, props) => {
@@ -47,21 +47,8 @@ window.runAnalytics = async (writeKey, cdnURL, userId, name, props) => {
   await analytics.track(name, props)
 }
 </script></body></html>`
-const files = http.createServer((req, res) => {
-  if (req.url === '/') {
-    res.writeHead(200, { 'content-type': 'text/html' })
-    return res.end(shopPage)
-  }
-  const file = path.join(umd, path.basename(req.url.replace(/^\/ajs\//, '')))
-  if (req.url.startsWith('/ajs/') && fs.existsSync(file)) {
-    res.writeHead(200, { 'content-type': 'application/javascript' })
-    return res.end(fs.readFileSync(file))
-  }
-  res.writeHead(404)
-  res.end()
-})
-await new Promise((r) => files.listen(0, '127.0.0.1', r))
-const pageUrl = `http://127.0.0.1:${files.address().port}/`
+const shop = await startShop(shopPage)
+const pageUrl = shop.url
 
 const problems = []
 const check = (ok, what) => { if (!ok) problems.push(what) }
@@ -346,7 +333,7 @@ try {
 } finally {
   await browser.close()
   receiver.close()
-  files.close()
+  shop.close()
 }
 if (problems.length) {
   console.error('console in Chromium:\n' + problems.join('\n'))

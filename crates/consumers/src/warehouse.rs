@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sluice_log::EventLog;
-use sluice_warehouse::load::{LoadError, Loaded};
+use sluice_warehouse::load::Loaded;
 use sluice_warehouse::naming::Names;
 use sluice_warehouse::postgres::Postgres;
 use sluice_warehouse::settings::{Start, WarehouseSettings};
@@ -298,8 +298,11 @@ impl Warehouse {
             return 0;
         }
         let mut shaped = shape_with(names, &event);
-        metrics::counter!("sluice_warehouse_dropped_keys_total", "warehouse" => self.settings.name.clone())
-            .increment(shaped.dropped.len() as u64);
+        // Most events drop no key: the labelled counter is looked up only when one does.
+        if !shaped.dropped.is_empty() {
+            metrics::counter!("sluice_warehouse_dropped_keys_total", "warehouse" => self.settings.name.clone())
+                .increment(shaped.dropped.len() as u64);
+        }
         self.settings.select(&mut shaped.rows);
         let n = shaped.rows.len();
         batch.entry(schema.clone()).or_default().extend(shaped.rows);
@@ -690,9 +693,7 @@ fn load_batch(
                     .collect();
                 loaded.add(l);
             }
-            Err(e @ (LoadError::Refused(_) | LoadError::Failed(_))) => {
-                return (Some(db), batch, Err(e.to_string()))
-            }
+            Err(e) => return (Some(db), batch, Err(e.to_string())),
         }
     }
     (Some(db), batch, Ok(loaded))

@@ -382,7 +382,6 @@ function debuggerView(main, name) {
   let received = 0;
   let shown = 0;
   let buffer = [];
-  let selected = null;
   const items = [];
   const typeSel = h('select', {}, ['', 'track', 'identify', 'page', 'screen', 'group', 'alias'].map((t) => h('option', { value: t }, t || 'all types')));
   const nameIn = h('input', { type: 'search', placeholder: 'event name' });
@@ -407,7 +406,6 @@ function debuggerView(main, name) {
       + (received > shown ? ' (sampled: at most ' + RATE_SHOWN + ' a second are drawn)' : '') + '.';
   }
   function show(e) {
-    selected = e;
     const raw = h('pre', {}, pretty(e.event));
     const calls = [['type', e.type], ['event', e.event.event], ['name', e.event.name], ['userId', e.event.userId],
       ['anonymousId', e.event.anonymousId], ['messageId', e.event.messageId], ['receivedAt', e.event.receivedAt]]
@@ -430,7 +428,7 @@ function debuggerView(main, name) {
     return li;
   }
   function redraw() {
-    list.replaceChildren(...items.filter((e) => matches(e.event) || (e.type === typeSel.value)).filter((e) => matches(e.event)).map(row));
+    list.replaceChildren(...items.filter((e) => matches(e.event)).map(row));
   }
   for (const input of [typeSel, nameIn, userIn]) input.addEventListener('input', redraw);
   const source = new EventSource('/admin/v1/sources/' + enc(name) + '/live');
@@ -443,7 +441,7 @@ function debuggerView(main, name) {
   };
   for (const t of ['track', 'identify', 'page', 'screen', 'group', 'alias', 'event']) source.addEventListener(t, take(t));
   // Refused items beside the accepted ones: polled, as they are kept with their reasons.
-  let refusedSince = Date.now();
+  const refusedSince = Date.now();
   const seenRefused = new Set();
   const pollRefused = setInterval(async () => {
     if (paused) return;
@@ -460,7 +458,6 @@ function debuggerView(main, name) {
     }
   }, 2000);
   state.cleanup.push(() => clearInterval(pollRefused));
-  void refusedSince;
   source.addEventListener('lagged', (msg) => {
     try { received += JSON.parse(msg.data).skipped; } catch (_) { /* ignore */ }
   });
@@ -484,7 +481,6 @@ function debuggerView(main, name) {
     source.close();
     clearInterval(timer);
   });
-  void selected;
 }
 
 // ---------- destinations ----------

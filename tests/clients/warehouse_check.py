@@ -5,15 +5,18 @@ return exactly the rows and columns in warehouse_expected.txt, Segment's layout 
 ../../docs/configuration.md "Warehouses" and the reference describe it.
 
 Usage: warehouse_check.py  (reads SLUICE_URL, SLUICE_WAREHOUSE_WRITE_KEY,
-SLUICE_WAREHOUSE_DSN (a postgres:// URL), SLUICE_WAREHOUSE_SCHEMA; psql on PATH)
+SLUICE_WAREHOUSE_DSN (a postgres:// URL), SLUICE_WAREHOUSE_SCHEMA, and SLUICE_ADMIN_TOKEN to
+show the server's warehouse status on a failure; psql on PATH)
 With --write, writes what it found to the expected file instead (for review).
 """
 import datetime
 import difflib
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 from segment.analytics.client import Client
 
@@ -89,6 +92,29 @@ def query(sql):
     return out.stdout, None
 
 
+def warehouse_status():
+    """What the server says of its warehouses (lag, latest syncs), to tell a load that
+    failed from one that never ran."""
+    token = os.environ.get("SLUICE_ADMIN_TOKEN")
+    if not token:
+        return "(SLUICE_ADMIN_TOKEN not set)"
+    out = []
+    for path in ["/admin/v1/warehouses"]:
+        req = urllib.request.Request(URL + path, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                data = json.load(resp)["data"]
+        except Exception as e:  # noqa: BLE001 - a diagnostic: say what failed
+            return f"(cannot read {path}: {e})"
+        for w in data:
+            out.append(json.dumps(w))
+            req = urllib.request.Request(f"{URL}/admin/v1/warehouses/{w['name']}/syncs",
+                                         headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                out.extend(json.dumps(x) for x in json.load(resp)["data"][:5])
+    return "\n".join(out)
+
+
 def report():
     parts = []
     for title, sql in QUERIES:
@@ -119,7 +145,8 @@ def main():
         want = f.read()
     if got != want:
         diff = difflib.unified_diff(want.splitlines(), got.splitlines(), "expected", "warehouse", lineterm="")
-        sys.exit("warehouse rows differ from warehouse_expected.txt:\n" + "\n".join(diff))
+        sys.exit("warehouse rows differ from warehouse_expected.txt:\n" + "\n".join(diff)
+                 + "\n\nthe server's warehouses and their latest syncs:\n" + warehouse_status())
     print(f"warehouse: {len(QUERIES)} queries return exactly the expected rows and columns")
 
 

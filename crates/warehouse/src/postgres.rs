@@ -19,12 +19,21 @@ pub struct Postgres {
 impl Postgres {
     pub fn connect(url: &str) -> Result<Postgres, LoadError> {
         let client = Client::connect(url, postgres::NoTls)
-            .map_err(|e| LoadError::Failed(format!("cannot connect: {e}")))?;
+            .map_err(|e| LoadError::Failed(format!("cannot connect: {}", with_cause(&e))))?;
         Ok(Postgres { client })
     }
 
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+}
+
+/// A client error with its cause: `postgres::Error` shows only its kind ("error
+/// connecting to server"), the cause (refused, timed out) is its source.
+fn with_cause(e: &postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 
@@ -34,7 +43,7 @@ impl From<postgres::Error> for LoadError {
     fn from(e: postgres::Error) -> LoadError {
         let message = match e.as_db_error() {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
+            None => with_cause(&e),
         };
         match e.code().map(|c| &c.code()[..2]) {
             Some("22" | "54") => LoadError::Refused(message),

@@ -236,7 +236,8 @@ function signIn(main) {
 // ---------- sources ----------
 
 function snippet(src) {
-  const host = location.origin;
+  // The Tracking API's address: the page's own unless the console has one of its own.
+  const host = state.me.tracking_url || location.origin;
   return [
     '// A website, with @segment/analytics-next (npm): only cdnURL changes. analytics.js',
     '// reads its settings from Sluice and sends its events here.',

@@ -394,11 +394,16 @@ async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Res
     Ok(r)
 }
 
-async fn me(axum::Extension(actor): axum::Extension<Actor>) -> Json<Value> {
+async fn me(
+    State(app): State<Arc<App>>,
+    axum::Extension(actor): axum::Extension<Actor>,
+) -> Json<Value> {
     Json(json!({
         "user": actor.name,
         "role": actor.role.as_str(),
         "csrf": actor.session.as_ref().map(|s| s.csrf.clone()),
+        // What the install snippets name as the host: null means the page's own origin.
+        "tracking_url": app.settings.public_url.as_ref().or(app.settings.tracking_url.as_ref()),
     }))
 }
 
@@ -661,6 +666,14 @@ pub async fn first_admin(app: &App) -> Result<Option<String>, ApiError> {
         VersionedWrite::Stale => Ok(None),
         VersionedWrite::Written(_) => Ok(Some(password)),
     }
+}
+
+/// Drops a request's cookies, on the server's listener when the console has an address of
+/// its own: a browser sends the console's session cookie to every port of its host, and
+/// the session must not reach the admin API from the public listener.
+pub async fn no_sessions(mut req: Request, next: Next) -> Response {
+    req.headers_mut().remove(header::COOKIE);
+    next.run(req).await
 }
 
 /// Admin API authentication: the admin token or a console session; then the CSRF token

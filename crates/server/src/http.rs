@@ -63,10 +63,12 @@ impl Default for HttpSettings {
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains the connections
-/// (each sees `stop` turn true) for at most `settings.shutdown_timeout`.
+/// (each sees `stop` turn true) for at most `settings.shutdown_timeout`. With `ingest`,
+/// the Tracking API's ingest calls are served too, beside the router.
 pub(crate) async fn run(
     mut listener: tokio::net::TcpListener,
     router: Router,
+    ingest: bool,
     app: Arc<App>,
     settings: HttpSettings,
     shutdown: impl Future<Output = ()>,
@@ -87,6 +89,7 @@ pub(crate) async fn run(
             stream,
             peer,
             router.clone(),
+            ingest,
             app.clone(),
             settings,
             stop.clone(),
@@ -118,6 +121,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     router: Router,
+    ingest: bool,
     app: Arc<App>,
     settings: HttpSettings,
     mut stop: watch::Receiver<bool>,
@@ -137,7 +141,7 @@ async fn connection(
         }
         let mut req = req.map(|body| DeadlineBody::new(body, body_timeout));
         // The Tracking API's ingest calls, nearly all of the traffic, skip the router.
-        if tracking::direct_ingest_kind(&req).is_some() {
+        if ingest && tracking::direct_ingest_kind(&req).is_some() {
             let req = req.map(axum::body::Body::new);
             let app = app.clone();
             return Either::Left(

@@ -71,8 +71,22 @@ pub struct Settings {
     pub http: http::HttpSettings,
     /// Warehouse destinations (each one more consumer of the log).
     pub warehouses: Vec<sluice_warehouse::settings::WarehouseSettings>,
-    /// Serve the web console (`[console] enabled`).
-    pub console: bool,
+    /// Where the web console is served (`[console]`).
+    pub console: ConsoleAt,
+    /// The Tracking API's base URL as the console's install snippets show it, when the
+    /// console is on an address of its own (otherwise the page's own origin is it).
+    pub tracking_url: Option<String>,
+}
+
+/// Where the web console is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleAt {
+    /// Nowhere (`[console] enabled = false`); the admin API stays on the listener.
+    Off,
+    /// On the server's listener, beside the Tracking API.
+    Shared,
+    /// On a listener of its own (`[console] listen`): see [`console_router`].
+    Own,
 }
 
 /// Shared state of the server.
@@ -168,19 +182,44 @@ impl App {
     }
 }
 
-/// All routes of the server.
+/// All routes of the server's listener: the Tracking API, the Profile API, the admin
+/// API, and the console unless it is off or on a listener of its own. In that case this
+/// listener takes no console session (its requests' cookies are dropped), so a session
+/// works only on the console's address: the admin API here needs the token.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let console_here = app.settings.console == ConsoleAt::Shared;
+    let router = Router::new()
         .merge(tracking::routes())
         .merge(profile_api::routes())
         .merge(webhook_source::routes())
-        .merge(access::session_routes())
-        .merge(if app.settings.console {
-            console::routes()
+        .merge(if console_here {
+            access::session_routes().merge(console::routes())
         } else {
             Router::new()
         })
-        .nest("/admin/v1", admin::routes(app.clone()))
+        .nest("/admin/v1", admin::routes(app.clone()));
+    let router = if app.settings.console == ConsoleAt::Own {
+        router.layer(axum::middleware::from_fn(access::no_sessions))
+    } else {
+        router
+    };
+    probes(router, app)
+}
+
+/// The console's own listener (`[console] listen`): its pages, sign-in, and the APIs its
+/// screens read (admin and Profile API); no Tracking API.
+pub fn console_router(app: Arc<App>) -> Router {
+    let router = Router::new()
+        .merge(profile_api::routes())
+        .merge(access::session_routes())
+        .merge(console::routes())
+        .nest("/admin/v1", admin::routes(app.clone()));
+    probes(router, app)
+}
+
+/// Health, readiness and metrics, on every listener, and the request metrics.
+fn probes(router: Router<Arc<App>>, app: Arc<App>) -> Router {
+    router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route(
@@ -217,11 +256,13 @@ async fn readyz(
     }
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, finishes in-flight requests
+/// Serves until `shutdown` resolves (on `console_listener` too, the console's own address
+/// when `[console] listen` gives one), then stops accepting, finishes in-flight requests
 /// (for at most `http.shutdown_timeout`, see [`http`]), ends live streams and closes the
 /// log (flushing its last group commit).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    console_listener: Option<tokio::net::TcpListener>,
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -274,15 +315,35 @@ pub async fn serve(
         tracing::info!("shutting down: draining in-flight requests");
         stopping.begin_shutdown();
     };
-    http::run(
+    let main = http::run(
         listener,
         router(app.clone()),
+        true,
         app.clone(),
         app.settings.http,
         graceful,
         app.shutdown.clone(),
-    )
-    .await;
+    );
+    match console_listener {
+        Some(console) => {
+            // It stops with the main listener: both watch the same stop signal.
+            let mut stop = app.shutdown.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let console = http::run(
+                console,
+                console_router(app.clone()),
+                false,
+                app.clone(),
+                app.settings.http,
+                stopped,
+                app.shutdown.clone(),
+            );
+            tokio::join!(main, console);
+        }
+        None => main.await,
+    }
     retention.abort();
     #[cfg(feature = "kafka")]
     for task in kafka_sources {

@@ -127,7 +127,12 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         public_url: cfg.public_url.clone(),
         trust_forwarded_for: cfg.trust_forwarded_for,
         rejected_retention: cfg.rejected.retention.0,
-        console: cfg.console.enabled,
+        console: match (cfg.console.enabled, &cfg.console.listen) {
+            (false, _) => sluice_server::ConsoleAt::Off,
+            (true, None) => sluice_server::ConsoleAt::Shared,
+            (true, Some(_)) => sluice_server::ConsoleAt::Own,
+        },
+        tracking_url: None,
         retention_interval: cfg.log.retention_interval.0,
         delivery_retention: cfg.log.retention.0,
         profiles: sluice_server::profiles::ProfileSettings {
@@ -154,6 +159,25 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    let console_listener = match &cfg.console.listen {
+        Some(at) => {
+            let at: SocketAddr = at.parse().context("invalid console.listen address")?;
+            Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen on {at} (console.listen)"))?,
+            )
+        }
+        None => None,
+    };
+    let console_addr = match &console_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let mut settings = settings;
+    if console_addr.is_some() {
+        settings.tracking_url = Some(format!("http://{addr}"));
+    }
     let shutdown = shutdown_signal()?;
     let app = App::new(settings, log.clone(), store.clone());
     // The admin API's sources beside the file's (before the destinations, which may name
@@ -192,18 +216,25 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
             }
         }
     });
-    let first_admin = sluice_server::access::first_admin(&app)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create the console's first user: {}", e.message))?;
+    // With the console off nobody could sign in with it: it is made at the first start
+    // that serves the console.
+    let first_admin = if app.settings.console == sluice_server::ConsoleAt::Off {
+        None
+    } else {
+        sluice_server::access::first_admin(&app)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the console's first user: {}", e.message))?
+    };
     // Last: the banner is the readiness signal, and consumers must have their cursors.
     print_banner(
         addr,
+        console_addr,
         &data_dir,
         &app.settings,
         token_origin,
         first_admin.as_deref(),
     );
-    sluice_server::serve(listener, app, shutdown)
+    sluice_server::serve(listener, console_listener, app, shutdown)
         .await
         .context("server failed")?;
     tracing::info!("stopped");
@@ -294,6 +325,7 @@ enum TokenOrigin {
 
 fn print_banner(
     addr: SocketAddr,
+    console_addr: Option<SocketAddr>,
     data_dir: &Path,
     settings: &Settings,
     origin: TokenOrigin,
@@ -306,11 +338,18 @@ fn print_banner(
         env!("CARGO_PKG_VERSION")
     ));
     out.push_str(&format!("  data directory: {}\n", data_dir.display()));
-    match first_admin {
-        Some(password) => out.push_str(&format!(
-            "  console:        {url}/  sign in as `admin` with password {password}   (generated now; shown this once: change it under Access)\n"
+    let console = match console_addr {
+        Some(at) => format!("http://{at}"),
+        None => url.clone(),
+    };
+    match (settings.console, first_admin) {
+        (sluice_server::ConsoleAt::Off, _) => {
+            out.push_str("  console:        off ([console] enabled = false)\n")
+        }
+        (_, Some(password)) => out.push_str(&format!(
+            "  console:        {console}/  sign in as `admin` with password {password}   (generated now; shown this once: change it under Access)\n"
         )),
-        None => out.push_str(&format!("  console:        {url}/\n")),
+        (_, None) => out.push_str(&format!("  console:        {console}/\n")),
     }
     let shown_token = match origin {
         TokenOrigin::GeneratedNow => {

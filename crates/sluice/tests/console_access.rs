@@ -306,3 +306,82 @@ fn the_console_can_be_turned_off_and_its_pages_are_locked_down() {
     );
     assert_eq!(off.admin("/sources").status, 200, "the admin API stays");
 }
+
+/// `[console] listen`: the console, its sign-in and the admin API on an address of their
+/// own; the server's listener serves no console and takes no session (a browser sends
+/// the cookie to every port of the host), while the admin token keeps working there.
+#[test]
+fn the_console_can_have_an_address_of_its_own() {
+    let s = Server::start(Some(
+        "admin_token = \"test-admin-token\"\n[console]\nlisten = \"127.0.0.1:0\"\n",
+    ));
+    let console = s
+        .console_url()
+        .expect("the banner names the console's address");
+    assert_ne!(console, s.url);
+    let password = first_password(&s);
+    // On the server's listener: no console, no sign-in; the Tracking API and the token.
+    assert_eq!(s.request("GET", "/console/sources", &[], None).status, 404);
+    let body = json!({"username": "admin", "password": password}).to_string();
+    let json_type = [("Content-Type", "application/json")];
+    assert_eq!(
+        s.request(
+            "POST",
+            "/console/api/session",
+            &json_type,
+            Some(body.as_bytes())
+        )
+        .status,
+        404
+    );
+    assert_eq!(s.admin("/sources").status, 200);
+    assert_eq!(
+        s.send("/v1/track", &json!({"userId": "u1", "event": "E"}))
+            .status,
+        200
+    );
+    // On the console's: the page, sign-in, the admin API; no Tracking API.
+    let page = common::request_to(&console, "GET", "/console/sources", &[], None);
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|c| c.contains("script-src 'self'")));
+    let signed = common::request_to(
+        &console,
+        "POST",
+        "/console/api/session",
+        &json_type,
+        Some(body.as_bytes()),
+    );
+    assert_eq!(signed.status, 200, "{}", signed.body);
+    let cookie = signed
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let me = common::request_to(
+        &console,
+        "GET",
+        "/admin/v1/me",
+        &[("Cookie", &cookie)],
+        None,
+    );
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["user"], "admin");
+    assert_eq!(
+        me.body["tracking_url"].as_str(),
+        Some(s.url.as_str()),
+        "install snippets name the Tracking API's address, not the console's"
+    );
+    let track = common::request_to(&console, "POST", "/v1/track", &json_type, Some(b"{}"));
+    assert_eq!(
+        track.status, 404,
+        "no Tracking API on the console's address: {}",
+        track.body
+    );
+    // The same cookie on the server's listener is no session there.
+    s.request("GET", "/admin/v1/me", &[("Cookie", &cookie)], None)
+        .assert_error(401, "missing_admin_token");
+}

@@ -380,13 +380,14 @@ async fn lookups(
         },
         http: Default::default(),
         warehouses: Vec::new(),
-        console: false,
+        console: sluice_server::ConsoleAt::Off,
+        tracking_url: None,
     };
     let app = sluice_server::App::new(settings, log.clone(), store.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sluice_server::serve(listener, app, async move {
+    let server = tokio::spawn(sluice_server::serve(listener, None, app, async move {
         let _ = stop_rx.await;
     }));
     let auth = format!("Basic {}", base64_encode(format!("{token}:").as_bytes()));

@@ -215,17 +215,23 @@ impl Default for LogConfig {
     }
 }
 
-/// `[console]`: the web console on the server's listener.
+/// `[console]`: the web console, on the server's listener or an address of its own.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsoleConfig {
     /// `false`: no console (the admin API stays).
     pub enabled: bool,
+    /// An address of its own (`127.0.0.1:8089`): the console, its sign-in and the admin
+    /// API there, and the server's listener takes no console session.
+    pub listen: Option<String>,
 }
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
-        ConsoleConfig { enabled: true }
+        ConsoleConfig {
+            enabled: true,
+            listen: None,
+        }
     }
 }
 
@@ -393,6 +399,32 @@ fn check_server(cfg: &FileConfig, err: &FieldError) -> Result<()> {
                 format!("must be an address like 127.0.0.1:8088, not {l:?}"),
             )
         })?;
+    }
+    if let Some(l) = &cfg.console.listen {
+        let console: SocketAddr = l.parse().map_err(|_| {
+            err(
+                "console.listen",
+                format!("must be an address like 127.0.0.1:8089, not {l:?}"),
+            )
+        })?;
+        if !cfg.console.enabled {
+            return Err(err(
+                "console.listen",
+                "gives the console an address, but `console.enabled` is false: remove one of them"
+                    .into(),
+            ));
+        }
+        if cfg
+            .listen
+            .as_deref()
+            .and_then(|m| m.parse::<SocketAddr>().ok())
+            == Some(console)
+        {
+            return Err(err(
+                "console.listen",
+                format!("is the server's own `listen` address ({l}): leave it unset to serve the console there"),
+            ));
+        }
     }
     if let Some(n) = cfg.workers {
         if !(1..=MAX_WORKERS).contains(&n) {

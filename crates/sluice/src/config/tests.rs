@@ -47,6 +47,25 @@ fn errors_name_file_line_and_field() {
         .to_string();
     assert!(e.contains("`listen`"), "{e}");
     for (text, needles) in [
+        (
+            "[console]\nlisten = \"here\"\n",
+            &["`console.listen`", "\"here\""][..],
+        ),
+        (
+            "[console]\nenabled = false\nlisten = \"127.0.0.1:8089\"\n",
+            &["`console.listen`", "`console.enabled` is false"],
+        ),
+        (
+            "listen = \"127.0.0.1:8088\"\n[console]\nlisten = \"127.0.0.1:8088\"\n",
+            &["`console.listen`", "own `listen`"],
+        ),
+    ] {
+        let e = parse(text, "c.toml").unwrap_err().to_string();
+        for n in needles {
+            assert!(e.contains(n), "{n} not in {e}");
+        }
+    }
+    for (text, needles) in [
         ("workers = 0\n", &["w.toml", "`workers`", "not 0"][..]),
         ("workers = 1025\n", &["`workers`", "1025"]),
         ("workers = -1\n", &["line 1", "workers"]),
@@ -236,7 +255,7 @@ const SECTIONS: &[(&str, Fields)] = &[
         ],
     ),
     ("rejected", &[("retention", DUR)]),
-    ("console", &[("enabled", BOOL)]),
+    ("console", &[("enabled", BOOL), ("listen", STR)]),
 ];
 const SOURCE: Fields = &[
     ("name", STR),

@@ -172,22 +172,17 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Reply {
-        // Generous, but a server that never answers fails the test instead of hanging it.
-        let mut req = ureq::request(method, &format!("{}{}", self.url, path))
-            .timeout(std::time::Duration::from_secs(120));
-        for (k, v) in headers {
-            req = req.set(k, v);
-        }
-        let result = match body {
-            Some(b) => req.send_bytes(b),
-            None => req.call(),
-        };
-        let resp = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        to_reply(resp)
+        request_to(&self.url, method, path, headers, body)
+    }
+
+    /// The address the banner gives the console, when it has one of its own.
+    pub fn console_url(&self) -> Option<String> {
+        let out = self.output.lock().unwrap();
+        let line = out
+            .iter()
+            .find(|l| l.trim_start().starts_with("console:"))?;
+        let url = line.split_whitespace().nth(1)?.trim_end_matches('/');
+        (url != self.url && url.starts_with("http")).then(|| url.to_string())
     }
 
     /// POST with the write key as Basic auth.
@@ -295,6 +290,32 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP request to `base` (a server's address); error statuses are answers too.
+pub fn request_to(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Reply {
+    // Generous, but a server that never answers fails the test instead of hanging it.
+    let mut req = ureq::request(method, &format!("{base}{path}"))
+        .timeout(std::time::Duration::from_secs(120));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    to_reply(resp)
 }
 
 pub fn to_reply(resp: ureq::Response) -> Reply {

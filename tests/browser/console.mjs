@@ -236,9 +236,35 @@ try {
   const pushDraft = JSON.parse(await admin.getByLabel('Configuration with its mappings (JSON)').inputValue())
   check(JSON.stringify(pushDraft.actions) === JSON.stringify([{ action: 'trackEvent', mapping: { name: `Edited ${run}` } }]),
     `the form wrote the configuration's actions: ${JSON.stringify(pushDraft.actions)}`)
+  // A mapping the kit refuses: the API's error sits beside the field it names.
+  const nameInput = admin.getByLabel('trackEvent name')
+  await nameInput.fill('{"@pth": "$.event"}')
+  const nameError = admin.locator('.mapping', { has: nameInput }).locator('.error')
+  await nameError.filter({ hasText: 'unknown directive @pth' }).waitFor()
+  await shot(admin, 'destination-mappings-field-error')
+  await nameInput.fill(`"Edited ${run}"`)
+  await admin.waitForSelector(`pre:has-text("Edited ${run}")`)
+  check((await nameError.innerText()) === '', 'the field error goes when the mapping is mended')
   const pushPreview = await admin.locator('main').innerText()
   check(pushPreview.includes('pw-secret-key'), 'the preview of an unsaved config uses the stored (masked) API key')
   await shot(admin, 'destination-mappings-pushwoosh')
+  // A field with the catalog's choices is a picker: Webhooks (Actions)'s method.
+  const actionsHook = `actions-${run}`
+  const created = await fetch(`${URL}/admin/v1/destinations/${actionsHook}`, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${process.env.SLUICE_ADMIN_TOKEN}` },
+    body: JSON.stringify({ type: 'actions_webhook', sources: [site], allow_private_networks: true, actions: [{ action: 'send', mapping: { url: hook } }] }),
+  })
+  check(created.status === 201, `the Webhooks (Actions) destination answered ${created.status}`)
+  await admin.goto(`${URL}/console/destinations/${actionsHook}/mappings`)
+  await admin.waitForSelector(`code:has-text("POST ${hook}")`)
+  // Open already: the configuration lists an action.
+  const method = admin.getByLabel('send method')
+  check(await method.evaluate((el) => el.tagName === 'SELECT'), 'the method is a picker')
+  const options = await method.locator('option').allInnerTexts()
+  check(['"POST"', '"PUT"', '"PATCH"'].every((o) => options.includes(o)), `the picker offers the catalog's choices: ${options}`)
+  await method.selectOption('"PUT"')
+  await admin.waitForSelector(`code:has-text("PUT ${hook}")`)
   await admin.goto(`${URL}/console/destinations/${dest}/tester`)
 
   // Event Tester: the receiver answers 200.

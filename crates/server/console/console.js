@@ -611,8 +611,15 @@ async function mappings(main, name, d) {
       try { event = editor.value(); } catch (e) { out.replaceChildren(h('p', { class: 'error' }, 'The event is not JSON: ' + e.message)); return; }
       try { config = JSON.parse(configArea.value); } catch (e) { out.replaceChildren(h('p', { class: 'error' }, 'The configuration is not JSON: ' + e.message)); return; }
       // The preview of what is in the editor, saved or not.
-      const r = await attempt(out, () => api('POST', '/admin/v1/destinations/' + enc(name) + '/preview', { event, config }));
-      if (!r) return;
+      if (forms) forms.clear();
+      let r;
+      try {
+        r = await api('POST', '/admin/v1/destinations/' + enc(name) + '/preview', { event, config });
+      } catch (e) {
+        out.replaceChildren(errorLine(e));
+        if (forms) forms.place(e);
+        return;
+      }
       out.replaceChildren(...r.actions.map((a) => h('div', { class: 'card preview' },
         h('h2', {}, a.action + ' ', h('span', { class: 'badge ' + (a.matched ? 'good' : '') }, a.matched ? 'matches' : 'does not match')),
         a.skipped_reason ? h('p', { class: 'muted' }, a.skipped_reason) : null,
@@ -641,12 +648,14 @@ async function mappings(main, name, d) {
       + 'The preview follows what you type; nothing is sent.'),
     d.managed_by === 'file' ? h('p', { class: 'muted' }, 'Defined in sluice.toml: try changes here, then make them there.') : null,
     presets,
-    forms,
+    forms ? forms.el : null,
     h('div', { class: 'split' },
       h('div', {}, field('Configuration', configArea), msg, editable ? h('button', { type: 'button', onclick: async () => {
         let body;
         try { body = JSON.parse(configArea.value); } catch (e) { msg.replaceChildren(h('p', { class: 'error' }, 'Not JSON: ' + e.message)); return; }
-        const saved = await attempt(msg, () => apiFull('PUT', '/admin/v1/destinations/' + enc(name), body, { 'If-Match': d._etag }));
+        if (forms) forms.clear();
+        const saved = await attempt(msg, () => apiFull('PUT', '/admin/v1/destinations/' + enc(name), body, { 'If-Match': d._etag })
+          .catch((e) => { if (forms) forms.place(e); throw e; }));
         if (saved) {
           d._etag = saved.etag || d._etag;
           msg.replaceChildren(h('p', { class: 'ok' }, 'Saved.'));
@@ -694,21 +703,64 @@ function actionForms(entry, configArea, onchange) {
     const existing = current.find((x) => x.action === a.slug);
     const on = h('input', { type: 'checkbox', checked: !!existing && existing.enabled !== false });
     const sub = h('input', { value: (existing && existing.subscription) || a.defaultSubscription, 'aria-label': 'Subscription of ' + a.slug });
+    const subError = h('span', { class: 'error', 'aria-live': 'polite' });
     const fields = a.fields.map((f) => {
       const cur = existing && existing.mapping ? existing.mapping[f.key] : undefined;
-      const input = h('input', { value: cur === undefined ? '' : JSON.stringify(cur), placeholder: JSON.stringify(f.default === undefined ? null : f.default), 'aria-label': a.slug + ' ' + f.key });
-      return [f.key, input, h('span', { class: 'error', 'aria-live': 'polite' }), f];
+      const shown = cur === undefined ? '' : JSON.stringify(cur);
+      const dflt = JSON.stringify(f.default === undefined ? null : f.default);
+      let input;
+      if (f.choices && f.choices.length) {
+        // A picker of the catalog's choices; a mapping already there that is none of
+        // them stays as an option of its own.
+        const values = f.choices.map((c) => JSON.stringify(c));
+        if (shown && !values.includes(shown)) values.push(shown);
+        input = h('select', { 'aria-label': a.slug + ' ' + f.key },
+          h('option', { value: '' }, '(default: ' + dflt + ')'),
+          values.map((v) => h('option', { value: v }, v)));
+        input.value = shown;
+      } else {
+        input = h('input', { value: shown, placeholder: dflt, 'aria-label': a.slug + ' ' + f.key });
+      }
+      return [f.key, input, h('div', { class: 'error', 'aria-live': 'polite' }), f];
     });
-    const ed = { slug: a.slug, on, sub, defaultSub: a.defaultSubscription, fields };
+    const ed = { slug: a.slug, on, sub, subError, defaultSub: a.defaultSubscription, fields };
     editors.push(ed);
     for (const el of [on, sub, ...fields.map((x) => x[1])]) el.addEventListener('input', sync);
-    on.addEventListener('change', sync);
+    for (const el of [on, ...fields.map((x) => x[1])]) el.addEventListener('change', sync);
     return h('div', { class: 'card' },
       h('h2', {}, h('label', {}, on, ' ' + a.slug + ' — ' + a.title)),
-      field('Subscription', sub),
-      table(['Field', 'Mapping', ''], fields.map(([key, input, error, f]) => [key + (f.required ? ' (required)' : ''), input, error])));
+      field('Subscription', sub), subError,
+      table(['Field', 'Mapping'], fields.map(([key, input, error, f]) => [key + (f.required ? ' (required)' : ''), h('div', { class: 'mapping' }, input, error)])));
   });
-  return h('details', { open: current.length > 0 }, h('summary', {}, 'Edit each action'), cards);
+  const el = h('details', { open: current.length > 0 }, h('summary', {}, 'Edit each action'), cards);
+  return {
+    el,
+    clear() {
+      for (const ed of editors) {
+        ed.subError.textContent = '';
+        for (const [, , error] of ed.fields) error.textContent = '';
+      }
+    },
+    /**
+     * Puts an API error that names `actions[i].subscription` or
+     * `actions[i].mapping.<key>` beside that input (i counts the configuration's
+     * actions, which are the forms that are on, in order).
+     */
+    place(e) {
+      const m = e.body && typeof e.body.field === 'string' && e.body.field.match(/actions\[(\d+)\]\.(subscription|mapping\.([^.[]+))/);
+      if (!m) return false;
+      let config;
+      try { config = JSON.parse(configArea.value); } catch (_) { return false; }
+      const item = (config.actions || [])[Number(m[1])];
+      const ed = item && editors.find((x) => x.slug === item.action);
+      if (!ed) return false;
+      const target = m[2] === 'subscription' ? ed.subError : (ed.fields.find(([key]) => key === m[3]) || [])[2];
+      if (!target) return false;
+      target.textContent = e.message;
+      el.open = true;
+      return true;
+    },
+  };
 }
 
 async function tester(main, name, d) {

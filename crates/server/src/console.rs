@@ -123,6 +123,7 @@ pub fn catalog_json() -> Value {
                         "required": f.required,
                         "multiple": f.multiple,
                         "default": a.defaults.get(k),
+                        "choices": a.choices.get(k),
                         "description": a.field_descriptions.get(k),
                     })).collect::<Vec<_>>(),
                 })

@@ -312,6 +312,23 @@ try {
   check((await admin.locator('main').innerText()).includes(`console-${run}`), 'the profile lists the user id')
   await shot(admin, 'profile')
   await accessibility(admin, 'profile')
+  // Event search by user: the user's events from the profile store, each leading to its
+  // journey (once the profile consumer filed the second track).
+  const eventsUrl = `${URL}/v1/spaces/default/collections/users/profiles/user_id:console-${run}/events?limit=50`
+  const listed = Date.now() + 30_000
+  while (Date.now() < listed) {
+    const r = await fetch(eventsUrl, { headers: { authorization: 'Basic ' + Buffer.from(process.env.SLUICE_ADMIN_TOKEN + ':').toString('base64') } })
+    if (r.status === 200 && (await r.text()).includes(`console-${run}-2`)) break
+    await new Promise((res) => setTimeout(res, 200))
+  }
+  await admin.goto(`${URL}/console/events`)
+  await admin.getByLabel('User').fill(`console-${run}`)
+  await admin.getByRole('button', { name: 'Find their events' }).click()
+  await admin.getByRole('link', { name: `console-${run}-2` }).click()
+  await admin.waitForSelector('text=Deliveries')
+  check((await admin.locator('main').innerText()).includes(dest), 'the journey from the user search names the destination')
+  await admin.goto(`${URL}/console/profiles?type=user_id&id=console-${run}`)
+  await admin.waitForSelector('text=Identities', { timeout: 30_000 })
   await admin.getByRole('button', { name: 'Delete and suppress this user' }).click()
   await admin.waitForSelector('text=submitted')
 

@@ -905,11 +905,13 @@ async function addDestination(main, type) {
 // ---------- event search, profiles, privacy ----------
 
 async function eventSearch(main) {
-  const id = h('input', { type: 'search', placeholder: 'messageId', required: true });
+  const id = h('input', { type: 'search', placeholder: 'messageId' });
+  const user = h('input', { type: 'search', placeholder: 'userId or anonymousId' });
   const out = h('div', { 'aria-live': 'polite' });
   const params = new URLSearchParams(location.search);
-  const find = async () => {
-    const r = await attempt(out, () => api('GET', '/admin/v1/events/' + enc(id.value)));
+  const find = async (messageId, since) => {
+    const q = since ? '?since=' + enc(since) : '';
+    const r = await attempt(out, () => api('GET', '/admin/v1/events/' + enc(messageId) + q));
     if (!r) return;
     out.replaceChildren(
       h('h2', {}, 'Stored'), r.stored ? h('p', {}, 'Source ' + r.stored.source + ', offset ' + r.stored.offset + ', received ' + time(r.stored.receivedAt)) : h('p', { class: 'muted' }, 'Not in the log any more.'),
@@ -919,9 +921,48 @@ async function eventSearch(main) {
         d.latency_ms === null || d.latency_ms === undefined ? '' : d.latency_ms + ' ms', d.detail || '',
       ])));
   };
-  add(main, h('h1', {}, 'Event search'), h('form', { class: 'row', onsubmit: (ev) => { ev.preventDefault(); history.replaceState(null, '', '/console/events?id=' + enc(id.value)); find(); } },
-    field('Message id', id), h('button', { type: 'submit' }, 'Find')), out);
-  if (params.get('id')) { id.value = params.get('id'); find(); }
+  // A user's latest events come from the profile store (the index by user), each a link
+  // to its journey.
+  const findUser = async (who) => {
+    const base = '/v1/spaces/default/collections/users/profiles/';
+    const r = await attempt(out, async () => {
+      try {
+        return await api('GET', base + enc('user_id:' + who) + '/events?limit=50');
+      } catch (e) {
+        if (e.status !== 404) throw e;
+        return api('GET', base + enc('anonymous_id:' + who) + '/events?limit=50');
+      }
+    });
+    if (!r) return;
+    out.replaceChildren(h('h2', {}, 'Latest events of ' + who),
+      table(['Time', 'Type', 'Event', 'Message id'], (r.data || []).map((e) => [
+        time(e.timestamp), e.type, e.event || '',
+        link('/console/events?id=' + enc(e.message_id) + (e.timestamp ? '&since=' + enc(e.timestamp) : ''), e.message_id)])),
+      h('p', { class: 'muted' }, 'From the profile store: events of users it knows, newest first.'));
+  };
+  add(main, h('h1', {}, 'Event search'),
+    h('form', { class: 'row', onsubmit: (ev) => {
+      ev.preventDefault();
+      if (!id.value) return;
+      history.replaceState(null, '', '/console/events?id=' + enc(id.value));
+      find(id.value);
+    } }, field('Message id', id), h('button', { type: 'submit' }, 'Find event')),
+    h('form', { class: 'row', onsubmit: (ev) => {
+      ev.preventDefault();
+      if (!user.value) return;
+      history.replaceState(null, '', '/console/events?user=' + enc(user.value));
+      findUser(user.value);
+    } }, field('User', user), h('button', { type: 'submit' }, 'Find their events')),
+    out);
+  if (params.get('id')) {
+    id.value = params.get('id');
+    // An event's journey is searched from shortly before its time.
+    const since = params.get('since') ? new Date(Date.parse(params.get('since')) - 3600e3) : null;
+    find(params.get('id'), since && !isNaN(since) ? since.toISOString() : null);
+  } else if (params.get('user')) {
+    user.value = params.get('user');
+    findUser(user.value);
+  }
 }
 
 async function profiles(main) {

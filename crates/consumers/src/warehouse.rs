@@ -167,6 +167,30 @@ impl Warehouse {
         .map_err(|e| e.to_string())?
     }
 
+    /// The latest discards of every schema of this warehouse, newest first.
+    pub async fn latest_discards(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<sluice_warehouse::load::StoredDiscard>, String> {
+        let url = self.settings.url.clone();
+        let schemas: Vec<String> = self.settings.schemas.values().cloned().collect();
+        tokio::task::spawn_blocking(move || {
+            let mut db = Postgres::connect(&url).map_err(|e| e.to_string())?;
+            let mut all = Vec::new();
+            for schema in schemas {
+                all.extend(
+                    sluice_warehouse::load::Dialect::latest_discards(&mut db, &schema, limit)
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            all.sort_by(|a, b| b.loaded_at.cmp(&a.loaded_at));
+            all.truncate(limit as usize);
+            Ok(all)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// Loads again the events received in `[from_ms, to_ms)` (each `id` stays once: the
     /// merge replaces the rows loaded before). Runs in the background; follow it in
     /// [`Warehouse::replays`].

@@ -500,13 +500,55 @@ async function destinations(main) {
 }
 
 async function warehouse(main, name) {
-  const [w, syncs] = await Promise.all([api('GET', '/admin/v1/warehouses/' + enc(name)), api('GET', '/admin/v1/warehouses/' + enc(name) + '/syncs')]);
+  const base = '/admin/v1/warehouses/' + enc(name);
+  const [w, syncs, replays] = await Promise.all([api('GET', base), api('GET', base + '/syncs'),
+    api('GET', '/admin/v1/destinations/' + enc(name) + '/replays')]);
   add(main, h('h1', {}, 'Warehouse ' + name), h('p', {}, 'Schemas: ' + Object.entries(w.schemas).map(([s, sc]) => s + ' → ' + sc).join(', ')
-    + '. Lag: ' + (w.lagEvents ?? '?') + ' events.'));
+    + '. Lag: ' + (w.lagEvents ?? '?') + ' events.'),
+  h('p', { class: 'muted' }, 'Defined in sluice.toml: change it there.'));
   add(main, h('h2', {}, 'Sync history'), table(['Started', 'Kind', 'Duration', 'Events', 'Rows', 'Discards', 'Error'], syncs.data.map((s) => [
     time(s.startedAt), s.kind, s.durationMs + ' ms', String(s.events),
     Object.entries(s.rows).map(([t, n]) => t + ': ' + n).join(', '), String(s.discards), s.error ? h('span', { class: 'error' }, s.error) : '',
   ])));
+  // Replays: a window of the log loaded again (each row stays once).
+  const replayRows = h('div', {});
+  const drawReplays = (list) => replayRows.replaceChildren(table(['Replay', 'From', 'To', 'Status', 'Events', 'Rows', 'Error'],
+    list.map((r) => [r.id, time(r.from), time(r.to), r.status, String(r.events), String(r.rows), r.error || ''])));
+  drawReplays(replays.data);
+  const replayMsg = h('div', { 'aria-live': 'polite' });
+  add(main, h('h2', {}, 'Replays'), replayRows);
+  if (isAdmin()) {
+    const from = h('input', { type: 'datetime-local', required: true });
+    const to = h('input', { type: 'datetime-local' });
+    from.value = new Date(Date.now() - 3600e3 - new Date().getTimezoneOffset() * 60e3).toISOString().slice(0, 16);
+    add(main, h('form', { onsubmit: async (ev) => {
+      ev.preventDefault();
+      const body = { from: new Date(from.value).toISOString() };
+      if (to.value) body.to = new Date(to.value).toISOString();
+      const job = await attempt(replayMsg, () => api('POST', '/admin/v1/destinations/' + enc(name) + '/replay', body));
+      if (!job) return;
+      replayMsg.replaceChildren(h('p', { class: 'ok' }, 'Replay ' + job.id + ' started.'));
+      // Followed until it ends, while this screen is open.
+      const timer = setInterval(async () => {
+        try {
+          const list = (await api('GET', '/admin/v1/destinations/' + enc(name) + '/replays')).data;
+          drawReplays(list);
+          if (!list.some((r) => r.status === 'running')) clearInterval(timer);
+        } catch (_) { clearInterval(timer); }
+      }, 1000);
+      state.cleanup.push(() => clearInterval(timer));
+    } }, h('h2', {}, 'Load a time window again'), h('div', { class: 'row' }, field('From', from), field('To (default: now)', to)), replayMsg,
+    h('button', { type: 'submit' }, 'Replay window')));
+  }
+  // Discards: values (and whole rows, column *) the warehouse could not take as they came.
+  const discards = h('div', { 'aria-live': 'polite' });
+  add(main, h('h2', {}, 'Latest discards'), discards);
+  await attempt(discards, async () => {
+    const d = await api('GET', base + '/discards?limit=50');
+    discards.replaceChildren(table(['Loaded', 'Table', 'Column', 'Row id', 'Reason', 'Value'], d.data.map((x) => [
+      time(x.loadedAt), x.schema + '.' + x.table, x.column, x.rowId || '', x.reason, h('pre', {}, x.value || ''),
+    ])));
+  });
 }
 
 /** A sample event for the tester and the preview when the source has none yet. */

@@ -1,11 +1,12 @@
 //! The admin API of warehouses (under `/admin/v1`, behind the admin token; documented in
 //! `docs/api.md`): each warehouse with its lag and last sync, its sync history, and its
 //! window replays (started through `POST /destinations/{name}/replay`, as for any
-//! destination, so `sluice replay` works for a warehouse too).
+//! destination, so `sluice replay` works for a warehouse too), and its latest discards
+//! (read from the warehouse's `sluice_discards` tables).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -19,6 +20,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/warehouses", get(list))
         .route("/warehouses/{name}", get(show))
         .route("/warehouses/{name}/syncs", get(syncs))
+        .route("/warehouses/{name}/discards", get(discards))
 }
 
 /// The warehouse of this name.
@@ -67,4 +69,54 @@ async fn syncs(
 ) -> Result<Json<Value>, ApiError> {
     let w = get_one(&app, &name)?;
     Ok(Json(json!({ "data": w.syncs() })))
+}
+
+#[derive(serde::Deserialize)]
+struct LimitQuery {
+    limit: Option<String>,
+}
+
+/// `?limit=` (1–1000, default 50): the latest discards over the warehouse's schemas.
+async fn discards(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let w = get_one(&app, &name)?;
+    let limit = match q.limit.as_deref() {
+        None => 50,
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError {
+                    field: Some("limit".into()),
+                    ..ApiError::bad_request(
+                        "invalid_limit",
+                        format!("limit must be a whole number from 1 to 1000, not {s:?}"),
+                    )
+                })
+            }
+        },
+    };
+    let found = w.latest_discards(limit).await.map_err(|e| {
+        ApiError::unavailable(format!(
+            "cannot read the discards of warehouse `{name}`: {e}"
+        ))
+    })?;
+    let data: Vec<Value> = found
+        .into_iter()
+        .map(|d| {
+            json!({
+                "schema": d.schema,
+                "table": d.table,
+                "column": d.column,
+                "rowId": d.row_id,
+                "value": d.value,
+                "reason": d.reason,
+                "receivedAt": d.received_at,
+                "loadedAt": d.loaded_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "data": data })))
 }

@@ -125,6 +125,27 @@ pub trait Dialect {
         user_ids: &[String],
         anonymous_ids: &[String],
     ) -> Result<u64, LoadError>;
+
+    /// The schema's latest discards, newest first (none when it has no discards table).
+    fn latest_discards(
+        &mut self,
+        schema: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredDiscard>, LoadError>;
+}
+
+/// A discard as the warehouse keeps it: [`Discard`], its table and when it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDiscard {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    pub row_id: Option<String>,
+    pub value: Option<String>,
+    pub reason: String,
+    /// ISO-8601 UTC, as every time the admin API shows.
+    pub received_at: Option<String>,
+    pub loaded_at: String,
 }
 
 /// What one table's load did.

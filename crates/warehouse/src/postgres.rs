@@ -8,7 +8,7 @@ use std::io::Write;
 
 use postgres::{Client, Transaction};
 
-use crate::load::{Columns, Dialect, Discard, LoadError, TableLoaded, TablePlan};
+use crate::load::{Columns, Dialect, Discard, LoadError, StoredDiscard, TableLoaded, TablePlan};
 use crate::shape::ColumnType;
 
 /// A PostgreSQL warehouse on one connection.
@@ -385,6 +385,47 @@ impl Dialect for Postgres {
         }
         tx.commit()?;
         Ok(deleted)
+    }
+
+    fn latest_discards(
+        &mut self,
+        schema: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredDiscard>, LoadError> {
+        let exists: bool = self
+            .client
+            .query_one(
+                "SELECT to_regclass(format('%I.sluice_discards', $1::text)) IS NOT NULL",
+                &[&schema],
+            )?
+            .get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let iso = "YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"";
+        let rows = self.client.query(
+            &format!(
+                "SELECT table_name, column_name, row_id, value, reason,
+                        to_char(received_at AT TIME ZONE 'UTC', '{iso}'),
+                        to_char(uuid_ts AT TIME ZONE 'UTC', '{iso}')
+                 FROM {}.sluice_discards ORDER BY uuid_ts DESC LIMIT $1",
+                q(schema)
+            ),
+            &[&i64::from(limit)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredDiscard {
+                schema: schema.to_string(),
+                table: r.get(0),
+                column: r.get(1),
+                row_id: r.get(2),
+                value: r.get(3),
+                reason: r.get(4),
+                received_at: r.get(5),
+                loaded_at: r.get(6),
+            })
+            .collect())
     }
 }
 

@@ -148,6 +148,37 @@ fn events_land_in_segments_tables_once() {
         orders,
         vec![vec![Some("w2".into())], vec![Some("w5".into())]]
     );
+    // A text where the column is a number: the row loads without it, and the discards
+    // view of the admin API shows it with the reason.
+    let r = s.send(
+        "/v1/track",
+        &json!({"messageId": "w6", "userId": "u2", "event": "Order Completed", "properties": {"revenue": "lots"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let found = s.admin_until(
+        "/warehouses/analytics/discards?limit=10",
+        "the discarded revenue",
+        std::time::Duration::from_secs(60),
+        |b| b["data"].as_array().is_some_and(|d| !d.is_empty()),
+    );
+    let d = &found["data"][0];
+    assert_eq!(
+        (&d["table"], &d["column"], &d["rowId"], &d["value"]),
+        (
+            &json!("order_completed"),
+            &json!("revenue"),
+            &json!("w6"),
+            &json!("lots")
+        ),
+        "{found}"
+    );
+    assert_eq!(d["schema"], json!(schema));
+    assert!(
+        d["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{found}"
+    );
+    s.admin("/warehouses/analytics/discards?limit=0")
+        .assert_error(400, "invalid_limit");
     let mut c = postgres::Client::connect(&database(), postgres::NoTls).unwrap();
     c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .unwrap();

@@ -238,6 +238,17 @@ function signIn(main) {
 function snippet(src) {
   // The Tracking API's address: the page's own unless the console has one of its own.
   const host = state.me.tracking_url || location.origin;
+  if (src.kind === 'segment_webhook' && src.webhook_path) {
+    return [
+      '# In the Segment workspace that sends here: Connections → Destinations → Add',
+      '# Destination → Webhooks (or Webhooks (Actions)), with',
+      'Webhook URL:   ' + host + src.webhook_path,
+      'Shared Secret: ' + (src.shared_secret || '(the shared_secret in sluice.toml)'),
+      '# Each post is checked against X-Signature; its events are stored as this source\'s.',
+      '# The Tracking API takes this source\'s write key too:',
+      "curl -u '" + src.write_key + ":' -H 'Content-Type: application/json' -d '{\"userId\":\"u1\",\"event\":\"Signed Up\"}' " + host + '/v1/track',
+    ].join('\n');
+  }
   return [
     '// A website, with @segment/analytics-next (npm): only cdnURL changes. analytics.js',
     '// reads its settings from Sluice and sends its events here.',
@@ -343,7 +354,9 @@ function sourceSettings(main, src) {
   const editable = isAdmin() && src.managed_by === 'api';
   add(main, h('h2', {}, 'Write key'), h('p', {}, h('code', {}, src.write_key), ' ',
     isAdmin() && src.write_key !== '********' ? copyButton(src.write_key, 'Copy the write key') : null),
-  src.previous_key_valid_until ? h('p', { class: 'muted' }, 'The previous key is accepted until ' + time(src.previous_key_valid_until) + '.') : null);
+  src.previous_key_valid_until ? h('p', { class: 'muted' }, 'The previous key is accepted until ' + time(src.previous_key_valid_until) + '.') : null,
+  src.shared_secret ? [h('h2', {}, 'Webhook shared secret'), h('p', {}, h('code', {}, src.shared_secret), ' ',
+    isAdmin() && src.shared_secret !== '********' ? copyButton(src.shared_secret, 'Copy the shared secret') : null)] : null);
   if (src.managed_by === 'file') add(main, h('p', { class: 'muted' }, 'Defined in sluice.toml: change it there. Shown read-only.'));
   if (editable) {
     const grace = h('select', {}, [['24', '24 hours'], ['1', '1 hour'], ['168', '7 days'], ['0', 'no grace: the old key stops now']].map(([v, t]) => h('option', { value: v }, t)));

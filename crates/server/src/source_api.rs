@@ -17,6 +17,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use sluice_ingest::sources::webhook::{FieldPath, WebhookSource};
 use sluice_ingest::{SourceKind, SourceSettings};
 
 use crate::access::{self, Actor, VersionQuery};
@@ -38,7 +41,16 @@ pub const TYPES: &[(&str, &str, bool)] = &[
     ("nodejs", "Node.js", false),
     ("python", "Python", false),
     ("http", "HTTP API", false),
+    (
+        WEBHOOK_TYPE,
+        "Segment Webhooks (a Segment workspace's Webhooks destination)",
+        false,
+    ),
 ];
+
+/// The type whose source also takes `POST /v1/webhooks/{name}` from a Segment Webhooks
+/// destination, signed with the source's shared secret.
+const WEBHOOK_TYPE: &str = "segment_webhook";
 
 /// Longest grace period of a rotated write key.
 const MAX_GRACE_HOURS: u64 = 24 * 30;
@@ -57,6 +69,13 @@ pub struct ApiSource {
     pub version: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// `segment_webhook`: the secret the Webhooks destination signs with (generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_secret: Option<String>,
+    /// `segment_webhook`: where the user and anonymous ids are in the posted events
+    /// (`userId`, `anonymousId` → a path such as `$.traits.id`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub field_mapping: BTreeMap<String, String>,
 }
 
 impl ApiSource {
@@ -67,16 +86,61 @@ impl ApiSource {
             enabled: self.enabled,
             collect_ip: self.collect_ip,
             rate_limit: None,
-            kind: SourceKind::Http,
+            kind: match &self.shared_secret {
+                Some(secret) if self.ty == WEBHOOK_TYPE => {
+                    // Checked when written (`field_paths`).
+                    let path = |k: &str| {
+                        self.field_mapping
+                            .get(k)
+                            .and_then(|p| FieldPath::parse(p).ok())
+                    };
+                    SourceKind::SegmentWebhook(WebhookSource {
+                        shared_secret: secret.clone(),
+                        user_id: path("userId"),
+                        anonymous_id: path("anonymousId"),
+                    })
+                }
+                _ => SourceKind::Http,
+            },
             previous_keys: self.previous_keys.clone(),
         }
     }
 
-    /// As the audit trail keeps it: no write key.
+    /// As the audit trail keeps it: no write key, no shared secret.
     fn audited(&self) -> Value {
         json!({"name": self.name, "type": self.ty, "enabled": self.enabled,
-               "collect_ip": self.collect_ip, "version": self.version})
+               "collect_ip": self.collect_ip, "field_mapping": self.field_mapping,
+               "version": self.version})
     }
+
+    /// As the admin API shows it: the shared secret to admins only.
+    fn shown(&self, actor: &Actor) -> Value {
+        let mut v = json!(self);
+        if let (Some(o), false) = (v.as_object_mut(), actor.is_admin()) {
+            for secret in ["write_key", "shared_secret"] {
+                if o.contains_key(secret) {
+                    o.insert(secret.into(), json!("********"));
+                }
+            }
+            o.remove("previous_keys");
+        }
+        v
+    }
+}
+
+/// `field_mapping` of a webhook source: `userId` and `anonymousId` only, each a path.
+fn field_paths(m: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    for (k, p) in m {
+        if k != "userId" && k != "anonymousId" {
+            return Err(invalid(
+                &format!("field_mapping.{k}"),
+                format!("field_mapping takes userId and anonymousId, not {k:?}"),
+            ));
+        }
+        FieldPath::parse(p)
+            .map_err(|why| invalid(&format!("field_mapping.{k}"), why.to_string()))?;
+    }
+    Ok(())
 }
 
 fn store_error(e: sluice_store::StoreError) -> ApiError {
@@ -167,6 +231,10 @@ async fn list(
                 "managed_by": if from_api.is_some() && !app.settings.sources.iter().any(|f| f.name == s.name) { "api" } else { "file" },
                 "version": from_api.map(|a| a.version),
                 "webhook_path": s.webhook().map(|_| format!("/v1/webhooks/{}", s.name)),
+                // The API's webhook sources show their secret to admins (it goes into
+                // the Segment workspace's Webhooks settings); the file's stay in the file.
+                "shared_secret": from_api.and_then(|a| a.shared_secret.as_ref()).map(|k| if actor.is_admin() { k.as_str() } else { "********" }),
+                "field_mapping": from_api.map(|a| &a.field_mapping),
                 "previous_key_valid_until": s.previous_keys.iter().map(|(_, t)| *t).max().and_then(crate::delivery_api::iso),
                 "volume": {
                     "last_hour": {"accepted": hour, "refused": hour_refused},
@@ -205,6 +273,14 @@ fn stale(name: &str) -> ApiError {
     )
 }
 
+fn new_shared_secret() -> String {
+    let bytes: [u8; 24] = rand::random();
+    format!(
+        "whsec_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
 fn new_write_key() -> String {
     let bytes: [u8; 18] = rand::random();
     format!(
@@ -229,10 +305,11 @@ async fn put(
         enabled: Option<bool>,
         collect_ip: Option<bool>,
         version: Option<i64>,
+        field_mapping: Option<BTreeMap<String, String>>,
     }
     let b: Body = crate::delivery_api::json_body(
         &body,
-        "source ({\"type\", \"enabled\", \"collect_ip\", \"version\"})",
+        "source ({\"type\", \"enabled\", \"collect_ip\", \"field_mapping\", \"version\"})",
     )?;
     let valid_name = (1..=64).contains(&name.len())
         && name
@@ -251,6 +328,17 @@ async fn put(
             format!("type must be one of {}, not {:?}", known.join(", "), b.ty),
         ));
     };
+    let webhook = b.ty == WEBHOOK_TYPE;
+    match &b.field_mapping {
+        Some(m) if !webhook && !m.is_empty() => {
+            return Err(invalid(
+                "field_mapping",
+                format!("field_mapping is for {WEBHOOK_TYPE} sources only"),
+            ))
+        }
+        Some(m) => field_paths(m)?,
+        None => {}
+    }
     from_file(&app, &name)?;
     let _writing = app.source_writes.lock().await;
     let mut all = load(&app).await?;
@@ -272,6 +360,15 @@ async fn put(
             a.ty = b.ty.clone();
             a.enabled = b.enabled.unwrap_or(a.enabled);
             a.collect_ip = b.collect_ip.unwrap_or(*client_side);
+            if webhook {
+                a.shared_secret.get_or_insert_with(new_shared_secret);
+                if let Some(m) = &b.field_mapping {
+                    a.field_mapping = m.clone();
+                }
+            } else {
+                a.shared_secret = None;
+                a.field_mapping.clear();
+            }
             a.version += 1;
             a.updated_at_ms = now;
             (Some(before), a.clone(), StatusCode::OK, "update")
@@ -287,6 +384,8 @@ async fn put(
                 version: 1,
                 created_at_ms: now,
                 updated_at_ms: now,
+                shared_secret: webhook.then(new_shared_secret),
+                field_mapping: b.field_mapping.clone().unwrap_or_default(),
             };
             all.push(a.clone());
             (None, a, StatusCode::CREATED, "create")
@@ -304,7 +403,7 @@ async fn put(
         Some(&after.audited()),
     )
     .await;
-    Ok((status, Json(json!(after))).into_response())
+    Ok((status, Json(after.shown(&actor))).into_response())
 }
 
 async fn delete(

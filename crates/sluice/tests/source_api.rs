@@ -165,3 +165,66 @@ fn sources_are_created_rotated_disabled_and_removed_over_the_api() {
         "no write key in the trail"
     );
 }
+
+/// A `segment_webhook` source made over the API: its shared secret generated and shown to
+/// admins, a signed post from a Segment Webhooks destination stored with the ids its
+/// field mapping finds, a wrong signature refused, and bad mappings named.
+#[test]
+fn a_segment_webhook_source_is_created_over_the_api() {
+    let s = Server::start(Some("admin_token = \"test-admin-token\"\n"));
+    let bad = s.admin_call(
+        "PUT",
+        "/sources/hooked",
+        Some(&json!({"type": "segment_webhook", "field_mapping": {"userId": "$."}})),
+    );
+    bad.assert_error(400, "invalid_source");
+    assert_eq!(bad.body["field"], "field_mapping.userId", "{}", bad.body);
+    let bad = s.admin_call(
+        "PUT",
+        "/sources/hooked",
+        Some(&json!({"type": "segment_webhook", "field_mapping": {"email": "$.traits.email"}})),
+    );
+    assert_eq!(bad.body["field"], "field_mapping.email", "{}", bad.body);
+    let bad = s.admin_call(
+        "PUT",
+        "/sources/plain",
+        Some(&json!({"type": "http", "field_mapping": {"userId": "$.traits.id"}})),
+    );
+    assert_eq!(bad.body["field"], "field_mapping", "{}", bad.body);
+
+    let made = s.admin_call(
+        "PUT",
+        "/sources/hooked",
+        Some(&json!({"type": "segment_webhook", "field_mapping": {"userId": "$.traits.member"}})),
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    let secret = made.body["shared_secret"].as_str().unwrap().to_string();
+    assert!(
+        secret.starts_with("whsec_") && secret.len() > 40,
+        "{secret}"
+    );
+    let listed = source(&s, "hooked");
+    assert_eq!(listed["kind"], "segment_webhook");
+    assert_eq!(listed["webhook_path"], "/v1/webhooks/hooked");
+    assert_eq!(listed["shared_secret"], secret.as_str());
+
+    let body =
+        json!({"type": "identify", "messageId": "h1", "traits": {"member": "m-42"}}).to_string();
+    let post = |sig: &str| {
+        s.request(
+            "POST",
+            "/v1/webhooks/hooked",
+            &[("Content-Type", "application/json"), ("X-Signature", sig)],
+            Some(body.as_bytes()),
+        )
+    };
+    assert_eq!(post(&"0".repeat(40)).status, 401, "a wrong signature");
+    let ok = post(&common::hmac_hex(&secret, body.as_bytes()));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let stored = s.events("hooked", 1);
+    assert_eq!(stored[0]["userId"], "m-42", "{}", stored[0]);
+
+    // The audit trail keeps no secret.
+    let audit = s.admin("/audit?limit=50").body.to_string();
+    assert!(!audit.contains(&secret), "{audit}");
+}

@@ -1,7 +1,10 @@
 // The source debugger in headless Chromium while RATE events a second arrive for
-// SECONDS_RUN seconds (bench/console.sh): the tab's JS heap at the end, its long tasks
-// (over 50 ms), how many events it received and drew. A measurement, not a test.
+// SECONDS_RUN seconds (bench/console.sh): the tab's JS heap at the end, its renderer
+// process's resident memory (idle before the load, and the most seen during it), its
+// long tasks (over 50 ms), how many events it received and drew. A measurement, not a
+// test.
 import { chromium } from 'playwright-core'
+import fs from 'node:fs'
 
 const URL = process.env.SLUICE_URL
 const KEY = process.env.SLUICE_WRITE_KEY
@@ -14,6 +17,33 @@ const browser = await chromium.launch({
   args: ['--no-sandbox', '--disable-gpu', '--enable-precise-memory-info'],
 })
 const page = await browser.newPage()
+
+/** The resident memory (MB) of this browser's renderer processes (the tab's), from /proc. */
+function rendererRssMB() {
+  const root = browser.process()?.pid
+  const parent = new Map()
+  const renderers = []
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8')
+      parent.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]))
+      if (fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').includes('--type=renderer')) renderers.push(Number(d))
+    } catch (_) { /* a process that ended meanwhile */ }
+  }
+  let kb = 0
+  for (const pid of renderers) {
+    let p = pid
+    while (p && p !== root) p = parent.get(p)
+    if (p !== root) continue
+    try {
+      const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+) kB/)
+      if (m) kb += Number(m[1])
+    } catch (_) { /* ended */ }
+  }
+  return kb / 1024
+}
+
 await page.goto(`${URL}/`)
 await page.getByLabel('User name').fill('admin')
 await page.getByLabel('Password').fill(process.env.SLUICE_ADMIN_PASSWORD)
@@ -27,6 +57,9 @@ await page.evaluate(() => {
     .observe({ type: 'longtask', buffered: true })
 })
 const auth = 'Basic ' + Buffer.from(KEY + ':').toString('base64')
+const idleRendererMB = rendererRssMB()
+let maxRendererMB = idleRendererMB
+const sampler = setInterval(() => { maxRendererMB = Math.max(maxRendererMB, rendererRssMB()) }, 1000)
 const started = Date.now()
 let sent = 0
 // Batches of RATE/10 every 100 ms.
@@ -41,6 +74,8 @@ while (Date.now() - started < SECONDS * 1000) {
   if (wait > 0) await new Promise((r) => setTimeout(r, wait))
 }
 await new Promise((r) => setTimeout(r, 1000))
+clearInterval(sampler)
+maxRendererMB = Math.max(maxRendererMB, rendererRssMB())
 const m = await page.evaluate(() => ({
   heapMB: performance.memory ? performance.memory.usedJSHeapSize / 1048576 : null,
   longTasks: window.__long.length,
@@ -54,6 +89,8 @@ await page.locator('ul.events li button').first().click()
 await page.waitForSelector('text=Raw')
 m.clickToDetailMs = Date.now() - t
 m.sent = sent
+m.idleRendererMB = Math.round(idleRendererMB)
+m.maxRendererMB = Math.round(maxRendererMB)
 m.seconds = SECONDS
 m.rate = Math.round(sent / ((Date.now() - started) / 1000))
 await browser.close()

@@ -155,7 +155,25 @@ pub struct ActionPreview {
 }
 
 impl Enabled {
+    /// The action as configured: `cfg.mapping` overrides the fields' default mappings.
     pub fn new(action: &'static Action, cfg: &ActionConfig) -> Result<Enabled, (String, String)> {
+        Enabled::build(action, cfg, true)
+    }
+
+    /// A preset with a mapping of its own (as Segment's presets have): `cfg.mapping` is
+    /// the whole mapping, and a field it does not list has none.
+    pub fn preset(
+        action: &'static Action,
+        cfg: &ActionConfig,
+    ) -> Result<Enabled, (String, String)> {
+        Enabled::build(action, cfg, false)
+    }
+
+    fn build(
+        action: &'static Action,
+        cfg: &ActionConfig,
+        defaults: bool,
+    ) -> Result<Enabled, (String, String)> {
         let text = cfg
             .subscription
             .clone()
@@ -179,7 +197,8 @@ impl Enabled {
         // the order the fields are declared — the order they are typed in.
         let mut entries = Vec::new();
         for (key, _) in &action.fields {
-            let Some(value) = cfg.mapping.get(key).or_else(|| action.defaults.get(key)) else {
+            let default = || action.defaults.get(key).filter(|_| defaults);
+            let Some(value) = cfg.mapping.get(key).or_else(default) else {
                 continue;
             };
             let m =

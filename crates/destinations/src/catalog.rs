@@ -171,6 +171,10 @@ struct PresetFile {
     action: String,
     #[serde(default)]
     subscription: Option<String>,
+    /// The preset's whole mapping (fields it does not list have none), as Segment's
+    /// presets carry one; absent: the fields' default mappings.
+    #[serde(default)]
+    mapping: Option<serde_json::Map<String, Value>>,
 }
 
 /// A loaded, validated catalog entry.
@@ -184,9 +188,19 @@ pub struct Entry {
     pub headers: Vec<(String, Mapping)>,
     pub signature: Option<(String, String)>,
     pub actions: BTreeMap<String, Action>,
-    /// (action, subscription) enabled when a configuration lists no actions.
-    pub presets: Vec<(String, Subscription, String)>,
+    /// Enabled when a configuration lists no actions.
+    pub presets: Vec<Preset>,
     pub delete: Option<DeleteHook>,
+}
+
+/// An action enabled when a configuration lists none.
+#[derive(Debug, Clone)]
+pub struct Preset {
+    pub action: String,
+    pub subscription: Subscription,
+    pub subscription_text: String,
+    /// Its whole mapping; `None`: the fields' default mappings.
+    pub mapping: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Clone)]
@@ -336,7 +350,24 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
             .unwrap_or_else(|| action.default_subscription.clone());
         let sub = Subscription::parse(&text)
             .map_err(|e| err(format!("presets[{i}].subscription: {e}")))?;
-        presets.push((p.action.clone(), sub, text));
+        if let Some(m) = &p.mapping {
+            for (key, value) in m {
+                if !action.fields.iter().any(|(k, _)| k == key) {
+                    return Err(err(format!(
+                        "presets[{i}].mapping.{key} is not a field of action {}",
+                        p.action
+                    )));
+                }
+                Mapping::compile(value)
+                    .map_err(|e| err(format!("presets[{i}].mapping.{key}: {e}")))?;
+            }
+        }
+        presets.push(Preset {
+            action: p.action.clone(),
+            subscription: sub,
+            subscription_text: text,
+            mapping: p.mapping.clone(),
+        });
     }
     let delete = match &f.delete {
         Some(d) => Some(DeleteHook {

@@ -347,17 +347,21 @@ impl DestinationConfig {
                     ),
                 ));
             }
-            for (slug, sub, text) in &entry.presets {
+            for p in &entry.presets {
+                let slug = &p.action;
                 let action = &entry.actions[slug];
                 let cfg = crate::actions::ActionConfig {
                     action: slug.clone(),
-                    subscription: Some(text.clone()),
-                    mapping: Map::new(),
+                    subscription: Some(p.subscription_text.clone()),
+                    mapping: p.mapping.clone().unwrap_or_default(),
                     enabled: true,
                 };
-                let mut e = Enabled::new(action, &cfg)
-                    .map_err(|(f, m)| err(&format!("presets.{slug}.{f}"), m))?;
-                e.subscription = sub.clone();
+                let built = match p.mapping {
+                    Some(_) => Enabled::preset(action, &cfg),
+                    None => Enabled::new(action, &cfg),
+                };
+                let mut e = built.map_err(|(f, m)| err(&format!("presets.{slug}.{f}"), m))?;
+                e.subscription = p.subscription.clone();
                 actions.push(e);
             }
         }

@@ -253,7 +253,7 @@ fn source<'a>(
     match &steps.list[i].source {
         Source::Missing => Ok(None),
         Source::Eval(m) => Ok(steps.gather.eval(found, i, m, event).map(Taken::Raw)),
-        Source::Object(props) => typed_object(props, event).map(|v| Some(Taken::Typed(v))),
+        Source::Object(props) => typed_object(props, event, false).map(|v| Some(Taken::Typed(v))),
         Source::Items(path, props, m) => {
             let data = match steps.gather.get(found, i, path) {
                 Some(got) => got,
@@ -267,7 +267,7 @@ fn source<'a>(
             };
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                out.push(typed_object(props, item).map_err(|e| e.under(&format!("[{i}]")))?);
+                out.push(typed_object(props, item, true).map_err(|e| e.under(&format!("[{i}]")))?);
             }
             Ok(Some(Taken::Typed(Out::array(out))))
         }
@@ -275,8 +275,8 @@ fn source<'a>(
 }
 
 /// What the object branch of [`coerce_one`] gives for the object that the properties'
-/// steps map to.
-fn typed_object<'a>(props: &'a Steps, event: &'a Value) -> Result<Out<'a>, Failed> {
+/// steps map to (`item`: as an element of a list).
+fn typed_object<'a>(props: &'a Steps, event: &'a Value, item: bool) -> Result<Out<'a>, Failed> {
     let found = props.gather.run(event);
     let mut out = Vec::with_capacity(props.list.len());
     for (i, p) in props.list.iter().enumerate() {
@@ -288,7 +288,7 @@ fn typed_object<'a>(props: &'a Steps, event: &'a Value) -> Result<Out<'a>, Faile
             Some(Taken::Raw(v)) => Some(v),
             None => None,
         };
-        if let Some(v) = object_property(&p.key, &p.spec, value)? {
+        if let Some(v) = object_property(&p.key, &p.spec, value, item)? {
             put(&mut out, &p.key, v);
         }
     }
@@ -303,16 +303,20 @@ enum Taken<'a> {
 }
 
 /// One property of an object field: required ones must be there; `null` (unless allowed)
-/// and, for non-string types, `""` are dropped.
+/// and, for non-string types, `""` are dropped. In an element of a list (`item`), `null`
+/// becomes its type's empty value instead (`""`, `0`, `false`), as Segment's actions do:
+/// their cleaning of empty values stops at lists, and their schema check then coerces
+/// what is left.
 fn object_property<'a>(
     key: &str,
     spec: &'a FieldSpec,
     value: Option<Out<'a>>,
+    item: bool,
 ) -> Result<Option<Out<'a>>, Failed> {
     match value {
         None if spec.required => Err(invalid(key, "is required but the mapping gave no value")),
         None => Ok(None),
-        Some(v) if v.is_null() && !spec.allow_null => Ok(None),
+        Some(v) if v.is_null() && !spec.allow_null => Ok(if item { empty_of(spec) } else { None }),
         Some(v) if v.as_str() == Some("") && !is_stringy(spec.ty) => Ok(None),
         Some(v) => coerce(spec, v).map(Some).map_err(|e| e.under(key)),
     }
@@ -408,11 +412,11 @@ fn coerce<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
             if item.as_str() == Some("") && !is_stringy(spec.ty) {
                 continue;
             }
-            out.push(coerce_one(spec, item).map_err(|e| e.under(&format!("[{i}]")))?);
+            out.push(coerce_one(spec, item, true).map_err(|e| e.under(&format!("[{i}]")))?);
         }
         return Ok(Out::array(out));
     }
-    coerce_one(spec, v)
+    coerce_one(spec, v, false)
 }
 
 impl ValidationError {
@@ -449,7 +453,8 @@ fn kind(v: &Out) -> &'static str {
     }
 }
 
-fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
+/// `item`: the value is an element of a list (see [`object_property`]).
+fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>, item: bool) -> Result<Out<'a>, Failed> {
     let field = "";
     let value = v.as_value();
     match spec.ty {
@@ -534,7 +539,7 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
             let mut entries = Entries::of(entries);
             let mut out = Vec::with_capacity(props.len());
             for (k, p) in props {
-                if let Some(v) = object_property(k, p, entries.take(k))? {
+                if let Some(v) = object_property(k, p, entries.take(k), item)? {
                     put(&mut out, k, v);
                 }
             }
@@ -543,6 +548,22 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>) -> Result<Out<'a>, Failed> {
             }
             Ok(Out::object(out))
         }
+    }
+}
+
+/// What `null` becomes in a property of a list's element: its type's empty value (a
+/// multiple or an object property is left out).
+fn empty_of<'a>(spec: &FieldSpec) -> Option<Out<'a>> {
+    if spec.multiple {
+        return None;
+    }
+    match spec.ty {
+        FieldType::String | FieldType::Text | FieldType::Password | FieldType::Datetime => {
+            Some(Out::owned(Value::String(String::new())))
+        }
+        FieldType::Number | FieldType::Integer => Some(Out::owned(Value::Number(0.into()))),
+        FieldType::Boolean => Some(Out::Ref(&FALSE)),
+        FieldType::Object => None,
     }
 }
 

@@ -136,7 +136,7 @@ pub fn catalog_json() -> Value {
             "description": e.description,
             "settings": settings,
             "actions": actions,
-            "presets": e.presets.iter().map(|(a, _, text)| json!({"action": a, "subscription": text})).collect::<Vec<_>>(),
+            "presets": e.presets.iter().map(|p| json!({"action": p.action, "subscription": p.subscription_text, "mapping": p.mapping})).collect::<Vec<_>>(),
             "deletion": e.delete.is_some(),
         }));
     }

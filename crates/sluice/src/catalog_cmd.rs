@@ -96,8 +96,13 @@ pub fn run(cmd: Option<CatalogCommand>) -> Result<()> {
             if e.presets.is_empty() {
                 println!("  none: list [[destinations.actions]]");
             }
-            for (action, _, text) in &e.presets {
-                println!("  {action}: {text}");
+            for p in &e.presets {
+                let own = if p.mapping.is_some() {
+                    " (with its own mapping)"
+                } else {
+                    ""
+                };
+                println!("  {}: {}{own}", p.action, p.subscription_text);
             }
         }
     }

@@ -1,6 +1,7 @@
 // The source debugger in headless Chromium while RATE events a second arrive for
 // SECONDS_RUN seconds (bench/console.sh): the tab's JS heap at the end, its renderer
-// process's resident memory (idle before the load, and the most seen during it), its
+// processes' private memory (for a blank page first: the baseline; the console idle
+// before the load; and the most seen during it), its
 // long tasks (over 50 ms), how many events it received and drew. A measurement, not a
 // test.
 import { chromium } from 'playwright-core'
@@ -18,9 +19,14 @@ const browser = await chromium.launch({
 })
 const page = await browser.newPage()
 
-/** The resident memory (MB) of this browser's renderer processes (the tab's), from /proc. */
-function rendererRssMB() {
-  const root = browser.process()?.pid
+/**
+ * The memory (MB) of this browser's renderer processes (the tab's), from /proc: `RssAnon`,
+ * the private memory (what Chrome's task manager calls the memory footprint; shared
+ * libraries and fonts left out), and the renderers counted.
+ */
+function rendererMB() {
+  // The browser is a child of this node process; its renderers descend from it.
+  const root = process.pid
   const parent = new Map()
   const renderers = []
   for (const d of fs.readdirSync('/proc')) {
@@ -32,17 +38,22 @@ function rendererRssMB() {
     } catch (_) { /* a process that ended meanwhile */ }
   }
   let kb = 0
+  let count = 0
   for (const pid of renderers) {
     let p = pid
     while (p && p !== root) p = parent.get(p)
     if (p !== root) continue
     try {
-      const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+) kB/)
-      if (m) kb += Number(m[1])
+      const m = fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/RssAnon:\s+(\d+) kB/)
+      if (m) {
+        kb += Number(m[1])
+        count += 1
+      }
     } catch (_) { /* ended */ }
   }
-  return kb / 1024
+  return { mb: kb / 1024, count }
 }
+const blankRenderer = rendererMB()
 
 await page.goto(`${URL}/`)
 await page.getByLabel('User name').fill('admin')
@@ -57,9 +68,9 @@ await page.evaluate(() => {
     .observe({ type: 'longtask', buffered: true })
 })
 const auth = 'Basic ' + Buffer.from(KEY + ':').toString('base64')
-const idleRendererMB = rendererRssMB()
-let maxRendererMB = idleRendererMB
-const sampler = setInterval(() => { maxRendererMB = Math.max(maxRendererMB, rendererRssMB()) }, 1000)
+const idle = rendererMB()
+let maxRendererMB = idle.mb
+const sampler = setInterval(() => { maxRendererMB = Math.max(maxRendererMB, rendererMB().mb) }, 1000)
 const started = Date.now()
 let sent = 0
 // Batches of RATE/10 every 100 ms.
@@ -75,7 +86,7 @@ while (Date.now() - started < SECONDS * 1000) {
 }
 await new Promise((r) => setTimeout(r, 1000))
 clearInterval(sampler)
-maxRendererMB = Math.max(maxRendererMB, rendererRssMB())
+maxRendererMB = Math.max(maxRendererMB, rendererMB().mb)
 const m = await page.evaluate(() => ({
   heapMB: performance.memory ? performance.memory.usedJSHeapSize / 1048576 : null,
   longTasks: window.__long.length,
@@ -89,8 +100,10 @@ await page.locator('ul.events li button').first().click()
 await page.waitForSelector('text=Raw')
 m.clickToDetailMs = Date.now() - t
 m.sent = sent
-m.idleRendererMB = Math.round(idleRendererMB)
+m.blankPageRendererMB = Math.round(blankRenderer.mb)
+m.idleRendererMB = Math.round(idle.mb)
 m.maxRendererMB = Math.round(maxRendererMB)
+m.renderers = idle.count
 m.seconds = SECONDS
 m.rate = Math.round(sent / ((Date.now() - started) / 1000))
 await browser.close()

@@ -6,7 +6,8 @@
 //   {"calls": [{"action", "requests": [{"method", "url", "headers", "body"}], "error"?}]}
 // Without "actions", the destination's automatic presets run (each whose subscription
 // matches the event), as a new Segment destination does; an action given without its
-// subscription or mapping gets the definition's defaults. Every request is intercepted
+// subscription gets the definition's default one, and its mapping is laid over the
+// fields' default mappings. Every request is intercepted
 // (nock, network connections disabled): nothing leaves the machine; each is answered 200
 // with `{}`. Driven by crates/destinations/tests/segment_oracle.rs.
 'use strict'
@@ -55,7 +56,9 @@ async function run(input) {
     const a = {
       action: given.action,
       subscription: given.subscription ?? (def.actions[given.action] || {}).defaultSubscription,
-      mapping: given.mapping ?? defaults,
+      // A mapping given is laid over the defaults, as Segment's app pre-fills a new
+      // action's fields with them (and as Sluice's configured mappings override them).
+      mapping: { ...defaults, ...(given.mapping ?? {}) },
     }
     if (!a.subscription || !validate(parseFql(a.subscription), input.event)) continue
     seen = []

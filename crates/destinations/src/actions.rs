@@ -178,6 +178,15 @@ impl Enabled {
             .subscription
             .clone()
             .unwrap_or_else(|| action.default_subscription.clone());
+        if text.is_empty() {
+            return Err((
+                "subscription".to_string(),
+                format!(
+                    "is needed: action {} has no default subscription (e.g. type = \"track\")",
+                    action.slug
+                ),
+            ));
+        }
         let subscription =
             Subscription::parse(&text).map_err(|e| ("subscription".to_string(), e.to_string()))?;
         for key in cfg.mapping.keys() {

@@ -32,6 +32,7 @@ const FILES: &[(&str, &str)] = &[
     ),
     ("pushwoosh", include_str!("../../../catalog/pushwoosh.json")),
     ("segment", include_str!("../../../catalog/segment.json")),
+    ("slack", include_str!("../../../catalog/slack.json")),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +111,8 @@ struct ActionFile {
     title: String,
     #[serde(default)]
     description: String,
+    /// Absent (as some of Segment's actions have none): a configuration must give one.
+    #[serde(default)]
     default_subscription: String,
     fields: BTreeMap<String, FieldFile>,
     request: RequestFile,
@@ -208,6 +211,7 @@ pub struct Action {
     pub slug: String,
     pub title: String,
     pub description: String,
+    /// Empty: the action has none (a configuration must give its subscription).
     pub default_subscription: String,
     pub fields: Vec<(String, FieldSpec)>,
     /// Defaults as written (mapping-kit JSON), for overrides and `sluice catalog show`.
@@ -276,8 +280,10 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
     let mut actions = BTreeMap::new();
     for (slug, a) in &f.actions {
         let at = format!("actions.{slug}");
-        Subscription::parse(&a.default_subscription)
-            .map_err(|e| err(format!("{at}.default_subscription: {e}")))?;
+        if !a.default_subscription.is_empty() {
+            Subscription::parse(&a.default_subscription)
+                .map_err(|e| err(format!("{at}.default_subscription: {e}")))?;
+        }
         let mut fields = Vec::new();
         let mut defaults = BTreeMap::new();
         let mut choices = BTreeMap::new();
@@ -415,6 +421,7 @@ mod tests {
             "product_fruits",
             "pushwoosh",
             "segment",
+            "slack",
         ] {
             assert!(c.contains_key(id), "{id}");
         }

@@ -85,7 +85,7 @@ impl Path {
 #[inline]
 pub(super) fn walk<'a>(root: &'a Value, keys: &[String]) -> Option<Cow<'a, Value>> {
     let mut cur = root;
-    for key in keys {
+    for (i, key) in keys.iter().enumerate() {
         if falsy(cur) {
             return Some(Cow::Borrowed(cur));
         }
@@ -93,9 +93,11 @@ pub(super) fn walk<'a>(root: &'a Value, keys: &[String]) -> Option<Cow<'a, Value
             Value::Object(m) => m.get(key)?,
             Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
             Value::String(s) => {
+                // A string's character, then the rest of the path from it (JavaScript:
+                // `"not a list"[0].name` is undefined, `"ab"[0][0]` is "a").
                 let idx = key.parse::<usize>().ok()?;
-                let ch = s.chars().nth(idx)?;
-                return Some(Cow::Owned(Value::String(ch.to_string())));
+                let ch = Value::String(s.chars().nth(idx)?.to_string());
+                return walk(&ch, &keys[i + 1..]).map(|v| Cow::Owned(v.into_owned()));
             }
             _ => return None,
         };

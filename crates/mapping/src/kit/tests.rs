@@ -57,6 +57,9 @@ fn paths() {
         ("$.a.z.y", Some(json!(0))),
         ("$.a.missing.y", None),
         ("$.s.1", Some(json!("e"))),
+        // The path goes on from a string's character, as JavaScript's property access.
+        ("$.s.0.name", None),
+        ("$.s.2.0", Some(json!("y"))),
         ("", Some(e.clone())),
         (".", Some(e.clone())),
     ] {

@@ -356,6 +356,11 @@ impl ActionsKind {
             m.insert("payload".into(), payload);
         }
         let ctx = &*ctx;
+        for (not_when, reason) in &a.action.refuse {
+            if not_when.eval(ctx) == Some(Value::Bool(false)) {
+                return Err(BuildError(reason.clone()));
+            }
+        }
         let method = method_of(&a.action.method, ctx, "request")?;
         let url_text = match a.action.url.eval(ctx) {
             Some(Value::String(u)) => u,
@@ -763,6 +768,52 @@ mod tests {
         match plan {
             Plan::Send(reqs) => reqs.into_iter().map(|(_, r)| r).collect(),
             other => panic!("expected requests, got {other:?}"),
+        }
+    }
+
+    /// `request.refuse`: the first check whose `when` is truthy refuses the event for the
+    /// action with its reason; none truthy, the request is made.
+    #[test]
+    fn a_refusal_check_stops_the_request_with_its_reason() {
+        let entry: &'static crate::catalog::Entry = Box::leak(Box::new(
+            crate::catalog::parse(
+                "checked",
+                r#"{"id": "checked", "name": "Checked", "actions": {"send": {"title": "Send",
+                "default_subscription": "type = \"track\"",
+                "fields": {"external_id": {"type": "string", "default": {"@path": "$.userId"}},
+                           "email": {"type": "string", "default": {"@path": "$.properties.email"}}},
+                "request": {"method": "POST", "url": "https://api.example.com/track",
+                    "body": {"id": {"@path": "$.payload.external_id"}},
+                    "refuse": [{"when": {"@not": {"@if": {"exists": {"@path": "$.payload.external_id"},
+                                    "then": true, "else": {"@path": "$.payload.email"}}}},
+                                "reason": "one of external_id or email is required"}]}}},
+                "presets": [{"action": "send"}]}"#,
+            )
+            .unwrap(),
+        ));
+        let action = &entry.actions["send"];
+        let cfg = ActionConfig {
+            action: "send".into(),
+            subscription: None,
+            mapping: Map::new(),
+            enabled: true,
+        };
+        let k = ActionsKind {
+            entry,
+            settings: json!({}),
+            endpoint_override: None,
+            actions: vec![Enabled::new(action, &cfg).unwrap()],
+        };
+        let plan = |e: Value| k.plan(&serde_json::to_vec(&e).unwrap(), false);
+        assert_eq!(sent(plan(track())).len(), 1, "a user id: sent");
+        let by_email = json!({"type": "track", "event": "E", "anonymousId": "a", "properties": {"email": "x@example.com"}});
+        assert_eq!(sent(plan(by_email)).len(), 1, "an email: sent");
+        match plan(json!({"type": "track", "event": "E", "anonymousId": "a"})) {
+            Plan::Invalid(why) => assert!(
+                why.contains("one of external_id or email is required"),
+                "{why}"
+            ),
+            other => panic!("expected the refusal, got {other:?}"),
         }
     }
 

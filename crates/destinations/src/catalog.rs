@@ -142,12 +142,25 @@ struct RequestFile {
     body: Option<Value>,
     #[serde(default)]
     basic_auth: Option<BasicAuthFile>,
+    /// Checks that refuse the event for this action, in order: the first whose `when`
+    /// is truthy (JavaScript's rules) over the request context gives its `reason`, and no
+    /// request (a partner's own client-side check, e.g. "one of external_id or email is
+    /// required").
+    #[serde(default)]
+    refuse: Vec<RefuseFile>,
     /// When the destination's `batch_size` > 1: each event's `item` (over the same
     /// context) and the batch request's `body` (over `{"items": [...], "settings"}`);
     /// method, URL and headers come from the first event. Events are batched together
     /// only when their method, URL and headers are the same.
     #[serde(default)]
     batch: Option<BatchFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefuseFile {
+    when: Value,
+    reason: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +239,9 @@ pub struct Action {
     /// unchanged (field order and all), not a re-serialisation.
     pub body_is_event: bool,
     pub basic_auth: Option<(Mapping, Mapping)>,
+    /// (`@not` of the condition, reason): the event is refused for this action when the
+    /// compiled mapping gives `false` (the condition was truthy).
+    pub refuse: Vec<(Mapping, String)>,
     /// (item, body, split_on) when the action can send batches.
     pub batch: Option<(Mapping, Mapping, Vec<u16>)>,
 }
@@ -324,6 +340,18 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
                     .map(|b| compile(b, &format!("{at}.request.body")))
                     .transpose()?,
                 body_is_event: r.body == Some(serde_json::json!({"@path": "$.event"})),
+                refuse: r
+                    .refuse
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        compile(
+                            &serde_json::json!({"@not": x.when}),
+                            &format!("{at}.request.refuse[{i}].when"),
+                        )
+                        .map(|m| (m, x.reason.clone()))
+                    })
+                    .collect::<Result<_, _>>()?,
                 batch: match &r.batch {
                     Some(b) => Some((
                         compile(&b.item, &format!("{at}.request.batch.item"))?,

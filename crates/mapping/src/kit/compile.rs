@@ -357,6 +357,49 @@ pub(super) fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, Ma
         "@trim" => Ok(Mapping::Trim(Box::new(compile(arg, at)?))),
         "@truncateIp" => Ok(Mapping::TruncateIp(Box::new(compile(arg, at)?))),
         "@nonEmpty" => Ok(Mapping::NonEmpty(Box::new(compile(arg, at)?))),
+        "@date" => {
+            let m = obj(arg, at, "@date", "{value, to: iso|date|s|ms|us}")?;
+            for k in m.keys() {
+                if !matches!(k.as_str(), "value" | "to") {
+                    return Err(err(&join(at, k), "is not a @date key (value, to)"));
+                }
+            }
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@date needs a `value`"))?;
+            let to = match m.get("to").and_then(Value::as_str) {
+                Some("iso") => super::DateTo::Iso,
+                Some("date") => super::DateTo::Day,
+                Some("s") => super::DateTo::Seconds,
+                Some("ms") => super::DateTo::Millis,
+                Some("us") => super::DateTo::Micros,
+                _ => {
+                    return Err(err(
+                        &join(at, "to"),
+                        "must be one of \"iso\", \"date\", \"s\", \"ms\", \"us\"",
+                    ))
+                }
+            };
+            Ok(Mapping::Date {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                to,
+            })
+        }
+        "@hash" => {
+            let m = obj(arg, at, "@hash", "{value, algorithm: \"sha256\"}")?;
+            for k in m.keys() {
+                if !matches!(k.as_str(), "value" | "algorithm") {
+                    return Err(err(&join(at, k), "is not a @hash key (value, algorithm)"));
+                }
+            }
+            if m.get("algorithm").and_then(Value::as_str) != Some("sha256") {
+                return Err(err(&join(at, "algorithm"), "must be \"sha256\""));
+            }
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@hash needs a `value`"))?;
+            Ok(Mapping::Hash(Box::new(compile(value, &join(at, "value"))?)))
+        }
         "@omit" => {
             let m = obj(arg, at, "@omit", "{value, keys: [...]}")?;
             let value = m

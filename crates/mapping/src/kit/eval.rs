@@ -149,6 +149,19 @@ pub(super) fn eval(m: &Mapping, event: &Value) -> Option<Value> {
             }),
             _ => None,
         },
+        Mapping::Date { value, to } => date(eval(value, event)?, *to),
+        Mapping::Hash(inner) => {
+            let text = match eval(inner, event)? {
+                Value::String(s) => s,
+                v @ Value::Number(_) => js_string(&v),
+                _ => return None,
+            };
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(text.as_bytes());
+            Some(Value::String(
+                digest.iter().map(|b| format!("{b:02x}")).collect(),
+            ))
+        }
         Mapping::NonEmpty(inner) => match eval(inner, event)? {
             Value::Object(m) if m.is_empty() => None,
             Value::Array(a) if a.is_empty() => None,
@@ -271,6 +284,52 @@ pub(super) fn flatten(
         }
         other => {
             out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+/// `@date`'s conversion (see [`super::DateTo`]).
+fn date(v: Value, to: super::DateTo) -> Option<Value> {
+    use super::DateTo;
+    use sluice_spec::time::{format_timestamp, parse_timestamp};
+    // A number, or text that is one (JavaScript's `+value`, blank text excluded).
+    let number = match &v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) if !s.trim().is_empty() => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|n| n.is_finite());
+    let epoch = |ms: i64, to: DateTo| -> Value {
+        match to {
+            DateTo::Seconds => Value::from(ms.div_euclid(1000)),
+            DateTo::Millis => Value::from(ms),
+            _ => Value::from(ms.saturating_mul(1000)),
+        }
+    };
+    match (number, to) {
+        (Some(n), DateTo::Seconds | DateTo::Millis | DateTo::Micros) => {
+            if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_991e15 {
+                Some(Value::from(n as i64))
+            } else {
+                serde_json::Number::from_f64(n).map(Value::Number)
+            }
+        }
+        (Some(ms), DateTo::Iso | DateTo::Day) => {
+            let t = chrono::DateTime::from_timestamp_millis(ms as i64)?;
+            let iso = format_timestamp(&t);
+            Some(Value::String(if to == DateTo::Day {
+                iso[..10].to_string()
+            } else {
+                iso
+            }))
+        }
+        (None, _) => {
+            let t = parse_timestamp(v.as_str()?)?;
+            Some(match to {
+                DateTo::Iso => Value::String(format_timestamp(&t)),
+                DateTo::Day => Value::String(format_timestamp(&t)[..10].to_string()),
+                _ => epoch(t.timestamp_millis(), to),
+            })
         }
     }
 }

@@ -13,7 +13,9 @@
 //! resolved against every element; undefined results dropped; `with`: merged on top of
 //! each object result), `@truncateIp` (IPv4 with the last octet 0, else undefined),
 //! `@nonEmpty` (undefined for `{}`, `[]`, `""`), `@when {true, then, else}` (JavaScript
-//! truthiness), `@not` (negated truthiness), `@trim`.
+//! truthiness), `@not` (negated truthiness), `@trim`, `@date {value, to: iso|date|s|ms|us}`
+//! (an ISO-8601 string, or epoch milliseconds, converted; see [`DateTo`]), `@hash {value,
+//! algorithm: "sha256"}` (lowercase hex).
 //!
 //! Module map: this file holds the [`Mapping`] tree and its API; [`compile`] the
 //! directives' compilation; [`eval_out`] the borrowing evaluator and [`eval`] the
@@ -168,6 +170,31 @@ pub enum Mapping {
     TruncateIp(Box<Mapping>),
     /// Sluice's extension: undefined when the value is an empty object, list or string.
     NonEmpty(Box<Mapping>),
+    /// Sluice's extension: a date converted (see [`DateTo`]); undefined when the value is
+    /// not a date.
+    Date {
+        value: Box<Mapping>,
+        to: DateTo,
+    },
+    /// Sluice's extension: the lowercase hex SHA-256 of a string (or a number's text, as
+    /// JavaScript writes it); undefined for anything else.
+    Hash(Box<Mapping>),
+}
+
+/// What `@date` converts to. A date is an ISO-8601 string (lenient, as
+/// `sluice_spec::time` reads clients' timestamps; no offset means UTC), or a number or
+/// numeric text: milliseconds since the epoch for `iso` and `date`, kept as the number
+/// for the epoch units (as partners' own converters do with numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateTo {
+    /// `2026-12-07T10:00:00.000Z` (JavaScript's `toISOString`).
+    Iso,
+    /// `2026-12-07` (UTC).
+    Day,
+    /// Whole seconds since the epoch (rounded down).
+    Seconds,
+    Millis,
+    Micros,
 }
 
 /// A path known at compile time, or a mapping that resolves to one per event.
@@ -204,6 +231,8 @@ const DIRECTIVES: &[&str] = &[
     "@when",
     "@not",
     "@trim",
+    "@date",
+    "@hash",
 ];
 
 impl Mapping {

@@ -491,3 +491,55 @@ fn compile_errors_name_the_place() {
     // `_metadata` beside a directive is allowed.
     assert!(Mapping::compile(&json!({"@path": "$.x", "_metadata": {"label": "X"}})).is_ok());
 }
+
+#[test]
+fn dates_convert_to_iso_days_and_epoch_units() {
+    let e = json!({"iso": "2026-12-07T10:00:00.250+03:00", "day": "1990-04-01", "ms": 1796637600250i64,
+                   "text": "1796637600", "bad": "April 1st", "blank": " ", "flag": true});
+    let d = |value: &str, to: &str| {
+        run(
+            json!({"@date": {"value": {"@path": value}, "to": to}}),
+            e.clone(),
+        )
+    };
+    assert_eq!(d("$.iso", "iso"), Some(json!("2026-12-07T07:00:00.250Z")));
+    assert_eq!(d("$.iso", "date"), Some(json!("2026-12-07")));
+    assert_eq!(d("$.iso", "s"), Some(json!(1796626800)));
+    assert_eq!(d("$.iso", "ms"), Some(json!(1796626800250i64)));
+    assert_eq!(d("$.iso", "us"), Some(json!(1796626800250000i64)));
+    assert_eq!(d("$.day", "iso"), Some(json!("1990-04-01T00:00:00.000Z")));
+    // Numbers are milliseconds for a date, and kept as they are for an epoch unit.
+    assert_eq!(d("$.ms", "iso"), Some(json!("2026-12-07T10:00:00.250Z")));
+    assert_eq!(d("$.text", "us"), Some(json!(1796637600)));
+    for not_a_date in ["$.bad", "$.blank", "$.flag", "$.missing"] {
+        assert_eq!(d(not_a_date, "iso"), None, "{not_a_date}");
+    }
+    let refused = Mapping::compile(&json!({"@date": {"value": "x", "to": "weeks"}})).unwrap_err();
+    assert!(refused.to_string().contains("to"), "{refused}");
+}
+
+#[test]
+fn hashes_are_lowercase_hex_sha256_of_text() {
+    let e = json!({"email": "a@example.com", "n": 42, "o": {}});
+    let h = |value: &str| {
+        run(
+            json!({"@hash": {"value": {"@path": value}, "algorithm": "sha256"}}),
+            e.clone(),
+        )
+    };
+    assert_eq!(
+        h("$.email"),
+        Some(json!(
+            "08168cd80dfd534ab0f10af10f1303fe00af2d43ab5c1432360d137f8197e17a"
+        ))
+    );
+    assert_eq!(
+        h("$.n"),
+        Some(json!(
+            "73475cb40a568e8da8a045ced110137e159f890ac4da883b6b17dc651b3a8049"
+        ))
+    );
+    assert_eq!(h("$.o"), None);
+    assert_eq!(h("$.missing"), None);
+    assert!(Mapping::compile(&json!({"@hash": {"value": "x", "algorithm": "md5"}})).is_err());
+}

@@ -61,6 +61,11 @@ async function run(input) {
       mapping: { ...defaults, ...(given.mapping ?? {}) },
     }
     if (!a.subscription || !validate(parseFql(a.subscription), input.event)) continue
+    // An action with sync modes gets its default one, as Segment's app sets it.
+    const modes = (def.actions[a.action] || {}).syncMode
+    if (modes && modes.default && a.mapping.__segment_internal_sync_mode === undefined) {
+      a.mapping = { ...a.mapping, __segment_internal_sync_mode: modes.default }
+    }
     seen = []
     const call = { action: a.action }
     try {

@@ -23,6 +23,7 @@ const FILES: &[(&str, &str)] = &[
         "actions_webhook",
         include_str!("../../../catalog/actions_webhook.json"),
     ),
+    ("braze", include_str!("../../../catalog/braze.json")),
     ("http", include_str!("../../../catalog/http.json")),
     ("insider", include_str!("../../../catalog/insider.json")),
     ("miso", include_str!("../../../catalog/miso.json")),
@@ -443,6 +444,7 @@ mod tests {
         let c = load().unwrap();
         for id in [
             "actions_webhook",
+            "braze",
             "http",
             "insider",
             "miso",

@@ -50,6 +50,50 @@ pub struct FieldSpec {
     pub properties: Option<std::collections::BTreeMap<String, FieldSpec>>,
     #[serde(default = "yes")]
     pub additional_properties: bool,
+    /// Text fields: a format the value must have (Segment's `format`), else the event is
+    /// refused for the action naming the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+}
+
+/// A text field's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// An absolute URI of RFC 3986's characters (`scheme:` then unreserved, reserved and
+    /// `%XX` only: no spaces, no characters outside ASCII), as ajv-formats' `uri`.
+    Uri,
+}
+
+/// Whether `s` is a URI as [`Format::Uri`] says.
+fn is_uri(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let mut sc = scheme.chars();
+    if !sc.next().is_some_and(|c| c.is_ascii_alphabetic())
+        || !sc.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    {
+        return false;
+    }
+    let b = rest.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            if i + 2 >= b.len() || !(b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        let allowed = c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?#[]".contains(&c);
+        if !allowed {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 fn yes() -> bool {
@@ -66,6 +110,7 @@ impl FieldSpec {
             skip_when_missing: false,
             properties: None,
             additional_properties: true,
+            format: None,
         }
     }
 }
@@ -344,9 +389,11 @@ fn prepare_with<'a>(
             Some(Taken::Raw(v)) if v.as_str() == Some("") => None,
             Some(Taken::Raw(v)) => Some(coerce(spec, v).map_err(|e| e.under(key))?),
         };
-        // A required list that came out empty counts as missing.
+        // A list that came out empty counts as missing for a field that skips its action
+        // when missing (a partner's "no products, nothing to send"). Otherwise an empty
+        // list is a value, required or not, as in Segment's schema check.
         let value = value.filter(|v| {
-            !(spec.required && spec.multiple && matches!(v, Out::Array(a) if a.is_empty()))
+            !(spec.skip_when_missing && spec.multiple && matches!(v, Out::Array(a) if a.is_empty()))
         });
         match value {
             Some(v) => put(&mut out, key, v),
@@ -459,6 +506,9 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>, item: bool) -> Result<Out<'a>
     let value = v.as_value();
     match spec.ty {
         FieldType::String | FieldType::Text | FieldType::Password => match value {
+            Some(Value::String(s)) if spec.format == Some(Format::Uri) && !is_uri(s) => Err(
+                invalid(field, format!("must be a valid URI, not {}", short(&v))),
+            ),
             Some(Value::String(_)) => Ok(v),
             Some(Value::Number(n)) => Ok(Out::owned(Value::String(n.to_string()))),
             Some(Value::Bool(b)) => Ok(Out::owned(Value::String(b.to_string()))),
@@ -636,6 +686,46 @@ mod tests {
     fn run(v: Value) -> Result<Value, ValidationError> {
         let Value::Object(m) = v else { unreachable!() };
         prepare(&fields(), m).map(Value::Object)
+    }
+
+    #[test]
+    fn uris_are_checked_as_ajv_formats_does() {
+        for good in [
+            "https://cdn.example/p.jpg",
+            "https://ex.com/%C3%BC?a=1&b=2#x",
+            "x:y",
+            "mailto:a@b.c",
+        ] {
+            assert!(is_uri(good), "{good}");
+        }
+        for bad in [
+            "https://shop.example/p/1?ref=ü",
+            "not a url",
+            "/relative",
+            "https://a b.com",
+            "1http://x",
+            "https://x/%g1",
+            "https://x/%4",
+        ] {
+            assert!(!is_uri(bad), "{bad}");
+        }
+        let spec = FieldSpec {
+            format: Some(Format::Uri),
+            ..FieldSpec::of(FieldType::String)
+        };
+        let fields = vec![("image_url".to_string(), spec)];
+        let e = prepare(
+            &fields,
+            json!({"image_url": "https://x/ü"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("image_url") && e.to_string().contains("URI"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod fields;
 pub mod fql;
 pub mod kit;
 
-pub use fields::{prepare, prepare_out, FieldSpec, FieldType, TypedMapping, ValidationError};
+pub use fields::{
+    prepare, prepare_out, FieldSpec, FieldType, Format, TypedMapping, ValidationError,
+};
 pub use fql::{FqlError, Subscription};
 pub use kit::{Fields, Mapping, MappingError, Out, Path};

@@ -176,7 +176,13 @@ impl Generator {
             _ => Value::Null,
         };
         put!(self, p, "variant", variant);
-        let url = json!(format!("https://shop.example/p/{pid}?ref=ü&x=1"));
+        // Mostly plain URLs; some with a character outside ASCII (not a URI as RFC 3986
+        // writes one, which Segment's schema checks refuse).
+        let url = if self.chance(0.7) {
+            json!(format!("https://shop.example/p/{pid}?ref=mail&x=1"))
+        } else {
+            json!(format!("https://shop.example/p/{pid}?ref=ü&x=1"))
+        };
         put!(self, p, "url", url);
         let image = json!(format!("https://cdn.example/{pid}.jpg"));
         put!(self, p, "image_url", image);
@@ -228,6 +234,24 @@ impl Generator {
             let coupon = self.text();
             put!(self, props, "coupon", coupon);
             put!(self, props, "list_id", json!("hot_deals_1"));
+            if self.chance(0.4) {
+                props.insert(
+                    "source".into(),
+                    json!(self.pick(&["web", "ios", "store-17"])),
+                );
+            }
+            if self.chance(0.3) {
+                props.insert("cart_id".into(), json!(self.id("cart")));
+            }
+            if self.chance(0.2) {
+                props.insert("reason".into(), json!("changed my mind"));
+            }
+            if self.chance(0.2) {
+                props.insert(
+                    "discount_items".into(),
+                    json!([{"code": "SAVE10", "amount": 10}, {"code": "X", "amount": "2.5"}]),
+                );
+            }
             put!(self, props, "query", json!("blue hotpants"));
             put!(self, props, "step", json!(self.rng.gen_range(1..4)));
         }

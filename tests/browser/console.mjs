@@ -336,12 +336,16 @@ try {
   // its column cannot take is in the discards view; a window replay runs to its end.
   if (process.env.SLUICE_WAREHOUSE) {
     const wh = process.env.SLUICE_WAREHOUSE
-    const group = await fetch(`${URL}/v1/group`, {
+    // A number first (the column's type, when the table is new), then a text.
+    const group = await fetch(`${URL}/v1/batch`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: 'Basic ' + Buffer.from(process.env.SLUICE_WAREHOUSE_WRITE_KEY + ':').toString('base64') },
-      body: JSON.stringify({ userId: `warehouse-${run}`, groupId: `g-${run}`, traits: { employees: `many-${run}` } }),
+      body: JSON.stringify({ batch: [
+        { type: 'group', userId: `warehouse-${run}`, groupId: `g0-${run}`, traits: { employees: 5 } },
+        { type: 'group', userId: `warehouse-${run}`, groupId: `g-${run}`, traits: { employees: `many-${run}` } },
+      ] }),
     })
-    check(group.status === 200, `the group call answered ${group.status}`)
+    check(group.status === 200, `the group calls answered ${group.status}`)
     const discarded = Date.now() + 60_000
     let seen = false
     while (!seen && Date.now() < discarded) {

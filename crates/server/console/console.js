@@ -184,7 +184,10 @@ async function render() {
       } catch (e) {
         add(main, errorLine(e));
       }
-      main.focus();
+      // A new screen starts at the top; focus moves to it for screen readers without a
+      // scroll of its own (a focus scroll arriving late moved the page under a pointer).
+      window.scrollTo(0, 0);
+      main.focus({ preventScroll: true });
       return;
     }
   }

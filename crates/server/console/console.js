@@ -534,15 +534,7 @@ async function warehouse(main, name) {
   const replayMsg = h('div', { 'aria-live': 'polite' });
   add(main, h('h2', {}, 'Replays'), replayRows);
   if (isAdmin()) {
-    const from = h('input', { type: 'datetime-local', required: true });
-    const to = h('input', { type: 'datetime-local' });
-    from.value = new Date(Date.now() - 3600e3 - new Date().getTimezoneOffset() * 60e3).toISOString().slice(0, 16);
-    add(main, h('form', { onsubmit: async (ev) => {
-      ev.preventDefault();
-      const body = { from: new Date(from.value).toISOString() };
-      if (to.value) body.to = new Date(to.value).toISOString();
-      const job = await attempt(replayMsg, () => api('POST', '/admin/v1/destinations/' + enc(name) + '/replay', body));
-      if (!job) return;
+    add(main, replayForm(name, 'Load a time window again', replayMsg, (job) => {
       replayMsg.replaceChildren(h('p', { class: 'ok' }, 'Replay ' + job.id + ' started.'));
       // Followed until it ends, while this screen is open.
       const timer = setInterval(async () => {
@@ -553,8 +545,7 @@ async function warehouse(main, name) {
         } catch (_) { clearInterval(timer); }
       }, 1000);
       state.cleanup.push(() => clearInterval(timer));
-    } }, h('h2', {}, 'Load a time window again'), h('div', { class: 'row' }, field('From', from), field('To (default: now)', to)), replayMsg,
-    h('button', { type: 'submit' }, 'Replay window')));
+    }));
   }
   // Discards: values (and whole rows, column *) the warehouse could not take as they came.
   const discards = h('div', { 'aria-live': 'polite' });
@@ -565,6 +556,24 @@ async function warehouse(main, name) {
       time(x.loadedAt), x.schema + '.' + x.table, x.column, x.rowId || '', x.reason, h('pre', {}, x.value || ''),
     ])));
   });
+}
+
+/**
+ * The form that replays a time window of a destination or warehouse (from an hour ago by
+ * default, to now); `started` gets the replay job.
+ */
+function replayForm(name, title, msg, started) {
+  const from = h('input', { type: 'datetime-local', required: true });
+  const to = h('input', { type: 'datetime-local' });
+  from.value = new Date(Date.now() - 3600e3 - new Date().getTimezoneOffset() * 60e3).toISOString().slice(0, 16);
+  return h('form', { onsubmit: async (ev) => {
+    ev.preventDefault();
+    const body = { from: new Date(from.value).toISOString() };
+    if (to.value) body.to = new Date(to.value).toISOString();
+    const job = await attempt(msg, () => api('POST', '/admin/v1/destinations/' + enc(name) + '/replay', body));
+    if (job) started(job);
+  } }, h('h2', {}, title), h('div', { class: 'row' }, field('From', from), field('To (default: now)', to)), msg,
+  h('button', { type: 'submit' }, 'Replay window'));
 }
 
 /** A sample event for the tester and the preview when the source has none yet. */
@@ -863,17 +872,8 @@ async function delivery(main, name) {
   add(main, h('h2', {}, 'The last hour'), bars(r.windows['1h'].counts));
   const replayMsg = h('div', { 'aria-live': 'polite' });
   if (isAdmin()) {
-    const from = h('input', { type: 'datetime-local', required: true });
-    const to = h('input', { type: 'datetime-local' });
-    from.value = new Date(Date.now() - 3600e3 - new Date().getTimezoneOffset() * 60e3).toISOString().slice(0, 16);
-    add(main, h('form', { onsubmit: async (ev) => {
-      ev.preventDefault();
-      const body = { from: new Date(from.value).toISOString() };
-      if (to.value) body.to = new Date(to.value).toISOString();
-      const job = await attempt(replayMsg, () => api('POST', '/admin/v1/destinations/' + enc(name) + '/replay', body));
-      if (job) replayMsg.replaceChildren(h('p', { class: 'ok' }, 'Replay ' + job.id + ' started (offsets ' + job.start_offset + ' to ' + job.end_offset + ').'));
-    } }, h('h2', {}, 'Replay a time window'), h('div', { class: 'row' }, field('From', from), field('To (default: now)', to)), replayMsg,
-    h('button', { type: 'submit' }, 'Replay window')));
+    add(main, replayForm(name, 'Replay a time window', replayMsg, (job) => replayMsg.replaceChildren(
+      h('p', { class: 'ok' }, 'Replay ' + job.id + ' started (offsets ' + job.start_offset + ' to ' + job.end_offset + ').'))));
   }
   const msg = h('div', { 'aria-live': 'polite' });
   add(main, h('h2', {}, 'Dead letters'), table(['Failed', 'Message', 'Status', 'Reason'], dead.data.map((x) => [

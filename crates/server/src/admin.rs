@@ -94,13 +94,18 @@ pub(crate) fn token_actor(app: &App, req: &Request) -> Option<Result<Actor, ApiE
 }
 
 #[derive(Deserialize)]
-struct LimitQuery {
+pub(crate) struct LimitQuery {
     limit: Option<String>,
 }
 
 fn parse_limit(q: &LimitQuery) -> Result<usize, ApiError> {
+    limit_or(q, 20)
+}
+
+/// `?limit=` from 1 to 1000; `default` when absent; 400 `invalid_limit` otherwise.
+pub(crate) fn limit_or(q: &LimitQuery, default: usize) -> Result<usize, ApiError> {
     match &q.limit {
-        None => Ok(20),
+        None => Ok(default),
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
             _ => Err(ApiError {

@@ -71,33 +71,14 @@ async fn syncs(
     Ok(Json(json!({ "data": w.syncs() })))
 }
 
-#[derive(serde::Deserialize)]
-struct LimitQuery {
-    limit: Option<String>,
-}
-
 /// `?limit=` (1–1000, default 50): the latest discards over the warehouse's schemas.
 async fn discards(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    Query(q): Query<LimitQuery>,
+    Query(q): Query<crate::admin::LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let w = get_one(&app, &name)?;
-    let limit = match q.limit.as_deref() {
-        None => 50,
-        Some(s) => match s.parse::<u32>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => {
-                return Err(ApiError {
-                    field: Some("limit".into()),
-                    ..ApiError::bad_request(
-                        "invalid_limit",
-                        format!("limit must be a whole number from 1 to 1000, not {s:?}"),
-                    )
-                })
-            }
-        },
-    };
+    let limit = crate::admin::limit_or(&q, 50)? as u32;
     let found = w.latest_discards(limit).await.map_err(|e| {
         ApiError::unavailable(format!(
             "cannot read the discards of warehouse `{name}`: {e}"

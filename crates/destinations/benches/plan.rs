@@ -124,7 +124,12 @@ fn bench(c: &mut Criterion) {
     let presets: Vec<(&sluice_destinations::actions::Enabled, &Value)> = kinds
         .iter()
         .flat_map(|(_, k)| k.actions.iter())
-        .flat_map(|a| parsed.iter().filter(|e| a.subscription.matches(e)).map(move |e| (a, e)))
+        .flat_map(|a| {
+            parsed
+                .iter()
+                .filter(|e| a.subscription.matches(e))
+                .map(move |e| (a, e))
+        })
         .collect();
     let names: Vec<&str> = kinds.iter().map(|(id, _)| id.as_str()).collect();
     eprintln!(

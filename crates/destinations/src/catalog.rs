@@ -24,6 +24,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../catalog/actions_webhook.json"),
     ),
     ("braze", include_str!("../../../catalog/braze.json")),
+    (
+        "google_analytics_4",
+        include_str!("../../../catalog/google_analytics_4.json"),
+    ),
     ("http", include_str!("../../../catalog/http.json")),
     ("insider", include_str!("../../../catalog/insider.json")),
     ("miso", include_str!("../../../catalog/miso.json")),
@@ -445,6 +449,7 @@ mod tests {
         for id in [
             "actions_webhook",
             "braze",
+            "google_analytics_4",
             "http",
             "insider",
             "miso",

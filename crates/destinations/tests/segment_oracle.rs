@@ -369,7 +369,7 @@ fn the_catalog_sends_what_segments_own_destinations_send() {
     let mut used = vec![0usize; allowed.allowed.len()];
     println!("seed {seed}");
     println!(
-        "{:<16} {:>7} {:>9} {:>12} {:>13} {:>12}",
+        "{:<20} {:>7} {:>9} {:>12} {:>13} {:>12}",
         "entry", "events", "compared", "differences", "allow-listed", "unexplained"
     );
     for (id, entry) in &entries {
@@ -436,7 +436,7 @@ fn the_catalog_sends_what_segments_own_destinations_send() {
                 }
             }
         }
-        println!("{id:<16} {n:>7} {compared:>9} {differences:>12} {listed:>13} {unexplained:>12}");
+        println!("{id:<20} {n:>7} {compared:>9} {differences:>12} {listed:>13} {unexplained:>12}");
     }
     for (rule, n) in allowed.allowed.iter().zip(&used) {
         if *n > 0 {

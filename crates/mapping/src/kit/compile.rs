@@ -385,6 +385,24 @@ pub(super) fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, Ma
                 to,
             })
         }
+        "@mapValues" => {
+            let m = obj(arg, at, "@mapValues", "{value, each}")?;
+            for k in m.keys() {
+                if !matches!(k.as_str(), "value" | "each") {
+                    return Err(err(&join(at, k), "is not a @mapValues key (value, each)"));
+                }
+            }
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@mapValues needs a `value`"))?;
+            let each = m
+                .get("each")
+                .ok_or_else(|| err(at, "@mapValues needs `each`"))?;
+            Ok(Mapping::MapValues {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                each: Box::new(compile(each, &join(at, "each"))?),
+            })
+        }
         "@hash" => {
             let m = obj(arg, at, "@hash", "{value, algorithm: \"sha256\"}")?;
             for k in m.keys() {

@@ -150,6 +150,14 @@ pub(super) fn eval(m: &Mapping, event: &Value) -> Option<Value> {
             _ => None,
         },
         Mapping::Date { value, to } => date(eval(value, event)?, *to),
+        Mapping::MapValues { value, each } => match eval(value, event)? {
+            Value::Object(m) => Some(Value::Object(
+                m.into_iter()
+                    .filter_map(|(k, v)| eval(each, &v).map(|x| (k, x)))
+                    .collect(),
+            )),
+            _ => None,
+        },
         Mapping::Hash(inner) => {
             let text = match eval(inner, event)? {
                 Value::String(s) => s,

@@ -15,7 +15,8 @@
 //! `@nonEmpty` (undefined for `{}`, `[]`, `""`), `@when {true, then, else}` (JavaScript
 //! truthiness), `@not` (negated truthiness), `@trim`, `@date {value, to: iso|date|s|ms|us}`
 //! (an ISO-8601 string, or epoch milliseconds, converted; see [`DateTo`]), `@hash {value,
-//! algorithm: "sha256"}` (lowercase hex).
+//! algorithm: "sha256"}` (lowercase hex), `@mapValues {value, each}` (an object's values
+//! each resolved by `each`, keys kept).
 //!
 //! Module map: this file holds the [`Mapping`] tree and its API; [`compile`] the
 //! directives' compilation; [`eval_out`] the borrowing evaluator and [`eval`] the
@@ -170,6 +171,13 @@ pub enum Mapping {
     TruncateIp(Box<Mapping>),
     /// Sluice's extension: undefined when the value is an empty object, list or string.
     NonEmpty(Box<Mapping>),
+    /// Sluice's extension: an object with each value replaced by `each` resolved against
+    /// it (its keys kept; a key whose result is undefined is left out); undefined for
+    /// anything but an object.
+    MapValues {
+        value: Box<Mapping>,
+        each: Box<Mapping>,
+    },
     /// Sluice's extension: a date converted (see [`DateTo`]); undefined when the value is
     /// not a date.
     Date {
@@ -233,6 +241,7 @@ const DIRECTIVES: &[&str] = &[
     "@trim",
     "@date",
     "@hash",
+    "@mapValues",
 ];
 
 impl Mapping {

@@ -543,3 +543,31 @@ fn hashes_are_lowercase_hex_sha256_of_text() {
     assert_eq!(h("$.missing"), None);
     assert!(Mapping::compile(&json!({"@hash": {"value": "x", "algorithm": "md5"}})).is_err());
 }
+
+#[test]
+fn map_values_keeps_keys_and_drops_undefined_results() {
+    let e = json!({"props": {"plan": "pro", "seats": 3, "gone": null}, "list": [1]});
+    assert_eq!(
+        run(
+            json!({"@mapValues": {"value": {"@path": "$.props"}, "each": {"value": {"@path": "$."}}}}),
+            e.clone()
+        ),
+        Some(json!({"plan": {"value": "pro"}, "seats": {"value": 3}, "gone": {"value": null}}))
+    );
+    assert_eq!(
+        run(
+            json!({"@mapValues": {"value": {"@path": "$.props"}, "each": {"@path": "$.missing"}}}),
+            e.clone()
+        ),
+        // A path from a falsy value gives that value (Segment's rule), so `null` stays.
+        Some(json!({"gone": null}))
+    );
+    assert_eq!(
+        run(
+            json!({"@mapValues": {"value": {"@path": "$.list"}, "each": 1}}),
+            e.clone()
+        ),
+        None
+    );
+    assert!(Mapping::compile(&json!({"@mapValues": {"value": 1}})).is_err());
+}

@@ -135,8 +135,8 @@ def main():
         if loaded or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    # Read once the wait is over: a report taken before the check could be from before
-    # the load committed (the intermittent "no table at all" failure).
+    # Read once the wait is over: a report taken before the check may predate the load's
+    # commit.
     got = report()
     if "--write" in sys.argv:
         with open(EXPECTED, "w") as f:

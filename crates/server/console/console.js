@@ -185,7 +185,7 @@ async function render() {
         add(main, errorLine(e));
       }
       // A new screen starts at the top; focus moves to it for screen readers without a
-      // scroll of its own (a focus scroll arriving late moved the page under a pointer).
+      // scroll of its own, so the page never moves under a pointer mid-click.
       window.scrollTo(0, 0);
       main.focus({ preventScroll: true });
       return;

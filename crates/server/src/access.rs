@@ -444,11 +444,7 @@ fn valid_user_name(name: &str) -> bool {
 }
 
 fn stale(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "stale_version",
-        format!("user `{name}` was changed meanwhile (or does not exist at that version): reload it and try again"),
-    )
+    ApiError::stale(&format!("user `{name}`"))
 }
 
 /// Body `{"role", "password"?, "version"?}`: without `version` a new user (a password is

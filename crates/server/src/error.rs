@@ -48,6 +48,16 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// 409 `stale_version`: `what` (``user `ada` ``) changed since the version the caller
+    /// read, or does not exist at that version.
+    pub fn stale(what: &str) -> Self {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_version",
+            format!("{what} was changed meanwhile (or does not exist at that version): reload it and try again"),
+        )
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).retry_after(5)
     }

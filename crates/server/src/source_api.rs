@@ -266,27 +266,25 @@ fn from_file(app: &App, name: &str) -> Result<(), ApiError> {
 }
 
 fn stale(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "stale_version",
-        format!("source `{name}` was changed meanwhile (or does not exist at that version): reload it and try again"),
-    )
+    ApiError::stale(&format!("source `{name}`"))
+}
+
+/// `prefix` and `bytes` random bytes in hex: write keys (`wk_`, 18) and webhook shared
+/// secrets (`whsec_`, 24).
+fn random_key(prefix: &str, bytes: usize) -> String {
+    let mut out = String::from(prefix);
+    for _ in 0..bytes {
+        out.push_str(&format!("{:02x}", rand::random::<u8>()));
+    }
+    out
 }
 
 fn new_shared_secret() -> String {
-    let bytes: [u8; 24] = rand::random();
-    format!(
-        "whsec_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    random_key("whsec_", 24)
 }
 
 fn new_write_key() -> String {
-    let bytes: [u8; 18] = rand::random();
-    format!(
-        "wk_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    random_key("wk_", 18)
 }
 
 /// Body `{"type", "enabled"?, "collect_ip"?, "version"?}`: without `version` a new source

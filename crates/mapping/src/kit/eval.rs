@@ -307,37 +307,24 @@ fn date(v: Value, to: super::DateTo) -> Option<Value> {
         _ => None,
     }
     .filter(|n| n.is_finite());
-    let epoch = |ms: i64, to: DateTo| -> Value {
-        match to {
-            DateTo::Seconds => Value::from(ms.div_euclid(1000)),
-            DateTo::Millis => Value::from(ms),
-            _ => Value::from(ms.saturating_mul(1000)),
-        }
-    };
-    match (number, to) {
-        (Some(n), DateTo::Seconds | DateTo::Millis | DateTo::Micros) => {
-            if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_991e15 {
-                Some(Value::from(n as i64))
-            } else {
-                serde_json::Number::from_f64(n).map(Value::Number)
-            }
-        }
-        (Some(ms), DateTo::Iso | DateTo::Day) => {
-            let t = chrono::DateTime::from_timestamp_millis(ms as i64)?;
-            let iso = format_timestamp(&t);
-            Some(Value::String(if to == DateTo::Day {
-                iso[..10].to_string()
-            } else {
-                iso
-            }))
-        }
-        (None, _) => {
-            let t = parse_timestamp(v.as_str()?)?;
-            Some(match to {
-                DateTo::Iso => Value::String(format_timestamp(&t)),
-                DateTo::Day => Value::String(format_timestamp(&t)[..10].to_string()),
-                _ => epoch(t.timestamp_millis(), to),
-            })
-        }
+    // A number asked for in an epoch unit is kept as it is.
+    if let (Some(n), DateTo::Seconds | DateTo::Millis | DateTo::Micros) = (number, to) {
+        return if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_991e15 {
+            Some(Value::from(n as i64))
+        } else {
+            serde_json::Number::from_f64(n).map(Value::Number)
+        };
     }
+    let t = match number {
+        Some(ms) => chrono::DateTime::from_timestamp_millis(ms as i64)?,
+        None => parse_timestamp(v.as_str()?)?,
+    };
+    let ms = t.timestamp_millis();
+    Some(match to {
+        DateTo::Iso => Value::String(format_timestamp(&t)),
+        DateTo::Day => Value::String(format_timestamp(&t)[..10].to_string()),
+        DateTo::Seconds => Value::from(ms.div_euclid(1000)),
+        DateTo::Millis => Value::from(ms),
+        DateTo::Micros => Value::from(ms.saturating_mul(1000)),
+    })
 }

@@ -323,6 +323,30 @@ pub(super) fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, Ma
                 .get("value")
                 .ok_or_else(|| err(at, "@map needs a `value`"))?;
             let each = m.get("each").ok_or_else(|| err(at, "@map needs `each`"))?;
+            for k in m.keys() {
+                if !matches!(k.as_str(), "value" | "each" | "with" | "index") {
+                    return Err(err(
+                        &join(at, k),
+                        "is not a @map key (value, each, with, index)",
+                    ));
+                }
+            }
+            match m.get("index") {
+                None | Some(Value::Bool(false)) => {}
+                Some(Value::Bool(true)) if m.contains_key("with") => {
+                    return Err(err(
+                        &join(at, "with"),
+                        "cannot go with `index`: `each` reaches the outer value as `$.outer`",
+                    ))
+                }
+                Some(Value::Bool(true)) => {
+                    return Ok(Mapping::EachIndexed {
+                        value: Box::new(compile(value, &join(at, "value"))?),
+                        each: Box::new(compile(each, &join(at, "each"))?),
+                    })
+                }
+                Some(_) => return Err(err(&join(at, "index"), "must be true or false")),
+            }
             Ok(Mapping::Each {
                 value: Box::new(compile(value, &join(at, "value"))?),
                 each: Box::new(compile(each, &join(at, "each"))?),
@@ -417,6 +441,106 @@ pub(super) fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, Ma
                 .get("value")
                 .ok_or_else(|| err(at, "@hash needs a `value`"))?;
             Ok(Mapping::Hash(Box::new(compile(value, &join(at, "value"))?)))
+        }
+        "@match" => {
+            let m = obj(
+                arg,
+                at,
+                "@match",
+                "{value, cases: [{pattern, then | group}], else?}",
+            )?;
+            for k in m.keys() {
+                if !matches!(k.as_str(), "value" | "cases" | "else") {
+                    return Err(err(
+                        &join(at, k),
+                        "is not a @match key (value, cases, else)",
+                    ));
+                }
+            }
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@match needs a `value`"))?;
+            let Some(Value::Array(list)) = m.get("cases") else {
+                return Err(err(
+                    &join(at, "cases"),
+                    "must be a list of {pattern, then} or {pattern, group}",
+                ));
+            };
+            let mut cases = Vec::with_capacity(list.len());
+            for (i, case) in list.iter().enumerate() {
+                let here = format!("{at}.cases[{i}]");
+                let c = obj(case, &here, "a @match case", "{pattern, then | group}")?;
+                for k in c.keys() {
+                    if !matches!(k.as_str(), "pattern" | "then" | "group") {
+                        return Err(err(
+                            &join(&here, k),
+                            "is not a @match case key (pattern, then, group)",
+                        ));
+                    }
+                }
+                let Some(Value::String(text)) = c.get("pattern") else {
+                    return Err(err(
+                        &join(&here, "pattern"),
+                        "must be a regular expression (text)",
+                    ));
+                };
+                let re = regex::RegexBuilder::new(text)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| {
+                        err(
+                            &join(&here, "pattern"),
+                            format!("is not a regular expression: {e}"),
+                        )
+                    })?;
+                let then = match (c.get("then"), c.get("group")) {
+                    (Some(t), None) => MatchThen::Then(Box::new(compile(t, &join(&here, "then"))?)),
+                    (None, Some(g)) => {
+                        let n = g
+                            .as_u64()
+                            .filter(|n| (*n as usize) < re.captures_len())
+                            .ok_or_else(|| {
+                                err(
+                                    &join(&here, "group"),
+                                    format!(
+                                        "must be a capture group of the pattern, 0 to {}",
+                                        re.captures_len() - 1
+                                    ),
+                                )
+                            })?;
+                        MatchThen::Group(n as usize)
+                    }
+                    _ => return Err(err(&here, "a case needs exactly one of `then` or `group`")),
+                };
+                cases.push((Pattern(re), then));
+            }
+            Ok(Mapping::Match {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                cases,
+                otherwise: m
+                    .get("else")
+                    .map(|e| compile(e, &join(at, "else")))
+                    .transpose()?
+                    .map(Box::new),
+            })
+        }
+        "@concat" | "@subtract" => {
+            let Value::Array(items) = arg else {
+                return Err(err(at, format!("{name} takes a list of values")));
+            };
+            if name == "@subtract" && items.is_empty() {
+                return Err(err(at, "@subtract needs at least one value"));
+            }
+            let items = items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| compile(v, &format!("{at}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(if name == "@concat" {
+                Mapping::Concat(items)
+            } else {
+                Mapping::Subtract(items)
+            })
         }
         "@omit" => {
             let m = obj(arg, at, "@omit", "{value, keys: [...]}")?;

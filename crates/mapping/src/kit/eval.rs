@@ -150,6 +150,81 @@ pub(super) fn eval(m: &Mapping, event: &Value) -> Option<Value> {
             _ => None,
         },
         Mapping::Date { value, to } => date(eval(value, event)?, *to),
+        Mapping::EachIndexed { value, each } => {
+            let items = match eval(value, event)? {
+                Value::Null => return None,
+                Value::Array(a) => a,
+                one => vec![one],
+            };
+            let mut scope = Map::with_capacity(3);
+            scope.insert("outer".into(), event.clone());
+            let mut scope = Value::Object(scope);
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                if let Value::Object(m) = &mut scope {
+                    m.insert("item".into(), item);
+                    m.insert("index".into(), Value::from(i));
+                }
+                out.extend(eval(each, &scope));
+            }
+            Some(Value::Array(out))
+        }
+        Mapping::Match {
+            value,
+            cases,
+            otherwise,
+        } => {
+            let v = eval(value, event);
+            if let Some(Value::String(text)) = &v {
+                for (Pattern(re), then) in cases {
+                    match then {
+                        MatchThen::Then(m) if re.is_match(text) => return eval(m, event),
+                        MatchThen::Group(n) => {
+                            if let Some(c) = re.captures(text) {
+                                return c.get(*n).map(|g| Value::String(g.as_str().to_string()));
+                            }
+                        }
+                        MatchThen::Then(_) => {}
+                    }
+                }
+            }
+            otherwise.as_ref().and_then(|o| eval(o, event))
+        }
+        Mapping::Concat(parts) => {
+            let mut out = Vec::new();
+            for p in parts {
+                match eval(p, event) {
+                    Some(Value::Array(a)) => out.extend(a),
+                    Some(one) => out.push(one),
+                    None => {}
+                }
+            }
+            Some(Value::Array(out))
+        }
+        Mapping::Subtract(parts) => {
+            let mut nums = Vec::with_capacity(parts.len());
+            for p in parts {
+                match eval(p, event)? {
+                    Value::Number(n) => nums.push(n),
+                    _ => return None,
+                }
+            }
+            let (first, rest) = nums.split_first()?;
+            // Whole numbers stay whole (an epoch in milliseconds minus a position).
+            let ints: Option<Vec<i64>> = nums.iter().map(Number::as_i64).collect();
+            match ints {
+                Some(i) => i[1..]
+                    .iter()
+                    .try_fold(i[0], |acc, x| acc.checked_sub(*x))
+                    .map(Value::from),
+                None => {
+                    let f = rest.iter().fold(first.as_f64()?, |acc, x| {
+                        acc - x.as_f64().unwrap_or(f64::NAN)
+                    });
+                    Number::from_f64(f).map(Value::Number)
+                }
+            }
+        }
         Mapping::MapValues { value, each } => match eval(value, event)? {
             Value::Object(m) => Some(Value::Object(
                 m.into_iter()

@@ -16,7 +16,10 @@
 //! truthiness), `@not` (negated truthiness), `@trim`, `@date {value, to: iso|date|s|ms|us}`
 //! (an ISO-8601 string, or epoch milliseconds, converted; see [`DateTo`]), `@hash {value,
 //! algorithm: "sha256"}` (lowercase hex), `@mapValues {value, each}` (an object's values
-//! each resolved by `each`, keys kept).
+//! each resolved by `each`, keys kept), `@map {value, each, index: true}` (`each` resolved
+//! against `{item, index, outer}`), `@match {value, cases: [{pattern, then | group}],
+//! else?}` (the first regular expression that matches a string), `@concat [lists…]` and
+//! `@subtract [a, b, …]` (numbers).
 //!
 //! Module map: this file holds the [`Mapping`] tree and its API; [`compile`] the
 //! directives' compilation; [`eval_out`] the borrowing evaluator and [`eval`] the
@@ -157,6 +160,28 @@ pub enum Mapping {
         each: Box<Mapping>,
         with: Option<Box<Mapping>>,
     },
+    /// Sluice's extension (`@map` with `index: true`): `each` resolved against
+    /// `{"item": <element>, "index": <0-based position>, "outer": <the value @map was
+    /// resolved against>}` for every element (undefined results dropped), so an element's
+    /// mapping can reach the event and its own position.
+    EachIndexed {
+        value: Box<Mapping>,
+        each: Box<Mapping>,
+    },
+    /// Sluice's extension: the first case whose regular expression matches the value (a
+    /// string; anything else takes `else`) gives its result; no case matching: `else`
+    /// (absent: undefined).
+    Match {
+        value: Box<Mapping>,
+        cases: Vec<(Pattern, MatchThen)>,
+        otherwise: Option<Box<Mapping>>,
+    },
+    /// Sluice's extension: the lists concatenated in order; a value that is not a list is
+    /// one element, an undefined one adds nothing. Always a list.
+    Concat(Vec<Mapping>),
+    /// Sluice's extension: the first number minus the others; undefined when any operand
+    /// is not a number (numeric text included: partners' converters subtract numbers).
+    Subtract(Vec<Mapping>),
     /// Sluice's extension: `then` when the operand is truthy (JavaScript's rules), else `else`.
     When {
         test: Box<Mapping>,
@@ -187,6 +212,25 @@ pub enum Mapping {
     /// Sluice's extension: the lowercase hex SHA-256 of a string (or a number's text, as
     /// JavaScript writes it); undefined for anything else.
     Hash(Box<Mapping>),
+}
+
+/// A compiled regular expression (Rust's `regex` syntax, linear-time matching), equal to
+/// another when written the same.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub regex::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+/// What a `@match` case gives: a mapping resolved against the same value as `@match`,
+/// or the text of a capture group of the match (undefined when the group took no part).
+#[derive(Debug, Clone, PartialEq)]
+pub enum MatchThen {
+    Then(Box<Mapping>),
+    Group(usize),
 }
 
 /// What `@date` converts to. A date is an ISO-8601 string (lenient, as
@@ -242,6 +286,9 @@ const DIRECTIVES: &[&str] = &[
     "@date",
     "@hash",
     "@mapValues",
+    "@match",
+    "@concat",
+    "@subtract",
 ];
 
 impl Mapping {

@@ -571,3 +571,128 @@ fn map_values_keeps_keys_and_drops_undefined_results() {
     );
     assert!(Mapping::compile(&json!({"@mapValues": {"value": 1}})).is_err());
 }
+
+#[test]
+fn match_takes_the_first_case_whose_pattern_matches() {
+    let browser = json!({"@match": {"value": {"@path": "$.ua"}, "cases": [
+        {"pattern": " OPR/", "then": "Opera"},
+        {"pattern": "(?i)(BlackBerry|BB10)", "then": {"@template": "BB on {{os}}"}},
+        {"pattern": "Chrome/(\\d+(\\.\\d+)+)", "group": 1},
+        {"pattern": "Safari", "group": 0}
+    ], "else": ""}});
+    let ua = |s: &str| json!({"ua": s, "os": "bb10"});
+    assert_eq!(
+        run(browser.clone(), ua("x OPR/99 Chrome/120.0")),
+        Some(json!("Opera"))
+    );
+    assert_eq!(
+        run(browser.clone(), ua("a bb10 b")),
+        Some(json!("BB on bb10"))
+    );
+    assert_eq!(
+        run(
+            browser.clone(),
+            ua("Mozilla Chrome/120.0.6099.71 Safari/537")
+        ),
+        Some(json!("120.0.6099.71"))
+    );
+    // A pattern that matches ends the search even when its group took no part.
+    assert_eq!(
+        run(
+            json!({"@match": {"value": "ab", "cases": [{"pattern": "a(x)?", "group": 1}, {"pattern": "a", "then": 1}]}}),
+            json!({})
+        ),
+        None
+    );
+    assert_eq!(run(browser.clone(), ua("Safari")), Some(json!("Safari")));
+    assert_eq!(run(browser.clone(), ua("curl/8")), Some(json!("")));
+    // Not text, or missing: `else`.
+    assert_eq!(run(browser.clone(), json!({"ua": 5})), Some(json!("")));
+    assert_eq!(run(browser, json!({})), Some(json!("")));
+    assert_eq!(
+        run(json!({"@match": {"value": "x", "cases": []}}), json!({})),
+        None
+    );
+    for (m, at, msg) in [
+        (
+            json!({"@match": {"value": 1, "cases": [{"pattern": "(", "then": 1}]}}),
+            "@match.cases[0].pattern",
+            "not a regular expression",
+        ),
+        (
+            json!({"@match": {"value": 1, "cases": [{"pattern": "a(b)", "group": 2}]}}),
+            "@match.cases[0].group",
+            "0 to 1",
+        ),
+        (
+            json!({"@match": {"value": 1, "cases": [{"pattern": "a", "then": 1, "group": 0}]}}),
+            "@match.cases[0]",
+            "exactly one",
+        ),
+        (
+            json!({"@match": {"value": 1, "cases": {}}}),
+            "@match.cases",
+            "list",
+        ),
+        (
+            json!({"@match": {"value": 1, "cases": [], "other": 1}}),
+            "@match.other",
+            "not a @match key",
+        ),
+    ] {
+        let e = Mapping::compile(&m).unwrap_err();
+        assert_eq!(e.at, at, "{m}: {e}");
+        assert!(e.message.contains(msg), "{m}: {e}");
+    }
+}
+
+#[test]
+fn indexed_map_concat_and_subtract() {
+    let e = json!({"t": 1796637600250i64, "id": "m1", "products": [{"sku": "a"}, {"sku": "b", "price": 2.5}], "f": 1.5});
+    let per_product = json!({"@map": {"value": {"@path": "$.products"}, "index": true, "each": {
+    "@merge": {"direction": "right", "objects": [
+        {"id": {"@template": "{{index}}{{outer.id}}"},
+         "time": {"@subtract": [{"@path": "$.outer.t"}, {"@path": "$.index"}, 1]}},
+        {"@path": "$.item"}
+    ]}}}});
+    assert_eq!(
+        run(
+            json!({"@concat": [[{"order": true}], per_product.clone(), {"@path": "$.nope"}, "tail"]}),
+            e.clone()
+        ),
+        Some(json!([
+            {"order": true},
+            {"id": "0m1", "time": 1796637600249i64, "sku": "a"},
+            {"id": "1m1", "time": 1796637600248i64, "sku": "b", "price": 2.5},
+            "tail"
+        ]))
+    );
+    // One value that is not a list is one element; missing: undefined, as @map.
+    assert_eq!(
+        run(
+            json!({"@map": {"value": {"@path": "$.id"}, "index": true, "each": {"@path": "$.index"}}}),
+            e.clone()
+        ),
+        Some(json!([0]))
+    );
+    assert_eq!(run(per_product, json!({})), None);
+    assert_eq!(run(json!({"@concat": []}), json!({})), Some(json!([])));
+    assert_eq!(
+        run(json!({"@subtract": [{"@path": "$.f"}, 0.5]}), e.clone()),
+        Some(json!(1.0))
+    );
+    assert_eq!(
+        run(json!({"@subtract": [{"@path": "$.t"}]}), e.clone()),
+        Some(json!(1796637600250i64))
+    );
+    // Numeric text is not a number here; nor is a missing operand.
+    assert_eq!(run(json!({"@subtract": ["5", 1]}), json!({})), None);
+    assert_eq!(
+        run(json!({"@subtract": [5, {"@path": "$.x"}]}), json!({})),
+        None
+    );
+    assert!(Mapping::compile(&json!({"@subtract": []})).is_err());
+    let e = Mapping::compile(&json!({"@map": {"value": 1, "each": 1, "index": true, "with": {}}}))
+        .unwrap_err();
+    assert_eq!(e.at, "@map.with", "{e}");
+}

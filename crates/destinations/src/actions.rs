@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sluice_mapping::{Mapping, Subscription, TypedMapping};
 
-use crate::catalog::{Action, Entry};
+use crate::catalog::{Action, Body, Entry, RequestSpec};
 use crate::http::{Answer, Prepared};
 use crate::kind::{blocked_reason, DeletionError, DestinationKind, PreviewEntry, Requests};
 use crate::retry::Verdict;
@@ -148,7 +148,8 @@ pub struct BatchRequest {
 pub struct ActionPreview {
     pub action: String,
     pub matched: bool,
-    pub request: Option<Prepared>,
+    /// The action's requests, in the order they are sent (empty: see `skipped_reason`).
+    pub requests: Vec<Prepared>,
     pub skipped_reason: Option<String>,
     /// The event's element of a batch request (actions that batch).
     pub batch_item: Option<Value>,
@@ -247,13 +248,17 @@ impl ActionsKind {
         let mut out = Vec::new();
         let mut skipped = Vec::new();
         for p in self.preview_raw(event, Some(payload), allow_private) {
-            match (p.matched, p.request, p.skipped_reason) {
+            match (p.matched, p.requests.is_empty(), p.skipped_reason) {
                 (false, _, _) => {}
-                (true, Some(req), _) => out.push((p.action, req, p.batch_item)),
-                (true, None, Some(reason)) if reason.starts_with(SKIP) => {
+                (true, false, _) => {
+                    for req in p.requests {
+                        out.push((p.action.clone(), req, p.batch_item.clone()));
+                    }
+                }
+                (true, true, Some(reason)) if reason.starts_with(SKIP) => {
                     skipped.push(format!("action {} {reason}", p.action));
                 }
-                (true, None, reason) => {
+                (true, true, reason) => {
                     return Err(Plan::Invalid(format!(
                         "action {}: {}",
                         p.action,
@@ -299,7 +304,7 @@ impl ActionsKind {
                     return ActionPreview {
                         action: slug,
                         matched: false,
-                        request: None,
+                        requests: Vec::new(),
                         batch_item: None,
                         skipped_reason: Some(format!(
                             "the subscription `{}` does not match",
@@ -308,17 +313,17 @@ impl ActionsKind {
                     };
                 }
                 match self.request(a, &mut ctx, raw, allow_private) {
-                    Ok((req, item)) => ActionPreview {
+                    Ok((requests, item)) => ActionPreview {
                         action: slug,
                         matched: true,
-                        request: Some(req),
+                        requests,
                         skipped_reason: None,
                         batch_item: item,
                     },
                     Err(why) => ActionPreview {
                         action: slug,
                         matched: true,
-                        request: None,
+                        requests: Vec::new(),
                         skipped_reason: Some(why.to_string()),
                         batch_item: None,
                     },
@@ -327,15 +332,17 @@ impl ActionsKind {
             .collect()
     }
 
-    /// One matched action's request; `ctx` is `{settings, event}` plus the `payload` of
-    /// the last action planned, which this one replaces.
+    /// One matched action's requests (in order; those whose `when` fails left out) and
+    /// its batch item; `ctx` is `{settings, event}` plus the `payload` and `let` of the
+    /// last action planned, which this one replaces. Every request is built before any is
+    /// returned, so a refusal or a bad value stops the whole action.
     fn request(
         &self,
         a: &Enabled,
         ctx: &mut Value,
         raw: Option<&[u8]>,
         allow_private: bool,
-    ) -> Result<(Prepared, Option<Value>), BuildError> {
+    ) -> Result<(Vec<Prepared>, Option<Value>), BuildError> {
         let payload = match a.mapping.eval(&ctx["event"]) {
             Ok(p) => p.into_value(),
             Err(e) if e.skip => return Err(format!("{SKIP}{e}").into()),
@@ -354,23 +361,62 @@ impl ActionsKind {
         }
         if let Value::Object(m) = ctx {
             m.insert("payload".into(), payload);
+            m.remove("let");
+        }
+        if !a.action.lets.is_empty() {
+            let lets: Map<String, Value> = a
+                .action
+                .lets
+                .iter()
+                .filter_map(|(k, m)| m.eval(ctx).map(|v| (k.clone(), v)))
+                .collect();
+            if let Value::Object(m) = ctx {
+                m.insert("let".into(), Value::Object(lets));
+            }
         }
         let ctx = &*ctx;
-        for (not_when, reason) in &a.action.refuse {
+        let mut out = Vec::with_capacity(a.action.requests.len());
+        for spec in &a.action.requests {
+            if let Some(when) = &spec.when {
+                if !when.eval(ctx).is_some_and(|v| truthy(&v)) {
+                    continue;
+                }
+            }
+            out.push(self.one_request(spec, ctx, raw, allow_private)?);
+        }
+        if out.is_empty() {
+            return Err(format!("{SKIP}no request of the action applies to this event").into());
+        }
+        let item = a
+            .action
+            .batch
+            .as_ref()
+            .map(|(item, _, _)| item.eval(ctx).unwrap_or(Value::Null));
+        Ok((out, item))
+    }
+
+    fn one_request(
+        &self,
+        spec: &RequestSpec,
+        ctx: &Value,
+        raw: Option<&[u8]>,
+        allow_private: bool,
+    ) -> Result<Prepared, BuildError> {
+        for (not_when, reason) in &spec.refuse {
             if not_when.eval(ctx) == Some(Value::Bool(false)) {
                 return Err(BuildError(reason.clone()));
             }
         }
-        let method = method_of(&a.action.method, ctx, "request")?;
-        let url_text = match a.action.url.eval(ctx) {
+        let method = method_of(&spec.method, ctx, "request")?;
+        let url_text = match spec.url.eval(ctx) {
             Some(Value::String(u)) => u,
             other => {
                 return Err(format!("the request URL resolved to {other:?}, not a string").into())
             }
         };
         let url = self.target(&url_text, allow_private)?;
-        let mut headers = self.headers(ctx, a.action.headers.as_ref())?;
-        if let Some((user, pass)) = &a.action.basic_auth {
+        let mut headers = self.headers(ctx, spec.headers.as_ref())?;
+        if let Some((user, pass)) = &spec.basic_auth {
             let text = |v: Option<Value>| match v {
                 Some(Value::String(s)) => s,
                 Some(Value::Null) | None => String::new(),
@@ -385,28 +431,23 @@ impl ActionsKind {
             let v = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| e.to_string())?;
             headers.insert(AUTHORIZATION, v);
         }
-        let body = match (a.action.body_is_event, raw) {
-            (true, Some(bytes)) => {
+        let body = match (&spec.body, raw) {
+            (Some(Body::Event), Some(bytes)) => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Bytes::copy_from_slice(bytes)
             }
-            _ => json_body(a.action.body.as_ref(), ctx, &mut headers)?,
+            (Some(Body::Event), None) => json_body(Some(&EVENT_PATH), ctx, &mut headers)?,
+            (Some(Body::Json(m)), _) => json_body(Some(m), ctx, &mut headers)?,
+            (Some(Body::Form(m)), _) => form_body(m, ctx, &mut headers)?,
+            (None, _) => Bytes::new(),
         };
         self.sign(&mut headers, &body)?;
-        let item = a
-            .action
-            .batch
-            .as_ref()
-            .map(|(item, _, _)| item.eval(ctx).unwrap_or(Value::Null));
-        Ok((
-            Prepared {
-                method,
-                url,
-                headers,
-                body,
-            },
-            item,
-        ))
+        Ok(Prepared {
+            method,
+            url,
+            headers,
+            body,
+        })
     }
 
     /// Plans a group of events for batching: per event, what it becomes (`Err`: nothing
@@ -558,6 +599,47 @@ fn method_of(m: &Mapping, ctx: &Value, what: &str) -> Result<Method, BuildError>
             .map_err(|_| BuildError(format!("the method {m:?} is not an HTTP method"))),
         other => Err(format!("the {what} method resolved to {other:?}, not a string").into()),
     }
+}
+
+/// `{"@path": "$.event"}`, for previews of an event-body request without stored bytes.
+static EVENT_PATH: std::sync::LazyLock<Mapping> = std::sync::LazyLock::new(|| {
+    Mapping::compile(&json!({"@path": "$.event"})).expect("a fixed mapping compiles")
+});
+
+/// JavaScript's truthiness.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
+        Value::String(s) => !s.is_empty(),
+        _ => true,
+    }
+}
+
+/// A form body (`application/x-www-form-urlencoded`, as `URLSearchParams` encodes it):
+/// text values as they are, other values as JSON text; none when the mapping gives
+/// nothing. The mapping must give an object.
+fn form_body(m: &Mapping, ctx: &Value, headers: &mut HeaderMap) -> Result<Bytes, BuildError> {
+    let fields = match m.eval(ctx) {
+        None | Some(Value::Null) => return Ok(Bytes::new()),
+        Some(Value::Object(fields)) => fields,
+        Some(other) => {
+            return Err(format!("the form body resolved to {other}, not an object").into())
+        }
+    };
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &fields {
+        match v {
+            Value::String(s) => form.append_pair(k, s),
+            other => form.append_pair(k, &other.to_string()),
+        };
+    }
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded;charset=UTF-8"),
+    );
+    Ok(Bytes::from(form.finish()))
 }
 
 /// A JSON body (with its Content-Type), or none when the mapping gives nothing.
@@ -730,9 +812,9 @@ impl DestinationKind for ActionsKind {
             .map(|p| PreviewEntry {
                 action: p.action,
                 matched: p.matched && blocked.is_none(),
-                requests: match (p.request, &blocked) {
-                    (Some(r), None) => vec![r],
-                    _ => Vec::new(),
+                requests: match &blocked {
+                    None => p.requests,
+                    Some(_) => Vec::new(),
                 },
                 skipped_reason: blocked.clone().or(p.skipped_reason),
             })

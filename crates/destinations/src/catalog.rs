@@ -120,7 +120,13 @@ struct ActionFile {
     #[serde(default)]
     default_subscription: String,
     fields: BTreeMap<String, FieldFile>,
-    request: RequestFile,
+    /// Values computed once per event after the payload, by name, each a mapping-kit value
+    /// over the request context (they do not see each other); requests read them as
+    /// `$.let.<name>`.
+    #[serde(default, rename = "let")]
+    lets: serde_json::Map<String, Value>,
+    /// One request (an object), or several (a list, sent in order, each with its `when`).
+    request: Value,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,12 +145,20 @@ struct FieldFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestFile {
+    /// In a list of requests: this one is sent only when `when` is truthy (JavaScript's
+    /// rules) over the request context.
+    #[serde(default)]
+    when: Option<Value>,
     method: Value,
     url: Value,
     #[serde(default)]
     headers: Option<Value>,
     #[serde(default)]
     body: Option<Value>,
+    /// A form body (`application/x-www-form-urlencoded`): an object whose text values are
+    /// sent as they are and other values as JSON text. Not with `body`.
+    #[serde(default)]
+    form: Option<Value>,
     #[serde(default)]
     basic_auth: Option<BasicAuthFile>,
     /// Checks that refuse the event for this action, in order: the first whose `when`
@@ -236,19 +250,37 @@ pub struct Action {
     pub defaults: BTreeMap<String, Value>,
     pub choices: BTreeMap<String, Vec<Value>>,
     pub field_descriptions: BTreeMap<String, String>,
+    /// `let`: (name, value) computed once per event, each over the request context.
+    pub lets: Vec<(String, Mapping)>,
+    /// The requests, in the order they are sent; at least one.
+    pub requests: Vec<RequestSpec>,
+    /// (item, body, split_on) when the action can send batches (an action of one request).
+    pub batch: Option<(Mapping, Mapping, Vec<u16>)>,
+}
+
+/// One request of an action.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    /// Sent only when this is truthy; `None`: always.
+    pub when: Option<Mapping>,
     pub method: Mapping,
     pub url: Mapping,
     pub headers: Option<Mapping>,
-    pub body: Option<Mapping>,
-    /// The body is the event itself (`{"@path": "$.event"}`): the stored bytes are sent
-    /// unchanged (field order and all), not a re-serialisation.
-    pub body_is_event: bool,
+    pub body: Option<Body>,
     pub basic_auth: Option<(Mapping, Mapping)>,
     /// (`@not` of the condition, reason): the event is refused for this action when the
     /// compiled mapping gives `false` (the condition was truthy).
     pub refuse: Vec<(Mapping, String)>,
-    /// (item, body, split_on) when the action can send batches.
-    pub batch: Option<(Mapping, Mapping, Vec<u16>)>,
+}
+
+/// A request's body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Json(Mapping),
+    /// The event itself (`{"@path": "$.event"}`): the stored bytes are sent unchanged
+    /// (field order and all), not a re-serialisation.
+    Event,
+    Form(Mapping),
 }
 
 /// A catalog file that does not load: which file, where, what.
@@ -320,7 +352,92 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
             field_descriptions.insert(key.clone(), field.description.clone());
             fields.push((key.clone(), field.spec.clone()));
         }
-        let r = &a.request;
+        let listed: Vec<(String, &Value)> = match &a.request {
+            Value::Array(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("{at}.request[{i}]"), r))
+                .collect(),
+            one => vec![(format!("{at}.request"), one)],
+        };
+        if listed.is_empty() {
+            return Err(err(format!(
+                "{at}.request: a list of requests needs at least one"
+            )));
+        }
+        let many = listed.len() > 1;
+        let mut requests = Vec::with_capacity(listed.len());
+        let mut batch = None;
+        for (rat, r) in listed {
+            let r: RequestFile =
+                serde_json::from_value(r.clone()).map_err(|e| err(format!("{rat}: {e}")))?;
+            if r.when.is_some() && !many {
+                return Err(err(format!(
+                    "{rat}.when: only a request in a list of several can have a condition"
+                )));
+            }
+            if let Some(b) = &r.batch {
+                if many {
+                    return Err(err(format!(
+                        "{rat}.batch: only an action of one request can batch"
+                    )));
+                }
+                batch = Some((
+                    compile(&b.item, &format!("{rat}.batch.item"))?,
+                    compile(&b.body, &format!("{rat}.batch.body"))?,
+                    b.split_on.clone(),
+                ));
+            }
+            let body = match (&r.body, &r.form) {
+                (Some(_), Some(_)) => {
+                    return Err(err(format!("{rat}: `body` and `form` cannot go together")))
+                }
+                (Some(b), None) if *b == serde_json::json!({"@path": "$.event"}) => {
+                    Some(Body::Event)
+                }
+                (Some(b), None) => Some(Body::Json(compile(b, &format!("{rat}.body"))?)),
+                (None, Some(f)) => Some(Body::Form(compile(f, &format!("{rat}.form"))?)),
+                (None, None) => None,
+            };
+            requests.push(RequestSpec {
+                when: r
+                    .when
+                    .as_ref()
+                    .map(|w| compile(w, &format!("{rat}.when")))
+                    .transpose()?,
+                method: compile(&r.method, &format!("{rat}.method"))?,
+                url: compile(&r.url, &format!("{rat}.url"))?,
+                headers: r
+                    .headers
+                    .as_ref()
+                    .map(|h| compile(h, &format!("{rat}.headers")))
+                    .transpose()?,
+                body,
+                refuse: r
+                    .refuse
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        compile(
+                            &serde_json::json!({"@not": x.when}),
+                            &format!("{rat}.refuse[{i}].when"),
+                        )
+                        .map(|m| (m, x.reason.clone()))
+                    })
+                    .collect::<Result<_, _>>()?,
+                basic_auth: match &r.basic_auth {
+                    Some(b) => Some((
+                        compile(&b.username, &format!("{rat}.basic_auth.username"))?,
+                        compile(&b.password, &format!("{rat}.basic_auth.password"))?,
+                    )),
+                    None => None,
+                },
+            });
+        }
+        let mut lets = Vec::with_capacity(a.lets.len());
+        for (name, v) in &a.lets {
+            lets.push((name.clone(), compile(v, &format!("{at}.let.{name}"))?));
+        }
         actions.insert(
             slug.clone(),
             Action {
@@ -332,46 +449,9 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
                 defaults,
                 choices,
                 field_descriptions,
-                method: compile(&r.method, &format!("{at}.request.method"))?,
-                url: compile(&r.url, &format!("{at}.request.url"))?,
-                headers: r
-                    .headers
-                    .as_ref()
-                    .map(|h| compile(h, &format!("{at}.request.headers")))
-                    .transpose()?,
-                body: r
-                    .body
-                    .as_ref()
-                    .map(|b| compile(b, &format!("{at}.request.body")))
-                    .transpose()?,
-                body_is_event: r.body == Some(serde_json::json!({"@path": "$.event"})),
-                refuse: r
-                    .refuse
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| {
-                        compile(
-                            &serde_json::json!({"@not": x.when}),
-                            &format!("{at}.request.refuse[{i}].when"),
-                        )
-                        .map(|m| (m, x.reason.clone()))
-                    })
-                    .collect::<Result<_, _>>()?,
-                batch: match &r.batch {
-                    Some(b) => Some((
-                        compile(&b.item, &format!("{at}.request.batch.item"))?,
-                        compile(&b.body, &format!("{at}.request.batch.body"))?,
-                        b.split_on.clone(),
-                    )),
-                    None => None,
-                },
-                basic_auth: match &r.basic_auth {
-                    Some(b) => Some((
-                        compile(&b.username, &format!("{at}.request.basic_auth.username"))?,
-                        compile(&b.password, &format!("{at}.request.basic_auth.password"))?,
-                    )),
-                    None => None,
-                },
+                lets,
+                requests,
+                batch,
             },
         );
     }

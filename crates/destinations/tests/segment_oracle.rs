@@ -153,95 +153,133 @@ struct Request {
     body: Value,
 }
 
-/// Sluice's side: each matched action's request, or why it has none.
-fn ours(
-    dest: &sluice_destinations::config::Destination,
-    event: &Value,
-) -> BTreeMap<String, Result<Request, String>> {
+/// A body as compared: JSON as JSON; a form (`a=1&data=%7B…%7D`) as an object of its
+/// fields, a field holding a JSON object or list as that JSON; anything else as text.
+fn body_value(text: &str, content_type: Option<&String>) -> Value {
+    if text.is_empty() {
+        return Value::Null;
+    }
+    if let Ok(v) = serde_json::from_str(text) {
+        return v;
+    }
+    if content_type.is_some_and(|c| c.contains("x-www-form-urlencoded")) {
+        return Value::Object(
+            url::form_urlencoded::parse(text.as_bytes())
+                .map(|(k, v)| {
+                    let v = match serde_json::from_str::<Value>(&v) {
+                        Ok(j @ (Value::Object(_) | Value::Array(_))) => j,
+                        _ => Value::String(v.into_owned()),
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect(),
+        );
+    }
+    Value::String(text.to_string())
+}
+
+/// Each matched action's requests in order, or why it has none.
+type Outcomes = BTreeMap<String, Result<Vec<Request>, String>>;
+
+/// Sluice's side: each matched action's requests, or why it has none.
+fn ours(dest: &sluice_destinations::config::Destination, event: &Value) -> Outcomes {
     let kind = dest.kind.catalog().expect("a catalog entry");
     kind.preview(event, false)
         .into_iter()
         .filter(|p| p.matched)
         .map(|p| {
-            let outcome = match p.request {
-                Some(r) => Ok(Request {
-                    method: r.method.as_str().to_string(),
-                    url: r.url.as_str().to_string(),
-                    headers: r
-                        .headers
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.as_str().to_ascii_lowercase(),
-                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                            )
-                        })
-                        .collect(),
-                    body: serde_json::from_slice(&r.body).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&r.body).into_owned())
-                    }),
-                }),
-                None => Err(p.skipped_reason.unwrap_or_default()),
+            let outcome = if p.requests.is_empty() {
+                Err(p.skipped_reason.unwrap_or_default())
+            } else {
+                Ok(p.requests
+                    .iter()
+                    .map(|r| {
+                        let headers: BTreeMap<String, String> = r
+                            .headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.as_str().to_ascii_lowercase(),
+                                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                )
+                            })
+                            .collect();
+                        Request {
+                            method: r.method.as_str().to_string(),
+                            url: r.url.as_str().to_string(),
+                            body: body_value(
+                                &String::from_utf8_lossy(&r.body),
+                                headers.get("content-type"),
+                            ),
+                            headers,
+                        }
+                    })
+                    .collect())
             };
             (p.action, outcome)
         })
         .collect()
 }
 
-/// Segment's side, from the oracle's answer: each matched action's one request, or why
-/// it has none (its error, or "N requests").
-fn theirs(answer: &Value) -> BTreeMap<String, Result<Request, String>> {
+/// Segment's side, from the oracle's answer: each matched action's requests, or why it
+/// has none (its error).
+fn theirs(answer: &Value) -> Outcomes {
     let mut out = BTreeMap::new();
     for call in answer["calls"].as_array().into_iter().flatten() {
         let action = call["action"].as_str().unwrap_or("").to_string();
         let requests = call["requests"].as_array().cloned().unwrap_or_default();
         let outcome = match (call["error"].as_str(), requests.as_slice()) {
-            (None, [r]) => Ok(Request {
-                method: r["method"].as_str().unwrap_or("").to_string(),
-                url: r["url"].as_str().unwrap_or("").to_string(),
-                headers: r["headers"]
-                    .as_object()
-                    .map(|h| {
-                        h.iter()
-                            .map(|(k, v)| {
-                                (k.to_ascii_lowercase(), v.as_str().unwrap_or("").to_string())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                body: match &r["body"] {
-                    // A body the interceptor could not parse is text; JSON text is
-                    // compared as JSON.
-                    Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
-                    other => other.clone(),
-                },
-            }),
             (Some(e), _) => Err(e.to_string()),
-            (None, rs) => Err(format!("{} requests", rs.len())),
+            (None, []) => Err("no request".to_string()),
+            (None, rs) => Ok(rs
+                .iter()
+                .map(|r| {
+                    let headers: BTreeMap<String, String> = r["headers"]
+                        .as_object()
+                        .map(|h| {
+                            h.iter()
+                                .map(|(k, v)| {
+                                    (k.to_ascii_lowercase(), v.as_str().unwrap_or("").to_string())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    Request {
+                        method: r["method"].as_str().unwrap_or("").to_string(),
+                        url: r["url"].as_str().unwrap_or("").to_string(),
+                        body: match &r["body"] {
+                            // A body the interceptor could not parse is text.
+                            Value::String(s) => body_value(s, headers.get("content-type")),
+                            other => other.clone(),
+                        },
+                        headers,
+                    }
+                })
+                .collect()),
         };
         out.insert(action, outcome);
     }
     out
 }
 
-fn compare(
-    headers: &[String],
-    ours: &BTreeMap<String, Result<Request, String>>,
-    theirs: &BTreeMap<String, Result<Request, String>>,
-) -> Vec<Difference> {
+fn compare(headers: &[String], ours: &Outcomes, theirs: &Outcomes) -> Vec<Difference> {
     let mut found = Vec::new();
     let actions: std::collections::BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
     for action in actions {
-        let describe = |o: Option<&Result<Request, String>>| match o {
+        let describe = |o: Option<&Result<Vec<Request>, String>>| match o {
             None => "(no action matched)".to_string(),
-            Some(Ok(r)) => format!("{} {}", r.method, r.url),
+            Some(Ok(rs)) => rs
+                .iter()
+                .map(|r| format!("{} {}", r.method, r.url))
+                .collect::<Vec<_>>()
+                .join(", then "),
             Some(Err(e)) => format!("no request: {e}"),
         };
         let (a, b) = (ours.get(action), theirs.get(action));
         let (Some(Ok(a)), Some(Ok(b))) = (a, b) else {
             // Both without a request: they agree (e.g. both refuse an event that lacks a
             // required field).
-            let none = |o: Option<&Result<Request, String>>| !matches!(o, Some(Ok(_)));
+            let none = |o: Option<&Result<Vec<Request>, String>>| !matches!(o, Some(Ok(_)));
             if !(none(a) && none(b)) {
                 found.push(Difference {
                     action: action.clone(),
@@ -252,38 +290,55 @@ fn compare(
             }
             continue;
         };
-        let mut push = |path: String, o: String, t: String| {
+        if a.len() != b.len() {
             found.push(Difference {
                 action: action.clone(),
-                path,
-                ours: o,
-                theirs: t,
-            })
-        };
-        if a.method != b.method {
-            push("method".into(), a.method.clone(), b.method.clone());
+                path: "outcome".into(),
+                ours: describe(ours.get(action)),
+                theirs: describe(theirs.get(action)),
+            });
+            continue;
         }
-        let same_url = match (url::Url::parse(&a.url), url::Url::parse(&b.url)) {
-            (Ok(x), Ok(y)) => x == y,
-            _ => a.url == b.url,
-        };
-        if !same_url {
-            push("url".into(), a.url.clone(), b.url.clone());
-        }
-        for h in headers {
-            let (x, y) = (a.headers.get(h), b.headers.get(h));
-            if x != y {
-                push(
-                    format!("header.{h}"),
-                    x.cloned().unwrap_or_else(|| "(absent)".into()),
-                    y.cloned().unwrap_or_else(|| "(absent)".into()),
-                );
+        for (i, (a, b)) in a.iter().zip(b).enumerate() {
+            // The first request's paths as they always were; a later one's under `request[i].`.
+            let prefix = if i == 0 {
+                String::new()
+            } else {
+                format!("request[{i}].")
+            };
+            let mut push = |path: String, o: String, t: String| {
+                found.push(Difference {
+                    action: action.clone(),
+                    path: format!("{prefix}{path}"),
+                    ours: o,
+                    theirs: t,
+                })
+            };
+            if a.method != b.method {
+                push("method".into(), a.method.clone(), b.method.clone());
             }
-        }
-        let mut d = Vec::new();
-        diff("body", &a.body, &b.body, &mut d);
-        for (path, o, t) in d {
-            push(path, o, t);
+            let same_url = match (url::Url::parse(&a.url), url::Url::parse(&b.url)) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => a.url == b.url,
+            };
+            if !same_url {
+                push("url".into(), a.url.clone(), b.url.clone());
+            }
+            for h in headers {
+                let (x, y) = (a.headers.get(h), b.headers.get(h));
+                if x != y {
+                    push(
+                        format!("header.{h}"),
+                        x.cloned().unwrap_or_else(|| "(absent)".into()),
+                        y.cloned().unwrap_or_else(|| "(absent)".into()),
+                    );
+                }
+            }
+            let mut d = Vec::new();
+            diff("body", &a.body, &b.body, &mut d);
+            for (path, o, t) in d {
+                push(path, o, t);
+            }
         }
     }
     found

@@ -899,6 +899,94 @@ mod tests {
         }
     }
 
+    /// An action of two requests: each sent when its `when` holds, in order, with a form
+    /// body and a `let` value; a refusal in either stops both.
+    #[test]
+    fn an_action_sends_its_requests_in_order_each_when_it_applies() {
+        let entry: &'static crate::catalog::Entry = Box::leak(Box::new(
+            crate::catalog::parse(
+                "two",
+                r#"{"id": "two", "name": "Two", "actions": {"identify": {"title": "Identify",
+                "default_subscription": "type = \"identify\"",
+                "fields": {"anon": {"type": "string", "default": {"@path": "$.anonymousId"}},
+                           "user": {"type": "string", "default": {"@path": "$.userId"}},
+                           "traits": {"type": "object", "default": {"@path": "$.traits"}}},
+                "let": {"base": {"@lookup": {"value": {"@path": "$.settings.region"}, "table": {"EU": "https://eu.example.com"}, "default": "https://us.example.com"}}},
+                "request": [
+                  {"when": {"@path": "$.payload.anon"}, "method": "POST", "url": {"@template": "{{let.base}}/track"},
+                   "form": {"data": {"@json": {"mode": "encode", "value": {"event": "$identify", "anon": {"@path": "$.payload.anon"}}}}, "v": "1 & 2"}},
+                  {"when": {"@nonEmpty": {"@path": "$.payload.traits"}}, "method": "POST", "url": {"@template": "{{let.base}}/engage"},
+                   "refuse": [{"when": {"@path": "$.payload.traits.blocked"}, "reason": "blocked users are not sent"}],
+                   "body": {"id": {"@path": "$.payload.user"}, "set": {"@path": "$.payload.traits"}}}
+                ]}},
+                "presets": [{"action": "identify"}]}"#,
+            )
+            .unwrap(),
+        ));
+        let cfg = ActionConfig {
+            action: "identify".into(),
+            subscription: None,
+            mapping: Map::new(),
+            enabled: true,
+        };
+        let k = ActionsKind {
+            entry,
+            settings: json!({"region": "EU"}),
+            endpoint_override: None,
+            actions: vec![Enabled::new(&entry.actions["identify"], &cfg).unwrap()],
+        };
+        let plan = |e: Value| k.plan(&serde_json::to_vec(&e).unwrap(), false);
+        let both = sent(plan(
+            json!({"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"plan": "pro"}}),
+        ));
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert_eq!(both[0].url.as_str(), "https://eu.example.com/track");
+        assert_eq!(
+            both[0].headers[CONTENT_TYPE],
+            "application/x-www-form-urlencoded;charset=UTF-8"
+        );
+        let form: BTreeMap<String, String> = url::form_urlencoded::parse(&both[0].body)
+            .into_owned()
+            .collect();
+        assert_eq!(form["v"], "1 & 2");
+        assert_eq!(
+            serde_json::from_str::<Value>(&form["data"]).unwrap(),
+            json!({"event": "$identify", "anon": "a1"})
+        );
+        assert_eq!(both[1].url.as_str(), "https://eu.example.com/engage");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&both[1].body).unwrap(),
+            json!({"id": "u1", "set": {"plan": "pro"}})
+        );
+        // Only the second applies without an anonymous id; only the first without traits.
+        let one = sent(plan(
+            json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}),
+        ));
+        assert_eq!(one.len(), 1);
+        assert!(one[0].url.path().ends_with("/engage"));
+        let one = sent(plan(json!({"type": "identify", "anonymousId": "a1"})));
+        assert_eq!(one.len(), 1);
+        assert!(one[0].url.path().ends_with("/track"));
+        // Neither: nothing to send, and the reason says so.
+        match plan(json!({"type": "identify", "userId": "u1"})) {
+            Plan::NoMatch(why) => {
+                assert!(why.contains("no request of the action applies"), "{why}")
+            }
+            other => panic!("expected no match, got {other:?}"),
+        }
+        // A refusal in the second request stops the first as well: nothing half sent.
+        match plan(json!({"type": "identify", "anonymousId": "a1", "traits": {"blocked": true}})) {
+            Plan::Invalid(why) => assert!(why.contains("blocked users are not sent"), "{why}"),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        // The preview lists both requests of the action.
+        let p = k.preview(
+            &json!({"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"a": 1}}),
+            false,
+        );
+        assert_eq!(p[0].requests.len(), 2);
+    }
+
     #[test]
     fn actions_webhook_maps_signs_and_overrides_the_endpoint() {
         let k = kind(json!({"name": "w", "type": "actions_webhook", "sources": ["web"],

@@ -31,6 +31,7 @@ const FILES: &[(&str, &str)] = &[
     ("http", include_str!("../../../catalog/http.json")),
     ("insider", include_str!("../../../catalog/insider.json")),
     ("miso", include_str!("../../../catalog/miso.json")),
+    ("mixpanel", include_str!("../../../catalog/mixpanel.json")),
     (
         "product_fruits",
         include_str!("../../../catalog/product_fruits.json"),
@@ -569,6 +570,36 @@ mod tests {
                 r#""name": "X""#,
                 r#""name": "X", "presets": [{"action": "nope"}]"#,
                 "presets[0]",
+            ),
+            (
+                r#""request": {"method": "POST", "url": {"@path": "$.payload.url"}}"#,
+                r#""request": [{"method": "POST", "url": "https://a.example"}, {"method": "POST", "url": "https://b.example", "body": {}, "form": {}}]"#,
+                "actions.send.request[1]: `body` and `form` cannot go together",
+            ),
+            (
+                r#""request": {"method": "POST", "url": {"@path": "$.payload.url"}}"#,
+                r#""request": [{"method": "POST", "url": "https://a.example"}, {"method": "POST", "url": "https://b.example", "batch": {"item": 1, "body": 1}}]"#,
+                "actions.send.request[1].batch: only an action of one request",
+            ),
+            (
+                r#""request": {"method": "POST", "url": {"@path": "$.payload.url"}}"#,
+                r#""request": {"when": true, "method": "POST", "url": "https://a.example"}"#,
+                "actions.send.request.when",
+            ),
+            (
+                r#""request": {"method": "POST", "url": {"@path": "$.payload.url"}}"#,
+                r#""request": [{"method": "POST", "url": "https://a.example", "bdy": 1}]"#,
+                "actions.send.request[0]: unknown field `bdy`",
+            ),
+            (
+                r#""request": {"method": "POST", "url": {"@path": "$.payload.url"}}"#,
+                r#""request": []"#,
+                "at least one",
+            ),
+            (
+                r#""request": {"#,
+                r#""let": {"base": {"@nope": 1}}, "request": {"#,
+                "actions.send.let.base",
             ),
         ] {
             let text = base.replace(from, to);

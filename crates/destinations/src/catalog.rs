@@ -25,6 +25,10 @@ const FILES: &[(&str, &str)] = &[
     ),
     ("braze", include_str!("../../../catalog/braze.json")),
     (
+        "customerio",
+        include_str!("../../../catalog/customerio.json"),
+    ),
+    (
         "google_analytics_4",
         include_str!("../../../catalog/google_analytics_4.json"),
     ),

@@ -64,6 +64,21 @@ const LIFECYCLE: &[&str] = &[
     "Feature Used",
 ];
 
+/// Events with a meaning for partners' presets (Customer.io's device, person, object and
+/// metrics actions).
+const PARTNER_EVENTS: &[&str] = &[
+    "Device Created or Updated",
+    "Device Deleted",
+    "Application Uninstalled",
+    "User Deleted",
+    "User Suppressed",
+    "User Unsuppressed",
+    "Relationship Deleted",
+    "Object Deleted",
+    "Report Delivery Event",
+    "Report Content Event",
+];
+
 const NAMES: &[&str] = &[
     "Ada",
     "Zoë",
@@ -446,8 +461,10 @@ impl Generator {
             "track" => {
                 let name = if self.chance(0.6) {
                     self.pick(ECOMMERCE).to_string()
-                } else if self.chance(0.8) {
+                } else if self.chance(0.7) {
                     self.pick(LIFECYCLE).to_string()
+                } else if self.chance(0.6) {
+                    self.pick(PARTNER_EVENTS).to_string()
                 } else {
                     self.pick(&["custom_event", "Ödeme Yapıldı", "video:play", ""])
                         .to_string()
@@ -460,6 +477,48 @@ impl Generator {
                     put!(self, p, "plan", plan);
                     let v = self.amount();
                     put!(self, p, "value", v);
+                    if PARTNER_EVENTS.contains(&name.as_str()) {
+                        let object = self.id("obj");
+                        put!(self, p, "objectId", json!(object));
+                        put!(
+                            self,
+                            p,
+                            "object_type_id",
+                            json!(self.pick(&["1", "2", "7"]))
+                        );
+                        put!(self, p, "deliveryId", json!(self.id("dlv")));
+                        put!(
+                            self,
+                            p,
+                            "metric",
+                            json!(self.pick(&["delivered", "opened", "clicked"]))
+                        );
+                        put!(
+                            self,
+                            p,
+                            "actionType",
+                            json!(self.pick(&["viewed_content", "clicked_content"]))
+                        );
+                        put!(self, p, "recipient", json!("ada@example.com"));
+                    }
+                    // Dates as partners' converters look for them (ISO-8601 at any depth).
+                    put!(
+                        self,
+                        p,
+                        "expires_at",
+                        json!(self.pick(&[
+                            "2026-12-31T23:59:59.500Z",
+                            "2027-01-15",
+                            "2027-01-15T09:30+03:00",
+                            "next week"
+                        ]))
+                    );
+                    put!(
+                        self,
+                        p,
+                        "trial",
+                        json!({"ends_at": "2026-12-21T00:00:00Z", "days": 14})
+                    );
                     p
                 };
                 if self.chance(0.3) {

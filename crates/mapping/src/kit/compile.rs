@@ -381,16 +381,19 @@ pub(super) fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, Ma
         "@trim" => Ok(Mapping::Trim(Box::new(compile(arg, at)?))),
         "@truncateIp" => Ok(Mapping::TruncateIp(Box::new(compile(arg, at)?))),
         "@nonEmpty" => Ok(Mapping::NonEmpty(Box::new(compile(arg, at)?))),
-        "@date" => {
-            let m = obj(arg, at, "@date", "{value, to: iso|date|s|ms|us}")?;
+        "@date" | "@dates" => {
+            let m = obj(arg, at, name, "{value, to: iso|date|s|ms|us}")?;
             for k in m.keys() {
                 if !matches!(k.as_str(), "value" | "to") {
-                    return Err(err(&join(at, k), "is not a @date key (value, to)"));
+                    return Err(err(
+                        &join(at, k),
+                        format!("is not a {name} key (value, to)"),
+                    ));
                 }
             }
             let value = m
                 .get("value")
-                .ok_or_else(|| err(at, "@date needs a `value`"))?;
+                .ok_or_else(|| err(at, format!("{name} needs a `value`")))?;
             let to = match m.get("to").and_then(Value::as_str) {
                 Some("iso") => super::DateTo::Iso,
                 Some("date") => super::DateTo::Day,
@@ -404,9 +407,11 @@ pub(super) fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, Ma
                     ))
                 }
             };
-            Ok(Mapping::Date {
-                value: Box::new(compile(value, &join(at, "value"))?),
-                to,
+            let value = Box::new(compile(value, &join(at, "value"))?);
+            Ok(if name == "@date" {
+                Mapping::Date { value, to }
+            } else {
+                Mapping::Dates { value, to }
             })
         }
         "@mapValues" => {

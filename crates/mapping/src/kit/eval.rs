@@ -150,6 +150,7 @@ pub(super) fn eval(m: &Mapping, event: &Value) -> Option<Value> {
             _ => None,
         },
         Mapping::Date { value, to } => date(eval(value, event)?, *to),
+        Mapping::Dates { value, to } => Some(dates(eval(value, event)?, *to)),
         Mapping::EachIndexed { value, each } => {
             let items = match eval(value, event)? {
                 Value::Null => return None,
@@ -368,6 +369,30 @@ pub(super) fn flatten(
         other => {
             out.insert(prefix.to_string(), other.clone());
         }
+    }
+}
+
+/// ISO-8601's text forms as partners test for them: a day (`2026-12-07`), optionally
+/// with a time of hours and minutes, optional seconds and fraction, and an optional `Z`
+/// or offset (`+03:00`, `+0300`); nothing else (no week dates, no bare numbers).
+pub(super) fn is_iso_date(text: &str) -> bool {
+    static SHAPE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2})?(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$",
+        )
+        .expect("a fixed pattern compiles")
+    });
+    SHAPE.is_match(text) && sluice_spec::time::parse_timestamp(text).is_some()
+}
+
+/// `@dates`: objects walked at any depth, their ISO-8601 texts converted.
+fn dates(v: Value, to: super::DateTo) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, x)| (k, dates(x, to))).collect()),
+        Value::String(s) if is_iso_date(&s) => {
+            date(Value::String(s.clone()), to).unwrap_or(Value::String(s))
+        }
+        other => other,
     }
 }
 

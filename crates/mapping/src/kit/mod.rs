@@ -19,7 +19,8 @@
 //! each resolved by `each`, keys kept), `@map {value, each, index: true}` (`each` resolved
 //! against `{item, index, outer}`), `@match {value, cases: [{pattern, then | group}],
 //! else?}` (the first regular expression that matches a string), `@concat [lists…]` and
-//! `@subtract [a, b, …]` (numbers).
+//! `@subtract [a, b, …]` (numbers), `@dates {value, to}` (every ISO-8601 text date in an
+//! object, at any depth, converted as `@date` does).
 //!
 //! Module map: this file holds the [`Mapping`] tree and its API; [`compile`] the
 //! directives' compilation; [`eval_out`] the borrowing evaluator and [`eval`] the
@@ -209,6 +210,13 @@ pub enum Mapping {
         value: Box<Mapping>,
         to: DateTo,
     },
+    /// Sluice's extension: the value with every text that is an ISO-8601 date (a day, with
+    /// an optional time, fraction and offset) converted as `@date` does, in objects at any depth; lists and
+    /// everything else are kept as they are (Customer.io's attribute converter).
+    Dates {
+        value: Box<Mapping>,
+        to: DateTo,
+    },
     /// Sluice's extension: the lowercase hex SHA-256 of a string (or a number's text, as
     /// JavaScript writes it); undefined for anything else.
     Hash(Box<Mapping>),
@@ -289,6 +297,7 @@ const DIRECTIVES: &[&str] = &[
     "@match",
     "@concat",
     "@subtract",
+    "@dates",
 ];
 
 impl Mapping {

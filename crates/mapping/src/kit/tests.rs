@@ -696,3 +696,39 @@ fn indexed_map_concat_and_subtract() {
         .unwrap_err();
     assert_eq!(e.at, "@map.with", "{e}");
 }
+
+#[test]
+fn dates_converts_iso_texts_in_objects_at_any_depth() {
+    let e = json!({"a": {"created": "2026-12-07T10:00:00.750Z", "day": "1990-04-01",
+        "hm": "2026-12-07T10:00", "off": "2026-12-07T13:00:00+0300", "n": 5,
+        "deep": {"at": "2026-12-07T10:00:00Z", "list": ["2026-12-07"]},
+        "text": "2026-12-07 10:00", "bad": "2026-13-45", "numeric": "1796637600", "ahead": "x2026-12-07"}});
+    assert_eq!(
+        run(
+            json!({"@dates": {"value": {"@path": "$.a"}, "to": "s"}}),
+            e.clone()
+        ),
+        Some(
+            json!({"created": 1796637600, "day": 638928000, "hm": 1796637600,
+            "off": 1796637600, "n": 5, "deep": {"at": 1796637600, "list": ["2026-12-07"]},
+            "text": "2026-12-07 10:00", "bad": "2026-13-45", "numeric": "1796637600", "ahead": "x2026-12-07"})
+        )
+    );
+    // A text is converted too; anything else comes back as it is.
+    assert_eq!(
+        run(
+            json!({"@dates": {"value": "2026-12-07", "to": "iso"}}),
+            json!({})
+        ),
+        Some(json!("2026-12-07T00:00:00.000Z"))
+    );
+    assert_eq!(
+        run(
+            json!({"@dates": {"value": {"@path": "$.x"}, "to": "s"}}),
+            json!({})
+        ),
+        None
+    );
+    let e = Mapping::compile(&json!({"@dates": {"value": 1, "to": "days"}})).unwrap_err();
+    assert_eq!(e.at, "@dates.to", "{e}");
+}

@@ -2,7 +2,7 @@
 // published definition into a catalog file, so both type and clean the payload alike:
 //   node tests/catalog/import-fields.cjs <segment directory> catalog/<entry>.json
 // Each action of the catalog file that Segment's destination also has gets Segment's
-// fields (type, required, multiple, allow_null, format uri, properties, additional_properties,
+// fields (type, required, multiple, allow_null, format uri or email, properties, additional_properties,
 // default, choices, description) and default subscription; the presets become Segment's
 // automatic presets. The request templates (the catalog's own part) are left alone.
 // Review the diff: a field the request template reads may have been renamed.
@@ -23,7 +23,7 @@ function spec(f, nested) {
   if (f.required === true) out.required = true
   if (f.multiple) out.multiple = true
   if (f.allowNull) out.allow_null = true
-  if (f.format === 'uri') out.format = 'uri'
+  if (f.format === 'uri' || f.format === 'email') out.format = f.format
   if (f.type === 'object' && f.properties) {
     out.properties = Object.fromEntries(Object.entries(f.properties).map(([k, p]) => [k, spec(p, true)]))
     // Segment's schema: an object with properties takes no others unless it says so.

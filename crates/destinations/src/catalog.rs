@@ -29,6 +29,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../catalog/customerio.json"),
     ),
     (
+        "facebook_conversions_api",
+        include_str!("../../../catalog/facebook_conversions_api.json"),
+    ),
+    (
         "google_analytics_4",
         include_str!("../../../catalog/google_analytics_4.json"),
     ),

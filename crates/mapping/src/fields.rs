@@ -63,6 +63,20 @@ pub enum Format {
     /// An absolute URI of RFC 3986's characters (`scheme:` then unreserved, reserved and
     /// `%XX` only: no spaces, no characters outside ASCII), as ajv-formats' `uri`.
     Uri,
+    /// An email address as ajv-formats' full `email` pattern reads one (case-insensitive
+    /// ASCII local part and dotted host names of letters, digits and hyphens).
+    Email,
+}
+
+/// Whether `s` is an email address as [`Format::Email`] says.
+fn is_email(s: &str) -> bool {
+    static EMAIL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?i-u)^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$",
+        )
+        .expect("a fixed pattern compiles")
+    });
+    EMAIL.is_match(s)
 }
 
 /// Whether `s` is a URI as [`Format::Uri`] says.
@@ -509,6 +523,12 @@ fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>, item: bool) -> Result<Out<'a>
             Some(Value::String(s)) if spec.format == Some(Format::Uri) && !is_uri(s) => Err(
                 invalid(field, format!("must be a valid URI, not {}", short(&v))),
             ),
+            Some(Value::String(s)) if spec.format == Some(Format::Email) && !is_email(s) => {
+                Err(invalid(
+                    field,
+                    format!("must be an email address, not {}", short(&v)),
+                ))
+            }
             Some(Value::String(_)) => Ok(v),
             Some(Value::Number(n)) => Ok(Out::owned(Value::String(n.to_string()))),
             Some(Value::Bool(b)) => Ok(Out::owned(Value::String(b.to_string()))),
@@ -686,6 +706,51 @@ mod tests {
     fn run(v: Value) -> Result<Value, ValidationError> {
         let Value::Object(m) = v else { unreachable!() };
         prepare(&fields(), m).map(Value::Object)
+    }
+
+    #[test]
+    fn emails_are_checked_as_ajv_formats_does() {
+        for good in ["ada@example.com", "A.B+c@Sub.Example.CO", "x_y-z@a-b.io"] {
+            assert!(is_email(good), "{good}");
+        }
+        for bad in [
+            " ada@example.com",
+            "ada@example.com\t",
+            "Ü@example.com",
+            "ada@",
+            "@x.com",
+            "a@b",
+            "a..b@x.com",
+            "a@-x.com",
+            "not an email",
+        ] {
+            assert!(!is_email(bad), "{bad}");
+        }
+        let spec = FieldSpec {
+            format: Some(Format::Email),
+            ..FieldSpec::of(FieldType::String)
+        };
+        let fields = vec![("email".to_string(), spec)];
+        let e = prepare(
+            &fields,
+            json!({"email": "not an email"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("email") && e.to_string().contains("email address"),
+            "{e}"
+        );
+        assert!(prepare(
+            &fields,
+            json!({"email": "ada@example.com"})
+                .as_object()
+                .unwrap()
+                .clone()
+        )
+        .is_ok());
     }
 
     #[test]

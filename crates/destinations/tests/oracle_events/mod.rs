@@ -279,15 +279,18 @@ impl Generator {
         let mut t = Map::new();
         let first = self.pick(NAMES);
         let last = self.pick(NAMES);
-        let email = match self.rng.gen_range(0..8) {
+        let email = match self.rng.gen_range(0..9) {
             0 => json!(format!("{}@Example.COM", self.id("U"))),
+            8 => json!(format!(" {}@Example.com\t", self.id("Ü"))),
             1 => json!("not an email"),
             2 => Value::Null,
             _ => json!(format!("{}@example.com", self.id("u"))),
         };
         put!(self, t, "email", email);
-        let phone = match self.rng.gen_range(0..5) {
+        let phone = match self.rng.gen_range(0..7) {
             0 => json!("+905551234567"),
+            5 => json!("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
+            6 => json!("   "),
             1 => json!("(555) 123-4567"),
             2 => json!(5551234567u64),
             _ => json!("+1 415 555 0100"),
@@ -311,14 +314,16 @@ impl Generator {
             "01/04/1990"
         ]));
         put!(self, t, "birthday", birthday);
-        let gender = json!(self.pick(&["female", "Male", "m", "non-binary", ""]));
+        let gender = json!(self.pick(&["female", "Male", " FEMALE ", "m", "non-binary", ""]));
         put!(self, t, "gender", gender);
         let city = json!(self.pick(&["İstanbul", "New York", "São Paulo", "東京"]));
         put!(
             self,
             t,
             "address",
-            json!({"city": city, "country": "TR", "street": "Bağdat Cd. 1", "postal_code": "34000"}),
+            json!({"city": city, "country": self.pick(&["TR", "Turkey", "United States", "united kingdom", "Narnia"]),
+                   "state": self.pick(&["California", "new york", "NY", "Bavaria", " North Carolina "]),
+                   "street": "Bağdat Cd. 1", "postal_code": "34000", "postalCode": self.pick(&["34000", "SW1A 1AA", "94107"])}),
         );
         put!(self, t, "city", city);
         put!(self, t, "country", json!("Turkey"));
@@ -455,7 +460,12 @@ impl Generator {
             e.insert("anonymousId".into(), json!(self.id("anon")));
         }
         let mobile = ty == "screen" || self.chance(0.3);
-        e.insert("context".into(), self.context(mobile));
+        let mut context = self.context(mobile);
+        // analytics.js sends an identified user's cached traits with every event.
+        if ty != "identify" && self.chance(0.5) {
+            context["traits"] = Value::Object(self.traits());
+        }
+        e.insert("context".into(), context);
         e.insert("integrations".into(), json!({}));
         match ty {
             "track" => {

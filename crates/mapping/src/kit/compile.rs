@@ -433,19 +433,57 @@ pub(super) fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, Ma
             })
         }
         "@hash" => {
-            let m = obj(arg, at, "@hash", "{value, algorithm: \"sha256\"}")?;
+            let m = obj(
+                arg,
+                at,
+                "@hash",
+                "{value, algorithm: \"sha256\", keep_hashed?}",
+            )?;
             for k in m.keys() {
-                if !matches!(k.as_str(), "value" | "algorithm") {
-                    return Err(err(&join(at, k), "is not a @hash key (value, algorithm)"));
+                if !matches!(k.as_str(), "value" | "algorithm" | "keep_hashed") {
+                    return Err(err(
+                        &join(at, k),
+                        "is not a @hash key (value, algorithm, keep_hashed)",
+                    ));
                 }
             }
             if m.get("algorithm").and_then(Value::as_str) != Some("sha256") {
                 return Err(err(&join(at, "algorithm"), "must be \"sha256\""));
             }
+            let keep_hashed = match m.get("keep_hashed") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(err(&join(at, "keep_hashed"), "must be true or false")),
+            };
             let value = m
                 .get("value")
                 .ok_or_else(|| err(at, "@hash needs a `value`"))?;
-            Ok(Mapping::Hash(Box::new(compile(value, &join(at, "value"))?)))
+            Ok(Mapping::Hash {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                keep_hashed,
+            })
+        }
+        "@replaceAll" => {
+            let m = obj(arg, at, "@replaceAll", "{value, pattern, with}")?;
+            for k in m.keys() {
+                if !matches!(k.as_str(), "value" | "pattern" | "with") {
+                    return Err(err(
+                        &join(at, k),
+                        "is not a @replaceAll key (value, pattern, with)",
+                    ));
+                }
+            }
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@replaceAll needs a `value`"))?;
+            let Some(Value::String(with)) = m.get("with") else {
+                return Err(err(&join(at, "with"), "must be the replacement text"));
+            };
+            Ok(Mapping::ReplaceAll {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                pattern: regex_at(m.get("pattern"), &join(at, "pattern"))?,
+                with: with.clone(),
+            })
         }
         "@match" => {
             let m = obj(
@@ -483,21 +521,7 @@ pub(super) fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, Ma
                         ));
                     }
                 }
-                let Some(Value::String(text)) = c.get("pattern") else {
-                    return Err(err(
-                        &join(&here, "pattern"),
-                        "must be a regular expression (text)",
-                    ));
-                };
-                let re = regex::RegexBuilder::new(text)
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|e| {
-                        err(
-                            &join(&here, "pattern"),
-                            format!("is not a regular expression: {e}"),
-                        )
-                    })?;
+                let Pattern(re) = regex_at(c.get("pattern"), &join(&here, "pattern"))?;
                 let then = match (c.get("then"), c.get("group")) {
                     (Some(t), None) => MatchThen::Then(Box::new(compile(t, &join(&here, "then"))?)),
                     (None, Some(g)) => {
@@ -577,6 +601,19 @@ pub(super) fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, Ma
             ),
         )),
     }
+}
+
+/// A regular expression given as text (compiled once, its program size bounded so a
+/// configuration cannot make a huge one).
+fn regex_at(v: Option<&Value>, at: &str) -> Result<Pattern, MappingError> {
+    let Some(Value::String(text)) = v else {
+        return Err(err(at, "must be a regular expression (text)"));
+    };
+    regex::RegexBuilder::new(text)
+        .size_limit(1 << 20)
+        .build()
+        .map(Pattern)
+        .map_err(|e| err(at, format!("is not a regular expression: {e}")))
 }
 
 pub(super) fn template(t: &str) -> Vec<Piece> {

@@ -234,12 +234,30 @@ pub(super) fn eval(m: &Mapping, event: &Value) -> Option<Value> {
             )),
             _ => None,
         },
-        Mapping::Hash(inner) => {
-            let text = match eval(inner, event)? {
+        Mapping::ReplaceAll {
+            value,
+            pattern: Pattern(re),
+            with,
+        } => match eval(value, event)? {
+            Value::String(s) => Some(Value::String(
+                re.replace_all(&s, with.as_str()).into_owned(),
+            )),
+            other => Some(other),
+        },
+        Mapping::Hash { value, keep_hashed } => {
+            let text = match eval(value, event)? {
                 Value::String(s) => s,
                 v @ Value::Number(_) => js_string(&v),
                 _ => return None,
             };
+            if *keep_hashed {
+                if text.trim().is_empty() {
+                    return Some(Value::String(String::new()));
+                }
+                if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Some(Value::String(text));
+                }
+            }
             use sha2::Digest;
             let digest = sha2::Sha256::digest(text.as_bytes());
             Some(Value::String(

@@ -20,7 +20,8 @@
 //! against `{item, index, outer}`), `@match {value, cases: [{pattern, then | group}],
 //! else?}` (the first regular expression that matches a string), `@concat [lists…]` and
 //! `@subtract [a, b, …]` (numbers), `@dates {value, to}` (every ISO-8601 text date in an
-//! object, at any depth, converted as `@date` does).
+//! object, at any depth, converted as `@date` does), `@replaceAll {value, pattern, with}`
+//! (every match of a regular expression replaced).
 //!
 //! Module map: this file holds the [`Mapping`] tree and its API; [`compile`] the
 //! directives' compilation; [`eval_out`] the borrowing evaluator and [`eval`] the
@@ -219,7 +220,19 @@ pub enum Mapping {
     },
     /// Sluice's extension: the lowercase hex SHA-256 of a string (or a number's text, as
     /// JavaScript writes it); undefined for anything else.
-    Hash(Box<Mapping>),
+    Hash {
+        value: Box<Mapping>,
+        /// Segment's smart hashing (`processHashing`): blank text gives `""`, and text
+        /// that already is a hex SHA-256 (64 hex digits, either case) is kept as it is.
+        keep_hashed: bool,
+    },
+    /// Sluice's extension: every match of the regular expression in a string replaced by
+    /// `with` (`$1`, `${name}`: capture groups); anything but a string comes back as it is.
+    ReplaceAll {
+        value: Box<Mapping>,
+        pattern: Pattern,
+        with: String,
+    },
 }
 
 /// A compiled regular expression (Rust's `regex` syntax, linear-time matching), equal to
@@ -298,6 +311,7 @@ const DIRECTIVES: &[&str] = &[
     "@concat",
     "@subtract",
     "@dates",
+    "@replaceAll",
 ];
 
 impl Mapping {

@@ -732,3 +732,74 @@ fn dates_converts_iso_texts_in_objects_at_any_depth() {
     let e = Mapping::compile(&json!({"@dates": {"value": 1, "to": "days"}})).unwrap_err();
     assert_eq!(e.at, "@dates.to", "{e}");
 }
+
+#[test]
+fn replace_all_and_smart_hashing() {
+    let e = json!({"phone": "+1 (555) 010-9999", "email": " Ada@Example.COM ", "n": 5});
+    assert_eq!(
+        run(
+            json!({"@replaceAll": {"value": {"@path": "$.phone"}, "pattern": "[^0-9]", "with": ""}}),
+            e.clone()
+        ),
+        Some(json!("15550109999"))
+    );
+    assert_eq!(
+        run(
+            json!({"@replaceAll": {"value": {"@path": "$.email"}, "pattern": "(\\w+)@", "with": "<$1>@"}}),
+            e.clone()
+        ),
+        Some(json!(" <Ada>@Example.COM "))
+    );
+    assert_eq!(
+        run(
+            json!({"@replaceAll": {"value": {"@path": "$.n"}, "pattern": "5", "with": ""}}),
+            e.clone()
+        ),
+        Some(json!(5))
+    );
+    let hashed = "24b6f5c6e1e3b0e5a7d5a0c7e5e5ad1bb5a0d7c0f8e2f1a4c6b3e9d8f7a6b5C4";
+    let smart = |v: Value| {
+        run(
+            json!({"@hash": {"value": v, "algorithm": "sha256", "keep_hashed": true}}),
+            json!({}),
+        )
+    };
+    assert_eq!(
+        smart(json!(hashed)),
+        Some(json!(hashed)),
+        "already hashed: kept"
+    );
+    assert_eq!(smart(json!("  ")), Some(json!("")), "blank: empty");
+    assert_eq!(
+        smart(json!("ada@example.com")),
+        run(
+            json!({"@hash": {"value": "ada@example.com", "algorithm": "sha256"}}),
+            json!({})
+        )
+    );
+    // Without keep_hashed a digest is hashed again.
+    assert_ne!(
+        run(
+            json!({"@hash": {"value": hashed, "algorithm": "sha256"}}),
+            json!({})
+        ),
+        Some(json!(hashed))
+    );
+    for (m, at) in [
+        (
+            json!({"@replaceAll": {"value": 1, "pattern": "(", "with": ""}}),
+            "@replaceAll.pattern",
+        ),
+        (
+            json!({"@replaceAll": {"value": 1, "pattern": "a"}}),
+            "@replaceAll.with",
+        ),
+        (
+            json!({"@hash": {"value": 1, "algorithm": "sha256", "keep_hashed": "yes"}}),
+            "@hash.keep_hashed",
+        ),
+    ] {
+        let e = Mapping::compile(&m).unwrap_err();
+        assert_eq!(e.at, at, "{m}: {e}");
+    }
+}

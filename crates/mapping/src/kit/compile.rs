@@ -463,6 +463,31 @@ pub(super) fn directive(name: &str, arg: &Value, at: &str) -> Result<Mapping, Ma
                 keep_hashed,
             })
         }
+        "@phone" => {
+            let m = obj(arg, at, "@phone", "{value, country?, format: \"e164\"}")?;
+            for k in m.keys() {
+                if !matches!(k.as_str(), "value" | "country" | "format") {
+                    return Err(err(
+                        &join(at, k),
+                        "is not a @phone key (value, country, format)",
+                    ));
+                }
+            }
+            if m.get("format").and_then(Value::as_str) != Some("e164") {
+                return Err(err(&join(at, "format"), "must be \"e164\""));
+            }
+            let value = m
+                .get("value")
+                .ok_or_else(|| err(at, "@phone needs a `value`"))?;
+            Ok(Mapping::Phone {
+                value: Box::new(compile(value, &join(at, "value"))?),
+                country: m
+                    .get("country")
+                    .map(|c| compile(c, &join(at, "country")))
+                    .transpose()?
+                    .map(Box::new),
+            })
+        }
         "@replaceAll" => {
             let m = obj(arg, at, "@replaceAll", "{value, pattern, with}")?;
             for k in m.keys() {

@@ -234,6 +234,29 @@ pub(super) fn eval(m: &Mapping, event: &Value) -> Option<Value> {
             )),
             _ => None,
         },
+        Mapping::Phone { value, country } => {
+            let text = match eval(value, event)? {
+                Value::String(s) => s,
+                v @ Value::Number(_) => js_string(&v),
+                _ => return None,
+            };
+            let country = match country.as_ref().map(|c| eval(c, event)) {
+                None | Some(None) | Some(Some(Value::Null)) => None,
+                Some(Some(Value::String(c))) => Some(
+                    c.to_ascii_uppercase()
+                        .parse::<phonenumber::country::Id>()
+                        .ok()?,
+                ),
+                Some(Some(_)) => return None,
+            };
+            let number = phonenumber::parse(country, &text).ok()?;
+            let belongs = match country {
+                Some(id) => number.country().id() == Some(id),
+                None => true,
+            };
+            (number.is_valid() && belongs)
+                .then(|| Value::String(number.format().mode(phonenumber::Mode::E164).to_string()))
+        }
         Mapping::ReplaceAll {
             value,
             pattern: Pattern(re),

@@ -21,7 +21,8 @@
 //! else?}` (the first regular expression that matches a string), `@concat [lists…]` and
 //! `@subtract [a, b, …]` (numbers), `@dates {value, to}` (every ISO-8601 text date in an
 //! object, at any depth, converted as `@date` does), `@replaceAll {value, pattern, with}`
-//! (every match of a regular expression replaced).
+//! (every match of a regular expression replaced), `@phone {value, country?, format:
+//! "e164"}` (a phone number in E.164 by the country's numbering plan).
 //!
 //! Module map: this file holds the [`Mapping`] tree and its API; [`compile`] the
 //! directives' compilation; [`eval_out`] the borrowing evaluator and [`eval`] the
@@ -226,6 +227,15 @@ pub enum Mapping {
         /// that already is a hex SHA-256 (64 hex digits, either case) is kept as it is.
         keep_hashed: bool,
     },
+    /// Sluice's extension: a phone number in E.164 (`+905551234567`), read with the
+    /// country's numbering plan (ISO 3166 alpha-2, `country` resolved against the same
+    /// value) when it has no `+`; undefined unless it is a valid number of that country
+    /// (libphonenumber's `isValidNumberForRegion`), or, without a country, a valid
+    /// international number.
+    Phone {
+        value: Box<Mapping>,
+        country: Option<Box<Mapping>>,
+    },
     /// Sluice's extension: every match of the regular expression in a string replaced by
     /// `with` (`$1`, `${name}`: capture groups); anything but a string comes back as it is.
     ReplaceAll {
@@ -312,6 +322,7 @@ const DIRECTIVES: &[&str] = &[
     "@subtract",
     "@dates",
     "@replaceAll",
+    "@phone",
 ];
 
 impl Mapping {

@@ -803,3 +803,51 @@ fn replace_all_and_smart_hashing() {
         assert_eq!(e.at, at, "{m}: {e}");
     }
 }
+
+/// Expected values from google-libphonenumber 3.2.47 (`isValidNumberForRegion`, then E.164),
+/// the library Segment's Klaviyo destination uses.
+#[test]
+fn phone_numbers_in_e164_by_the_countrys_plan() {
+    let cases = [
+        ("(555) 123-4567", "US", None),
+        ("(415) 555-0100", "US", Some("+14155550100")),
+        ("0532 123 45 67", "TR", Some("+905321234567")),
+        ("+1 415 555 0100", "US", Some("+14155550100")),
+        ("+1 415 555 0100", "TR", None),
+        ("020 7946 0958", "GB", Some("+442079460958")),
+        ("5551234567", "US", None),
+        ("+905321234567", "TR", Some("+905321234567")),
+        ("12", "US", None),
+        ("not a phone", "DE", None),
+        ("030 123456", "DE", Some("+4930123456")),
+        ("+44 20 7946 0958", "GB", Some("+442079460958")),
+        ("(613) 555-0100", "CA", Some("+16135550100")),
+        ("(613) 555-0100", "US", None),
+    ];
+    for (phone, country, want) in cases {
+        let got = run(
+            json!({"@phone": {"value": {"@path": "$.p"}, "country": {"@path": "$.c"}, "format": "e164"}}),
+            json!({"p": phone, "c": country.to_lowercase()}),
+        );
+        assert_eq!(got, want.map(|w| json!(w)), "{phone} in {country}");
+    }
+    // Without a country: an international number only; a number's text is read too.
+    let m = json!({"@phone": {"value": {"@path": "$.p"}, "format": "e164"}});
+    assert_eq!(
+        run(m.clone(), json!({"p": "+44 20 7946 0958"})),
+        Some(json!("+442079460958"))
+    );
+    assert_eq!(run(m.clone(), json!({"p": "020 7946 0958"})), None);
+    assert_eq!(run(m.clone(), json!({"p": 14155550100u64})), None);
+    assert_eq!(run(m, json!({"p": {"x": 1}})), None);
+    // An unknown country code: undefined.
+    assert_eq!(
+        run(
+            json!({"@phone": {"value": "030 123456", "country": "XX", "format": "e164"}}),
+            json!({})
+        ),
+        None
+    );
+    let e = Mapping::compile(&json!({"@phone": {"value": 1, "format": "national"}})).unwrap_err();
+    assert_eq!(e.at, "@phone.format", "{e}");
+}

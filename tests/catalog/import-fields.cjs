@@ -29,9 +29,9 @@ function spec(f, nested) {
     // Segment's schema: an object with properties takes no others unless it says so.
     out.additional_properties = !!f.additionalProperties
   }
+  if (f.choices) out.choices = f.choices.map((c) => (typeof c === 'string' ? c : c.value))
   if (!nested) {
     if (f.default !== undefined) out.default = f.default
-    if (f.choices) out.choices = f.choices.map((c) => (typeof c === 'string' ? c : c.value))
     if (f.description) out.description = f.description
   }
   return out

@@ -1,15 +1,15 @@
 // Segment's own Actions destinations as an oracle (tests/catalog/package.json pins the
 // published @segment/action-destinations). Reads one JSON object per line on stdin:
 //   {"destination": "<directory under dist/destinations>", "settings": {...}, "event": {...},
-//    "actions"?: [{"action", "subscription", "mapping"}]}
+//    "actions"?: [{"action", "subscription", "mapping"}], "status"?: 202}
 // and answers one line per input on stdout:
 //   {"calls": [{"action", "requests": [{"method", "url", "headers", "body"}], "error"?}]}
 // Without "actions", the destination's automatic presets run (each whose subscription
 // matches the event), as a new Segment destination does; an action given without its
 // subscription gets the definition's default one, and its mapping is laid over the
 // fields' default mappings. Every request is intercepted
-// (nock, network connections disabled): nothing leaves the machine; each is answered 200
-// with `{}`. Driven by crates/destinations/tests/segment_oracle.rs.
+// (nock, network connections disabled): nothing leaves the machine; each is answered
+// with `{}` and the input's status (200 unless it says). Driven by crates/destinations/tests/segment_oracle.rs.
 'use strict'
 const readline = require('node:readline')
 const nock = require('nock')
@@ -18,6 +18,8 @@ const { validate, parseFql } = require('@segment/destination-subscriptions')
 
 nock.disableNetConnect()
 let seen = []
+// The status every request is answered with: the input's `status` (default 200).
+let answerStatus = 200
 for (const method of ['GET', 'POST', 'PUT', 'PATCH', 'DELETE']) {
   nock(/.*/).persist().intercept(/.*/, method).reply(function (uri, body) {
     const headers = {}
@@ -26,7 +28,7 @@ for (const method of ['GET', 'POST', 'PUT', 'PATCH', 'DELETE']) {
     const scheme = (o.proto || (o.protocol || 'https:').replace(/:$/, ''))
     const port = o.port && !['80', '443', 80, 443].includes(o.port) ? ':' + o.port : ''
     seen.push({ method, url: scheme + '://' + (o.hostname || o.host) + port + uri, headers, body: body === undefined ? null : body })
-    return [200, '{}', { 'content-type': 'application/json' }]
+    return [answerStatus, '{}', { 'content-type': 'application/json' }]
   })
 }
 
@@ -46,6 +48,7 @@ async function run(input) {
   const actions = input.actions ?? (def.presets ?? [])
     .filter((p) => p.type === 'automatic' || p.type === undefined)
     .map((p) => ({ action: p.partnerAction, subscription: p.subscribe, mapping: p.mapping }))
+  answerStatus = input.status ?? 200
   const calls = []
   for (const given of actions) {
     // An action named without a subscription or a mapping gets its definition's

@@ -348,17 +348,6 @@ impl ActionsKind {
             Err(e) if e.skip => return Err(format!("{SKIP}{e}").into()),
             Err(e) => return Err(BuildError(e.to_string())),
         };
-        for (key, choices) in &a.action.choices {
-            if let Some(v) = payload.get(key) {
-                if !choices.contains(v) {
-                    return Err(format!(
-                        "field `{key}` must be one of {}, not {v}",
-                        Value::from(choices.clone())
-                    )
-                    .into());
-                }
-            }
-        }
         if let Value::Object(m) = ctx {
             m.insert("payload".into(), payload);
             m.remove("let");
@@ -382,7 +371,25 @@ impl ActionsKind {
                     continue;
                 }
             }
-            out.push(self.one_request(spec, ctx, raw, allow_private)?);
+            match &spec.for_each {
+                None => out.push(self.one_request(spec, ctx, raw, allow_private)?),
+                Some(list) => {
+                    let items = match list.eval(ctx) {
+                        None | Some(Value::Null) => Vec::new(),
+                        Some(Value::Array(a)) => a,
+                        Some(one) => vec![one],
+                    };
+                    // Each element's request sees the action's context plus its element.
+                    let mut each = ctx.clone();
+                    for (i, item) in items.into_iter().enumerate() {
+                        if let Value::Object(m) = &mut each {
+                            m.insert("item".into(), item);
+                            m.insert("index".into(), Value::from(i));
+                        }
+                        out.push(self.one_request(spec, &each, raw, allow_private)?);
+                    }
+                }
+            }
         }
         if out.is_empty() {
             return Err(format!("{SKIP}no request of the action applies to this event").into());

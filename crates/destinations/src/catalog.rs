@@ -38,6 +38,7 @@ const FILES: &[(&str, &str)] = &[
     ),
     ("http", include_str!("../../../catalog/http.json")),
     ("insider", include_str!("../../../catalog/insider.json")),
+    ("klaviyo", include_str!("../../../catalog/klaviyo.json")),
     ("miso", include_str!("../../../catalog/miso.json")),
     ("mixpanel", include_str!("../../../catalog/mixpanel.json")),
     (
@@ -146,8 +147,6 @@ struct FieldFile {
     #[serde(default)]
     default: Option<Value>,
     #[serde(default)]
-    choices: Option<Vec<Value>>,
-    #[serde(default)]
     description: String,
 }
 
@@ -158,6 +157,10 @@ struct RequestFile {
     /// rules) over the request context.
     #[serde(default)]
     when: Option<Value>,
+    /// One request per element of the list this gives (a single value: one element; none
+    /// or an empty list: no request), each with `$.item` and `$.index` in its context.
+    #[serde(default)]
+    for_each: Option<Value>,
     method: Value,
     url: Value,
     #[serde(default)]
@@ -272,6 +275,8 @@ pub struct Action {
 pub struct RequestSpec {
     /// Sent only when this is truthy; `None`: always.
     pub when: Option<Mapping>,
+    /// One request per element of this list, with `item` and `index` in the context.
+    pub for_each: Option<Mapping>,
     pub method: Mapping,
     pub url: Mapping,
     pub headers: Option<Mapping>,
@@ -355,7 +360,7 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
                 compile(d, &format!("{at}.fields.{key}.default"))?;
                 defaults.insert(key.clone(), d.clone());
             }
-            if let Some(c) = &field.choices {
+            if let Some(c) = &field.spec.choices {
                 choices.insert(key.clone(), c.clone());
             }
             field_descriptions.insert(key.clone(), field.description.clone());
@@ -386,7 +391,7 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
                 )));
             }
             if let Some(b) = &r.batch {
-                if many {
+                if many || r.for_each.is_some() {
                     return Err(err(format!(
                         "{rat}.batch: only an action of one request can batch"
                     )));
@@ -413,6 +418,11 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
                     .when
                     .as_ref()
                     .map(|w| compile(w, &format!("{rat}.when")))
+                    .transpose()?,
+                for_each: r
+                    .for_each
+                    .as_ref()
+                    .map(|f| compile(f, &format!("{rat}.for_each")))
                     .transpose()?,
                 method: compile(&r.method, &format!("{rat}.method"))?,
                 url: compile(&r.url, &format!("{rat}.url"))?,

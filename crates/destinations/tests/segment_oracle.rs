@@ -50,6 +50,10 @@ struct Entry {
     /// each side's presets.
     #[serde(default)]
     actions: Vec<toml::Table>,
+    /// The status the oracle answers Segment's requests with (default 200), for
+    /// destinations whose code reads it (Klaviyo sends product events after a 202).
+    #[serde(default)]
+    status: Option<u16>,
 }
 
 /// One allowed difference of `tests/catalog/allowed.toml`.
@@ -452,7 +456,8 @@ fn the_catalog_sends_what_segments_own_destinations_send() {
         let inputs = events
             .iter()
             .map(|e| {
-                let mut i = json!({"destination": entry.segment, "settings": settings, "event": e});
+                let mut i = json!({"destination": entry.segment, "settings": settings, "event": e,
+                                   "status": entry.status.unwrap_or(200)});
                 if !actions.is_empty() {
                     i["actions"] = json!(actions);
                 }

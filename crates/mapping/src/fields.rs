@@ -54,6 +54,11 @@ pub struct FieldSpec {
     /// refused for the action naming the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
+    /// The values the field may take (Segment's `choices`, an enum in its schema): any
+    /// other refuses the event for the action, naming the field. The console offers them
+    /// as a picker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<Value>>,
 }
 
 /// A text field's format.
@@ -125,6 +130,7 @@ impl FieldSpec {
             properties: None,
             additional_properties: true,
             format: None,
+            choices: None,
         }
     }
 }
@@ -514,8 +520,35 @@ fn kind(v: &Out) -> &'static str {
     }
 }
 
-/// `item`: the value is an element of a list (see [`object_property`]).
+/// `item`: the value is an element of a list (see [`object_property`]). The coerced value
+/// must be one of the field's `choices`, when it has them.
 fn coerce_one<'a>(spec: &'a FieldSpec, v: Out<'a>, item: bool) -> Result<Out<'a>, Failed> {
+    let out = coerce_kind(spec, v, item)?;
+    match (&spec.choices, out.as_value()) {
+        (Some(choices), Some(value)) if !value.is_null() && !choices.contains(value) => {
+            Err(invalid(
+                "",
+                format!(
+                    "must be one of {}, not {}",
+                    short_list(choices),
+                    short(&out)
+                ),
+            ))
+        }
+        _ => Ok(out),
+    }
+}
+
+/// A list of choices as JSON, shortened past ten.
+fn short_list(choices: &[Value]) -> String {
+    if choices.len() <= 10 {
+        return Value::from(choices.to_vec()).to_string();
+    }
+    let head: Vec<String> = choices[..10].iter().map(Value::to_string).collect();
+    format!("[{}, … {} more]", head.join(","), choices.len() - 10)
+}
+
+fn coerce_kind<'a>(spec: &'a FieldSpec, v: Out<'a>, item: bool) -> Result<Out<'a>, Failed> {
     let field = "";
     let value = v.as_value();
     match spec.ty {

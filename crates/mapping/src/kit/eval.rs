@@ -87,7 +87,9 @@ pub(super) fn eval(m: &Mapping, event: &Value) -> Option<Value> {
             global,
             ignore_case,
         } => {
-            let v = eval(value, event)?;
+            // Anything but text, numbers and booleans (undefined included) becomes "", as
+            // actions-core's @replace starts from an empty result.
+            let v = eval(value, event).unwrap_or(Value::Null);
             let mut s = match &v {
                 Value::String(s) => s.clone(),
                 Value::Number(_) | Value::Bool(_) => js_string(&v),

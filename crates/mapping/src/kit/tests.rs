@@ -199,7 +199,7 @@ fn literal_case_replace_json() {
             json!({"@replace": {"value": {"@path": "$.missing"}, "pattern": "x"}}),
             e.clone()
         ),
-        None
+        Some(json!(""))
     );
     assert_eq!(
         run(
@@ -850,4 +850,20 @@ fn phone_numbers_in_e164_by_the_countrys_plan() {
     );
     let e = Mapping::compile(&json!({"@phone": {"value": 1, "format": "national"}})).unwrap_err();
     assert_eq!(e.at, "@phone.format", "{e}");
+}
+
+/// actions-core 3.170's @replace answers "" for a value that is missing or not text
+/// (checked with its `transform`: `{"a": ""}` for a missing path, null and an object).
+#[test]
+fn replace_of_nothing_is_empty_text() {
+    for e in [json!({}), json!({"x": null}), json!({"x": {"k": 1}})] {
+        assert_eq!(
+            run(
+                json!({"@replace": {"value": {"@path": "$.x"}, "pattern": "en-", "replacement": ""}}),
+                e.clone()
+            ),
+            Some(json!("")),
+            "{e}"
+        );
+    }
 }

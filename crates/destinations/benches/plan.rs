@@ -77,9 +77,9 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // Every catalog entry's presets (Slack, which has none, with one configured action)
-    // over an identify, an Order Completed and a page: one element is one matched
-    // action's payload mapped, typed and made a request.
+    // Every catalog entry's presets (an entry without presets: the actions the harness
+    // configures for it in tests/catalog/oracle.toml) over an identify, an Order Completed
+    // and a page: one element is one matched action's payload mapped and typed.
     let events: Vec<Vec<u8>> = {
         let mut order: Value = serde_json::from_slice(&bytes).unwrap();
         let mut identify = order.clone();
@@ -95,17 +95,31 @@ fn bench(c: &mut Criterion) {
             .map(|e| serde_json::to_vec(e).unwrap())
             .collect()
     };
+    let oracle: toml::Table = toml::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/catalog/oracle.toml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let configured = |id: &str| -> Option<Value> {
+        oracle.iter().find_map(|(name, e)| {
+            let ty = e.get("type").and_then(|t| t.as_str()).unwrap_or(name);
+            let actions = e.get("actions")?;
+            (ty == id).then(|| serde_json::to_value(actions).unwrap())
+        })
+    };
     let mut kinds = Vec::new();
     for entry in sluice_destinations::catalog::load().unwrap().values() {
         let mut cfg = json!({"name": "bench", "type": entry.id, "sources": ["web"],
             "settings": entry.settings.keys().map(|k| (k.clone(), json!("x1"))).collect::<serde_json::Map<_, _>>(),
             "allow_private_networks": true});
         if entry.presets.is_empty() {
-            if entry.id != "slack" {
+            let Some(actions) = configured(&entry.id) else {
                 continue;
-            }
-            cfg["actions"] = json!([{"action": "postToChannel", "subscription": "type = \"track\"",
-                "mapping": {"url": "https://hooks.slack.com/services/T/B/X", "text": {"@template": "{{event}} by {{userId}}"}}}]);
+            };
+            cfg["actions"] = actions;
         }
         let Ok(cfg) = serde_json::from_value::<DestinationConfig>(cfg) else {
             continue;

@@ -42,13 +42,15 @@ use crate::error::ApiError;
 use crate::{tracking, App};
 
 /// The listener's bounds (`[http]` in `sluice.toml`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HttpSettings {
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
     pub shutdown_timeout: Duration,
     /// `/metrics` answers without the admin token.
     pub public_metrics: bool,
+    /// The share of requests logged at info (0 to 1; see [`sampled`]).
+    pub request_log: f64,
 }
 
 impl Default for HttpSettings {
@@ -58,6 +60,7 @@ impl Default for HttpSettings {
             body_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             public_metrics: true,
+            request_log: 0.0,
         }
     }
 }
@@ -128,28 +131,60 @@ async fn connection(
 ) {
     let body_timeout = settings.body_timeout;
     let max_body = app.settings.limits.max_request_bytes;
+    let request_log = settings.request_log;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        if let Some(refusal) = malformed(&req, max_body) {
-            let mut res = refusal.into_response();
-            // The body is not read as a request: the connection closes after the answer.
-            res.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-            tokio::spawn(linger(req.into_body()));
-            return Either::Left(async move { Ok(res) }.boxed());
+        // What the request log keeps: never headers, the query or the body.
+        let logged = sampled(request_log).then(|| {
+            (
+                req.method().clone(),
+                req.uri().path().to_string(),
+                std::time::Instant::now(),
+            )
+        });
+        let answer = (|| {
+            if let Some(refusal) = malformed(&req, max_body) {
+                let mut res = refusal.into_response();
+                // The body is not read as a request: the connection closes after the answer.
+                res.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+                tokio::spawn(linger(req.into_body()));
+                return Either::Left(async move { Ok(res) }.boxed());
+            }
+            let mut req = req.map(|body| DeadlineBody::new(body, body_timeout));
+            // The Tracking API's ingest calls, nearly all of the traffic, skip the router.
+            if ingest && tracking::direct_ingest_kind(&req).is_some() {
+                let req = req.map(axum::body::Body::new);
+                let app = app.clone();
+                return Either::Left(
+                    async move { Ok(tracking::ingest_direct(app, peer, req).await) }.boxed(),
+                );
+            }
+            req.extensions_mut().insert(ConnectInfo(peer));
+            Either::Right(router.clone().call(req))
+        })();
+        match logged {
+            None => answer,
+            Some((method, path, started)) => Either::Left(
+                async move {
+                    let res = answer.await;
+                    if let Ok(r) = &res {
+                        tracing::info!(
+                            target: "sluice::request",
+                            method = %method,
+                            path = %path,
+                            status = r.status().as_u16(),
+                            ms = started.elapsed().as_secs_f64() * 1000.0,
+                            %peer,
+                            "request"
+                        );
+                    }
+                    res
+                }
+                .boxed(),
+            ),
         }
-        let mut req = req.map(|body| DeadlineBody::new(body, body_timeout));
-        // The Tracking API's ingest calls, nearly all of the traffic, skip the router.
-        if ingest && tracking::direct_ingest_kind(&req).is_some() {
-            let req = req.map(axum::body::Body::new);
-            let app = app.clone();
-            return Either::Left(
-                async move { Ok(tracking::ingest_direct(app, peer, req).await) }.boxed(),
-            );
-        }
-        req.extensions_mut().insert(ConnectInfo(peer));
-        Either::Right(router.clone().call(req))
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -173,6 +208,21 @@ async fn connection(
             }
         }
     }
+}
+
+/// Whether this request is one of the `share` (0 to 1) that the request log keeps: exactly
+/// that share of requests, spread evenly (a counter, not chance).
+fn sampled(share: f64) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    if share <= 0.0 {
+        return false;
+    }
+    if share >= 1.0 {
+        return true;
+    }
+    let n = SEEN.fetch_add(1, Ordering::Relaxed) as f64;
+    ((n + 1.0) * share).floor() > (n * share).floor()
 }
 
 /// What a strict HTTP/1.1 server refuses before any handler runs, for every route:

@@ -30,18 +30,11 @@ pub struct ServeArgs {
 const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cfg = match &args.config {
         Some(path) => config::load(path)?,
         None => FileConfig::default(),
     };
+    init_logging(&cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.workers.unwrap_or_else(config::default_workers))
         .enable_all()
@@ -49,6 +42,33 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(cfg, args))
+}
+
+/// The server's own log on stderr: `RUST_LOG` when set and not empty, else `log_level`
+/// (checked with the config), else `info`; text, or one JSON object per line (`timestamp`,
+/// `level`, `target`, `fields`).
+fn init_logging(cfg: &FileConfig) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| cfg.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        config::LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
@@ -152,6 +172,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
                 .http
                 .public_metrics
                 .unwrap_or_else(|| listen.ip().is_loopback()),
+            request_log: cfg.http.request_log,
         },
         warehouses: cfg.warehouses.clone(),
     };

@@ -41,6 +41,13 @@ pub struct FileConfig {
     /// Cap on SQLite's heap over all its connections, in MB (0: none); `None`:
     /// [`DEFAULT_SQLITE_MEMORY_MB`].
     pub sqlite_memory_mb: Option<u64>,
+    /// How the server's log lines on stderr look: `text` (for people) or `json` (one
+    /// object per line, for shippers).
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Which log lines are written: a filter like `info` or `warn,sluice_destinations=debug`
+    /// (`RUST_LOG`, when set and not empty, wins); `None`: `info`.
+    pub log_level: Option<String>,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -63,6 +70,15 @@ pub struct FileConfig {
     pub profiles: ProfilesConfig,
     #[serde(default)]
     pub console: ConsoleConfig,
+}
+
+/// `log_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -133,6 +149,10 @@ pub struct HttpConfig {
     pub shutdown_timeout: HumanDuration,
     /// `/metrics` without the admin token; unset: only on a loopback listener.
     pub public_metrics: Option<bool>,
+    /// The share of HTTP requests logged at info (target `sluice::request`: method, path
+    /// without the query, status, duration, peer; never headers or bodies): 0 (none) to 1
+    /// (every one).
+    pub request_log: f64,
 }
 
 impl Default for HttpConfig {
@@ -143,6 +163,7 @@ impl Default for HttpConfig {
             body_timeout: HumanDuration(d.body_timeout),
             shutdown_timeout: HumanDuration(d.shutdown_timeout),
             public_metrics: None,
+            request_log: 0.0,
         }
     }
 }
@@ -425,6 +446,29 @@ fn check_server(cfg: &FileConfig, err: &FieldError) -> Result<()> {
                 format!("is the server's own `listen` address ({l}): leave it unset to serve the console there"),
             ));
         }
+    }
+    if let Some(level) = &cfg.log_level {
+        if level.trim().is_empty() {
+            return Err(err(
+                "log_level",
+                "must not be empty: leave it out for \"info\"".into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::builder()
+            .parse(level)
+            .map_err(|e| {
+                err(
+                    "log_level",
+                    format!("must be a filter like \"info\" or \"warn,sluice_destinations=debug\", not {level:?}: {e}"),
+                )
+            })?;
+    }
+    let share = cfg.http.request_log;
+    if !(0.0..=1.0).contains(&share) {
+        return Err(err(
+            "http.request_log",
+            format!("must be a share of requests from 0 (none) to 1 (every one), not {share}"),
+        ));
     }
     if let Some(n) = cfg.workers {
         if !(1..=MAX_WORKERS).contains(&n) {

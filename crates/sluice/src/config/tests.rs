@@ -170,6 +170,13 @@ const STR: &[&str] = &[
     "\"k:ey\"",
 ];
 const BOOL: &[&str] = &["true", "false"];
+const LOG_FORMAT: &[&str] = &["\"json\"", "\"text\"", "\"xml\""];
+const LOG_LEVEL: &[&str] = &[
+    "\"info\"",
+    "\"warn,sluice_destinations=debug\"",
+    "\"loud[\"",
+    "\"\"",
+];
 const LOG_KIND: &[&str] = &["\"sqlite\"", "\"kafka\"", "\"other\""];
 const STORE_KIND: &[&str] = &["\"sqlite\"", "\"postgres\"", "\"other\""];
 const SOURCE_KIND: &[&str] = &["\"http\"", "\"segment_webhook\"", "\"kafka\"", "\"other\""];
@@ -200,6 +207,8 @@ const TOP: Fields = &[
     ("trust_forwarded_for", BOOL),
     ("workers", INT),
     ("sqlite_memory_mb", INT),
+    ("log_format", LOG_FORMAT),
+    ("log_level", LOG_LEVEL),
 ];
 const SECTIONS: &[(&str, Fields)] = &[
     (
@@ -234,6 +243,7 @@ const SECTIONS: &[(&str, Fields)] = &[
             ("body_timeout", DUR),
             ("shutdown_timeout", DUR),
             ("public_metrics", BOOL),
+            ("request_log", FLOAT),
         ],
     ),
     (
@@ -528,4 +538,31 @@ fn warehouse_destinations_are_checked_and_kept_apart_from_the_router() {
         e.contains("destinations[0].sources") && e.contains("\"app\""),
         "{e}"
     );
+}
+
+#[test]
+fn log_settings_parse_and_bad_ones_name_the_field() {
+    let ok = parse(
+        "log_format = \"json\"\nlog_level = \"warn,sluice_destinations=debug\"\n[http]\nrequest_log = 0.1\n",
+        "l.toml",
+    )
+    .unwrap();
+    assert_eq!(ok.log_format, LogFormat::Json);
+    assert_eq!(ok.http.request_log, 0.1);
+    let d = parse("", "l.toml").unwrap();
+    assert_eq!(
+        (d.log_format, d.log_level, d.http.request_log),
+        (LogFormat::Text, None, 0.0)
+    );
+    for (text, needle) in [
+        ("log_format = \"xml\"\n", "log_format"),
+        ("log_level = \"loud[\"\n", "log_level"),
+        ("log_level = \" \"\n", "must not be empty"),
+        ("[http]\nrequest_log = 1.5\n", "http.request_log"),
+        ("[http]\nrequest_log = -0.1\n", "http.request_log"),
+        ("[http]\nrequest_log = nan\n", "http.request_log"),
+    ] {
+        let e = parse(text, "l.toml").unwrap_err().to_string();
+        assert!(e.contains("l.toml") && e.contains(needle), "{text}: {e}");
+    }
 }

@@ -13,6 +13,8 @@ pub struct Server {
     pub child: Child,
     /// Every line the server wrote, stdout and stderr, as it arrives.
     pub output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The lines of stderr alone: the server's log.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub url: String,
     pub write_key: String,
     pub admin_token: String,
@@ -115,9 +117,12 @@ impl Server {
             .unwrap_or_default();
         let stderr = child.stderr.take().unwrap();
         let kept = output.clone();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log_kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[{node}] {line}");
+                log_kept.lock().unwrap().push(line.clone());
                 kept.lock().unwrap().push(line);
             }
         });
@@ -153,6 +158,7 @@ impl Server {
         Server {
             child,
             output,
+            log,
             url: url.expect("server printed no address"),
             write_key: write_key.expect("server printed no write key"),
             // A kept generated token is not shown again: the test that restarts a server

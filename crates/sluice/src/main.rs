@@ -1,6 +1,7 @@
 //! The `sluice` binary: `serve`, `check`, `catalog`, `preview`, `replay`. The load
 //! generators are the separate `sluice-bench` (tools/bench).
 
+mod backup;
 mod catalog_cmd;
 mod config;
 mod preview;
@@ -90,6 +91,10 @@ enum Command {
     Preview(preview::PreviewArgs),
     /// Re-deliver to one destination: its dead letters, or a window of the event log.
     Replay(replay::ReplayArgs),
+    /// Copy a data directory (log, state, profiles) consistently, also while the server runs.
+    Backup(backup::BackupArgs),
+    /// Bring a backup back into a new or empty data directory.
+    Restore(backup::RestoreArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -109,6 +114,8 @@ fn main() -> std::process::ExitCode {
             );
         }),
         Command::Replay(args) => replay::run(args),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
         Command::Catalog { which } => catalog_cmd::run(which),
         Command::Preview(args) => preview::run(args),
     };

@@ -51,6 +51,8 @@ pub struct HttpSettings {
     pub public_metrics: bool,
     /// The share of requests logged at info (0 to 1; see [`sampled`]).
     pub request_log: f64,
+    /// The listeners serve HTTPS (`[tls]`): links the server makes say `https`.
+    pub https: bool,
 }
 
 impl Default for HttpSettings {
@@ -61,6 +63,7 @@ impl Default for HttpSettings {
             shutdown_timeout: Duration::from_secs(10),
             public_metrics: true,
             request_log: 0.0,
+            https: false,
         }
     }
 }
@@ -68,12 +71,14 @@ impl Default for HttpSettings {
 /// Serves `router` on `listener` until `shutdown` resolves, then drains the connections
 /// (each sees `stop` turn true) for at most `settings.shutdown_timeout`. With `ingest`,
 /// the Tracking API's ingest calls are served too, beside the router.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     mut listener: tokio::net::TcpListener,
     router: Router,
     ingest: bool,
     app: Arc<App>,
     settings: HttpSettings,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
     stop: watch::Receiver<bool>,
 ) {
@@ -88,15 +93,21 @@ pub(crate) async fn run(
         };
         // One write per answer; nothing to gain from Nagle's delay.
         let _ = stream.set_nodelay(true);
-        conns.spawn(connection(
-            stream,
-            peer,
-            router.clone(),
-            ingest,
-            app.clone(),
-            settings,
-            stop.clone(),
-        ));
+        let (router, app, stop) = (router.clone(), app.clone(), stop.clone());
+        match tls.clone() {
+            None => conns.spawn(connection(
+                stream, peer, router, ingest, app, settings, stop,
+            )),
+            Some(acceptor) => conns.spawn(async move {
+                // The handshake is bounded like a request head: a client that opens a
+                // connection and says nothing holds it no longer than idle_timeout.
+                match tokio::time::timeout(settings.idle_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => connection(tls, peer, router, ingest, app, settings, stop).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }),
+        };
         // Reap finished connections so the set holds only open ones.
         while conns.try_join_next().is_some() {}
     }
@@ -120,15 +131,17 @@ pub(crate) async fn run(
     }
 }
 
-async fn connection(
-    stream: tokio::net::TcpStream,
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     router: Router,
     ingest: bool,
     app: Arc<App>,
     settings: HttpSettings,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let body_timeout = settings.body_timeout;
     let max_body = app.settings.limits.max_request_bytes;
     let request_log = settings.request_log;

@@ -23,6 +23,7 @@ pub mod profile_api;
 pub mod profiles;
 pub mod source_api;
 pub mod telemetry;
+pub mod tls;
 pub mod tracking;
 pub mod warehouse_api;
 pub mod webhook_source;
@@ -260,12 +261,32 @@ async fn readyz(
 /// when `[console] listen` gives one), then stops accepting, finishes in-flight requests
 /// (for at most `http.shutdown_timeout`, see [`http`]), ends live streams and closes the
 /// log (flushing its last group commit).
+/// The listeners of [`serve`]: the server's, the console's own (`[console] listen`), and
+/// the plain-HTTP one that redirects to HTTPS (`[tls] redirect_from`); with `tls`, the
+/// first two serve HTTPS.
+pub struct Listeners {
+    pub main: tokio::net::TcpListener,
+    pub console: Option<tokio::net::TcpListener>,
+    pub redirect: Option<tokio::net::TcpListener>,
+    pub tls: Option<Arc<tls::Certificates>>,
+}
+
 pub async fn serve(
-    listener: tokio::net::TcpListener,
-    console_listener: Option<tokio::net::TcpListener>,
+    listeners: Listeners,
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let Listeners {
+        main: listener,
+        console: console_listener,
+        redirect,
+        tls,
+    } = listeners;
+    let acceptor = tls.as_ref().map(|c| c.acceptor());
+    if let Some(certs) = &tls {
+        tokio::spawn(certs.clone().watch(app.shutdown.clone()));
+    }
+    let https_port = listener.local_addr()?.port();
     let retention = tokio::spawn(sluice_consumers::retention::run(Retention {
         log: app.log.clone(),
         store: app.store.clone(),
@@ -321,29 +342,48 @@ pub async fn serve(
         true,
         app.clone(),
         app.settings.http,
+        acceptor.clone(),
         graceful,
         app.shutdown.clone(),
     );
-    match console_listener {
-        Some(console) => {
-            // It stops with the main listener: both watch the same stop signal.
-            let mut stop = app.shutdown.clone();
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            let console = http::run(
+    // The other listeners stop with the main one: all watch the same stop signal.
+    let stopped = || {
+        let mut stop = app.shutdown.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let console = async {
+        if let Some(console) = console_listener {
+            http::run(
                 console,
                 console_router(app.clone()),
                 false,
                 app.clone(),
                 app.settings.http,
-                stopped,
+                acceptor.clone(),
+                stopped(),
                 app.shutdown.clone(),
-            );
-            tokio::join!(main, console);
+            )
+            .await
         }
-        None => main.await,
-    }
+    };
+    let redirect = async {
+        if let Some(plain) = redirect {
+            http::run(
+                plain,
+                tls::redirect_router(https_port),
+                false,
+                app.clone(),
+                app.settings.http,
+                None,
+                stopped(),
+                app.shutdown.clone(),
+            )
+            .await
+        }
+    };
+    tokio::join!(main, console, redirect);
     retention.abort();
     #[cfg(feature = "kafka")]
     for task in kafka_sources {

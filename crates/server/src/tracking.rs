@@ -276,7 +276,11 @@ async fn project_settings(
             let proto = headers
                 .get("x-forwarded-proto")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("http")
+                .unwrap_or(if app.settings.http.https {
+                    "https"
+                } else {
+                    "http"
+                })
                 .to_string();
             (proto, host)
         }

@@ -173,6 +173,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
                 .public_metrics
                 .unwrap_or_else(|| listen.ip().is_loopback()),
             request_log: cfg.http.request_log,
+            https: cfg.tls.is_some(),
         },
         warehouses: cfg.warehouses.clone(),
     };
@@ -195,10 +196,37 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let mut settings = settings;
     if console_addr.is_some() {
-        settings.tracking_url = Some(format!("http://{addr}"));
+        settings.tracking_url = Some(format!("{scheme}://{addr}"));
     }
+    let certificates = match &cfg.tls {
+        Some(t) => Some(
+            sluice_server::tls::Certificates::new(sluice_server::tls::TlsSettings {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                check_every: t.check_every.0,
+            })
+            .map_err(|why| anyhow::anyhow!("cannot serve HTTPS: {why}"))?,
+        ),
+        None => None,
+    };
+    let redirect = match cfg.tls.as_ref().and_then(|t| t.redirect_from.as_deref()) {
+        Some(at) => {
+            let at: SocketAddr = at.parse().context("invalid tls.redirect_from address")?;
+            Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen on {at} (tls.redirect_from)"))?,
+            )
+        }
+        None => None,
+    };
+    let redirect_addr = match &redirect {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let shutdown = shutdown_signal()?;
     let app = App::new(settings, log.clone(), store.clone());
     // The admin API's sources beside the file's (before the destinations, which may name
@@ -248,14 +276,22 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     };
     // Last: the banner is the readiness signal, and consumers must have their cursors.
     print_banner(
+        scheme,
         addr,
         console_addr,
+        redirect_addr,
         &data_dir,
         &app.settings,
         token_origin,
         first_admin.as_deref(),
     );
-    sluice_server::serve(listener, console_listener, app, shutdown)
+    let listeners = sluice_server::Listeners {
+        main: listener,
+        console: console_listener,
+        redirect,
+        tls: certificates,
+    };
+    sluice_server::serve(listeners, app, shutdown)
         .await
         .context("server failed")?;
     tracing::info!("stopped");
@@ -344,23 +380,29 @@ enum TokenOrigin {
     Kept,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn print_banner(
+    scheme: &str,
     addr: SocketAddr,
     console_addr: Option<SocketAddr>,
+    redirect_addr: Option<SocketAddr>,
     data_dir: &Path,
     settings: &Settings,
     origin: TokenOrigin,
     first_admin: Option<&str>,
 ) {
-    let url = format!("http://{addr}");
+    let url = format!("{scheme}://{addr}");
     let mut out = String::new();
     out.push_str(&format!(
         "sluice {} listening on {url}\n",
         env!("CARGO_PKG_VERSION")
     ));
+    if let Some(at) = redirect_addr {
+        out.push_str(&format!("  http://{at} redirects to HTTPS\n"));
+    }
     out.push_str(&format!("  data directory: {}\n", data_dir.display()));
     let console = match console_addr {
-        Some(at) => format!("http://{at}"),
+        Some(at) => format!("{scheme}://{at}"),
         None => url.clone(),
     };
     match (settings.console, first_admin) {

@@ -182,7 +182,10 @@ fn a_backup_under_load_restores_every_acknowledged_event_cursor_and_profile() {
         assert!(restored.contains(&format!("pre-{i}")));
     }
     // The dedupe index, rebuilt from the restored log, knows the restored events.
-    let r = s2.send("/v1/track", &json!({"messageId": "pre-7", "userId": "ann", "event": "E"}));
+    let r = s2.send(
+        "/v1/track",
+        &json!({"messageId": "pre-7", "userId": "ann", "event": "E"}),
+    );
     assert_eq!(r.body["duplicates"], 1, "{}", r.body);
     // The profile is there.
     let r = s2.request(

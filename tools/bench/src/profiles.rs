@@ -387,7 +387,13 @@ async fn lookups(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sluice_server::serve(listener, None, app, async move {
+    let listeners = sluice_server::Listeners {
+        main: listener,
+        console: None,
+        redirect: None,
+        tls: None,
+    };
+    let server = tokio::spawn(sluice_server::serve(listeners, app, async move {
         let _ = stop_rx.await;
     }));
     let auth = format!("Basic {}", base64_encode(format!("{token}:").as_bytes()));

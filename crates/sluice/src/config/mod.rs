@@ -70,6 +70,26 @@ pub struct FileConfig {
     pub profiles: ProfilesConfig,
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// `[tls]`: HTTPS on the listeners; `None`: plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: the certificate and key files (read again when they change), and an optional
+/// plain-HTTP listener that redirects to HTTPS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A plain-HTTP address (`0.0.0.0:80`) answering 308 to the same URL over HTTPS.
+    pub redirect_from: Option<String>,
+    /// How often the files are checked for a change.
+    #[serde(default = "tls_check_every")]
+    pub check_every: HumanDuration,
+}
+
+fn tls_check_every() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 /// `log_format`.
@@ -445,6 +465,40 @@ fn check_server(cfg: &FileConfig, err: &FieldError) -> Result<()> {
                 "console.listen",
                 format!("is the server's own `listen` address ({l}): leave it unset to serve the console there"),
             ));
+        }
+    }
+    if let Some(tls) = &cfg.tls {
+        // The files are read now: `sluice check` and a start refuse a pair that does not
+        // load, naming the file.
+        sluice_server::tls::load(&tls.cert, &tls.key).map_err(|why| {
+            let field = if why.contains("key") && !why.contains("certificate file") {
+                "tls.key"
+            } else {
+                "tls.cert"
+            };
+            err(field, format!("does not load: {why}"))
+        })?;
+        if tls.check_every.0.is_zero() {
+            return Err(err("tls.check_every", "must be more than 0s".into()));
+        }
+        if let Some(r) = &tls.redirect_from {
+            let at: SocketAddr = r.parse().map_err(|_| {
+                err(
+                    "tls.redirect_from",
+                    format!("must be an address like 0.0.0.0:80, not {r:?}"),
+                )
+            })?;
+            let taken = [cfg.listen.as_deref(), cfg.console.listen.as_deref()];
+            if taken
+                .iter()
+                .flatten()
+                .any(|l| l.parse::<SocketAddr>().ok() == Some(at))
+            {
+                return Err(err(
+                    "tls.redirect_from",
+                    format!("is an address the server already serves HTTPS on ({r})"),
+                ));
+            }
         }
     }
     if let Some(level) = &cfg.log_level {

@@ -265,6 +265,62 @@ impl Router {
         self.with(name, describe)
     }
 
+    /// The file's destinations again (a reload): each is validated against `sources`
+    /// first, and on any error nothing changes. Then a new or changed one (re)starts from
+    /// its committed cursor (a changed one after its old consumer was told to stop:
+    /// what that one had in flight is sent again at most, never lost), one no longer in
+    /// the file stops (its cursor stays in the log), and an unchanged one runs on
+    /// untouched. Returns the names (added, changed, removed).
+    pub async fn reload_file(
+        &self,
+        from_file: Vec<DestinationConfig>,
+        sources: Vec<String>,
+    ) -> Result<(Vec<String>, Vec<String>, Vec<String>), RouterError> {
+        let source_refs: Vec<&str> = sources.iter().map(String::as_str).collect();
+        let mut seen = std::collections::HashSet::new();
+        for cfg in &from_file {
+            cfg.validate(&source_refs)?;
+            if !seen.insert(cfg.name.clone()) {
+                return Err(RouterError::BadRequest(format!(
+                    "destination {:?} is defined twice in the configuration file",
+                    cfg.name
+                )));
+            }
+        }
+        self.set_source_names(sources);
+        let before: HashMap<String, (bool, DestinationConfig)> = self
+            .running
+            .lock()
+            .map_err(|_| RouterError::Unavailable("router state lock poisoned"))?
+            .iter()
+            .map(|(k, r)| (k.clone(), (r.from_file, r.config.clone())))
+            .collect();
+        let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        for cfg in from_file {
+            let name = cfg.name.clone();
+            match before.get(&name) {
+                Some((true, old)) if *old == cfg => continue,
+                Some(_) => changed.push(name.clone()),
+                None => added.push(name.clone()),
+            }
+            self.launch(cfg, true).await?;
+            self.resume_replays(Some(&name)).await;
+        }
+        for (name, (from_file, _)) in &before {
+            if *from_file && !seen.contains(name) {
+                let gone = self.running.lock().ok().and_then(|mut m| m.remove(name));
+                if let Some(r) = gone {
+                    let _ = r.stop.send(true);
+                }
+                removed.push(name.clone());
+            }
+        }
+        for list in [&mut added, &mut changed, &mut removed] {
+            list.sort();
+        }
+        Ok((added, changed, removed))
+    }
+
     /// Creates or replaces a destination created over the admin API. Returns whether it
     /// is new. The consumer restarts with the new settings from its committed cursor.
     pub async fn put(&self, mut cfg: DestinationConfig) -> Result<bool, RouterError> {

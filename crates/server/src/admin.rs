@@ -31,6 +31,7 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/sources/{name}/events", get(source_events))
         .route("/sources/{name}/rejected", get(source_rejected))
         .route("/sources/{name}/live", get(source_live))
+        .route("/reload", axum::routing::post(crate::reload::reload_route))
         .merge(crate::delivery_api::routes())
         .merge(crate::privacy::routes())
         .merge(crate::warehouse_api::routes())

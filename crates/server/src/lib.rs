@@ -21,6 +21,7 @@ pub mod http;
 pub mod privacy;
 pub mod profile_api;
 pub mod profiles;
+pub mod reload;
 pub mod source_api;
 pub mod telemetry;
 pub mod tls;
@@ -114,6 +115,13 @@ pub struct App {
     pub(crate) sign_in_limit: access::SignInLimit,
     /// Changes to the admin API's sources, one at a time on this node.
     pub(crate) source_writes: tokio::sync::Mutex<()>,
+    /// The configuration file's sources as last loaded (at start, then by each reload).
+    pub(crate) file_sources: std::sync::RwLock<Vec<sluice_ingest::SourceSettings>>,
+    /// Reads and checks the configuration file again (set by the binary; absent: the
+    /// server runs without a file and has nothing to reload).
+    pub(crate) reloader: OnceLock<reload::Reloader>,
+    /// Reloads, one at a time.
+    pub(crate) reloading: tokio::sync::Mutex<()>,
 }
 
 impl App {
@@ -154,6 +162,7 @@ impl App {
                 burst: per_second.max(1.0),
             })
         });
+        let settings_sources = settings.sources.clone();
         Arc::new(App {
             settings,
             log,
@@ -168,6 +177,9 @@ impl App {
             profile_bucket,
             sign_in_limit: access::SignInLimit::default(),
             source_writes: tokio::sync::Mutex::new(()),
+            file_sources: std::sync::RwLock::new(settings_sources),
+            reloader: OnceLock::new(),
+            reloading: tokio::sync::Mutex::new(()),
             destinations,
         })
     }

@@ -160,10 +160,15 @@ async fn save(app: &App, all: &[ApiSource]) -> Result<(), ApiError> {
     app.store.put_setting(KEY, &text).await.map_err(store_error)
 }
 
+/// The names of the sources created over the admin API.
+pub(crate) async fn api_source_names(app: &App) -> Result<Vec<String>, ApiError> {
+    Ok(load(app).await?.into_iter().map(|a| a.name).collect())
+}
+
 /// Applies the file's sources and the API's to ingest and to the destinations' checks.
 pub async fn apply(app: &App) -> Result<(), ApiError> {
     let api = load(app).await?;
-    let mut all = app.settings.sources.clone();
+    let mut all = app.file_sources().clone();
     for a in &api {
         if !all.iter().any(|s| s.name == a.name) {
             all.push(a.settings());
@@ -206,6 +211,7 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let api = load(&app).await?;
     let now = access::now_ms();
+    let file = app.file_sources().clone();
     let data: Vec<Value> = app
         .ingest
         .sources()
@@ -228,7 +234,7 @@ async fn list(
                     SourceKind::Kafka(_) => "kafka",
                 },
                 "type": from_api.map(|a| a.ty.as_str()),
-                "managed_by": if from_api.is_some() && !app.settings.sources.iter().any(|f| f.name == s.name) { "api" } else { "file" },
+                "managed_by": if from_api.is_some() && !file.iter().any(|f| f.name == s.name) { "api" } else { "file" },
                 "version": from_api.map(|a| a.version),
                 "webhook_path": s.webhook().map(|_| format!("/v1/webhooks/{}", s.name)),
                 // The API's webhook sources show their secret to admins (it goes into
@@ -255,7 +261,7 @@ fn invalid(field: &str, message: String) -> ApiError {
 }
 
 fn from_file(app: &App, name: &str) -> Result<(), ApiError> {
-    if app.settings.sources.iter().any(|s| s.name == name) {
+    if app.file_sources().iter().any(|s| s.name == name) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "managed_by_file",

@@ -99,6 +99,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
             })?,
         ),
     };
+    let cfg_had_no_sources = cfg.source_settings.is_empty();
     let sources = sources(&cfg, store.as_ref()).await?;
     let (admin_token, token_origin) = match (&cfg.admin_token, std::env::var("SLUICE_ADMIN_TOKEN"))
     {
@@ -229,6 +230,23 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     };
     let shutdown = shutdown_signal()?;
     let app = App::new(settings, log.clone(), store.clone());
+    if let Some(path) = args.config.clone() {
+        // A file without sources runs the generated `default` source: so does a reload of it.
+        let default = cfg_had_no_sources.then(|| app.settings.sources.clone());
+        app.set_reloader(reloader(path, default)?);
+        let on_hup = app.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot handle SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if let Err(why) = sluice_server::reload::reload(&on_hup).await {
+                    tracing::error!(
+                        "configuration reload refused; the running configuration stays: {why}"
+                    );
+                }
+            }
+        });
+    }
     // The admin API's sources beside the file's (before the destinations, which may name
     // them), then every few seconds (another node may change them).
     sluice_server::source_api::apply(&app).await.map_err(|e| {
@@ -357,6 +375,67 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
 /// when the future is first polled: a signal that arrives right after the banner (the
 /// readiness signal for scripts and tests) must already mean "shut down gracefully",
 /// not the default "terminate now".
+/// Reads and checks `path` again for a reload (as `sluice check` does). Settings other
+/// than the sources and the router's destinations apply at a restart: they are compared
+/// with the file as the server started and named when they differ.
+fn reloader(
+    path: PathBuf,
+    default: Option<Vec<SourceSettings>>,
+) -> Result<sluice_server::reload::Reloader> {
+    let table = |p: &Path| -> Result<toml::Table, String> {
+        let text =
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let at_start = table(&path).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(std::sync::Arc::new(move || {
+        let cfg = config::load(&path).map_err(|e| format!("{e:#}"))?;
+        let now = table(&path)?;
+        let warehouses = |t: &toml::Table| -> Vec<toml::Value> {
+            t.get("destinations")
+                .and_then(|d| d.as_array())
+                .into_iter()
+                .flatten()
+                .filter(|d| {
+                    d.get("type").and_then(|t| t.as_str()) == Some(sluice_warehouse::settings::KIND)
+                })
+                .cloned()
+                .collect()
+        };
+        let mut restart_needed: Vec<String> = at_start
+            .keys()
+            .chain(now.keys())
+            .filter(|k| !matches!(k.as_str(), "sources" | "destinations"))
+            .filter(|k| at_start.get(*k) != now.get(*k))
+            .cloned()
+            .collect();
+        restart_needed.sort();
+        restart_needed.dedup();
+        if warehouses(&at_start) != warehouses(&now) {
+            restart_needed.push("destinations (warehouses)".into());
+        }
+        let sources = match (cfg.source_settings.is_empty(), &default) {
+            (false, _) => cfg.source_settings,
+            (true, Some(default)) => default.clone(),
+            (true, None) => {
+                return Err(format!(
+                    "{} names no sources now: a reload cannot remove every source (restart to run with the generated `default` source)",
+                    path.display()
+                ))
+            }
+        };
+        Ok(sluice_server::reload::Reloaded {
+            sources,
+            destinations: cfg
+                .destinations
+                .into_iter()
+                .filter(|d| d.kind != sluice_warehouse::settings::KIND)
+                .collect(),
+            restart_needed,
+        })
+    }))
+}
+
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;

@@ -105,7 +105,8 @@ impl SourceMap {
 
 /// The ingest side of a node: its sources and the log and store their events go to.
 pub struct Ingest {
-    pub limits: Limits,
+    /// The size limits, replaced whole by a reload (a request reads them once).
+    limits: std::sync::RwLock<Arc<Limits>>,
     pub log: Arc<dyn EventLog>,
     pub store: Arc<dyn Store>,
     /// The sources, replaced whole when they change (the admin API, a reload).
@@ -129,7 +130,7 @@ impl Ingest {
         store: Arc<dyn Store>,
     ) -> Ingest {
         Ingest {
-            limits,
+            limits: std::sync::RwLock::new(Arc::new(limits)),
             log,
             store,
             sources: std::sync::RwLock::new(Arc::new(SourceMap::new(sources, None))),
@@ -157,6 +158,19 @@ impl Ingest {
         let mut all: Vec<Arc<Source>> = self.map().by_name.values().cloned().collect();
         all.sort_by(|a, b| a.settings.name.cmp(&b.settings.name));
         all
+    }
+
+    /// The size limits in force.
+    pub fn limits(&self) -> Arc<Limits> {
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the size limits (a reload): requests from now on are held to them.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
     }
 
     /// Replaces the sources. A source whose settings did not change keeps its running
@@ -191,7 +205,7 @@ impl Ingest {
         received_at: chrono::DateTime<chrono::Utc>,
         client_ip: Option<&str>,
     ) -> Result<Receipt, IngestError> {
-        let limits = &self.limits;
+        let limits = &*self.limits();
         let doc_bytes =
             serde_json::to_vec(&serde_json::json!({ "batch": events })).map_err(|e| {
                 IngestError::InvalidJson {

@@ -143,7 +143,6 @@ async fn connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let body_timeout = settings.body_timeout;
-    let max_body = app.settings.limits.max_request_bytes;
     let request_log = settings.request_log;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         // What the request log keeps: never headers, the query or the body.
@@ -155,6 +154,8 @@ async fn connection<S>(
             )
         });
         let answer = (|| {
+            // Read per request: a reload may change the limits of open connections too.
+            let max_body = app.ingest.limits().max_request_bytes;
             if let Some(refusal) = malformed(&req, max_body) {
                 let mut res = refusal.into_response();
                 // The body is not read as a request: the connection closes after the answer.

@@ -257,7 +257,7 @@ async fn readyz(
         return error::ApiError::unavailable(e.to_string()).into_response();
     }
     // Room for one more of the largest requests than when the log filled.
-    let needed = app.settings.limits.max_stored_request_bytes() as u64;
+    let needed = app.ingest.limits().max_stored_request_bytes() as u64;
     match app.ingest.storage.ready(app.log.as_ref(), needed).await {
         Ok(()) => "ready".into_response(),
         Err(why) => error::ApiError::new(

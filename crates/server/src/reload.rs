@@ -4,7 +4,8 @@
 //! as it was.
 //!
 //! What changes live: the file's sources (write keys, names, kinds, rate limits, …: a
-//! source whose settings did not change keeps its state) and the file's destinations (a
+//! source whose settings did not change keeps its state), `[limits]` (requests read them
+//! once each) and the file's destinations (a
 //! changed one restarts from its committed cursor, an unchanged one is not touched, one
 //! removed from the file stops with its cursor kept). What needs a restart is reported by
 //! name (the listeners, the data directory, the stores, limits, …): the binary compares
@@ -25,6 +26,8 @@ use crate::App;
 /// The file, read and checked again.
 pub struct Reloaded {
     pub sources: Vec<SourceSettings>,
+    /// `[limits]`: requests from the reload on are held to them.
+    pub limits: sluice_spec::Limits,
     /// Its destinations the router runs (not warehouses).
     pub destinations: Vec<DestinationConfig>,
     /// Settings that changed but apply only at a restart, by name (`listen`, `limits`, …).
@@ -89,11 +92,14 @@ pub async fn reload(app: &Arc<App>) -> Result<Value, String> {
         .into_iter()
         .filter(|n| !new.sources.iter().any(|s| &s.name == n))
         .collect();
+    let limits_changed = *app.ingest.limits() != new.limits;
+    app.ingest.set_limits(new.limits);
     *app.file_sources.write().unwrap_or_else(|e| e.into_inner()) = new.sources;
     crate::source_api::apply(app).await.map_err(|e| e.message)?;
     let report = json!({
         "sources": {"changed": sources_changed, "removed": sources_removed},
         "destinations": {"added": added, "changed": changed, "removed": removed},
+        "limits_changed": limits_changed,
         "restart_needed": new.restart_needed,
     });
     tracing::info!(

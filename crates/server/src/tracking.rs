@@ -140,7 +140,7 @@ async fn ingest_at(
         .and_then(|v| v.to_str().ok());
     // Body read errors (413, 408) are counted below like every other refusal.
     let result = async {
-        let raw = read_body(body, ingest.limits.max_request_bytes).await?;
+        let raw = read_body(body, ingest.limits().max_request_bytes).await?;
         let client_ip = client_ip(&headers, peer, app.settings.trust_forwarded_for);
         let call = Call {
             endpoint,
@@ -176,7 +176,7 @@ impl axum::extract::FromRequest<Arc<App>> for BodyBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Self::Rejection> {
-        read_body(req.into_body(), app.settings.limits.max_request_bytes)
+        read_body(req.into_body(), app.ingest.limits().max_request_bytes)
             .await
             .map(BodyBytes)
     }

@@ -30,7 +30,7 @@ async fn receive(
     let received_at = chrono::Utc::now();
     // Unknown and disabled sources are refused before the body is read.
     let source = app.ingest.webhook_source(&name)?;
-    let raw = read_body(body, app.settings.limits.max_request_bytes).await?;
+    let raw = read_body(body, app.ingest.limits().max_request_bytes).await?;
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let client_ip = client_ip(&headers, peer, app.settings.trust_forwarded_for);
     let post = Post {

@@ -138,12 +138,7 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     sluice_server::telemetry::install();
     let settings = Settings {
         sources,
-        limits: sluice_spec::Limits {
-            max_event_bytes: cfg.limits.max_event_bytes,
-            max_batch_bytes: cfg.limits.max_batch_bytes,
-            max_batch_events: cfg.limits.max_batch_events,
-            max_request_bytes: cfg.limits.max_request_bytes,
-        },
+        limits: limits_of(&cfg),
         admin_token,
         public_url: cfg.public_url.clone(),
         trust_forwarded_for: cfg.trust_forwarded_for,
@@ -375,9 +370,19 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
 /// when the future is first polled: a signal that arrives right after the banner (the
 /// readiness signal for scripts and tests) must already mean "shut down gracefully",
 /// not the default "terminate now".
+/// `[limits]` as ingest holds them.
+fn limits_of(cfg: &FileConfig) -> sluice_spec::Limits {
+    sluice_spec::Limits {
+        max_event_bytes: cfg.limits.max_event_bytes,
+        max_batch_bytes: cfg.limits.max_batch_bytes,
+        max_batch_events: cfg.limits.max_batch_events,
+        max_request_bytes: cfg.limits.max_request_bytes,
+    }
+}
+
 /// Reads and checks `path` again for a reload (as `sluice check` does). Settings other
-/// than the sources and the router's destinations apply at a restart: they are compared
-/// with the file as the server started and named when they differ.
+/// than the sources, the router's destinations and `[limits]` apply at a restart: they
+/// are compared with the file as the server started and named when they differ.
 fn reloader(
     path: PathBuf,
     default: Option<Vec<SourceSettings>>,
@@ -405,7 +410,7 @@ fn reloader(
         let mut restart_needed: Vec<String> = at_start
             .keys()
             .chain(now.keys())
-            .filter(|k| !matches!(k.as_str(), "sources" | "destinations"))
+            .filter(|k| !matches!(k.as_str(), "sources" | "destinations" | "limits"))
             .filter(|k| at_start.get(*k) != now.get(*k))
             .cloned()
             .collect();
@@ -414,6 +419,7 @@ fn reloader(
         if warehouses(&at_start) != warehouses(&now) {
             restart_needed.push("destinations (warehouses)".into());
         }
+        let limits = limits_of(&cfg);
         let sources = match (cfg.source_settings.is_empty(), &default) {
             (false, _) => cfg.source_settings,
             (true, Some(default)) => default.clone(),
@@ -425,6 +431,7 @@ fn reloader(
             }
         };
         Ok(sluice_server::reload::Reloaded {
+            limits,
             sources,
             destinations: cfg
                 .destinations

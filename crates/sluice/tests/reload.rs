@@ -158,17 +158,23 @@ fn a_reload_under_load_takes_new_keys_and_mappings_and_loses_nothing() {
     stop.store(true, Ordering::SeqCst);
     load.join().unwrap();
 
-    // Settings that apply at a restart are named, not applied; an unchanged file changes
-    // nothing.
+    // Limits change live; settings that apply at a restart are named, not applied; the
+    // unchanged sources and destinations are not touched.
     write(
         &file,
-        &config(&rx.url, "wk_new", 2, "[limits]\nmax_event_bytes = 40000\n"),
+        &config(
+            &rx.url,
+            "wk_new",
+            2,
+            "trust_forwarded_for = true\n[limits]\nmax_event_bytes = 2000\n",
+        ),
     );
     let r = s.admin_call("POST", "/reload", None);
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["data"]["limits_changed"], true, "{}", r.body);
     assert_eq!(
         r.body["data"]["restart_needed"],
-        json!(["limits"]),
+        json!(["trust_forwarded_for"]),
         "{}",
         r.body
     );
@@ -179,6 +185,22 @@ fn a_reload_under_load_takes_new_keys_and_mappings_and_loses_nothing() {
     assert_eq!(
         r.body["data"]["sources"],
         json!({"changed": [], "removed": []})
+    );
+    let big = json!({"userId": "u1", "event": "Big", "properties": {"pad": "x".repeat(3000)}});
+    let r = request_to(
+        &s.url,
+        "POST",
+        "/v1/track",
+        &[
+            ("Authorization", &basic("wk_new")),
+            ("Content-Type", "application/json"),
+        ],
+        Some(big.to_string().as_bytes()),
+    );
+    assert_eq!(
+        r.status, 400,
+        "an event over the new max_event_bytes: {}",
+        r.body
     );
 
     // Every acknowledged event is delivered; those sent with the new key (after the

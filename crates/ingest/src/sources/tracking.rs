@@ -28,7 +28,7 @@ pub struct Call<'a> {
 impl Ingest {
     /// Accepts one Tracking API call.
     pub async fn tracking(&self, call: Call<'_>) -> Result<Receipt, IngestError> {
-        let limits = &self.limits;
+        let limits = &*self.limits();
         let Call {
             endpoint,
             body: raw,

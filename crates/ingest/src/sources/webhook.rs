@@ -153,7 +153,7 @@ impl Ingest {
         let body = sluice_spec::decode::decode_body(
             post.body,
             post.encoding,
-            &self.limits,
+            &self.limits(),
             Endpoint::Batch,
         )?;
         let given = post.signature.ok_or(IngestError::InvalidSignature)?;

@@ -92,6 +92,16 @@ pub async fn reload(app: &Arc<App>) -> Result<Value, String> {
         .into_iter()
         .filter(|n| !new.sources.iter().any(|s| &s.name == n))
         .collect();
+    // A Kafka source's consumer starts with the server: a change to one applies at a
+    // restart (its other sources change now).
+    let mut restart_needed = new.restart_needed;
+    for name in sources_changed.iter().chain(&sources_removed) {
+        let kafka =
+            |list: &[SourceSettings]| list.iter().any(|s| &s.name == name && s.kafka().is_some());
+        if kafka(&before) || kafka(&new.sources) {
+            restart_needed.push(format!("sources ({name}: a Kafka source)"));
+        }
+    }
     let limits_changed = *app.ingest.limits() != new.limits;
     app.ingest.set_limits(new.limits);
     *app.file_sources.write().unwrap_or_else(|e| e.into_inner()) = new.sources;
@@ -100,7 +110,7 @@ pub async fn reload(app: &Arc<App>) -> Result<Value, String> {
         "sources": {"changed": sources_changed, "removed": sources_removed},
         "destinations": {"added": added, "changed": changed, "removed": removed},
         "limits_changed": limits_changed,
-        "restart_needed": new.restart_needed,
+        "restart_needed": restart_needed,
     });
     tracing::info!(
         sources_changed = report["sources"]["changed"].to_string(),

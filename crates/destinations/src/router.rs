@@ -99,6 +99,25 @@ impl DeletionOutcome {
     }
 }
 
+/// The file's destinations, each valid against `sources` and named once: their names.
+fn check_file(
+    from_file: &[DestinationConfig],
+    sources: &[String],
+) -> Result<std::collections::HashSet<String>, RouterError> {
+    let source_refs: Vec<&str> = sources.iter().map(String::as_str).collect();
+    let mut seen = std::collections::HashSet::new();
+    for cfg in from_file {
+        cfg.validate(&source_refs)?;
+        if !seen.insert(cfg.name.clone()) {
+            return Err(RouterError::BadRequest(format!(
+                "destination {:?} is defined twice in the configuration file",
+                cfg.name
+            )));
+        }
+    }
+    Ok(seen)
+}
+
 struct Running {
     config: DestinationConfig,
     from_file: bool,
@@ -135,18 +154,7 @@ impl Router {
             sources: std::sync::RwLock::new(sources),
             running: Mutex::new(HashMap::new()),
         });
-        let names = router.source_names();
-        let source_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut seen = std::collections::HashSet::new();
-        for cfg in &from_file {
-            cfg.validate(&source_refs)?;
-            if !seen.insert(cfg.name.clone()) {
-                return Err(RouterError::BadRequest(format!(
-                    "destination {:?} is defined twice in the configuration file",
-                    cfg.name
-                )));
-            }
-        }
+        let seen = check_file(&from_file, &router.source_names())?;
         for cfg in from_file {
             router.launch(cfg, true).await?;
         }
@@ -276,17 +284,7 @@ impl Router {
         from_file: Vec<DestinationConfig>,
         sources: Vec<String>,
     ) -> Result<(Vec<String>, Vec<String>, Vec<String>), RouterError> {
-        let source_refs: Vec<&str> = sources.iter().map(String::as_str).collect();
-        let mut seen = std::collections::HashSet::new();
-        for cfg in &from_file {
-            cfg.validate(&source_refs)?;
-            if !seen.insert(cfg.name.clone()) {
-                return Err(RouterError::BadRequest(format!(
-                    "destination {:?} is defined twice in the configuration file",
-                    cfg.name
-                )));
-            }
-        }
+        let seen = check_file(&from_file, &sources)?;
         self.set_source_names(sources);
         let before: HashMap<String, (bool, DestinationConfig)> = self
             .running

@@ -49,14 +49,12 @@ fn write(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-#[test]
-fn a_reload_under_load_takes_new_keys_and_mappings_and_loses_nothing() {
-    let rx = Receiver::ok();
-    let dir = tempfile::tempdir().unwrap().keep();
-    let file = dir.join("sluice.toml");
-    write(&file, &config(&rx.url, "wk_old", 1, ""));
+/// A server reading `text` from a file of the test's (the harness passes a config file of
+/// its own, which this server must not read): the server and the file.
+fn start(text: &str) -> (Server, std::path::PathBuf) {
+    let file = tempfile::tempdir().unwrap().keep().join("sluice.toml");
+    write(&file, text);
     let data = tempfile::tempdir().unwrap().keep();
-    // The harness passes the config as a file of its own; this server must read ours.
     let mut s = Server::start_with(
         &data,
         None,
@@ -64,6 +62,13 @@ fn a_reload_under_load_takes_new_keys_and_mappings_and_loses_nothing() {
         None,
     );
     s.admin_token = TOKEN.into();
+    (s, file)
+}
+
+#[test]
+fn a_reload_under_load_takes_new_keys_and_mappings_and_loses_nothing() {
+    let rx = Receiver::ok();
+    let (s, file) = start(&config(&rx.url, "wk_old", 1, ""));
 
     // Load: one event per request with the key in use; a 401 means the reload took the
     // old key away: switch to the new one and send the same event again.
@@ -237,17 +242,7 @@ fn a_reload_under_load_takes_new_keys_and_mappings_and_loses_nothing() {
 
 #[test]
 fn a_file_without_sources_keeps_the_default_source_and_a_broken_file_is_refused_on_sighup() {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let file = dir.join("sluice.toml");
-    write(&file, &format!("admin_token = \"{TOKEN}\"\n"));
-    let data = tempfile::tempdir().unwrap().keep();
-    let mut s = Server::start_with(
-        &data,
-        None,
-        &[("SLUICE_CONFIG", file.to_str().unwrap())],
-        None,
-    );
-    s.admin_token = TOKEN.into();
+    let (s, file) = start(&format!("admin_token = \"{TOKEN}\"\n"));
     let r = s.admin_call("POST", "/reload", None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(

@@ -304,6 +304,13 @@ impl Router {
             self.launch(cfg, true).await?;
             self.resume_replays(Some(&name)).await;
         }
+        let stored: HashMap<String, String> = self
+            .store
+            .destinations()
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .collect();
         for (name, (from_file, _)) in &before {
             if *from_file && !seen.contains(name) {
                 let gone = self.running.lock().ok().and_then(|mut m| m.remove(name));
@@ -311,6 +318,14 @@ impl Router {
                     let _ = r.stop.send(true);
                 }
                 removed.push(name.clone());
+                // One created over the admin API under the same name, which the file's
+                // had shadowed since the start, runs again.
+                if let Some(Ok(cfg)) = stored
+                    .get(name)
+                    .map(|text| serde_json::from_str::<DestinationConfig>(text))
+                {
+                    self.launch(cfg, false).await?;
+                }
             }
         }
         for list in [&mut added, &mut changed, &mut removed] {

@@ -276,3 +276,60 @@ fn a_file_without_sources_keeps_the_default_source_and_a_broken_file_is_refused_
         200
     );
 }
+
+/// A destination added to the file under the name of one created over the admin API
+/// takes its place (the file wins, as at a start); removed from the file again, the API's
+/// runs again.
+#[test]
+fn a_file_destination_shadows_an_api_one_until_it_is_removed() {
+    let rx = Receiver::ok();
+    let sources =
+        format!("admin_token = \"{TOKEN}\"\n[[sources]]\nname = \"web\"\nwrite_key = \"wk_s\"\n");
+    let (s, file) = start(&sources);
+    let api = json!({"type": "webhook", "sources": ["web"], "allow_private_networks": true,
+        "settings": {"sharedSecret": "k", "hooks": [{"hook": format!("{}/api", rx.url)}]}});
+    assert_eq!(
+        s.admin_call("PUT", "/destinations/x", Some(&api)).status,
+        201
+    );
+    let with_file = format!(
+        "{sources}[[destinations]]\nname = \"x\"\ntype = \"webhook\"\nsources = [\"web\"]\nallow_private_networks = true\n[destinations.settings]\nsharedSecret = \"k\"\nhooks = [{{ hook = \"{}/file\" }}]\n",
+        rx.url
+    );
+    write(&file, &with_file);
+    let r = s.admin_call("POST", "/reload", None);
+    assert_eq!(
+        r.body["data"]["destinations"]["changed"],
+        json!(["x"]),
+        "{}",
+        r.body
+    );
+    assert_eq!(s.admin("/destinations/x").body["managed_by"], "file");
+    write(&file, &sources);
+    let r = s.admin_call("POST", "/reload", None);
+    assert_eq!(
+        r.body["data"]["destinations"]["removed"],
+        json!(["x"]),
+        "{}",
+        r.body
+    );
+    assert_eq!(s.admin("/destinations/x").body["managed_by"], "api");
+    let r = request_to(
+        &s.url,
+        "POST",
+        "/v1/track",
+        &[
+            ("Authorization", &basic("wk_s")),
+            ("Content-Type", "application/json"),
+        ],
+        Some(br#"{"messageId":"after","userId":"u","event":"E"}"#),
+    );
+    assert_eq!(r.status, 200);
+    let got = rx.wait_until("the API destination's delivery", WAIT, |got| {
+        got.iter().any(|g| g.path == "/api")
+    });
+    assert!(
+        got.iter().all(|g| g.path != "/file"),
+        "the file's destination was gone"
+    );
+}

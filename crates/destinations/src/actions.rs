@@ -366,8 +366,8 @@ impl ActionsKind {
         let ctx = &*ctx;
         let mut out = Vec::with_capacity(a.action.requests.len());
         for spec in &a.action.requests {
-            if let Some(when) = &spec.when {
-                if !when.eval(ctx).is_some_and(|v| truthy(&v)) {
+            if let Some(not_when) = &spec.when {
+                if not_when.eval(ctx) == Some(Value::Bool(true)) {
                     continue;
                 }
             }
@@ -439,11 +439,11 @@ impl ActionsKind {
             headers.insert(AUTHORIZATION, v);
         }
         let body = match (&spec.body, raw) {
-            (Some(Body::Event), Some(bytes)) => {
+            (Some(Body::Event(_)), Some(bytes)) => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Bytes::copy_from_slice(bytes)
             }
-            (Some(Body::Event), None) => json_body(Some(&EVENT_PATH), ctx, &mut headers)?,
+            (Some(Body::Event(m)), None) => json_body(Some(m), ctx, &mut headers)?,
             (Some(Body::Json(m)), _) => json_body(Some(m), ctx, &mut headers)?,
             (Some(Body::Form(m)), _) => form_body(m, ctx, &mut headers)?,
             (None, _) => Bytes::new(),
@@ -605,22 +605,6 @@ fn method_of(m: &Mapping, ctx: &Value, what: &str) -> Result<Method, BuildError>
         Some(Value::String(m)) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
             .map_err(|_| BuildError(format!("the method {m:?} is not an HTTP method"))),
         other => Err(format!("the {what} method resolved to {other:?}, not a string").into()),
-    }
-}
-
-/// `{"@path": "$.event"}`, for previews of an event-body request without stored bytes.
-static EVENT_PATH: std::sync::LazyLock<Mapping> = std::sync::LazyLock::new(|| {
-    Mapping::compile(&json!({"@path": "$.event"})).expect("a fixed mapping compiles")
-});
-
-/// JavaScript's truthiness.
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
-        Value::String(s) => !s.is_empty(),
-        _ => true,
     }
 }
 
@@ -860,6 +844,26 @@ mod tests {
         }
     }
 
+    /// An entry's one action, enabled with its defaults, under `settings`.
+    fn one_action(
+        entry: &'static crate::catalog::Entry,
+        action: &str,
+        settings: Value,
+    ) -> ActionsKind {
+        let cfg = ActionConfig {
+            action: action.into(),
+            subscription: None,
+            mapping: Map::new(),
+            enabled: true,
+        };
+        ActionsKind {
+            entry,
+            settings,
+            endpoint_override: None,
+            actions: vec![Enabled::new(&entry.actions[action], &cfg).unwrap()],
+        }
+    }
+
     /// `request.refuse`: the first check whose `when` is truthy refuses the event for the
     /// action with its reason; none truthy, the request is made.
     #[test]
@@ -880,19 +884,7 @@ mod tests {
             )
             .unwrap(),
         ));
-        let action = &entry.actions["send"];
-        let cfg = ActionConfig {
-            action: "send".into(),
-            subscription: None,
-            mapping: Map::new(),
-            enabled: true,
-        };
-        let k = ActionsKind {
-            entry,
-            settings: json!({}),
-            endpoint_override: None,
-            actions: vec![Enabled::new(action, &cfg).unwrap()],
-        };
+        let k = one_action(entry, "send", json!({}));
         let plan = |e: Value| k.plan(&serde_json::to_vec(&e).unwrap(), false);
         assert_eq!(sent(plan(track())).len(), 1, "a user id: sent");
         let by_email = json!({"type": "track", "event": "E", "anonymousId": "a", "properties": {"email": "x@example.com"}});
@@ -930,18 +922,7 @@ mod tests {
             )
             .unwrap(),
         ));
-        let cfg = ActionConfig {
-            action: "identify".into(),
-            subscription: None,
-            mapping: Map::new(),
-            enabled: true,
-        };
-        let k = ActionsKind {
-            entry,
-            settings: json!({"region": "EU"}),
-            endpoint_override: None,
-            actions: vec![Enabled::new(&entry.actions["identify"], &cfg).unwrap()],
-        };
+        let k = one_action(entry, "identify", json!({"region": "EU"}));
         let plan = |e: Value| k.plan(&serde_json::to_vec(&e).unwrap(), false);
         let both = sent(plan(
             json!({"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"plan": "pro"}}),

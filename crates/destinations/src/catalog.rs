@@ -273,7 +273,9 @@ pub struct Action {
 /// One request of an action.
 #[derive(Debug, Clone)]
 pub struct RequestSpec {
-    /// Sent only when this is truthy; `None`: always.
+    /// `@not` of the condition: the request is sent unless the compiled mapping gives
+    /// `true` (the condition was falsy, as [`RequestSpec::refuse`] reads its checks);
+    /// `None`: always.
     pub when: Option<Mapping>,
     /// One request per element of this list, with `item` and `index` in the context.
     pub for_each: Option<Mapping>,
@@ -292,8 +294,9 @@ pub struct RequestSpec {
 pub enum Body {
     Json(Mapping),
     /// The event itself (`{"@path": "$.event"}`): the stored bytes are sent unchanged
-    /// (field order and all), not a re-serialisation.
-    Event,
+    /// (field order and all), not a re-serialisation; the mapping serves previews, which
+    /// have no stored bytes.
+    Event(Mapping),
     Form(Mapping),
 }
 
@@ -407,7 +410,7 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
                     return Err(err(format!("{rat}: `body` and `form` cannot go together")))
                 }
                 (Some(b), None) if *b == serde_json::json!({"@path": "$.event"}) => {
-                    Some(Body::Event)
+                    Some(Body::Event(compile(b, &format!("{rat}.body"))?))
                 }
                 (Some(b), None) => Some(Body::Json(compile(b, &format!("{rat}.body"))?)),
                 (None, Some(f)) => Some(Body::Form(compile(f, &format!("{rat}.form"))?)),
@@ -417,7 +420,7 @@ pub fn parse(file_id: &str, text: &str) -> Result<Entry, CatalogError> {
                 when: r
                     .when
                     .as_ref()
-                    .map(|w| compile(w, &format!("{rat}.when")))
+                    .map(|w| compile(&serde_json::json!({"@not": w}), &format!("{rat}.when")))
                     .transpose()?,
                 for_each: r
                     .for_each

@@ -304,7 +304,8 @@ fn compare(headers: &[String], ours: &Outcomes, theirs: &Outcomes) -> Vec<Differ
             continue;
         }
         for (i, (a, b)) in a.iter().zip(b).enumerate() {
-            // The first request's paths as they always were; a later one's under `request[i].`.
+            // The first request's paths are unprefixed (allow-list rules name them so); a later
+            // one's are under `request[i].`.
             let prefix = if i == 0 {
                 String::new()
             } else {

@@ -50,50 +50,74 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
+/// Why a certificate and key do not load: which of the two files, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// The key file (`false`: the certificate file).
+    pub in_key: bool,
+    pub message: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Reads the chain and key and checks that they belong together; the error names the
 /// file and what is wrong with it.
-pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, LoadError> {
+    let in_cert = |message: String| LoadError {
+        in_key: false,
+        message,
+    };
+    let in_key = |message: String| LoadError {
+        in_key: true,
+        message,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| {
-            format!(
+            in_cert(format!(
                 "cannot read the certificate file {}: {}",
                 cert.display(),
                 pem_error(&e)
-            )
+            ))
         })?
         .collect::<Result<_, _>>()
         .map_err(|e| {
-            format!(
+            in_cert(format!(
                 "the certificate file {} is not valid PEM: {}",
                 cert.display(),
                 pem_error(&e)
-            )
+            ))
         })?;
     if chain.is_empty() {
-        return Err(format!(
+        return Err(in_cert(format!(
             "the certificate file {} holds no certificate (PEM \"BEGIN CERTIFICATE\" blocks)",
             cert.display()
-        ));
+        )));
     }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
-        rustls::pki_types::pem::Error::Io(io) => {
-            format!("cannot read the key file {}: {io}", key.display())
-        }
-        other => format!(
-            "the key file {} holds no private key in PEM (PKCS#8, PKCS#1 or SEC1): {}",
-            key.display(),
-            pem_error(&other)
-        ),
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        in_key(match e {
+            rustls::pki_types::pem::Error::Io(io) => {
+                format!("cannot read the key file {}: {io}", key.display())
+            }
+            other => format!(
+                "the key file {} holds no private key in PEM (PKCS#8, PKCS#1 or SEC1): {}",
+                key.display(),
+                pem_error(&other)
+            ),
+        })
     })?;
     let signer = provider::sign::any_supported_type(&der)
-        .map_err(|e| format!("the key in {} cannot be used: {e}", key.display()))?;
+        .map_err(|e| in_key(format!("the key in {} cannot be used: {e}", key.display())))?;
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(|e| {
-        format!(
+        in_key(format!(
             "the key in {} does not belong to the first certificate of {}: {e}",
             key.display(),
             cert.display()
-        )
+        ))
     })?;
     Ok(certified)
 }
@@ -129,7 +153,7 @@ impl Certificates {
     /// Loads the files once (an error stops the start).
     pub fn new(settings: TlsSettings) -> Result<Arc<Certificates>, String> {
         let seen = stamp(&settings.cert).zip(stamp(&settings.key));
-        let key = load(&settings.cert, &settings.key)?;
+        let key = load(&settings.cert, &settings.key).map_err(|e| e.message)?;
         Ok(Arc::new(Certificates {
             settings,
             current: RwLock::new(Arc::new(key)),
@@ -148,7 +172,7 @@ impl Certificates {
         let loaded = load(&self.settings.cert, &self.settings.key);
         // Seen either way: a bad pair is reported once, not at every check.
         *self.seen.write().unwrap_or_else(|e| e.into_inner()) = now;
-        let key = loaded?;
+        let key = loaded.map_err(|e| e.message)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
         Ok(true)
     }

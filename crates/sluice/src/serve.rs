@@ -30,9 +30,12 @@ pub struct ServeArgs {
 const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let cfg = match &args.config {
-        Some(path) => config::load(path)?,
-        None => FileConfig::default(),
+    let (cfg, text) = match &args.config {
+        Some(path) => {
+            let (cfg, text) = config::load_with_text(path)?;
+            (cfg, Some(text))
+        }
+        None => (FileConfig::default(), None),
     };
     init_logging(&cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -41,7 +44,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .thread_name("sluice")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(cfg, args))
+    runtime.block_on(serve(cfg, text, args))
 }
 
 /// The server's own log on stderr: `RUST_LOG` when set and not empty, else `log_level`
@@ -71,7 +74,8 @@ fn init_logging(cfg: &FileConfig) {
     }
 }
 
-async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
+/// `text`: the configuration file's text as `cfg` was read from it (none without a file).
+async fn serve(cfg: FileConfig, text: Option<String>, args: ServeArgs) -> Result<()> {
     let data_dir = args
         .data_dir
         .or(cfg.data_dir.clone())
@@ -225,10 +229,10 @@ async fn serve(cfg: FileConfig, args: ServeArgs) -> Result<()> {
     };
     let shutdown = shutdown_signal()?;
     let app = App::new(settings, log.clone(), store.clone());
-    if let Some(path) = args.config.clone() {
+    if let (Some(path), Some(text)) = (args.config.clone(), &text) {
         // A file without sources runs the generated `default` source: so does a reload of it.
         let default = cfg_had_no_sources.then(|| app.settings.sources.clone());
-        app.set_reloader(reloader(path, default)?);
+        app.set_reloader(reloader(path, text, default)?);
         let on_hup = app.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot handle SIGHUP")?;
@@ -385,17 +389,17 @@ fn limits_of(cfg: &FileConfig) -> sluice_spec::Limits {
 /// are compared with the file as the server started and named when they differ.
 fn reloader(
     path: PathBuf,
+    at_start: &str,
     default: Option<Vec<SourceSettings>>,
 ) -> Result<sluice_server::reload::Reloader> {
-    let table = |p: &Path| -> Result<toml::Table, String> {
-        let text =
-            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    let at_start = table(&path).map_err(|e| anyhow::anyhow!(e))?;
+    // Texts that `config` parsed already: TOML tables.
+    fn table(text: &str) -> Result<toml::Table, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+    let at_start = table(at_start).map_err(|e| anyhow::anyhow!(e))?;
     Ok(std::sync::Arc::new(move || {
-        let cfg = config::load(&path).map_err(|e| format!("{e:#}"))?;
-        let now = table(&path)?;
+        let (cfg, text) = config::load_with_text(&path).map_err(|e| format!("{e:#}"))?;
+        let now = table(&text)?;
         let warehouses = |t: &toml::Table| -> Vec<toml::Value> {
             t.get("destinations")
                 .and_then(|d| d.as_array())

@@ -1,6 +1,8 @@
 //! The server's own log as an operator ships it: `log_format = "json"` gives one JSON
 //! object per line; the request log is optional and sampled; and a whole run's output, at
-//! info, carries no configured secret and nothing of an event's payload.
+//! info, carries no configured secret and nothing of an event's payload. (hardening.rs's
+//! `configured_secrets_never_reach_the_output` searches the text format at debug; this
+//! file covers the JSON format, the request log and event payloads.)
 
 mod common;
 

@@ -310,9 +310,15 @@ pub fn default_workers() -> usize {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<FileConfig> {
+    load_with_text(path).map(|(cfg, _)| cfg)
+}
+
+/// [`load`], and the file's text as it was read (a reload compares later texts with it).
+pub fn load_with_text(path: &Path) -> Result<(FileConfig, String)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    parse(&text, &path.display().to_string())
+    let cfg = parse(&text, &path.display().to_string())?;
+    Ok((cfg, text))
 }
 
 pub fn parse(text: &str, origin: &str) -> Result<FileConfig> {
@@ -471,11 +477,7 @@ fn check_server(cfg: &FileConfig, err: &FieldError) -> Result<()> {
         // The files are read now: `sluice check` and a start refuse a pair that does not
         // load, naming the file.
         sluice_server::tls::load(&tls.cert, &tls.key).map_err(|why| {
-            let field = if why.contains("key") && !why.contains("certificate file") {
-                "tls.key"
-            } else {
-                "tls.cert"
-            };
+            let field = if why.in_key { "tls.key" } else { "tls.cert" };
             err(field, format!("does not load: {why}"))
         })?;
         if tls.check_every.0.is_zero() {
